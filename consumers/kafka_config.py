@@ -1,0 +1,50 @@
+"""librdkafka configurations of the ledger's Kafka clients, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger.settings import Settings
+
+# Java clients (the rules engine, most upstream services) hash keys with murmur2; using the same
+# partitioner here keeps every command of one budget on one partition whoever produced it.
+PARTITIONER = "murmur2_random"
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """An idempotent, ordered producer (acks=all, no reordering on retry)."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": PARTITIONER,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+    config.update(overrides)
+    return config
+
+
+def command_consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """The command consumer: positions live in Postgres, so Kafka commits are informational."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": settings.consumer_group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "isolation.level": "read_committed",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+        "max.poll.interval.ms": 60_000,
+        "fetch.wait.max.ms": 10,
+        "queued.max.messages.kbytes": 65_536,
+    }
+    config.update(overrides)
+    return config
+
+
+def admin_config(settings: Settings) -> dict[str, Any]:
+    """Admin client configuration."""
+    return {"bootstrap.servers": settings.kafka_bootstrap}

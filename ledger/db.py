@@ -1,0 +1,39 @@
+"""PostgreSQL connections: created on demand (never at import), dropped to the application role."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or refused the credentials."""
+
+
+def connect(dsn: str, role: str | None = None, autocommit: bool = False) -> psycopg.Connection:
+    """Open one connection; with `role`, `SET ROLE` so the session holds only that role's rights."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(_one_line(exc)) from None
+    if role:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        if not autocommit:
+            conn.commit()
+    return conn
+
+
+def pool(dsn: str, role: str | None = None, size: int = 4) -> ConnectionPool:
+    """A small connection pool whose connections run as `role`."""
+
+    def configure(conn: psycopg.Connection) -> None:
+        if role:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        conn.commit()
+
+    return ConnectionPool(dsn, min_size=1, max_size=size, configure=configure, open=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,82 @@
+"""Configuration: one validated settings object read from `LEDGER_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """Raised when the environment does not describe a valid configuration."""
+
+
+class Settings(BaseSettings):
+    """Everything the ledger's processes read from their environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEDGER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://ledger_owner:ledger@127.0.0.1:5432/ledger"
+    # The consumer and relay `SET ROLE` to this role so that they hold INSERT/SELECT only.
+    database_role: str = "ledger_app"
+
+    topic_commands: str = "budget.commands"
+    topic_events: str = "budget.events"
+    topic_alerts: str = "budget.alerts"
+    topic_dlq: str = "budget.commands.dlq"
+    topic_partitions: int = Field(default=12, ge=1, le=10_000)
+    topic_replication: int = Field(default=1, ge=1, le=16)
+    consumer_group: str = "budget-ledger"
+    relay_group: str = "budget-ledger-relay"
+
+    batch_max_messages: int = Field(default=2000, ge=1, le=100_000)
+    batch_max_ms: int = Field(default=50, ge=1, le=60_000)
+
+    # ISO 4217 code -> minor digits, e.g. LEDGER_CURRENCIES='{"USD": 2, "ZWG": 2}'.
+    currencies: dict[str, int] = Field(default_factory=lambda: {"USD": 2, "ZWG": 2})
+
+    log_format: Literal["json", "console"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    http_port: int = Field(default=0, ge=0, le=65535)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("currencies")
+    @classmethod
+    def _currencies(cls, value: dict[str, int]) -> dict[str, int]:
+        for code, digits in value.items():
+            if len(code) != 3 or not code.isalpha() or not code.isupper():
+                raise ValueError(f"currency code {code!r} is not an ISO 4217 code")
+            if not 0 <= digits <= 4:
+                raise ValueError(f"currency {code} has {digits} minor digits (allowed 0-4)")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings; raise SettingsError naming the offending variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"LEDGER_{field.upper()}: {err['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,131 @@
+"""Fixtures that find the real Kafka broker and PostgreSQL, and isolate every test's data.
+
+Order of preference: the `LEDGER_KAFKA_BOOTSTRAP` / `LEDGER_DATABASE_URL` environment variables;
+else testcontainers when a Docker engine answers; else the local services of `deploy/local/`,
+started on demand (or a failure naming the exact command to run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_KAFKA = "127.0.0.1:9092"
+LOCAL_PG = "postgresql://ledger_owner:ledger@127.0.0.1:5432/ledger"
+
+
+def _docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _start_local(script: str) -> None:
+    cmd = ["bash", str(ROOT / "deploy" / "local" / script), "start"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.exit(
+            f"could not start the local service; run `{' '.join(cmd)}` and see its output:\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}",
+            returncode=3,
+        )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a real Kafka broker."""
+    if bootstrap := os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
+        yield bootstrap
+    elif _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+    else:
+        _start_local("kafka.sh")
+        yield LOCAL_KAFKA
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    """DSN of a role that may create databases (the owner role of the local cluster)."""
+    if dsn := os.environ.get("LEDGER_DATABASE_URL"):
+        yield dsn
+    elif _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16") as pg:
+            yield pg.get_connection_url(driver=None)
+    else:
+        _start_local("postgres.sh")
+        yield LOCAL_PG
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_admin_dsn: str) -> str:
+    """A database migrated once per session, cloned by every test that needs Postgres."""
+    from ledger.migrate import migrate
+
+    name = f"ledger_tpl_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    migrate(_with_database(pg_admin_dsn, name))
+    return name
+
+
+@pytest.fixture
+def database_url(pg_admin_dsn: str, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"ledger_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_database)
+            )
+        )
+    yield _with_database(pg_admin_dsn, name)
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A unique prefix so that each test gets its own topics and consumer groups."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # type: ignore[no-untyped-def]
+    """Settings pointing at the real services, with this test's own topics, group and database."""
+    from ledger.settings import load_settings
+
+    return load_settings(
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=database_url,
+        topic_commands=f"{topic_prefix}.budget.commands",
+        topic_events=f"{topic_prefix}.budget.events",
+        topic_alerts=f"{topic_prefix}.budget.alerts",
+        topic_dlq=f"{topic_prefix}.budget.commands.dlq",
+        consumer_group=f"{topic_prefix}.ledger",
+        relay_group=f"{topic_prefix}.relay",
+        topic_partitions=4,
+        batch_max_ms=20,
+    )
