@@ -40,3 +40,28 @@ FROM STDIN
 
 -- name: copy_outbox
 COPY outbox (topic, key, payload, headers) FROM STDIN
+
+-- name: claim_relay_cursors
+-- Each relay process takes the partitions no other relay is working on right now.
+SELECT partition, last_offset FROM relay_cursors ORDER BY partition FOR UPDATE SKIP LOCKED
+
+-- name: select_unpublished_events
+SELECT l.kafka_partition, l.kafka_offset, l.tenant_id, l.budget_id, l.type, l.event::text
+FROM unnest(%(partitions)s::int[], %(after)s::bigint[]) AS c(partition, last_offset)
+CROSS JOIN LATERAL (
+    SELECT kafka_partition, kafka_offset, tenant_id, budget_id, type, event
+    FROM ledger
+    WHERE kafka_partition = c.partition AND kafka_offset > c.last_offset
+    ORDER BY kafka_offset
+    LIMIT %(limit)s
+) AS l
+
+-- name: advance_relay_cursor
+UPDATE relay_cursors SET last_offset = %(offset)s, updated_at = now() WHERE partition = %(partition)s
+
+-- name: claim_outbox
+SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: delete_outbox
+DELETE FROM outbox WHERE id = ANY(%(ids)s)

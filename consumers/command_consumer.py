@@ -1,0 +1,240 @@
+"""`budget-ledger consume`: the command topic → ledger, projections, outbox and positions.
+
+Every batch is one Postgres transaction holding the events, the projection changes, the outbox
+rows and the new partition positions (the eventsourcing library's "tracking record"), so a
+crash at any instant neither loses nor doubles a command. Kafka's own committed offsets are
+written afterwards for lag monitoring only; on assignment we seek to the positions in Postgres.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import psycopg
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumers import metrics
+from consumers.kafka_config import command_consumer_config
+from consumers.processor import (
+    BatchContext,
+    BatchOutput,
+    Incoming,
+    PartitionState,
+    merge_states,
+    process_batch,
+)
+from ledger import store
+from ledger.db import connect
+from ledger.settings import Settings
+from projections.store import upsert_projections
+
+log = structlog.get_logger("consumer")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """Batching knobs of one consumer process."""
+
+    batch_max_messages: int
+    batch_max_ms: int
+
+
+class CommandConsumer:
+    """One member of the command consumer group."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: ConsumerOptions | None = None,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[BatchOutput], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options or ConsumerOptions(settings.batch_max_messages, settings.batch_max_ms)
+        self.stop = stop or threading.Event()
+        self.on_batch = on_batch
+        self.partitions: dict[int, PartitionState] = {}
+        self.ctx = BatchContext(
+            topic=settings.topic_commands,
+            events_topic=settings.topic_events,
+            alerts_topic=settings.topic_alerts,
+            dlq_topic=settings.topic_dlq,
+            currencies=settings.currencies,
+        )
+        self._conn: psycopg.Connection | None = None
+        self._consumer: Consumer | None = None
+        self.ready = threading.Event()
+
+    # -- rebalance callbacks (run inside consume()) -------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [p.partition for p in partitions]
+        positions = self._with_db(
+            lambda conn: store.ensure_partitions(
+                conn, self.settings.consumer_group, self.settings.topic_commands, numbers
+            )
+        )
+        for tp in partitions:
+            tp.offset = positions[tp.partition]
+            self.partitions[tp.partition] = PartitionState(next_offset=tp.offset)
+        consumer.incremental_assign(partitions)
+        log.info("partitions_assigned", partitions={p: positions[p] for p in numbers})
+        self.ready.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions.pop(tp.partition, None)
+        consumer.incremental_unassign(partitions)
+        log.info("partitions_revoked", partitions=[p.partition for p in partitions])
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions.pop(tp.partition, None)
+        consumer.incremental_unassign(partitions)
+        log.warning("partitions_lost", partitions=[p.partition for p in partitions])
+
+    # -- database ----------------------------------------------------------------------------
+
+    def _db(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(
+                self.settings.database_url, role=self.settings.database_role, autocommit=True
+            )
+        return self._conn
+
+    def _with_db(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """Run `work`, reconnecting with back-off while Postgres is unavailable."""
+        delay = 0.1
+        while True:
+            try:
+                return work(self._db())
+            except psycopg.OperationalError as exc:
+                log.warning("database_unavailable", error=" ".join(str(exc).split()), retry_in=delay)
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if self.stop.wait(delay):
+                    raise
+                delay = min(delay * 2, 5.0)
+
+    def _commit_batch(self, out: BatchOutput) -> None:
+        """Write one batch in one transaction; the position compare-and-set comes first."""
+        conn = self._db()
+        with conn.transaction():
+            store.advance_positions(
+                conn, self.settings.consumer_group, self.settings.topic_commands, out.positions
+            )
+            if out.ledger_rows:
+                store.copy_rows(conn, "copy_ledger", out.ledger_rows)
+            upsert_projections(conn, out.balance_rows, out.reservation_rows)
+            if out.outbox_rows:
+                store.copy_rows(conn, "copy_outbox", out.outbox_rows)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until `stop` is set (SIGTERM/SIGINT), then leave the group cleanly."""
+        consumer = Consumer(command_consumer_config(self.settings))
+        self._consumer = consumer
+        consumer.subscribe(
+            [self.settings.topic_commands],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("consumer_started", topic=self.settings.topic_commands,
+                 group=self.settings.consumer_group, batch_max=self.options.batch_max_messages,
+                 batch_ms=self.options.batch_max_ms)  # fmt: skip
+        try:
+            while not self.stop.is_set():
+                messages = consumer.consume(
+                    self.options.batch_max_messages, self.options.batch_max_ms / 1000
+                )
+                batch = self._incoming(messages)
+                if batch:
+                    self._handle(batch)
+        finally:
+            consumer.close()  # leaves the group: the others take the partitions at once
+            if self._conn is not None:
+                self._conn.close()
+            log.info("consumer_stopped")
+
+    def _incoming(self, messages: list[Message]) -> list[Incoming]:
+        batch = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka_error", error=str(err))
+                    if err.fatal():
+                        raise KafkaException(err)
+                continue
+            batch.append(Incoming(msg.partition(), msg.offset(), msg.key(), msg.value()))  # type: ignore[arg-type]
+        return batch
+
+    def _handle(self, batch: list[Incoming]) -> None:
+        started = time.perf_counter()
+        try:
+            out = self._with_db(
+                lambda conn: process_batch(
+                    batch,
+                    self.partitions,
+                    self.ctx,
+                    lookup_prior=lambda keys: store.lookup_prior(conn, keys),
+                    load_budgets=lambda keys: store.load_budgets(conn, keys, self.settings.currencies),
+                )
+            )
+            if out.is_empty:
+                return
+            self._with_db(lambda _conn: self._commit_batch(out))
+        except store.Fenced as exc:
+            log.warning("batch_fenced", reason=str(exc))
+            self._rewind()
+            return
+        except psycopg.errors.UniqueViolation as exc:
+            # Another partition's consumer committed the same tenant command_id first: replay
+            # the batch so that the idempotency check sees it.
+            log.warning("batch_conflict_retry", error=" ".join(str(exc).split()))
+            self._rewind()
+            return
+        merge_states(self.partitions, out)
+        metrics.record_batch(out, len(batch), time.perf_counter() - started)
+        log.debug("batch_committed", messages=len(batch), events=len(out.ledger_rows),
+                  dead_letters=out.dead_letters)  # fmt: skip
+        self._commit_kafka_offsets(out)
+        if self.on_batch is not None:
+            self.on_batch(out)
+
+    def _commit_kafka_offsets(self, out: BatchOutput) -> None:
+        """Tell Kafka too, so lag tools see progress (Postgres stays the source of truth)."""
+        assert self._consumer is not None
+        offsets = [
+            TopicPartition(self.settings.topic_commands, p, new)
+            for p, (_, new) in out.positions.items()
+        ]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.debug("kafka_commit_skipped", error=str(exc))
+
+    def _rewind(self) -> None:
+        """Forget in-memory state and seek every owned partition back to its stored position."""
+        assert self._consumer is not None
+        numbers = list(self.partitions)
+        positions = self._with_db(
+            lambda conn: store.ensure_partitions(
+                conn, self.settings.consumer_group, self.settings.topic_commands, numbers
+            )
+        )
+        for p in numbers:
+            self.partitions[p] = PartitionState(next_offset=positions[p])
+            try:
+                self._consumer.seek(TopicPartition(self.settings.topic_commands, p, positions[p]))
+            except KafkaException as exc:
+                log.warning("seek_failed", partition=p, error=str(exc))

@@ -1,0 +1,68 @@
+"""CLI sub-commands of the Kafka side: consume, relay, run (both), sweep."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+from ledger.settings import Settings
+
+
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one member of the command consumer group until SIGTERM/SIGINT."""
+    from consumers.command_consumer import CommandConsumer, ConsumerOptions
+    from consumers.relay import Relay
+    from consumers.runner import serve_health, stop_on_signals
+
+    stop = stop_on_signals()
+    options = ConsumerOptions(
+        batch_max_messages=args.batch_max_messages or settings.batch_max_messages,
+        batch_max_ms=args.batch_max_ms or settings.batch_max_ms,
+    )
+    consumer = CommandConsumer(settings, options, stop=stop)
+    serve_health(settings, consumer.ready, stop)
+    relay_thread = None
+    if args.with_relay:
+        relay = Relay(settings, stop=stop)
+        relay_thread = threading.Thread(target=relay.run, name="relay", daemon=True)
+        relay_thread.start()
+    consumer.run()
+    if relay_thread is not None:
+        relay_thread.join(timeout=15)
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
+    """Publish committed ledger events and outbox rows to Kafka until SIGTERM/SIGINT."""
+    from consumers.relay import Relay
+    from consumers.runner import serve_health, stop_on_signals
+
+    stop = stop_on_signals()
+    ready = threading.Event()
+    ready.set()
+    serve_health(settings, ready, stop)
+    Relay(settings, batch=args.batch, stop=stop).run()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the Kafka-side sub-commands to the CLI."""
+    p = sub.add_parser(
+        "consume",
+        help="run a command consumer (group member)",
+        description=cmd_consume.__doc__
+        + " Commands are applied in micro-batches: up to --batch-max-messages or"
+        " --batch-max-ms, whichever comes first, each batch one Postgres transaction.",
+    )
+    p.add_argument("--batch-max-messages", type=int, default=None, metavar="N",
+                   help="largest batch (default LEDGER_BATCH_MAX_MESSAGES=2000)")
+    p.add_argument("--batch-max-ms", type=int, default=None, metavar="MS",
+                   help="longest wait to fill a batch (default LEDGER_BATCH_MAX_MS=50)")
+    p.add_argument("--with-relay", action="store_true",
+                   help="also run the outbox relay in this process (a thread)")
+    p.set_defaults(handler=cmd_consume)
+
+    p = sub.add_parser("relay", help="publish ledger events and alerts to Kafka",
+                       description=cmd_relay.__doc__)
+    p.add_argument("--batch", type=int, default=5000, help="rows per round (default 5000)")
+    p.set_defaults(handler=cmd_relay)

@@ -1,0 +1,63 @@
+"""Prometheus metrics of the consumer and the relay, and the liveness/readiness endpoint."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from consumers.processor import BatchOutput
+
+COMMANDS = Counter(
+    "ledger_commands_total", "Commands applied, by type and outcome", ["type", "outcome"]
+)
+DEAD_LETTERS = Counter("ledger_dead_letters_total", "Messages sent to the DLQ")
+BATCH_SIZE = Histogram(
+    "ledger_batch_messages", "Messages per committed batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)  # fmt: skip
+BATCH_SECONDS = Histogram(
+    "ledger_batch_seconds", "Time to decide and commit one batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)  # fmt: skip
+RELAYED = Counter("ledger_relayed_total", "Rows published by the relay", ["topic"])
+LAG = Gauge("ledger_consumer_lag", "Messages not yet applied, by partition", ["partition"])
+
+
+def record_batch(out: BatchOutput, messages: int, seconds: float) -> None:
+    """Count one committed batch."""
+    for (kind, outcome), n in out.outcomes.items():
+        COMMANDS.labels(kind, outcome).inc(n)
+    DEAD_LETTERS.inc(out.dead_letters)
+    BATCH_SIZE.observe(messages)
+    BATCH_SECONDS.observe(seconds)
+
+
+def serve(port: int, live: Callable[[], bool], ready: Callable[[], bool]) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and /readyz on `port` from a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                body, status, ctype = generate_latest(), 200, CONTENT_TYPE_LATEST
+            elif self.path in ("/healthz", "/readyz"):
+                ok = live() if self.path == "/healthz" else ready()
+                body, status, ctype = (b"ok\n" if ok else b"not ready\n"), (200 if ok else 503), "text/plain"
+            else:
+                body, status, ctype = b"not found\n", 404, "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            return  # access logs would drown the structured ones
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
+    return server

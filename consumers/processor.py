@@ -1,0 +1,254 @@
+"""One micro-batch of commands: validate, de-duplicate, decide in order, and collect the writes.
+
+Pure apart from the two look-ups it is handed (prior outcomes and budget history), so the
+Kafka loop can retry a batch from scratch after a failed commit without side effects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from ledger.budget import BudgetState, apply
+from ledger.idempotency import classify, fingerprint
+from projections.rows import BalanceRow, ReservationRow, balance_row, reservation_row
+from schemas.commands import Command, CommandInvalid, parse_command
+from schemas.events import alert_to_wire, event_to_wire
+
+BudgetKey = tuple[str, str]
+CommandKey = tuple[str, str]
+# (fingerprint, event JSON) of a command already in the ledger.
+PriorOutcome = tuple[str, str]
+PriorLookup = Callable[[list[CommandKey]], Mapping[CommandKey, PriorOutcome]]
+BudgetLoader = Callable[[list[BudgetKey]], Mapping[BudgetKey, BudgetState]]
+OutboxRow = tuple[str, bytes | None, bytes, str | None]
+
+DEFAULT_DIGITS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A Kafka message as the processor needs it."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """What the consumer knows of one owned partition: its next offset and its budgets' state."""
+
+    next_offset: int
+    budgets: dict[BudgetKey, BudgetState] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """Everything one batch writes, plus the state it moves to once committed."""
+
+    ledger_rows: list[tuple[object, ...]] = field(default_factory=list)
+    balance_rows: list[BalanceRow] = field(default_factory=list)
+    reservation_rows: list[ReservationRow] = field(default_factory=list)
+    outbox_rows: list[OutboxRow] = field(default_factory=list)
+    # partition -> (expected stored position, new position)
+    positions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    new_states: dict[int, dict[BudgetKey, BudgetState]] = field(default_factory=dict)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    dead_letters: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the batch moved nothing (all messages were stale)."""
+        return not self.positions
+
+
+@dataclass(frozen=True, slots=True)
+class BatchContext:
+    """Names and tables the processor needs from the settings."""
+
+    topic: str
+    events_topic: str
+    alerts_topic: str
+    dlq_topic: str
+    currencies: Mapping[str, int]
+
+
+def process_batch(
+    messages: Iterable[Incoming],
+    partitions: Mapping[int, PartitionState],
+    ctx: BatchContext,
+    lookup_prior: PriorLookup,
+    load_budgets: BudgetLoader,
+    now: datetime | None = None,
+) -> BatchOutput:
+    """Turn a batch of messages into the rows of one transaction; partitions are not mutated.
+
+    Step 1: validate every message (JSON, schema, key) — invalid ones become dead letters.
+    Step 2: look up the prior outcome of every command id in the ledger (one query).
+    Step 3: load the budgets this consumer has not seen yet (one query, replayed with evolve).
+    Step 4: decide every command in partition order against the in-memory state.
+    Step 5: collect the projection rows of every budget and reservation the batch touched.
+    """
+    now = now or datetime.now(UTC)
+    recorded_at = now.isoformat().replace("+00:00", "Z")
+    out = BatchOutput()
+
+    # Step 1
+    valid: list[tuple[Incoming, Command, str]] = []
+    for msg in messages:
+        part = partitions.get(msg.partition)
+        if part is None:
+            continue  # revoked while the batch was being fetched
+        stored, current = out.positions.get(msg.partition, (part.next_offset, part.next_offset))
+        if msg.offset < current:
+            continue  # already applied (a fetch from before a seek)
+        out.positions[msg.partition] = (stored, msg.offset + 1)
+        try:
+            command = _validate(msg, ctx)
+        except CommandInvalid as exc:
+            out.outbox_rows.append(_dead_letter(msg, ctx, exc.error_class, exc.reason))
+            out.dead_letters += 1
+            continue
+        valid.append((msg, command, fingerprint(command)))
+    if not valid:
+        return out
+
+    # Step 2
+    prior: dict[CommandKey, PriorOutcome] = dict(
+        lookup_prior(list({(c.tenant_id, c.command_id) for _, c, _ in valid}))
+    )
+
+    # Step 3
+    homes = {(c.tenant_id, c.budget_id): m.partition for m, c, _ in valid}
+    missing = [k for k, p in homes.items() if k not in partitions[p].budgets]
+    loaded = load_budgets(missing) if missing else {}
+
+    # Step 4
+    touched: dict[BudgetKey, tuple[int, BudgetState, int]] = {}  # key -> (partition, state, seq0)
+    for msg, command, fp in valid:
+        ckey = (command.tenant_id, command.command_id)
+        verdict = classify(prior[ckey][0] if ckey in prior else None, fp)
+        if verdict == "duplicate":
+            # Clients retry safely: re-publish the original outcome, write nothing new.
+            out.outbox_rows.append(
+                (ctx.events_topic, msg.key, prior[ckey][1].encode(), _headers(("redelivered", "true")))
+            )
+            out.outcomes[(command.type, "duplicate")] += 1
+            continue
+        if verdict == "conflict":
+            reason = f"command_id {command.command_id!r} was already used with another payload"
+            out.outbox_rows.append(_dead_letter(msg, ctx, "idempotency_conflict", reason))
+            out.dead_letters += 1
+            out.outcomes[(command.type, "idempotency_conflict")] += 1
+            continue
+
+        bkey = (command.tenant_id, command.budget_id)
+        if bkey in touched:
+            state = touched[bkey][1]
+        else:
+            state = partitions[msg.partition].budgets.get(bkey) or loaded[bkey]
+        new_state, event, alerts = apply(state, command, now, ctx.currencies)
+        touched[bkey] = (msg.partition, new_state, touched[bkey][2] if bkey in touched else state.sequence)
+
+        digits = ctx.currencies.get(new_state.currency or "", DEFAULT_DIGITS)
+        payload = orjson.dumps(event_to_wire(event, digits))
+        text = payload.decode()
+        out.ledger_rows.append(
+            (
+                event.tenant_id, event.budget_id, event.sequence, event.type, event.command_id,
+                fp, event.ref_id, event.currency, event.amount, event.funded, event.reserved,
+                event.charged, event.available, ctx.topic, msg.partition, msg.offset, text,
+                event.recorded_at, event.prev_hash, event.hash,
+            )
+        )  # fmt: skip
+        for alert in alerts:
+            out.outbox_rows.append(
+                (ctx.alerts_topic, msg.key, orjson.dumps(alert_to_wire(alert)), None)
+            )
+        prior[ckey] = (fp, text)
+        out.outcomes[(command.type, event.reason or "accepted")] += 1
+
+    # Step 5
+    for bkey, state in loaded.items():
+        out.new_states.setdefault(homes[bkey], {})[bkey] = state
+    for bkey, (partition, state, _) in touched.items():
+        out.new_states.setdefault(partition, {})[bkey] = state
+        out.balance_rows.append(balance_row(state, recorded_at))
+    _collect_reservation_rows(out, touched, valid)
+    return out
+
+
+def _collect_reservation_rows(
+    out: BatchOutput,
+    touched: Mapping[BudgetKey, tuple[int, BudgetState, int]],
+    valid: list[tuple[Incoming, Command, str]],
+) -> None:
+    seen: set[tuple[BudgetKey, str]] = set()
+    scanned: set[BudgetKey] = set()
+    for _, command, _ in valid:
+        bkey = (command.tenant_id, command.budget_id)
+        if bkey not in touched:
+            continue
+        _, state, seq0 = touched[bkey]
+        ref = getattr(command, "ref_id", None)
+        if ref is None:
+            if command.type == "expire_reservations" and bkey not in scanned:
+                scanned.add(bkey)
+                for r in state.reservations.values():
+                    if r.updated_seq > seq0 and (bkey, r.ref_id) not in seen:
+                        seen.add((bkey, r.ref_id))
+                        out.reservation_rows.append(reservation_row(state, r))
+            continue
+        if (bkey, ref) in seen:
+            continue
+        reservation = state.reservations.get(ref)
+        if reservation is not None and reservation.updated_seq > seq0:
+            seen.add((bkey, ref))
+            out.reservation_rows.append(reservation_row(state, reservation))
+
+
+def _validate(msg: Incoming, ctx: BatchContext) -> Command:
+    if msg.value is None:
+        raise CommandInvalid("empty", "the message has no value")
+    command = parse_command(msg.value, ctx.currencies)
+    expected = f"{command.tenant_id}:{command.budget_id}".encode()
+    if msg.key != expected:
+        got = msg.key.decode("utf-8", "replace") if msg.key is not None else None
+        raise CommandInvalid(
+            "key_mismatch",
+            f"message key {got!r} does not match tenant_id:budget_id {expected.decode()!r}",
+        )
+    return command
+
+
+def _headers(*pairs: tuple[str, str]) -> str:
+    return orjson.dumps([list(p) for p in pairs]).decode()
+
+
+def _dead_letter(msg: Incoming, ctx: BatchContext, error_class: str, reason: str) -> OutboxRow:
+    headers = _headers(
+        ("error_class", error_class),
+        ("reason", reason),
+        ("original_topic", ctx.topic),
+        ("original_partition", str(msg.partition)),
+        ("original_offset", str(msg.offset)),
+    )
+    return (ctx.dlq_topic, msg.key, msg.value or b"", headers)
+
+
+def merge_states(partitions: MutableMapping[int, PartitionState], out: BatchOutput) -> None:
+    """After a successful commit: move positions on and keep the batch's final budget states."""
+    for partition, (_, new_offset) in out.positions.items():
+        part = partitions.get(partition)
+        if part is not None:
+            part.next_offset = new_offset
+    for partition, states in out.new_states.items():
+        part = partitions.get(partition)
+        if part is not None:
+            part.budgets.update(states)

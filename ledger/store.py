@@ -1,0 +1,97 @@
+"""The Postgres event store: the append-only ledger, consumer positions and the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+
+import orjson
+import psycopg
+
+from ledger.budget import BudgetState, evolve, initial_state
+from ledger.sql import load_queries
+from schemas.events import event_from_wire
+
+BudgetKey = tuple[str, str]
+CommandKey = tuple[str, str]
+
+
+class Fenced(Exception):
+    """Another consumer moved a partition's position on: this one no longer owns it."""
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The event store's named queries (`ledger/queries.sql`)."""
+    return load_queries("ledger")
+
+
+def ensure_partitions(
+    conn: psycopg.Connection, group: str, topic: str, partitions: Sequence[int]
+) -> dict[int, int]:
+    """Create missing position and relay-cursor rows; return {partition: next_offset}."""
+    q = queries()
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.executemany(
+                q["ensure_position"],
+                [{"group": group, "topic": topic, "partition": p} for p in partitions],
+            )
+            cur.executemany(q["ensure_relay_cursor"], [{"partition": p} for p in partitions])
+        rows = conn.execute(
+            q["select_positions"], {"group": group, "topic": topic, "partitions": list(partitions)}
+        ).fetchall()
+    return {int(p): int(o) for p, o in rows}
+
+
+def lookup_prior(conn: psycopg.Connection, keys: list[CommandKey]) -> dict[CommandKey, tuple[str, str]]:
+    """Fingerprint and event JSON of every (tenant, command_id) already in the ledger."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        queries()["select_prior_commands"],
+        {"tenants": [k[0] for k in keys], "command_ids": [k[1] for k in keys]},
+    ).fetchall()
+    return {(t, c): (fp, ev) for t, c, fp, ev in rows}
+
+
+def load_budgets(
+    conn: psycopg.Connection, keys: list[BudgetKey], currencies: Mapping[str, int]
+) -> dict[BudgetKey, BudgetState]:
+    """Rebuild the state of each budget by replaying its ledger events through `evolve`."""
+    states = {key: initial_state(*key) for key in keys}
+    if not keys:
+        return states
+    with conn.cursor() as cur:
+        cur.execute(
+            queries()["select_budget_events"],
+            {"tenants": [k[0] for k in keys], "budgets": [k[1] for k in keys]},
+        )
+        for tenant_id, budget_id, text in cur:
+            key = (tenant_id, budget_id)
+            wire = orjson.loads(text)
+            digits = currencies.get(wire.get("currency") or states[key].currency or "", 2)
+            states[key] = evolve(states[key], event_from_wire(wire, digits))
+    return states
+
+
+def advance_positions(
+    conn: psycopg.Connection, group: str, topic: str, positions: Mapping[int, tuple[int, int]]
+) -> None:
+    """Compare-and-set every partition's position (expected -> new); raise Fenced if any moved."""
+    q = queries()["advance_position"]
+    with conn.cursor() as cur:
+        for partition, (expected, new) in sorted(positions.items()):
+            cur.execute(
+                q,
+                {"group": group, "topic": topic, "partition": partition, "expected": expected, "next": new},
+            )
+            if cur.rowcount != 1:
+                raise Fenced(f"partition {partition} of {topic} is no longer at offset {expected}")
+
+
+def copy_rows(conn: psycopg.Connection, query_name: str, rows: Iterable[Sequence[object]]) -> None:
+    """Stream rows into a table with COPY (one round trip for the whole batch)."""
+    with conn.cursor() as cur, cur.copy(queries()[query_name]) as copy:
+        for row in rows:
+            copy.write_row(row)
