@@ -1,0 +1,54 @@
+"""Canonical JSON encoding and the per-budget SHA-256 hash chain (tamper evidence).
+
+``canonical(d)`` is orjson with sorted keys: UTF-8, no insignificant whitespace, non-ASCII
+characters written as themselves (not ``\\u`` escapes). Only ``str``, ``int``, ``bool``, ``None``,
+``list`` and ``dict`` (with ``str`` keys) are allowed: these survive a Postgres JSONB round trip
+unchanged, so the reconciler can recompute a hash from the stored JSONB. Floats are refused.
+
+``hash = sha256(prev_hash.encode("ascii") + canonical(wire_event_without_hash)).hexdigest()``
+with ``prev_hash = GENESIS_HASH`` for a budget's first event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+GENESIS_HASH: Final = "0" * 64
+_OPTS: Final = orjson.OPT_SORT_KEYS
+_SCALARS: Final = (str, int, bool, type(None))
+
+
+def _check(value: Any) -> None:
+    # Exact type checks (not isinstance) would reject str subclasses like StrEnum members,
+    # which orjson encodes as plain strings; isinstance is right here. bool is an int subclass.
+    if isinstance(value, _SCALARS):
+        if isinstance(value, float):  # pragma: no cover - floats are not in _SCALARS
+            raise TypeError("floats are not allowed in canonical JSON")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"canonical JSON keys must be strings, got {type(k).__name__}")
+            _check(v)
+        return
+    if isinstance(value, list | tuple):
+        for v in value:
+            _check(v)
+        return
+    raise TypeError(f"{type(value).__name__} is not allowed in canonical JSON")
+
+
+def canonical(d: Mapping[str, Any]) -> bytes:
+    """Canonical bytes of a JSON object (sorted keys, compact, UTF-8); TypeError on floats etc."""
+    obj = d if isinstance(d, dict) else dict(d)
+    _check(obj)
+    return orjson.dumps(obj, option=_OPTS)
+
+
+def chain_hash(prev_hash: str, wire_event_without_hash: Mapping[str, Any]) -> str:
+    """Hex SHA-256 linking an event (its wire form minus ``hash``) to its predecessor."""
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical(wire_event_without_hash)).hexdigest()
