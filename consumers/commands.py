@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--batch-max-messages", type=int, default=None, metavar="N",
                    help="largest batch (default LEDGER_BATCH_MAX_MESSAGES=2000)")
     p.add_argument("--batch-max-ms", type=int, default=None, metavar="MS",
-                   help="longest wait to fill a batch (default LEDGER_BATCH_MAX_MS=50)")
+                   help="longest wait to fill a batch (default LEDGER_BATCH_MAX_MS=20)")
     p.add_argument("--with-relay", action="store_true",
                    help="also run the outbox relay in this process (a thread)")
     p.set_defaults(handler=cmd_consume)

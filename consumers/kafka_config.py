@@ -35,7 +35,7 @@ def command_consumer_config(settings: Settings, **overrides: Any) -> dict[str, A
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "isolation.level": "read_committed",
-        "session.timeout.ms": 10_000,
+        "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": 1_000,
         "max.poll.interval.ms": 60_000,
         "fetch.wait.max.ms": 10,

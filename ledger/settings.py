@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     relay_group: str = "budget-ledger-relay"
 
     batch_max_messages: int = Field(default=2000, ge=1, le=100_000)
-    batch_max_ms: int = Field(default=50, ge=1, le=60_000)
+    batch_max_ms: int = Field(default=20, ge=1, le=60_000)
+    # How soon the group notices a dead consumer and hands its partitions to the others.
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
 
     # ISO 4217 code -> minor digits, e.g. LEDGER_CURRENCIES='{"USD": 2, "ZWG": 2}'.
     currencies: dict[str, int] = Field(default_factory=lambda: {"USD": 2, "ZWG": 2})

@@ -128,4 +128,5 @@ def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # typ
         relay_group=f"{topic_prefix}.relay",
         topic_partitions=4,
         batch_max_ms=20,
+        session_timeout_ms=6_000,
     )
