@@ -45,6 +45,13 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a narrated reserve/charge/release flow against the configured Kafka and Postgres."""
+    from consumers.demo import run_demo
+
+    return run_demo(settings)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the Kafka-side sub-commands to the CLI."""
     p = sub.add_parser(
@@ -66,3 +73,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description=cmd_relay.__doc__)
     p.add_argument("--batch", type=int, default=5000, help="rows per round (default 5000)")
     p.set_defaults(handler=cmd_relay)
+
+    p = sub.add_parser("demo", help="run a narrated flow end to end", description=cmd_demo.__doc__)
+    p.set_defaults(handler=cmd_demo)
