@@ -50,5 +50,14 @@ def canonical(d: Mapping[str, Any]) -> bytes:
 
 
 def chain_hash(prev_hash: str, wire_event_without_hash: Mapping[str, Any]) -> str:
-    """Hex SHA-256 linking an event (its wire form minus ``hash``) to its predecessor."""
-    return hashlib.sha256(prev_hash.encode("ascii") + canonical(wire_event_without_hash)).hexdigest()
+    """Hex SHA-256 linking an event (its wire form minus ``hash``) to its predecessor.
+
+    Same bytes as ``canonical`` but without its type walk: this is the per-command hot path,
+    and the schemas already guarantee JSON-stable values. A value that is not (e.g. a float
+    planted in a stored event) simply yields a different hash, which the reconciler reports
+    as a broken link instead of crashing.
+    """
+    obj = wire_event_without_hash
+    if not isinstance(obj, dict):
+        obj = dict(obj)
+    return hashlib.sha256(prev_hash.encode("ascii") + orjson.dumps(obj, option=_OPTS)).hexdigest()

@@ -78,9 +78,13 @@ CONFIG_FIELDS: Final = (
 
 
 class CommandInvalid(ValueError):
-    """A raw message that is not a valid command; ``error_class`` is "json" or "schema"."""
+    """A raw message that is not a valid command.
 
-    def __init__(self, error_class: Literal["json", "schema"], reason: str) -> None:
+    ``error_class`` is "json" (not UTF-8 JSON) or "schema" (not a valid command) from
+    :func:`parse_command`; callers may use their own classes (e.g. "key_mismatch").
+    """
+
+    def __init__(self, error_class: str, reason: str) -> None:
         super().__init__(reason)
         self.error_class = error_class
         self.reason = reason

@@ -44,8 +44,11 @@ def to_minor(text: str, digits: int) -> int:
 
 def to_decimal_str(minor: int, digits: int) -> str:
     """Render minor units as decimal text with exactly ``digits`` places (``-300`` -> ``"-3.00"``)."""
+    text = str(minor)
+    if minor >= 0 and len(text) > digits > 0:  # fast path: plain string slicing
+        return f"{text[:-digits]}.{text[-digits:]}"
     if digits == 0:
-        return str(minor)
+        return text
     if minor < 0:
         q, r = divmod(-minor, 10**digits)
         return f"-{q}.{r:0{digits}d}"
