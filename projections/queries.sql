@@ -34,3 +34,119 @@ ON CONFLICT (tenant_id, budget_id, ref_id) DO UPDATE SET
     expires_at = EXCLUDED.expires_at, command_id = EXCLUDED.command_id,
     created_seq = EXCLUDED.created_seq, updated_seq = EXCLUDED.updated_seq
 
+
+-- ---------------------------------------------------------------------------------------------
+-- Reconciler and rebuild (projections/reconcile.py, rebuild.py, kafka_check.py).
+
+-- name: reconcile_stream
+-- One ordered stream per shard: each budget's ledger events (kind 0, by sequence), then its
+-- balance row (kind 1), then its reservations (kind 2). Postgres merges the three index scans
+-- (Merge Append), so budgets arrive grouped without Python ever comparing keys (collation-proof)
+-- and without a sort of the ledger. Shards split budgets by hash for parallel replay.
+SELECT tenant_id, budget_id, kind, seq, type, amount, funded, reserved, charged, available, body
+FROM (
+    SELECT tenant_id, budget_id, 0 AS kind, sequence AS seq, NULL::text AS ref_key, type, amount,
+           funded, reserved, charged, available, event::text AS body
+    FROM ledger
+    WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+      AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+      AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+    UNION ALL
+    SELECT tenant_id, budget_id, 1, 0::bigint, NULL::text, NULL::text, NULL::bigint,
+           funded, reserved, charged, available,
+           json_build_array(currency, opened, budget_limit, utilization_pct::text, sequence,
+                            last_hash, period_start, config)::text
+    FROM budget_balances
+    WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+      AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+      AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+    UNION ALL
+    SELECT tenant_id, budget_id, 2, 0::bigint, ref_id, NULL::text, NULL::bigint,
+           NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
+           json_build_array(ref_id, status, amount, charged,
+                            to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                            command_id, created_seq, updated_seq)::text
+    FROM reservations
+    WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+      AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+      AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+) AS s
+ORDER BY tenant_id, budget_id, kind, seq, ref_key
+
+-- name: ledger_size_estimate
+-- For the progress bar's ETA only: the planner's row estimate, free to read.
+SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'ledger'::regclass
+
+-- name: count_ledger_events
+SELECT count(*) FROM ledger
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+
+-- name: unpublished_events
+-- Per command partition: the relay cursor, the ledger's last offset, and how many events (and
+-- since when) sit after the cursor. A loose index scan finds the partitions without a full scan.
+WITH RECURSIVE parts AS (
+    (SELECT kafka_partition AS p FROM ledger ORDER BY kafka_partition LIMIT 1)
+    UNION ALL
+    SELECT (SELECT kafka_partition FROM ledger WHERE kafka_partition > parts.p
+            ORDER BY kafka_partition LIMIT 1)
+    FROM parts WHERE parts.p IS NOT NULL
+)
+SELECT parts.p, coalesce(c.last_offset, -1), m.max_offset, u.pending, u.oldest
+FROM parts
+LEFT JOIN relay_cursors c ON c.partition = parts.p
+CROSS JOIN LATERAL (SELECT max(kafka_offset) AS max_offset FROM ledger
+                    WHERE kafka_partition = parts.p) AS m
+CROSS JOIN LATERAL (SELECT count(*) AS pending, min(recorded_at) AS oldest FROM ledger
+                    WHERE kafka_partition = parts.p
+                      AND kafka_offset > coalesce(c.last_offset, -1)) AS u
+WHERE parts.p IS NOT NULL
+ORDER BY parts.p
+
+-- name: insert_alert
+INSERT INTO outbox (topic, key, payload, headers)
+VALUES (%(topic)s, %(key)s, %(payload)s, %(headers)s::jsonb)
+
+-- name: ledger_hashes
+-- The --source kafka comparison: what the events topic should hold, budget by budget.
+SELECT tenant_id, budget_id, sequence, hash, kafka_partition, kafka_offset
+FROM ledger
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+ORDER BY tenant_id, budget_id, sequence
+
+-- name: relay_cursors
+SELECT partition, last_offset FROM relay_cursors
+
+-- name: lock_projections
+-- Rebuild: readers keep reading the old rows; writers (the consumer's upsert) wait until commit.
+LOCK TABLE budget_balances, reservations IN EXCLUSIVE MODE
+
+-- name: rebuild_stream
+-- Rebuild: the whole ledger (or one tenant/budget) in replay order, only what `evolve` needs.
+SELECT tenant_id, budget_id, event::text
+FROM ledger
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+ORDER BY tenant_id, budget_id, sequence
+
+-- name: delete_balances
+DELETE FROM budget_balances
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+
+-- name: delete_reservations
+DELETE FROM reservations
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+
+-- name: copy_balances
+COPY budget_balances (tenant_id, budget_id, currency, opened, funded, reserved, charged,
+                      available, budget_limit, utilization_pct, sequence, last_hash,
+                      period_start, config, updated_at)
+FROM STDIN
+
+-- name: copy_reservations
+COPY reservations (tenant_id, budget_id, ref_id, status, amount, charged, expires_at,
+                   command_id, created_seq, updated_seq)
+FROM STDIN

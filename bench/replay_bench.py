@@ -1,0 +1,227 @@
+"""Replay benchmark: fill a ledger with N events quickly, then time `reconcile` over it.
+
+    .venv/bin/python bench/replay_bench.py --events 1000000 --budgets 2000 --workers 2
+
+The fill does not go through Kafka: a seeded random command stream runs through the consumer's
+own `process_batch` (the domain's `apply`, the same row layout) with in-process look-ups, and the
+ledger and projection rows are COPYed in. The timed part is `projections.reconcile.reconcile`,
+exactly what `budget-ledger reconcile` runs. The database in LEDGER_DATABASE_URL is used as is
+(`--fresh` creates and migrates a scratch database next to it and drops it afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from consumers.processor import (  # noqa: E402
+    BatchContext,
+    BatchOutput,
+    Incoming,
+    PartitionState,
+    merge_states,
+    process_batch,
+)
+from ledger.budget import initial_state  # noqa: E402
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _money(rng: random.Random, low: int, high: int) -> str:
+    minor = rng.randint(low, high)
+    return f"{minor // 100}.{minor % 100:02d}"
+
+
+def command_stream(n: int, budgets: int, seed: int = 7, tenants: int = 3) -> Iterator[dict[str, Any]]:
+    """A seeded stream of `n` commands over `budgets` budgets: opens first, then a random mix of
+    fund/reserve/charge/release/adjust/configure/expire/close, including refusals."""
+    rng = random.Random(seed)
+    keys = [(f"tenant-{i % tenants}", f"budget-{i}") for i in range(budgets)]
+    open_refs: dict[tuple[str, str], list[str]] = {k: [] for k in keys}
+    ref_counter = 0
+    for i, (tenant, budget) in enumerate(keys[: min(n, budgets)]):
+        period = "monthly" if i % 4 == 0 else "rolling"
+        cmd: dict[str, Any] = {"type": "open_budget", "command_id": f"c-open-{i}", "tenant_id": tenant,
+                               "budget_id": budget, "currency": "USD" if i % 3 else "ZWG",
+                               "period": period}  # fmt: skip
+        if i % 5 == 0:
+            cmd["hard_cap"] = _money(rng, 50_000, 200_000)
+        if i % 7 == 0:
+            cmd["period_allowance"] = _money(rng, 10_000, 50_000)
+            cmd["rollover"] = bool(i % 2)
+        yield cmd
+    for j in range(max(0, n - budgets)):
+        key = keys[rng.randrange(budgets)]
+        tenant, budget = key
+        currency = "ZWG" if int(budget.split("-")[1]) % 3 == 0 else "USD"
+        base = {"command_id": f"c-{j}", "tenant_id": tenant, "budget_id": budget}
+        roll = rng.random()
+        refs = open_refs[key]
+        if roll < 0.12:
+            yield {**base, "type": "fund", "amount": _money(rng, 1_000, 100_000), "currency": currency}
+        elif roll < 0.55:
+            ref_counter += 1
+            ref = f"r-{ref_counter}"
+            refs.append(ref)
+            cmd = {**base, "type": "reserve", "amount": _money(rng, 1, 5_000), "currency": currency,
+                   "ref_id": ref}  # fmt: skip
+            if rng.random() < 0.2:
+                # Early in the run these expire at the sweeps below; later ones are refused.
+                cmd["expires_at"] = rng.choice(["2026-01-01T00:01:00Z", "2099-01-01T00:00:00Z"])
+            yield cmd
+        elif roll < 0.78 and refs:
+            ref = refs.pop(rng.randrange(len(refs)))
+            cmd = {**base, "type": "charge", "ref_id": ref}
+            if rng.random() < 0.3:
+                cmd["amount"] = _money(rng, 1, 500)  # may exceed the reservation: a refusal
+            yield cmd
+        elif roll < 0.9 and refs:
+            yield {**base, "type": "release", "ref_id": refs.pop(rng.randrange(len(refs)))}
+        elif roll < 0.93:
+            amount = _money(rng, 1, 2_000)
+            yield {**base, "type": "adjust", "amount": amount if rng.random() < 0.7 else "-" + amount,
+                   "reason": "bench correction", "operator": "ops-1"}  # fmt: skip
+        elif roll < 0.95:
+            yield {**base, "type": "configure_budget", "soft_threshold_pct": rng.randint(50, 90)}
+        elif roll < 0.97:
+            yield {**base, "type": "expire_reservations", "as_of": "2026-01-01T00:02:00Z"}
+        elif roll < 0.98:
+            yield {**base, "type": "close_period", "period_end": "2026-01-01T00:01:40Z"}
+        else:
+            yield {**base, "type": "charge", "ref_id": f"missing-{j}"}  # reservation_not_found
+
+
+def build_rows(
+    commands: Iterator[dict[str, Any]], partitions: int = 12, batch: int = 5000, topic: str = "bench.commands"
+) -> Iterator[BatchOutput]:
+    """Run commands through the consumer's `process_batch` in batches (in-process look-ups:
+    command ids are unique, budgets start empty); yields each batch's rows."""
+    ctx = BatchContext(topic=topic, events_topic="bench.events", alerts_topic="bench.alerts",
+                       dlq_topic="bench.dlq", currencies={"USD": 2, "ZWG": 2})  # fmt: skip
+    states = {p: PartitionState(next_offset=0) for p in range(partitions)}
+    offsets = dict.fromkeys(range(partitions), 0)
+    now = START
+    pending: list[Incoming] = []
+
+    def flush() -> BatchOutput:
+        out = process_batch(
+            pending, states, ctx,
+            lookup_prior=lambda keys: {},
+            load_budgets=lambda keys: {k: initial_state(*k) for k in keys},
+            now=now,
+        )  # fmt: skip
+        merge_states(states, out)
+        return out
+
+    for cmd in commands:
+        key = f"{cmd['tenant_id']}:{cmd['budget_id']}".encode()
+        part = hash_partition(key, partitions)
+        pending.append(Incoming(part, offsets[part], key, orjson.dumps(cmd)))
+        offsets[part] += 1
+        if len(pending) >= batch:
+            yield flush()
+            pending = []
+            now += timedelta(seconds=1)
+    if pending:
+        yield flush()
+
+
+def hash_partition(key: bytes, partitions: int) -> int:
+    """A stable partition for a key (any stable function will do for a benchmark)."""
+    return int.from_bytes(key[-4:], "big") % partitions
+
+
+def fill(dsn: str, n: int, budgets: int, seed: int) -> int:
+    """Write the ledger and projections of `n` commands into the database; returns events."""
+    from ledger import store
+    from ledger.db import connect
+    from projections.store import upsert_projections
+
+    total = 0
+    # As the owner: COPY FROM is refused on tables with row-level security for ledger_app.
+    with connect(dsn) as conn:
+        for out in build_rows(command_stream(n, budgets, seed)):
+            with conn.transaction():
+                store.copy_rows(conn, "copy_ledger", out.ledger_rows)
+                upsert_projections(conn, out.balance_rows, out.reservation_rows)
+            total += len(out.ledger_rows)
+        conn.execute("ANALYZE ledger")
+        conn.commit()
+    return total
+
+
+def _scratch(dsn: str) -> str:
+    import psycopg
+    from psycopg import sql
+
+    from ledger.migrate import migrate
+
+    name = f"ledger_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+    migrate(url)
+    return url
+
+
+def _drop(dsn: str, url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fill (unless --no-fill), then time one full reconcile and print events/s."""
+    from ledger.settings import load_settings
+    from projections.reconcile import ReconcileOptions, reconcile
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=1_000_000, help="commands to generate (one event each)")
+    p.add_argument("--budgets", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--workers", type=int, default=2, help="replay processes (split by budget hash)")
+    p.add_argument("--fresh", action="store_true", help="use a scratch database, dropped afterwards")
+    p.add_argument("--keep", action="store_true", help="with --fresh: keep the scratch database")
+    p.add_argument("--no-fill", action="store_true", help="reuse the ledger already in the database")
+    p.add_argument("--runs", type=int, default=1, help="timed reconcile runs")
+    args = p.parse_args(argv)
+
+    settings = load_settings()
+    dsn = _scratch(settings.database_url) if args.fresh else settings.database_url
+    try:
+        if not args.no_fill:
+            t0 = time.perf_counter()
+            events = fill(dsn, args.events, args.budgets, args.seed)
+            took = time.perf_counter() - t0
+            print(f"filled {events:,} events in {took:.1f} s ({events / took:,.0f}/s)")
+        for run in range(args.runs):
+            t0 = time.perf_counter()
+            report = reconcile(dsn, ReconcileOptions(workers=args.workers, progress=False))
+            took = time.perf_counter() - t0
+            print(f"run {run + 1}: replayed {report.events:,} events of {report.budgets:,} budgets "
+                  f"in {took:.2f} s = {report.events / took:,.0f} events/s "
+                  f"(workers={args.workers}, clean={report.clean})")  # fmt: skip
+    finally:
+        if args.fresh and not args.keep:
+            _drop(settings.database_url, dsn)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
