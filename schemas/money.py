@@ -18,7 +18,8 @@ DEFAULT_CURRENCIES: Final[Mapping[str, int]] = MappingProxyType({"USD": 2, "ZWG"
 #: minor units always fit a Postgres bigint (15 + up to 3 minor digits < 9.2e18).
 UNSIGNED_AMOUNT_PATTERN: Final = r"^(0|[1-9][0-9]{0,14})(\.[0-9]+)?$"
 SIGNED_AMOUNT_PATTERN: Final = r"^-?(0|[1-9][0-9]{0,14})(\.[0-9]+)?$"
-_SIGNED_RE: Final = re.compile(SIGNED_AMOUNT_PATTERN)
+# Wire text of balances is not bounded like command input (sums can grow past 15 digits).
+_DECIMAL_RE: Final = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$")
 
 
 def fraction_digits(text: str) -> int:
@@ -29,7 +30,7 @@ def fraction_digits(text: str) -> int:
 
 def to_minor(text: str, digits: int) -> int:
     """Convert decimal text (``"-12.5"``) to integer minor units; ValueError if not exact."""
-    if not _SIGNED_RE.match(text):
+    if not _DECIMAL_RE.match(text):
         raise ValueError(f"{text!r} is not a decimal amount like '12.50'")
     whole, _, frac = text.partition(".")
     if len(frac) > digits:
