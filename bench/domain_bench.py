@@ -38,8 +38,8 @@ def _workload(n_commands: int, n_budgets: int, seed: int = 7) -> list[bytes]:
         if roll < 0.50 or not refs:
             ref = f"r{i}"
             refs.append(ref)
-            cmd = {**base, "type": "reserve", "amount": f"{rng.randint(1, 500)}.{rng.randint(0, 99):02d}",
-                   "currency": "USD", "ref_id": ref}  # fmt: skip
+            amount = f"{rng.randint(1, 500)}.{rng.randint(0, 99):02d}"
+            cmd = {**base, "type": "reserve", "amount": amount, "currency": "USD", "ref_id": ref}
         elif roll < 0.80:
             cmd = {**base, "type": "charge", "ref_id": refs.pop(rng.randrange(len(refs)))}
         elif roll < 0.95:
@@ -53,9 +53,10 @@ def _workload(n_commands: int, n_budgets: int, seed: int = 7) -> list[bytes]:
 def _opened_budgets(n_budgets: int, now: datetime) -> dict[tuple[str, str], BudgetState]:
     states = {}
     for b in range(n_budgets):
-        raw = orjson.dumps({"command_id": f"open{b}", "type": "open_budget", "tenant_id": TENANT,
-                            "budget_id": f"b{b}", "currency": "USD", "period": "monthly",
-                            "hard_cap": "10000000.00", "period_allowance": "5000000.00"})  # fmt: skip
+        body = {"command_id": f"open{b}", "type": "open_budget", "tenant_id": TENANT,
+                "budget_id": f"b{b}", "currency": "USD", "period": "monthly",
+                "hard_cap": "10000000.00", "period_allowance": "5000000.00"}  # fmt: skip
+        raw = orjson.dumps(body)
         cmd = parse_command(raw)
         states[(TENANT, f"b{b}")], _, _ = apply(initial_state(TENANT, f"b{b}"), cmd, now)
     return states

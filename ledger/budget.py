@@ -36,7 +36,7 @@ from schemas.events import (
     make_alert_id,
     rfc3339_utc,
 )
-from schemas.money import DEFAULT_CURRENCIES, to_decimal_str
+from schemas.money import DEFAULT_CURRENCIES, POW10, to_decimal_str
 from schemas.reasons import Reason
 
 #: How far ``as_of``/``period_end`` may lie ahead of the consumer's clock (clock skew between the
@@ -48,10 +48,13 @@ CHARGED: Final = "charged"
 RELEASED: Final = "released"
 EXPIRED: Final = "expired"
 #: The only moves a reservation can make (DESIGN: nothing else moves them).
-RESERVATION_EDGES: Final = frozenset({(RESERVED, CHARGED), (RESERVED, RELEASED), (RESERVED, EXPIRED)})
+RESERVATION_EDGES: Final = frozenset(
+    {(RESERVED, CHARGED), (RESERVED, RELEASED), (RESERVED, EXPIRED)}
+)
 
 _FUNDS_REASONS: Final = frozenset({Reason.INSUFFICIENT_FUNDS, Reason.HARD_CAP_EXCEEDED})
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+_NO_EXPIRIES: Final[immutables.Map[str, str]] = immutables.Map()  # immutable: safe to share
 
 
 # --- State ---------------------------------------------------------------------------------
@@ -107,7 +110,7 @@ class BudgetState:
     digits: int = 0
     # Reservations still "reserved" that carry an expiry: ref_id -> expires_at. Lets the
     # sweeper's command touch only what can expire instead of every reservation ever made.
-    expiring: immutables.Map[str, str] = immutables.Map()
+    expiring: immutables.Map[str, str] = _NO_EXPIRIES
     # Whether utilization was at/above each threshold after the last accepted event; an alert
     # fires on the False -> True edge, so falling back below re-arms it.
     above_soft: bool = False
@@ -192,7 +195,7 @@ def _minor(text: str, digits: int) -> int | None:
     if len(frac) > digits:
         return None
     negative = whole.startswith("-")
-    minor = int(whole.lstrip("-")) * 10**digits + (int(frac.ljust(digits, "0")) if digits else 0)
+    minor = int(whole.lstrip("-")) * POW10[digits] + (int(frac.ljust(digits, "0")) if digits else 0)
     return -minor if negative else minor
 
 
@@ -448,9 +451,13 @@ def _decide_reserve(
         )
     amount = _minor(c.amount, s.digits)
     if amount is None:
-        return _reject_reserve(s, c, Reason.INVALID_AMOUNT, rec, f"amount {c.amount} is too precise")
+        return _reject_reserve(
+            s, c, Reason.INVALID_AMOUNT, rec, f"amount {c.amount} is too precise"
+        )
     if c.ref_id in s.reservations:
-        return _reject_reserve(s, c, Reason.DUPLICATE_REF, rec, f"ref_id {c.ref_id} already reserved")
+        return _reject_reserve(
+            s, c, Reason.DUPLICATE_REF, rec, f"ref_id {c.ref_id} already reserved"
+        )
     if c.expires_at is not None:
         expires: str | None = rfc3339_utc(c.expires_at)
     elif cfg.reservation_ttl_seconds is not None:
@@ -459,7 +466,9 @@ def _decide_reserve(
     else:
         expires = None
     if expires is not None and expires <= rec:  # same fixed-width UTC format: string order works
-        return _reject_reserve(s, c, Reason.EXPIRES_IN_PAST, rec, f"expires_at {expires} has passed")
+        return _reject_reserve(
+            s, c, Reason.EXPIRES_IN_PAST, rec, f"expires_at {expires} has passed"
+        )
     limit = _limit(cfg, s.funded)
     available = limit - s.reserved - s.charged
     if amount > available:
@@ -484,9 +493,7 @@ def _decide_reserve(
     )
 
 
-def _active_reservation(
-    s: BudgetState, c: Charge | Release, rec: str
-) -> Reservation | LedgerEvent:
+def _active_reservation(s: BudgetState, c: Charge | Release, rec: str) -> Reservation | LedgerEvent:
     res = s.reservations.get(c.ref_id)
     if res is None:
         return _reject(s, c, Reason.RESERVATION_NOT_FOUND, rec, f"no reservation {c.ref_id}")
@@ -554,9 +561,14 @@ def _decide_expire(
     if c.as_of > now + CLOCK_SKEW:
         return _reject(s, c, Reason.AS_OF_IN_FUTURE, rec, f"as_of is after {rec}")
     as_of = rfc3339_utc(c.as_of)
-    due = sorted((exp, ref) for ref, exp in s.expiring.items() if exp <= as_of)
-    pairs = [[ref, s.reservations[ref].amount] for _, ref in due]
-    total = sum(amount for _, amount in pairs)
+    due: list[tuple[str, str]] = []
+    for ref, exp in s.expiring.items():
+        if exp <= as_of:
+            due.append((exp, ref))
+    due.sort()  # expiry order, then ref_id: deterministic whatever the map's iteration order
+    amounts = [(ref, s.reservations[ref].amount) for _, ref in due]
+    total = sum(amount for _, amount in amounts)
+    pairs = [[ref, amount] for ref, amount in amounts]  # lists: what JSON gives back on replay
     return _event(
         s,
         c,
@@ -637,7 +649,9 @@ _DECIDERS: Final[dict[str, _Decider]] = {
 # --- evolve ----------------------------------------------------------------------------------
 
 
-def _advance(s: BudgetState, e: LedgerEvent, cap_reached_alerted: bool | None = None) -> BudgetState:
+def _advance(
+    s: BudgetState, e: LedgerEvent, cap_reached_alerted: bool | None = None
+) -> BudgetState:
     """Only the chain moves: sequence and hash (rejections, unknown or malformed events)."""
     return BudgetState(
         s.tenant_id,
@@ -757,7 +771,14 @@ def _evolve_reserved(s: BudgetState, e: LedgerEvent) -> BudgetState:
 
 def _finish(res: Reservation, status: str, charged: int, seq: int) -> Reservation:
     return Reservation(
-        res.ref_id, res.amount, status, charged, res.expires_at, res.command_id, res.created_seq, seq
+        res.ref_id,
+        res.amount,
+        status,
+        charged,
+        res.expires_at,
+        res.command_id,
+        res.created_seq,
+        seq,
     )
 
 
@@ -906,7 +927,9 @@ def alerts_for(before: BudgetState, after: BudgetState, event: LedgerEvent) -> t
     if fire_hard:
         amount = limit * cfg.hard_threshold_pct // 100
         hard = {**base, "threshold_amount": to_decimal_str(amount, digits)}
-        out.append(_alert(after, event, "hard_cap_approaching", f"{cfg.hard_threshold_pct}.00", hard))
+        out.append(
+            _alert(after, event, "hard_cap_approaching", f"{cfg.hard_threshold_pct}.00", hard)
+        )
     if fire_cap:
         cap = {
             **base,

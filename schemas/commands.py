@@ -212,9 +212,7 @@ class ConfigureBudget(_ConfigFields):
     @model_validator(mode="after")
     def _something_to_change(self) -> ConfigureBudget:
         if not self.model_fields_set.intersection(CONFIG_FIELDS):
-            raise ValueError(
-                "configure_budget needs at least one of: " + ", ".join(CONFIG_FIELDS)
-            )
+            raise ValueError("configure_budget needs at least one of: " + ", ".join(CONFIG_FIELDS))
         return self
 
     def changes(self) -> dict[str, Any]:
@@ -356,9 +354,9 @@ def _readable(err: Mapping[str, Any]) -> str:
         )
     leaf = field.rsplit(".", 1)[-1]
     if leaf in AMOUNT_FIELDS and kind == "string_type":
-        return f"{field} must be a JSON string like \"12.50\", not {_json_kind(err.get('input'))}"
+        return f'{field} must be a JSON string like "12.50", not {_json_kind(err.get("input"))}'
     if leaf in AMOUNT_FIELDS and kind == "string_pattern_mismatch":
-        return f"{field} {err.get('input')!r} is not a decimal amount like \"12.50\""
+        return f'{field} {err.get("input")!r} is not a decimal amount like "12.50"'
     if kind == "timezone_aware":
         return f"{field} must carry a UTC offset (e.g. 'Z' or '+02:00')"
     if kind == "string_too_short":
@@ -394,16 +392,18 @@ def parse_command(raw: bytes | str, currencies: Mapping[str, int] | None = None)
     """Parse and validate one raw JSON command; raise :class:`CommandInvalid` if it is not one."""
     try:
         return COMMAND_ADAPTER.validate_json(
-            raw, context={"currencies": currencies if currencies is not None else DEFAULT_CURRENCIES}
+            raw,
+            context={"currencies": currencies if currencies is not None else DEFAULT_CURRENCIES},
         )
     except pydantic.ValidationError as exc:
         errors = exc.errors(include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
             detail = next(e for e in errors if e["type"] == "json_invalid")
             ctx = detail.get("ctx") or {}
-            raise CommandInvalid("json", f"invalid JSON: {ctx.get('error', 'unparseable')}") from None
+            raise CommandInvalid(
+                "json", f"invalid JSON: {ctx.get('error', 'unparseable')}"
+            ) from None
         reason = "; ".join(_readable(e) for e in errors[:5])
         if len(errors) > 5:
             reason += f"; and {len(errors) - 5} more"
         raise CommandInvalid("schema", reason) from None
-

@@ -32,7 +32,9 @@ EventType = Literal[
 ]
 EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]
 
-AlertType = Literal["soft_cap_exceeded", "hard_cap_approaching", "hard_cap_reached", "drift_detected"]
+AlertType = Literal[
+    "soft_cap_exceeded", "hard_cap_approaching", "hard_cap_reached", "drift_detected"
+]
 ALERT_TYPES: Final[tuple[str, ...]] = AlertType.__args__  # type: ignore[attr-defined]
 ALERT_SEVERITY: Final[Mapping[str, str]] = {
     "soft_cap_exceeded": "warning",
@@ -248,7 +250,10 @@ _SignedMoney = Annotated[str, StringConstraints(pattern=r"^-?(0|[1-9][0-9]*)(\.[
 _Pct = Annotated[str, StringConstraints(pattern=r"^[0-9]+\.[0-9]{2}$")]
 _Hash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 _Utc = Annotated[
-    str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$")
+    str,
+    StringConstraints(
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$"
+    ),
 ]
 
 
@@ -304,10 +309,15 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {"command": COMMAND_ADAPTER.json_schema()}
     for name, model in COMMAND_MODELS.items():
         out[f"command.{name}"] = model.model_json_schema()
-    for et in EVENT_TYPES:
-        m = create_model(f"Event_{et}", __base__=_EventWire, type=(Literal[et], ...))  # type: ignore[call-overload]
-        out[f"event.{et}"] = TypeAdapter(m).json_schema()
-    for at in ALERT_TYPES:
-        m = create_model(f"Alert_{at}", __base__=_AlertWire, type=(Literal[at], ...))  # type: ignore[call-overload]
-        out[f"alert.{at}"] = TypeAdapter(m).json_schema()
+    # One model per type whose `type` is a const, so a schema refuses other types' instances.
+    bases: list[tuple[str, tuple[str, ...], type[BaseModel]]] = [
+        ("event", EVENT_TYPES, _EventWire),
+        ("alert", ALERT_TYPES, _AlertWire),
+    ]
+    for kind, names, base in bases:
+        for name in names:
+            const: Any = Literal[name]
+            fields: dict[str, Any] = {"type": (const, ...)}
+            model = create_model(f"{kind.title()}_{name}", __base__=base, **fields)
+            out[f"{kind}.{name}"] = TypeAdapter(model).json_schema()
     return out

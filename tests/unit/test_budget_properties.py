@@ -119,7 +119,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(target=raw_commands, b=budgets, ref=refs, amount=amounts,
           ttl=st.none() | st.integers(1, 300))  # fmt: skip
     def reserve(self, b: str, ref: str, amount: str, ttl: int | None) -> bytes:
-        extra = {} if ttl is None else {"expires_at": (self.now + timedelta(seconds=ttl)).isoformat()}
+        extra = (
+            {} if ttl is None else {"expires_at": (self.now + timedelta(seconds=ttl)).isoformat()}
+        )
         raw = self._raw(b, "reserve", amount=amount, currency="USD", ref_id=ref, **extra)
         self.deliver(raw)
         return raw

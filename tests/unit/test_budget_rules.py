@@ -243,7 +243,10 @@ def test_rule(
         assert getattr(ev, field) == value, field
     # Balances on the event are the state after it.
     assert (ev.funded, ev.reserved, ev.charged, ev.available) == (
-        after.funded, after.reserved, after.charged, after.available
+        after.funded,
+        after.reserved,
+        after.charged,
+        after.available,
     )
 
 
@@ -258,8 +261,9 @@ def test_every_ledger_reason_has_a_case() -> None:
 
 def test_tenant_mismatch_is_refused_on_the_routed_budgets_chain() -> None:
     state, _, _ = run(open_())
-    foreign = parse_command(orjson.dumps({"type": "fund", "command_id": "x", "tenant_id": "evil",
-                                          "budget_id": B, "amount": "1", "currency": "USD"}))  # fmt: skip
+    body = {"type": "fund", "command_id": "x", "tenant_id": "evil", "budget_id": B,
+            "amount": "1", "currency": "USD"}  # fmt: skip
+    foreign = parse_command(orjson.dumps(body))
     ev = decide(state, foreign, NOW)
     assert (ev.type, ev.reason) == ("command_rejected", Reason.TENANT_MISMATCH)
     assert (ev.tenant_id, ev.budget_id, ev.sequence) == (T, B, 2)
@@ -313,10 +317,24 @@ def test_evolve_never_raises_on_odd_events() -> None:
     state, events, _ = run(open_(), fund("10"))
     odd = [
         LedgerEvent(**{**_fields(events[-1]), "type": "martian", "sequence": 3, "hash": "h1"}),
-        LedgerEvent(**{**_fields(events[-1]), "type": "reservation_charged", "ref_id": "ghost",
-                       "sequence": 4, "hash": "h2"}),  # fmt: skip
-        LedgerEvent(**{**_fields(events[-1]), "type": "budget_configured", "data": {},
-                       "sequence": 5, "hash": "h3"}),  # fmt: skip
+        LedgerEvent(
+            **{
+                **_fields(events[-1]),
+                "type": "reservation_charged",
+                "ref_id": "ghost",
+                "sequence": 4,
+                "hash": "h2",
+            }
+        ),
+        LedgerEvent(
+            **{
+                **_fields(events[-1]),
+                "type": "budget_configured",
+                "data": {},
+                "sequence": 5,
+                "hash": "h3",
+            }
+        ),
     ]
     for ev in odd:
         after = evolve(state, ev)
@@ -347,7 +365,9 @@ def test_soft_threshold_fires_once_per_crossing_and_rearms_below() -> None:
 
 
 def test_soft_cap_amount_takes_precedence_over_percent() -> None:
-    _, _, alerts = run(open_(soft_cap="20"), fund("100"), reserve("a", "19.99"), reserve("b", "0.01"))
+    _, _, alerts = run(
+        open_(soft_cap="20"), fund("100"), reserve("a", "19.99"), reserve("b", "0.01")
+    )
     assert [(a.type, a.sequence, a.threshold) for a in alerts] == [
         ("soft_cap_exceeded", 4, "20.00")
     ]

@@ -317,9 +317,13 @@ def test_schemas_refuse_money_as_numbers() -> None:
         jsonschema.validate({**ev, "funded": 1000}, schemas["event.reservations_expired"])
 
 
+KEY_PART = st.text(min_size=1, max_size=20).filter(
+    lambda s: ":" not in s and not any(c.isspace() for c in s)
+)
+
+
 @settings(max_examples=50)
-@given(st.integers(1, 10**9), st.text(min_size=1, max_size=20).filter(lambda s: ":" not in s and
-                                                                       not any(c.isspace() for c in s)))  # fmt: skip
+@given(st.integers(1, 10**9), KEY_PART)
 def test_any_valid_reserve_round_trips_through_its_fingerprint(cents: int, ref: str) -> None:
     amount = to_decimal_str(cents, 2)
     c1 = parse_command(_raw(amount=amount, ref_id=ref))
