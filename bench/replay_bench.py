@@ -27,7 +27,7 @@ import orjson
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consumers.processor import (  # noqa: E402
+from consumers.processor import (
     BatchContext,
     BatchOutput,
     Incoming,
@@ -35,7 +35,7 @@ from consumers.processor import (  # noqa: E402
     merge_states,
     process_batch,
 )
-from ledger.budget import initial_state  # noqa: E402
+from ledger.budget import initial_state
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
