@@ -1,0 +1,138 @@
+"""The reconciler against a real Postgres (and Kafka for --source kafka); no mocks.
+
+Ledgers are filled by the consumer's own batch logic (`process_batch`, via the benchmark's
+filler) so rows have exactly the consumer's layout; tampering is done as the owner role.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import orjson
+import psycopg
+import pytest
+from confluent_kafka import Producer
+
+from bench.replay_bench import build_rows, command_stream, fill
+from ledger.cli import _EXTENSIONS, _load_extensions, build_parser
+from ledger.settings import Settings
+from projections.reconcile import ReconcileOptions, decode_event, reconcile
+from schemas.events import event_from_wire
+
+pytestmark = pytest.mark.integration
+
+
+def _run(settings: Settings, *argv: str) -> int:
+    if not _EXTENSIONS:
+        _load_extensions()
+    args: argparse.Namespace = build_parser().parse_args(list(argv))
+    return int(args.handler(args, settings))
+
+
+def _mark_published(url: str) -> None:
+    # No relay ran in these tests: say the relay is caught up, so only real findings count.
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO relay_cursors (partition, last_offset) "
+                     "SELECT kafka_partition, max(kafka_offset) FROM ledger GROUP BY 1 "
+                     "ON CONFLICT (partition) DO UPDATE SET last_offset = EXCLUDED.last_offset")
+
+
+def _alerts(url: str) -> list[dict]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT payload FROM outbox ORDER BY id").fetchall()
+    return [orjson.loads(bytes(r[0])) for r in rows]
+
+
+@pytest.fixture
+def filled(settings: Settings) -> Settings:
+    fill(settings.database_url, 3000, 40, seed=11)
+    _mark_published(settings.database_url)
+    return settings
+
+
+def test_clean_ledger_exits_0_without_alerts(filled: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(filled, "reconcile") == 0
+    assert "clean" in capsys.readouterr().out
+    assert _alerts(filled.database_url) == []
+
+
+def test_altered_projection_is_drift_with_alert_then_rebuild_fixes_it(
+    filled: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(filled.database_url) as conn:
+        funded = conn.execute("SELECT funded FROM budget_balances WHERE tenant_id = 'tenant-1' "
+                              "AND budget_id = 'budget-1'").fetchone()[0]
+        conn.execute("UPDATE budget_balances SET funded = funded + 700 "
+                     "WHERE tenant_id = 'tenant-1' AND budget_id = 'budget-1'")
+    assert _run(filled, "reconcile", "--json") == 1
+    report = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    drift = [d for d in report["drifts"] if d["field"] == "funded"]
+    assert drift == [{"tenant_id": "tenant-1", "budget_id": "budget-1", "table": "budget_balances",
+                      "key": "budget-1", "field": "funded", "expected": funded,
+                      "actual": funded + 700, "difference": 700}]
+    alerts = _alerts(filled.database_url)
+    assert [(a["type"], a["tenant_id"], a["budget_id"]) for a in alerts] == [
+        ("drift_detected", "tenant-1", "budget-1")
+    ]
+    assert _run(filled, "rebuild") == 0
+    assert _run(filled, "reconcile", "--no-alerts") == 0
+
+
+def test_altered_and_deleted_ledger_rows_name_the_first_broken_link(filled: Settings) -> None:
+    with psycopg.connect(filled.database_url) as conn:
+        conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        conn.execute("UPDATE ledger SET event = jsonb_set(event, '{command_id}', '\"forged\"') "
+                     "WHERE tenant_id = 'tenant-2' AND budget_id = 'budget-2' AND sequence = 5")
+        conn.execute("DELETE FROM ledger WHERE tenant_id = 'tenant-0' AND budget_id = 'budget-3' "
+                     "AND sequence = 7")
+        conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+    report = reconcile(filled.database_url, ReconcileOptions(progress=False))
+    broken = {(b.tenant_id, b.budget_id): b for b in report.broken}
+    assert set(broken) == {("tenant-2", "budget-2"), ("tenant-0", "budget-3")}
+    assert broken[("tenant-2", "budget-2")].sequence == 5
+    assert "hash mismatch" in broken[("tenant-2", "budget-2")].problem
+    assert broken[("tenant-0", "budget-3")].sequence == 8
+    assert "gap" in broken[("tenant-0", "budget-3")].problem
+    assert not report.clean
+
+
+def test_replay_of_a_long_random_stream_equals_the_live_projections(settings: Settings) -> None:
+    events = fill(settings.database_url, 20_000, 150, seed=99)
+    _mark_published(settings.database_url)
+    for workers in (1, 2):
+        report = reconcile(settings.database_url, ReconcileOptions(workers=workers, progress=False))
+        assert report.events == events and report.budgets == 150
+        assert report.drifts == [] and report.broken == [] and report.clean
+
+
+def test_fast_decoder_matches_event_from_wire() -> None:
+    for out in build_rows(command_stream(5000, 30, seed=5)):
+        for row in out.ledger_rows:
+            wire = orjson.loads(row[16])
+            digits = 0 if wire["currency"] is None else 2
+            assert decode_event(dict(wire), digits) == event_from_wire(wire, digits)
+
+
+def test_event_missing_from_the_topic_is_reported(settings: Settings) -> None:
+    from consumers.topics import create_topics
+    from consumers.kafka_config import producer_config
+
+    fill(settings.database_url, 400, 5, seed=3)
+    _mark_published(settings.database_url)
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT tenant_id, budget_id, sequence, event::text FROM ledger "
+                            "ORDER BY kafka_partition, kafka_offset").fetchall()
+    skipped = next(r for r in rows if r[1] == "budget-2" and r[2] == 10)
+    for t, b, _seq, text in rows:
+        if (t, b, _seq) != skipped[:3]:
+            producer.produce(settings.topic_events, key=f"{t}:{b}".encode(), value=text.encode())
+    assert producer.flush(30) == 0
+    assert _run(settings, "reconcile", "--source", "kafka", "--no-alerts") == 1
+    from projections.kafka_check import compare
+
+    with psycopg.connect(settings.database_url) as conn:
+        found = compare(conn, settings)
+    assert found.missing == [(skipped[0], "budget-2", 10)]
+    assert not (found.extra or found.differing or found.reordered)
