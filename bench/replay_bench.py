@@ -45,7 +45,9 @@ def _money(rng: random.Random, low: int, high: int) -> str:
     return f"{minor // 100}.{minor % 100:02d}"
 
 
-def command_stream(n: int, budgets: int, seed: int = 7, tenants: int = 3) -> Iterator[dict[str, Any]]:
+def command_stream(
+    n: int, budgets: int, seed: int = 7, tenants: int = 3
+) -> Iterator[dict[str, Any]]:
     """A seeded stream of `n` commands over `budgets` budgets: opens first, then a random mix of
     fund/reserve/charge/release/adjust/configure/expire/close, including refusals."""
     rng = random.Random(seed)
@@ -54,9 +56,14 @@ def command_stream(n: int, budgets: int, seed: int = 7, tenants: int = 3) -> Ite
     ref_counter = 0
     for i, (tenant, budget) in enumerate(keys[: min(n, budgets)]):
         period = "monthly" if i % 4 == 0 else "rolling"
-        cmd: dict[str, Any] = {"type": "open_budget", "command_id": f"c-open-{i}", "tenant_id": tenant,
-                               "budget_id": budget, "currency": "USD" if i % 3 else "ZWG",
-                               "period": period}  # fmt: skip
+        cmd: dict[str, Any] = {
+            "type": "open_budget",
+            "command_id": f"c-open-{i}",
+            "tenant_id": tenant,
+            "budget_id": budget,
+            "currency": "USD" if i % 3 else "ZWG",
+            "period": period,
+        }
         if i % 5 == 0:
             cmd["hard_cap"] = _money(rng, 50_000, 200_000)
         if i % 7 == 0:
@@ -71,13 +78,23 @@ def command_stream(n: int, budgets: int, seed: int = 7, tenants: int = 3) -> Ite
         roll = rng.random()
         refs = open_refs[key]
         if roll < 0.12:
-            yield {**base, "type": "fund", "amount": _money(rng, 1_000, 100_000), "currency": currency}
+            yield {
+                **base,
+                "type": "fund",
+                "amount": _money(rng, 1_000, 100_000),
+                "currency": currency,
+            }
         elif roll < 0.55:
             ref_counter += 1
             ref = f"r-{ref_counter}"
             refs.append(ref)
-            cmd = {**base, "type": "reserve", "amount": _money(rng, 1, 5_000), "currency": currency,
-                   "ref_id": ref}  # fmt: skip
+            cmd = {
+                **base,
+                "type": "reserve",
+                "amount": _money(rng, 1, 5_000),
+                "currency": currency,
+                "ref_id": ref,
+            }
             if rng.random() < 0.2:
                 # Early in the run these expire at the sweeps below; later ones are refused.
                 cmd["expires_at"] = rng.choice(["2026-01-01T00:01:00Z", "2099-01-01T00:00:00Z"])
@@ -92,8 +109,13 @@ def command_stream(n: int, budgets: int, seed: int = 7, tenants: int = 3) -> Ite
             yield {**base, "type": "release", "ref_id": refs.pop(rng.randrange(len(refs)))}
         elif roll < 0.93:
             amount = _money(rng, 1, 2_000)
-            yield {**base, "type": "adjust", "amount": amount if rng.random() < 0.7 else "-" + amount,
-                   "reason": "bench correction", "operator": "ops-1"}  # fmt: skip
+            yield {
+                **base,
+                "type": "adjust",
+                "amount": amount if rng.random() < 0.7 else "-" + amount,
+                "reason": "bench correction",
+                "operator": "ops-1",
+            }
         elif roll < 0.95:
             yield {**base, "type": "configure_budget", "soft_threshold_pct": rng.randint(50, 90)}
         elif roll < 0.97:
@@ -105,12 +127,20 @@ def command_stream(n: int, budgets: int, seed: int = 7, tenants: int = 3) -> Ite
 
 
 def build_rows(
-    commands: Iterator[dict[str, Any]], partitions: int = 12, batch: int = 5000, topic: str = "bench.commands"
+    commands: Iterator[dict[str, Any]],
+    partitions: int = 12,
+    batch: int = 5000,
+    topic: str = "bench.commands",
 ) -> Iterator[BatchOutput]:
     """Run commands through the consumer's `process_batch` in batches (in-process look-ups:
     command ids are unique, budgets start empty); yields each batch's rows."""
-    ctx = BatchContext(topic=topic, events_topic="bench.events", alerts_topic="bench.alerts",
-                       dlq_topic="bench.dlq", currencies={"USD": 2, "ZWG": 2})  # fmt: skip
+    ctx = BatchContext(
+        topic=topic,
+        events_topic="bench.events",
+        alerts_topic="bench.alerts",
+        dlq_topic="bench.dlq",
+        currencies={"USD": 2, "ZWG": 2},
+    )
     states = {p: PartitionState(next_offset=0) for p in range(partitions)}
     offsets = dict.fromkeys(range(partitions), 0)
     now = START
@@ -118,11 +148,13 @@ def build_rows(
 
     def flush() -> BatchOutput:
         out = process_batch(
-            pending, states, ctx,
+            pending,
+            states,
+            ctx,
             lookup_prior=lambda keys: {},
             load_budgets=lambda keys: {k: initial_state(*k) for k in keys},
             now=now,
-        )  # fmt: skip
+        )
         merge_states(states, out)
         return out
 
@@ -183,7 +215,9 @@ def _drop(dsn: str, url: str) -> None:
 
     name = urlsplit(url).path.lstrip("/")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,14 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     from ledger.settings import load_settings
     from projections.reconcile import ReconcileOptions, reconcile
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=1_000_000, help="commands to generate (one event each)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--events", type=int, default=1_000_000, help="commands to generate (one event each)"
+    )
     p.add_argument("--budgets", type=int, default=2000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=2, help="replay processes (split by budget hash)")
-    p.add_argument("--fresh", action="store_true", help="use a scratch database, dropped afterwards")
+    p.add_argument(
+        "--fresh", action="store_true", help="use a scratch database, dropped afterwards"
+    )
     p.add_argument("--keep", action="store_true", help="with --fresh: keep the scratch database")
-    p.add_argument("--no-fill", action="store_true", help="reuse the ledger already in the database")
+    p.add_argument(
+        "--no-fill", action="store_true", help="reuse the ledger already in the database"
+    )
     p.add_argument("--runs", type=int, default=1, help="timed reconcile runs")
     args = p.parse_args(argv)
 
@@ -214,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             report = reconcile(dsn, ReconcileOptions(workers=args.workers, progress=False))
             took = time.perf_counter() - t0
-            print(f"run {run + 1}: replayed {report.events:,} events of {report.budgets:,} budgets "
-                  f"in {took:.2f} s = {report.events / took:,.0f} events/s "
-                  f"(workers={args.workers}, clean={report.clean})")  # fmt: skip
+            print(
+                f"run {run + 1}: replayed {report.events:,} events of {report.budgets:,} budgets "
+                f"in {took:.2f} s = {report.events / took:,.0f} events/s "
+                f"(workers={args.workers}, clean={report.clean})"
+            )
     finally:
         if args.fresh and not args.keep:
             _drop(settings.database_url, dsn)

@@ -25,7 +25,9 @@ def parse_duration(text: str) -> float:
     """`90s`, `15m`, `1h`, `1d` -> seconds."""
     m = _DURATION.match(text.strip())
     if not m:
-        raise argparse.ArgumentTypeError(f"expected a duration like 30s, 15m, 1h or 1d, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30s, 15m, 1h or 1d, got {text!r}"
+        )
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
@@ -34,10 +36,13 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
     from projections.progress import Progress
 
     opts = rec.ReconcileOptions(
-        tenant=args.tenant, budget=args.budget, workers=args.workers,
-        currencies=settings.currencies, role=settings.database_role,
+        tenant=args.tenant,
+        budget=args.budget,
+        workers=args.workers,
+        currencies=settings.currencies,
+        role=settings.database_role,
         unpublished_grace_seconds=args.grace,
-    )  # fmt: skip
+    )
     kafka_check = None
     if args.source == "kafka":
         from projections.kafka_check import compare
@@ -51,9 +56,12 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
         with connect(settings.database_url, role=settings.database_role, autocommit=True) as conn:
             progress = Progress(rec.estimate_events(conn, opts))
     report = rec.reconcile(
-        settings.database_url, opts, on_progress=progress,
-        alerts_topic=None if args.no_alerts else settings.topic_alerts, kafka_check=kafka_check,
-    )  # fmt: skip
+        settings.database_url,
+        opts,
+        on_progress=progress,
+        alerts_topic=None if args.no_alerts else settings.topic_alerts,
+        kafka_check=kafka_check,
+    )
     if progress is not None:
         progress.close()
     if args.json:
@@ -99,9 +107,15 @@ def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.client import send_raw_command
     from schemas.commands import CommandInvalid
 
-    command = {"type": "adjust", "command_id": args.command_id or f"adjust-{uuid.uuid4()}",
-               "tenant_id": args.tenant, "budget_id": args.budget, "amount": args.amount,
-               "reason": args.reason, "operator": args.operator}  # fmt: skip
+    command = {
+        "type": "adjust",
+        "command_id": args.command_id or f"adjust-{uuid.uuid4()}",
+        "tenant_id": args.tenant,
+        "budget_id": args.budget,
+        "amount": args.amount,
+        "reason": args.reason,
+        "operator": args.operator,
+    }
     try:
         key = send_raw_command(settings, orjson.dumps(command))
     except CommandInvalid as exc:
@@ -116,29 +130,44 @@ def _line(exc: BaseException) -> str:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `reconcile`, `rebuild` and `adjust` to the CLI."""
-    p = sub.add_parser("reconcile", help="replay the ledger and report drift",
-                       description=cmd_reconcile.__doc__)  # fmt: skip
+    p = sub.add_parser(
+        "reconcile", help="replay the ledger and report drift", description=cmd_reconcile.__doc__
+    )
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--budget", help="only this budget id (with or without --tenant)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--source", choices=("ledger", "kafka"), default="ledger",
-                   help="also replay the events topic and compare it with the ledger (kafka)")
+    p.add_argument(
+        "--source",
+        choices=("ledger", "kafka"),
+        default="ledger",
+        help="also replay the events topic and compare it with the ledger (kafka)",
+    )
     p.add_argument("--workers", type=int, default=1, help="replay processes (default 1)")
-    p.add_argument("--grace", type=parse_duration, default=300.0,
-                   help="unpublished events older than this are drift (default 5m)")
-    p.add_argument("--every", type=parse_duration, default=None,
-                   help="scheduled mode: reconcile every DURATION (e.g. 1h) until stopped")
+    p.add_argument(
+        "--grace",
+        type=parse_duration,
+        default=300.0,
+        help="unpublished events older than this are drift (default 5m)",
+    )
+    p.add_argument(
+        "--every",
+        type=parse_duration,
+        default=None,
+        help="scheduled mode: reconcile every DURATION (e.g. 1h) until stopped",
+    )
     p.add_argument("--no-alerts", action="store_true", help="do not publish drift_detected alerts")
     p.set_defaults(handler=cmd_reconcile)
 
-    p = sub.add_parser("rebuild", help="rebuild the projections from the ledger",
-                       description=cmd_rebuild.__doc__)  # fmt: skip
+    p = sub.add_parser(
+        "rebuild", help="rebuild the projections from the ledger", description=cmd_rebuild.__doc__
+    )
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--budget", help="only this budget id")
     p.set_defaults(handler=cmd_rebuild)
 
-    p = sub.add_parser("adjust", help="publish an audited correction",
-                       description=cmd_adjust.__doc__)  # fmt: skip
+    p = sub.add_parser(
+        "adjust", help="publish an audited correction", description=cmd_adjust.__doc__
+    )
     p.add_argument("--tenant", required=True)
     p.add_argument("--budget", required=True)
     p.add_argument("--amount", required=True, help="signed decimal, e.g. 12.50 or -3.00")

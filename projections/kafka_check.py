@@ -1,4 +1,4 @@
-"""`reconcile --source kafka`: replay `budget.events` from the beginning and compare with the ledger.
+"""`reconcile --source kafka`: replay `budget.events` from the start and compare it with the ledger.
 
 Reported per budget: events missing from the topic (and already past the relay's cursor, so they
 should be there), extra events (in the topic, not in the ledger), reordered events (a lower
@@ -54,22 +54,35 @@ class KafkaReport:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
+
         def fmt(items: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
             return [{"tenant_id": t, "budget_id": b, "sequence": s} for t, b, s in items]
 
-        return {"clean": self.clean, "messages": self.messages, "missing": fmt(self.missing),
-                "extra": fmt(self.extra), "reordered": fmt(self.reordered),
-                "differing": fmt(self.differing), "unpublished": self.unpublished}  # fmt: skip
+        return {
+            "clean": self.clean,
+            "messages": self.messages,
+            "missing": fmt(self.missing),
+            "extra": fmt(self.extra),
+            "reordered": fmt(self.reordered),
+            "differing": fmt(self.differing),
+            "unpublished": self.unpublished,
+        }
 
 
-def read_topic(settings: Settings, tenant: str | None, budget: str | None,
-               timeout: float = 30.0) -> tuple[int, dict[BudgetKey, list[tuple[int, str]]]]:  # fmt: skip
+def read_topic(
+    settings: Settings, tenant: str | None, budget: str | None, timeout: float = 30.0
+) -> tuple[int, dict[BudgetKey, list[tuple[int, str]]]]:
     """Every event on the topic up to its current end: {budget: [(sequence, hash), ...]} in
     topic order (one budget lives on one partition, so that is its publication order)."""
     topic = settings.topic_events
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"reconcile-{uuid.uuid4()}", "enable.auto.commit": False,
-                         "enable.partition.eof": False})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"reconcile-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
     seen: dict[BudgetKey, list[tuple[int, str]]] = {}
     count = 0
     try:
@@ -105,8 +118,12 @@ def read_topic(settings: Settings, tenant: str | None, budget: str | None,
     return count, seen
 
 
-def compare(conn: psycopg.Connection, settings: Settings, tenant: str | None = None,
-            budget: str | None = None) -> KafkaReport:  # fmt: skip
+def compare(
+    conn: psycopg.Connection,
+    settings: Settings,
+    tenant: str | None = None,
+    budget: str | None = None,
+) -> KafkaReport:
     """Compare the events topic with the ledger (streamed from Postgres, budget by budget)."""
     count, topic = read_topic(settings, tenant, budget)
     report = KafkaReport(messages=count)
@@ -136,8 +153,12 @@ def compare(conn: psycopg.Connection, settings: Settings, tenant: str | None = N
     return report
 
 
-def _compare_budget(key: BudgetKey, ledger: dict[int, tuple[str, bool]],
-                    items: list[tuple[int, str]], report: KafkaReport) -> None:  # fmt: skip
+def _compare_budget(
+    key: BudgetKey,
+    ledger: dict[int, tuple[str, bool]],
+    items: list[tuple[int, str]],
+    report: KafkaReport,
+) -> None:
     t, b = key
     highest = 0
     got: set[int] = set()

@@ -14,8 +14,13 @@ log = structlog.get_logger("progress")
 class Progress:
     """Call with the number of events just done; `close()` at the end."""
 
-    def __init__(self, total: int | None, label: str = "replay", stream: TextIO | None = None,
-                 log_every: float = 5.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        total: int | None,
+        label: str = "replay",
+        stream: TextIO | None = None,
+        log_every: float = 5.0,
+    ) -> None:
         self.total = total
         self.label = label
         self.stream = stream or sys.stderr
@@ -39,8 +44,13 @@ class Progress:
         if self.total and rate > 0 and self.total > self.done:
             eta = (self.total - self.done) / rate
         if not self.tty:
-            log.info(f"{self.label}_progress", events=self.done, total=self.total,
-                     rate=round(rate), eta_s=None if eta is None else round(eta))  # fmt: skip
+            log.info(
+                f"{self.label}_progress",
+                events=self.done,
+                total=self.total,
+                rate=round(rate),
+                eta_s=None if eta is None else round(eta),
+            )
             return
         if self.total:
             frac = min(self.done / self.total, 1.0)

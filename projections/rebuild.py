@@ -55,8 +55,13 @@ def rebuild(
                 with out.copy(q[name]) as copy:
                     for row in rows:
                         copy.write_row(row)
-    log.info("rebuilt", budgets=len(balances), reservations=len(reservations), tenant=tenant,
-             budget=budget)  # fmt: skip
+    log.info(
+        "rebuilt",
+        budgets=len(balances),
+        reservations=len(reservations),
+        tenant=tenant,
+        budget=budget,
+    )
     return len(balances), len(reservations)
 
 

@@ -37,11 +37,34 @@ from schemas.money import to_minor
 
 log = structlog.get_logger("reconcile")
 
-BALANCE_FIELDS = ("tenant_id", "budget_id", "currency", "opened", "funded", "reserved", "charged",
-                  "available", "budget_limit", "utilization_pct", "sequence", "last_hash",
-                  "period_start", "config")  # fmt: skip
-RESERVATION_FIELDS = ("tenant_id", "budget_id", "ref_id", "status", "amount", "charged",
-                      "expires_at", "command_id", "created_seq", "updated_seq")  # fmt: skip
+BALANCE_FIELDS = (
+    "tenant_id",
+    "budget_id",
+    "currency",
+    "opened",
+    "funded",
+    "reserved",
+    "charged",
+    "available",
+    "budget_limit",
+    "utilization_pct",
+    "sequence",
+    "last_hash",
+    "period_start",
+    "config",
+)
+RESERVATION_FIELDS = (
+    "tenant_id",
+    "budget_id",
+    "ref_id",
+    "status",
+    "amount",
+    "charged",
+    "expires_at",
+    "command_id",
+    "created_seq",
+    "updated_seq",
+)
 _LOADS = orjson.loads
 _DUMPS = orjson.dumps
 _SORT = orjson.OPT_SORT_KEYS
@@ -114,8 +137,12 @@ class ReconcileReport:
     def clean(self) -> bool:
         """No drift, no broken link, nothing overdue on the relay, nothing off in Kafka."""
         kafka_clean = self.kafka is None or self.kafka.clean
-        return (not self.drifts and not self.broken and kafka_clean
-                and not any(u.overdue for u in self.unpublished))  # fmt: skip
+        return (
+            not self.drifts
+            and not self.broken
+            and kafka_clean
+            and not any(u.overdue for u in self.unpublished)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,19 +178,35 @@ def decode_event(d: dict[str, Any], digits: int) -> LedgerEvent:
     data = d["data"]
     if data and not (MONEY_DATA_KEYS.isdisjoint(data) and MONEY_PAIR_LIST_KEYS.isdisjoint(data)):
         data = {
-            k: (None if v is None else _minor(v, digits)) if k in MONEY_DATA_KEYS
-            else [[r, _minor(a, digits)] for r, a in v] if k in MONEY_PAIR_LIST_KEYS and v is not None
+            k: (None if v is None else _minor(v, digits))
+            if k in MONEY_DATA_KEYS
+            else [[r, _minor(a, digits)] for r, a in v]
+            if k in MONEY_PAIR_LIST_KEYS and v is not None
             else v
             for k, v in data.items()
-        }  # fmt: skip
+        }
     return LedgerEvent(
-        d["type"], d["tenant_id"], d["budget_id"], d["sequence"], d["command_id"],
-        d["command_type"], d["ref_id"], d["currency"],
-        None if amount is None else _minor(amount, digits), d["reason"], data,
-        _minor(d["funded"], digits), _minor(d["reserved"], digits), _minor(d["charged"], digits),
-        _minor(d["available"], digits), d["utilization_pct"], d["recorded_at"], d["metadata"],
-        d["prev_hash"], d["hash"],
-    )  # fmt: skip
+        d["type"],
+        d["tenant_id"],
+        d["budget_id"],
+        d["sequence"],
+        d["command_id"],
+        d["command_type"],
+        d["ref_id"],
+        d["currency"],
+        None if amount is None else _minor(amount, digits),
+        d["reason"],
+        data,
+        _minor(d["funded"], digits),
+        _minor(d["reserved"], digits),
+        _minor(d["charged"], digits),
+        _minor(d["available"], digits),
+        d["utilization_pct"],
+        d["recorded_at"],
+        d["metadata"],
+        d["prev_hash"],
+        d["hash"],
+    )
 
 
 # --- one budget -------------------------------------------------------------------------------
@@ -206,8 +249,12 @@ class _Budget:
         self.state = s = evolve(s, event)
         # The row's balance columns must say what the replay says (a column edited behind the
         # event's back, or decide/evolve disagreeing, shows up here).
-        if self.broken is None and (row[6] != s.funded or row[7] != s.reserved
-                                    or row[8] != s.charged or row[9] != s.available):  # fmt: skip
+        if self.broken is None and (
+            row[6] != s.funded
+            or row[7] != s.reserved
+            or row[8] != s.charged
+            or row[9] != s.available
+        ):
             self._break(seq, _column_problem(s, row))
 
     def _break(self, seq: int, problem: str) -> None:
@@ -229,7 +276,9 @@ class _Budget:
                 if name == "config":
                     exp = None if exp is None else _LOADS(exp)
                 if exp != act:
-                    drifts.append(Drift(t, b, "budget_balances", b, name, exp, act, _diff(exp, act)))
+                    drifts.append(
+                        Drift(t, b, "budget_balances", b, name, exp, act, _diff(exp, act))
+                    )
         seen = set()
         for ref, res in s.reservations.items():
             seen.add(ref)
@@ -262,8 +311,12 @@ def _link_problem(
 
 
 def _column_problem(s: BudgetState, row: tuple[Any, ...]) -> str:
-    cols = {"funded": (row[6], s.funded), "reserved": (row[7], s.reserved),
-            "charged": (row[8], s.charged), "available": (row[9], s.available)}  # fmt: skip
+    cols = {
+        "funded": (row[6], s.funded),
+        "reserved": (row[7], s.reserved),
+        "charged": (row[8], s.charged),
+        "available": (row[9], s.available),
+    }
     bad = ", ".join(f"{k} {a} (replay {e})" for k, (a, e) in cols.items() if a != e)
     return f"row balance columns differ from the replay: {bad}"
 
@@ -276,8 +329,22 @@ def _diff(expected: Any, actual: Any) -> int | None:
 
 def _balance_from_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     cur, opened, limit, pct, seq, last_hash, period_start, config = _LOADS(row[10])
-    return (row[0], row[1], cur, opened, row[6], row[7], row[8], row[9], limit, pct, seq,
-            last_hash, period_start, config)  # fmt: skip
+    return (
+        row[0],
+        row[1],
+        cur,
+        opened,
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        limit,
+        pct,
+        seq,
+        last_hash,
+        period_start,
+        config,
+    )
 
 
 # --- one shard --------------------------------------------------------------------------------
@@ -336,7 +403,9 @@ def _finish(budget: _Budget, result: ShardResult) -> None:
 # --- the whole run ----------------------------------------------------------------------------
 
 
-def _worker(dsn: str, opts: ReconcileOptions, shard: int, shards: int, counter: Any, out: Any) -> None:
+def _worker(
+    dsn: str, opts: ReconcileOptions, shard: int, shards: int, counter: Any, out: Any
+) -> None:
     def progress(n: int) -> None:
         with counter.get_lock():
             counter.value += n
@@ -358,8 +427,10 @@ def replay_all(
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(dsn, opts, i, opts.workers, counter, out), daemon=True)
-             for i in range(opts.workers)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_worker, args=(dsn, opts, i, opts.workers, counter, out), daemon=True)
+        for i in range(opts.workers)
+    ]
     for p in procs:
         p.start()
     results: list[ShardResult] = []
@@ -397,15 +468,23 @@ def check_unpublished(conn: psycopg.Connection, grace_seconds: float) -> list[Un
     """Partitions whose ledger events are not all published; overdue past the grace period."""
     now = datetime.now(UTC)
     found = []
-    for partition, cursor, max_offset, pending, oldest in conn.execute(queries()["unpublished_events"]):
+    for partition, cursor, max_offset, pending, oldest in conn.execute(
+        queries()["unpublished_events"]
+    ):
         if pending:
             overdue = oldest is not None and (now - oldest).total_seconds() > grace_seconds
             found.append(Unpublished(partition, cursor, max_offset, pending, oldest, overdue))
     return found
 
 
-def drift_alert(tenant_id: str, budget_id: str, sequence: int, utilization: str,
-                drifts: list[Drift], broken: BrokenLink | None) -> Alert:  # fmt: skip
+def drift_alert(
+    tenant_id: str,
+    budget_id: str,
+    sequence: int,
+    utilization: str,
+    drifts: list[Drift],
+    broken: BrokenLink | None,
+) -> Alert:
     """The `drift_detected` alert of one budget; its id is stable for the same ledger position."""
     data: dict[str, Any] = {
         "fields": sorted({f"{d.table}.{d.field}" for d in drifts}),
@@ -415,10 +494,16 @@ def drift_alert(tenant_id: str, budget_id: str, sequence: int, utilization: str,
         data["broken_link"] = {"sequence": broken.sequence, "problem": broken.problem}
     return Alert(
         alert_id=make_alert_id(tenant_id, budget_id, "drift_detected", sequence),
-        type="drift_detected", severity="critical", tenant_id=tenant_id, budget_id=budget_id,
-        utilization_pct=utilization, threshold="0.00", sequence=sequence,
-        recorded_at=rfc3339_utc(datetime.now(UTC)), data=data,
-    )  # fmt: skip
+        type="drift_detected",
+        severity="critical",
+        tenant_id=tenant_id,
+        budget_id=budget_id,
+        utilization_pct=utilization,
+        threshold="0.00",
+        sequence=sequence,
+        recorded_at=rfc3339_utc(datetime.now(UTC)),
+        data=data,
+    )
 
 
 def publish_alerts(conn: psycopg.Connection, report: ReconcileReport, topic: str) -> int:
@@ -430,9 +515,14 @@ def publish_alerts(conn: psycopg.Connection, report: ReconcileReport, topic: str
     rows = []
     for (t, b), (seq, pct) in sorted(report.drifting.items()):
         alert = drift_alert(t, b, seq, pct, by_budget.get((t, b), []), broken.get((t, b)))
-        rows.append({"topic": topic, "key": f"{t}:{b}".encode(),
-                     "payload": _DUMPS(alert_to_wire(alert)),
-                     "headers": '[["source", "reconciler"]]'})  # fmt: skip
+        rows.append(
+            {
+                "topic": topic,
+                "key": f"{t}:{b}".encode(),
+                "payload": _DUMPS(alert_to_wire(alert)),
+                "headers": '[["source", "reconciler"]]',
+            }
+        )
     if rows:
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(queries()["insert_alert"], rows)
@@ -442,8 +532,11 @@ def publish_alerts(conn: psycopg.Connection, report: ReconcileReport, topic: str
 def estimate_events(conn: psycopg.Connection, opts: ReconcileOptions) -> int | None:
     """How many events the run will replay (for the ETA): exact when filtered, else estimated."""
     if opts.tenant or opts.budget:
-        return int(conn.execute(queries()["count_ledger_events"],
-                                {"tenant": opts.tenant, "budget": opts.budget}).fetchone()[0])  # type: ignore[index]  # fmt: skip
+        return int(
+            conn.execute(
+                queries()["count_ledger_events"], {"tenant": opts.tenant, "budget": opts.budget}
+            ).fetchone()[0]
+        )  # type: ignore[index]
     value = conn.execute(queries()["ledger_size_estimate"]).fetchone()
     return int(value[0]) if value and value[0] > 0 else None
 
@@ -458,8 +551,13 @@ def reconcile(
     """Replay, verify and compare; with `alerts_topic`, publish drift alerts through the outbox."""
     started = time.perf_counter()
     shard = replay_all(dsn, opts, on_progress)
-    report = ReconcileReport(events=shard.events, budgets=shard.budgets, drifts=shard.drifts,
-                             broken=shard.broken, drifting=shard.drifting)  # fmt: skip
+    report = ReconcileReport(
+        events=shard.events,
+        budgets=shard.budgets,
+        drifts=shard.drifts,
+        broken=shard.broken,
+        drifting=shard.drifting,
+    )
     with connect(dsn, role=opts.role, autocommit=True) as conn:
         report.unpublished = check_unpublished(conn, opts.unpublished_grace_seconds)
         report.seconds = time.perf_counter() - started
@@ -469,26 +567,39 @@ def reconcile(
                 report.drifting.setdefault((t, b), (0, "0.00"))
         if alerts_topic is not None:
             report.alerts_published = publish_alerts(conn, report, alerts_topic)
-    log.info("reconciled", events=report.events, budgets=report.budgets, drifts=len(report.drifts),
-             broken=len(report.broken), seconds=round(report.seconds, 2), clean=report.clean)  # fmt: skip
+    log.info(
+        "reconciled",
+        events=report.events,
+        budgets=report.budgets,
+        drifts=len(report.drifts),
+        broken=len(report.broken),
+        seconds=round(report.seconds, 2),
+        clean=report.clean,
+    )
     return report
 
 
 def iter_lines(report: ReconcileReport) -> Iterator[str]:
     """The human summary, line by line."""
     rate = report.events / report.seconds if report.seconds else 0.0
-    yield (f"replayed {report.events:,} events of {report.budgets:,} budgets in "
-           f"{report.seconds:.2f} s ({rate:,.0f} events/s)")  # fmt: skip
+    yield (
+        f"replayed {report.events:,} events of {report.budgets:,} budgets in "
+        f"{report.seconds:.2f} s ({rate:,.0f} events/s)"
+    )
     for b in report.broken:
         yield f"BROKEN LINK {b.tenant_id}:{b.budget_id} sequence {b.sequence}: {b.problem}"
     for d in report.drifts:
         diff = "" if d.difference is None else f" (difference {d.difference:+d})"
-        yield (f"DRIFT {d.tenant_id}:{d.budget_id} {d.table}[{d.key}].{d.field}: "
-               f"expected {d.expected!r}, actual {d.actual!r}{diff}")  # fmt: skip
+        yield (
+            f"DRIFT {d.tenant_id}:{d.budget_id} {d.table}[{d.key}].{d.field}: "
+            f"expected {d.expected!r}, actual {d.actual!r}{diff}"
+        )
     for u in report.unpublished:
         label = "UNPUBLISHED (overdue)" if u.overdue else "note: unpublished"
-        yield (f"{label} partition {u.partition}: {u.pending} event(s) after relay offset "
-               f"{u.relay_offset} (ledger at {u.ledger_max_offset}, oldest {u.oldest})")  # fmt: skip
+        yield (
+            f"{label} partition {u.partition}: {u.pending} event(s) after relay offset "
+            f"{u.relay_offset} (ledger at {u.ledger_max_offset}, oldest {u.oldest})"
+        )
     if report.kafka is not None:
         yield from report.kafka.lines()
     if report.alerts_published:
@@ -503,15 +614,39 @@ def to_json(report: ReconcileReport) -> dict[str, Any]:
         "events": report.events,
         "budgets": report.budgets,
         "seconds": round(report.seconds, 3),
-        "broken_links": [{"tenant_id": b.tenant_id, "budget_id": b.budget_id,
-                          "sequence": b.sequence, "problem": b.problem} for b in report.broken],
-        "drifts": [{"tenant_id": d.tenant_id, "budget_id": d.budget_id, "table": d.table,
-                    "key": d.key, "field": d.field, "expected": d.expected, "actual": d.actual,
-                    "difference": d.difference} for d in report.drifts],
-        "unpublished": [{"partition": u.partition, "relay_offset": u.relay_offset,
-                         "ledger_max_offset": u.ledger_max_offset, "pending": u.pending,
-                         "oldest": u.oldest.isoformat() if u.oldest else None,
-                         "overdue": u.overdue} for u in report.unpublished],
+        "broken_links": [
+            {
+                "tenant_id": b.tenant_id,
+                "budget_id": b.budget_id,
+                "sequence": b.sequence,
+                "problem": b.problem,
+            }
+            for b in report.broken
+        ],
+        "drifts": [
+            {
+                "tenant_id": d.tenant_id,
+                "budget_id": d.budget_id,
+                "table": d.table,
+                "key": d.key,
+                "field": d.field,
+                "expected": d.expected,
+                "actual": d.actual,
+                "difference": d.difference,
+            }
+            for d in report.drifts
+        ],
+        "unpublished": [
+            {
+                "partition": u.partition,
+                "relay_offset": u.relay_offset,
+                "ledger_max_offset": u.ledger_max_offset,
+                "pending": u.pending,
+                "oldest": u.oldest.isoformat() if u.oldest else None,
+                "overdue": u.overdue,
+            }
+            for u in report.unpublished
+        ],
         "kafka": None if report.kafka is None else report.kafka.to_json(),
         "alerts_published": report.alerts_published,
-    }  # fmt: skip
+    }

@@ -32,9 +32,11 @@ def _run(settings: Settings, *argv: str) -> int:
 def _mark_published(url: str) -> None:
     # No relay ran in these tests: say the relay is caught up, so only real findings count.
     with psycopg.connect(url) as conn:
-        conn.execute("INSERT INTO relay_cursors (partition, last_offset) "
-                     "SELECT kafka_partition, max(kafka_offset) FROM ledger GROUP BY 1 "
-                     "ON CONFLICT (partition) DO UPDATE SET last_offset = EXCLUDED.last_offset")
+        conn.execute(
+            "INSERT INTO relay_cursors (partition, last_offset) "
+            "SELECT kafka_partition, max(kafka_offset) FROM ledger GROUP BY 1 "
+            "ON CONFLICT (partition) DO UPDATE SET last_offset = EXCLUDED.last_offset"
+        )
 
 
 def _alerts(url: str) -> list[dict]:
@@ -50,7 +52,9 @@ def filled(settings: Settings) -> Settings:
     return settings
 
 
-def test_clean_ledger_exits_0_without_alerts(filled: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+def test_clean_ledger_exits_0_without_alerts(
+    filled: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert _run(filled, "reconcile") == 0
     assert "clean" in capsys.readouterr().out
     assert _alerts(filled.database_url) == []
@@ -60,16 +64,29 @@ def test_altered_projection_is_drift_with_alert_then_rebuild_fixes_it(
     filled: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with psycopg.connect(filled.database_url) as conn:
-        funded = conn.execute("SELECT funded FROM budget_balances WHERE tenant_id = 'tenant-1' "
-                              "AND budget_id = 'budget-1'").fetchone()[0]
-        conn.execute("UPDATE budget_balances SET funded = funded + 700 "
-                     "WHERE tenant_id = 'tenant-1' AND budget_id = 'budget-1'")
+        funded = conn.execute(
+            "SELECT funded FROM budget_balances WHERE tenant_id = 'tenant-1' "
+            "AND budget_id = 'budget-1'"
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE budget_balances SET funded = funded + 700 "
+            "WHERE tenant_id = 'tenant-1' AND budget_id = 'budget-1'"
+        )
     assert _run(filled, "reconcile", "--json") == 1
     report = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
     drift = [d for d in report["drifts"] if d["field"] == "funded"]
-    assert drift == [{"tenant_id": "tenant-1", "budget_id": "budget-1", "table": "budget_balances",
-                      "key": "budget-1", "field": "funded", "expected": funded,
-                      "actual": funded + 700, "difference": 700}]
+    assert drift == [
+        {
+            "tenant_id": "tenant-1",
+            "budget_id": "budget-1",
+            "table": "budget_balances",
+            "key": "budget-1",
+            "field": "funded",
+            "expected": funded,
+            "actual": funded + 700,
+            "difference": 700,
+        }
+    ]
     alerts = _alerts(filled.database_url)
     assert [(a["type"], a["tenant_id"], a["budget_id"]) for a in alerts] == [
         ("drift_detected", "tenant-1", "budget-1")
@@ -81,10 +98,14 @@ def test_altered_projection_is_drift_with_alert_then_rebuild_fixes_it(
 def test_altered_and_deleted_ledger_rows_name_the_first_broken_link(filled: Settings) -> None:
     with psycopg.connect(filled.database_url) as conn:
         conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
-        conn.execute("UPDATE ledger SET event = jsonb_set(event, '{command_id}', '\"forged\"') "
-                     "WHERE tenant_id = 'tenant-2' AND budget_id = 'budget-2' AND sequence = 5")
-        conn.execute("DELETE FROM ledger WHERE tenant_id = 'tenant-0' AND budget_id = 'budget-3' "
-                     "AND sequence = 7")
+        conn.execute(
+            "UPDATE ledger SET event = jsonb_set(event, '{command_id}', '\"forged\"') "
+            "WHERE tenant_id = 'tenant-2' AND budget_id = 'budget-2' AND sequence = 5"
+        )
+        conn.execute(
+            "DELETE FROM ledger WHERE tenant_id = 'tenant-0' AND budget_id = 'budget-3' "
+            "AND sequence = 7"
+        )
         conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
     report = reconcile(filled.database_url, ReconcileOptions(progress=False))
     broken = {(b.tenant_id, b.budget_id): b for b in report.broken}
@@ -114,16 +135,18 @@ def test_fast_decoder_matches_event_from_wire() -> None:
 
 
 def test_event_missing_from_the_topic_is_reported(settings: Settings) -> None:
-    from consumers.topics import create_topics
     from consumers.kafka_config import producer_config
+    from consumers.topics import create_topics
 
     fill(settings.database_url, 400, 5, seed=3)
     _mark_published(settings.database_url)
     create_topics(settings)
     producer = Producer(producer_config(settings))
     with psycopg.connect(settings.database_url) as conn:
-        rows = conn.execute("SELECT tenant_id, budget_id, sequence, event::text FROM ledger "
-                            "ORDER BY kafka_partition, kafka_offset").fetchall()
+        rows = conn.execute(
+            "SELECT tenant_id, budget_id, sequence, event::text FROM ledger "
+            "ORDER BY kafka_partition, kafka_offset"
+        ).fetchall()
     skipped = next(r for r in rows if r[1] == "budget-2" and r[2] == 10)
     for t, b, _seq, text in rows:
         if (t, b, _seq) != skipped[:3]:
