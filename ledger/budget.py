@@ -32,8 +32,9 @@ from schemas.events import (
     ALERT_SEVERITY,
     Alert,
     LedgerEvent,
-    event_to_wire,
+    data_to_wire,
     make_alert_id,
+    remember_wire,
     rfc3339_utc,
 )
 from schemas.money import DEFAULT_CURRENCIES, POW10, to_decimal_str
@@ -267,39 +268,67 @@ def _event(
     currency: str | None = None,
     digits: int | None = None,
 ) -> LedgerEvent:
-    """Build the next event of ``s``'s chain with balances after it, and seal it with its hash."""
+    """Build the next event of ``s``'s chain with balances after it, sealed with its hash."""
     f = s.funded if funded is None else funded
     r = s.reserved if reserved is None else reserved
     ch = s.charged if charged is None else charged
     limit = _limit(config or s.config, f)
     committed = r + ch
+    available = limit - committed if limit > committed else 0
+    util = utilization_pct(committed, limit)
+    cur = s.currency if currency is None else currency
+    # Without a currency (budget never opened) every balance is zero: written with 0 digits,
+    # exactly as event_to_wire does.
+    dg = 0 if cur is None else (s.digits if digits is None else digits)
+    seq = s.sequence + 1
+    # The wire form is built here directly (not via event_to_wire) because this is the hot
+    # path; the tests recompute every hash through event_to_wire, so the two cannot drift.
+    wire = {
+        "type": etype,
+        "tenant_id": s.tenant_id,
+        "budget_id": s.budget_id,
+        "sequence": seq,
+        "command_id": c.command_id,
+        "command_type": c.type,
+        "ref_id": ref_id,
+        "currency": cur,
+        "amount": None if amount is None else to_decimal_str(amount, dg),
+        "reason": reason,
+        "data": data_to_wire(data, dg) if data else {},
+        "funded": to_decimal_str(f, dg),
+        "reserved": to_decimal_str(r, dg),
+        "charged": to_decimal_str(ch, dg),
+        "available": to_decimal_str(available, dg),
+        "utilization_pct": util,
+        "recorded_at": recorded_at,
+        "metadata": c.metadata,
+        "prev_hash": s.last_hash,
+    }
+    digest = chain_hash(s.last_hash, wire)
     ev = LedgerEvent(
-        type=etype,
-        tenant_id=s.tenant_id,
-        budget_id=s.budget_id,
-        sequence=s.sequence + 1,
-        command_id=c.command_id,
-        command_type=c.type,
-        ref_id=ref_id,
-        currency=s.currency if currency is None else currency,
-        amount=amount,
-        reason=reason,
-        data=data,
-        funded=f,
-        reserved=r,
-        charged=ch,
-        available=limit - committed if limit > committed else 0,
-        utilization_pct=utilization_pct(committed, limit),
-        recorded_at=recorded_at,
-        metadata=c.metadata,
-        prev_hash=s.last_hash,
-        hash="",
+        etype,
+        s.tenant_id,
+        s.budget_id,
+        seq,
+        c.command_id,
+        c.type,
+        ref_id,
+        cur,
+        amount,
+        reason,
+        data,
+        f,
+        r,
+        ch,
+        available,
+        util,
+        recorded_at,
+        c.metadata,
+        s.last_hash,
+        digest,
     )
-    wire = event_to_wire(ev, s.digits if digits is None else digits)
-    del wire["hash"]
-    # The hash covers the finished wire form, so it can only be set once the event exists;
-    # nothing outside this function has seen `ev` yet, so sealing it in place is safe.
-    object.__setattr__(ev, "hash", chain_hash(s.last_hash, wire))
+    wire["hash"] = digest
+    remember_wire(ev, dg, wire)
     return ev
 
 

@@ -121,7 +121,8 @@ def rfc3339_utc(dt: datetime) -> str:
     )
 
 
-def _data_to_wire(data: Mapping[str, Any], digits: int) -> dict[str, Any]:
+def data_to_wire(data: Mapping[str, Any], digits: int) -> dict[str, Any]:
+    """``LedgerEvent.data`` with money (see MONEY_DATA_KEYS) as decimal strings."""
     out: dict[str, Any] = {}
     for k, v in data.items():
         if v is None:
@@ -149,14 +150,29 @@ def _data_from_wire(data: Mapping[str, Any], digits: int) -> dict[str, Any]:
     return out
 
 
+# The domain builds each event's wire form to hash it; the consumer asks for the same wire form
+# right after. One remembered (event, digits, wire) spares rebuilding it. A single tuple is
+# swapped atomically, and the identity check makes a stale entry harmless.
+_last_wire: tuple[LedgerEvent | None, int, dict[str, Any]] = (None, 0, {})
+
+
+def remember_wire(ev: LedgerEvent, digits: int, wire: dict[str, Any]) -> None:
+    """Record the wire form just built for ``ev`` (by the domain, when it hashed the event)."""
+    global _last_wire
+    _last_wire = (ev, digits, wire)
+
+
 def event_to_wire(ev: LedgerEvent, digits: int) -> dict[str, Any]:
-    """The JSON-ready dict of an event (money as decimal strings).
+    """The JSON-ready dict of an event (money as decimal strings); a fresh dict each call.
 
     ``digits`` is the currency's minor digits; it is ignored (0 is used) when the event has no
     currency — a budget that was never opened has only zero balances.
     """
     if ev.currency is None:
         digits = 0
+    cached_ev, cached_digits, cached = _last_wire
+    if cached_ev is ev and cached_digits == digits:
+        return dict(cached)
     amount = ev.amount
     return {
         "type": ev.type,
@@ -169,7 +185,7 @@ def event_to_wire(ev: LedgerEvent, digits: int) -> dict[str, Any]:
         "currency": ev.currency,
         "amount": None if amount is None else to_decimal_str(amount, digits),
         "reason": ev.reason,
-        "data": _data_to_wire(ev.data, digits) if ev.data else {},
+        "data": data_to_wire(ev.data, digits) if ev.data else {},
         "funded": to_decimal_str(ev.funded, digits),
         "reserved": to_decimal_str(ev.reserved, digits),
         "charged": to_decimal_str(ev.charged, digits),
