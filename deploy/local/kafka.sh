@@ -1,0 +1,451 @@
+#!/usr/bin/env bash
+# Local single-node Apache Kafka (KRaft, combined broker+controller) without Docker.
+#
+# The broker comes from the official Maven Central artifacts (org.apache.kafka:kafka_2.13 and its
+# runtime dependencies), resolved once with the machine's `mvn` into a cache folder outside the
+# repository, and runs on the machine's Java (17+).
+#
+# Usage: deploy/local/kafka.sh start | stop | status | fetch | reset | logs
+#
+# Environment:
+#   LEDGER_KAFKA_PORT        client port (default 9092); the controller listens on port+1
+#   LEDGER_KAFKA_VERSION     Kafka version to resolve (default: the pin below)
+#   LEDGER_CACHE_DIR         jar cache root (default ~/.cache/budget-ledger)
+#   LEDGER_STATE_DIR         config/data/log/pid root (default ~/.local/state/budget-ledger)
+#   LEDGER_KAFKA_HEAP_OPTS   JVM heap flags (default "-Xms256m -Xmx512m")
+#   LEDGER_KAFKA_START_TIMEOUT  seconds to wait for the broker to answer (default 90)
+#   JAVA                     java binary (default: java on PATH)
+#   MVN                      maven binary (default: mvn on PATH)
+set -euo pipefail
+
+# ---- pins -------------------------------------------------------------------------------------
+KAFKA_VERSION_PIN="4.1.1"
+KAFKA_VERSION_FALLBACK="4.4.0"   # tried only if the pin cannot be resolved
+SCALA_BINARY="2.13"
+LOG4J2_VERSION="2.24.3"          # the log4j2 line Kafka 4.x builds against; SLF4J binding only
+SLF4J_VERSION="2.0.16"           # kafka-clients pulls slf4j-api 1.7.x, which cannot see the 2.x binding
+DEPENDENCY_PLUGIN_VERSION="3.8.1"
+
+KAFKA_VERSION="${LEDGER_KAFKA_VERSION:-$KAFKA_VERSION_PIN}"
+PORT="${LEDGER_KAFKA_PORT:-9092}"
+CTRL_PORT=$((PORT + 1))
+HOST="127.0.0.1"
+BOOTSTRAP="${HOST}:${PORT}"
+CACHE_ROOT="${LEDGER_CACHE_DIR:-$HOME/.cache/budget-ledger}"
+STATE_ROOT="${LEDGER_STATE_DIR:-$HOME/.local/state/budget-ledger}"
+STATE_DIR="${STATE_ROOT}/kafka-${PORT}"
+HEAP_OPTS="${LEDGER_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+START_TIMEOUT="${LEDGER_KAFKA_START_TIMEOUT:-90}"
+STOP_TIMEOUT=30
+JAVA="${JAVA:-java}"
+MVN="${MVN:-mvn}"
+
+PID_FILE="${STATE_DIR}/kafka.pid"
+PROPS="${STATE_DIR}/server.properties"
+LOG4J_CONF="${STATE_DIR}/log4j2.xml"
+TOOLS_LOG4J_CONF="${STATE_DIR}/tools-log4j2.xml"
+DATA_DIR="${STATE_DIR}/data"
+LOG_DIR="${STATE_DIR}/logs"
+SERVER_LOG="${LOG_DIR}/server.log"
+STDOUT_LOG="${LOG_DIR}/kafka.out"
+
+log() { printf '[kafka.sh] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+libs_dir_for() { printf '%s/kafka-%s/libs' "$CACHE_ROOT" "$1"; }
+marker_for() { printf '%s/kafka-%s/.resolved' "$CACHE_ROOT" "$1"; }
+
+# ---- fetch ------------------------------------------------------------------------------------
+resolve_version() {
+    # resolve_version <version>: copy kafka_2.13:<version> + runtime deps + log4j2 SLF4J binding
+    # into the cache. Returns non-zero if Maven cannot resolve it.
+    local version="$1" root libs tmp pom start end rc
+    root="${CACHE_ROOT}/kafka-${version}"
+    libs="$(libs_dir_for "$version")"
+    mkdir -p "$root"
+    tmp="$(mktemp -d "${root}/.resolve.XXXXXX")"
+    pom="${tmp}/pom.xml"
+    cat >"$pom" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.budget-ledger</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_${SCALA_BINARY}</artifactId>
+      <version>${version}</version>
+    </dependency>
+    <dependency>
+      <!-- BrokerApiVersionsCommand / TopicCommand used for the readiness check -->
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka-tools</artifactId>
+      <version>${version}</version>
+    </dependency>
+    <dependency>
+      <!-- Kafka 4.x logs through SLF4J -> log4j2, but the binding is test-scoped in its POM -->
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j2-impl</artifactId>
+      <version>${LOG4J2_VERSION}</version>
+    </dependency>
+    <dependency>
+      <!-- log4j-slf4j2-impl is an SLF4J 2 provider: slf4j-api must be 2.x, not Kafka's 1.7.x -->
+      <groupId>org.slf4j</groupId>
+      <artifactId>slf4j-api</artifactId>
+      <version>${SLF4J_VERSION}</version>
+    </dependency>
+  </dependencies>
+  <build>
+    <pluginManagement>
+      <plugins>
+        <plugin>
+          <groupId>org.apache.maven.plugins</groupId>
+          <artifactId>maven-dependency-plugin</artifactId>
+          <version>${DEPENDENCY_PLUGIN_VERSION}</version>
+        </plugin>
+      </plugins>
+    </pluginManagement>
+  </build>
+</project>
+EOF
+    log "resolving org.apache.kafka:kafka_${SCALA_BINARY}:${version} with Maven (first time only) ..."
+    start=$(date +%s)
+    rc=0
+    "$MVN" -q -B -f "$pom" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="${tmp}/libs" >"${tmp}/mvn.log" 2>&1 || rc=$?
+    end=$(date +%s)
+    if [[ $rc -ne 0 ]] || ! compgen -G "${tmp}/libs/kafka_${SCALA_BINARY}-${version}.jar" >/dev/null; then
+        log "Maven could not resolve Kafka ${version} (exit ${rc}, $((end - start)) s); last lines:"
+        tail -n 15 "${tmp}/mvn.log" >&2 || true
+        rm -rf "$tmp"
+        return 1
+    fi
+    rm -rf "$libs"
+    mv "${tmp}/libs" "$libs"
+    cp "$pom" "${root}/pom.xml"
+    rm -rf "$tmp"
+    printf 'version=%s\nresolved_at=%s\nseconds=%s\njars=%s\n' "$version" "$(date -Is)" \
+        "$((end - start))" "$(ls "$libs" | wc -l)" >"$(marker_for "$version")"
+    log "resolved Kafka ${version}: $(ls "$libs" | wc -l) jars in $((end - start)) s -> ${libs}"
+}
+
+# Sets KAFKA_LIBS to a resolved classpath dir (resolving if needed) and RESOLVED_VERSION.
+ensure_libs() {
+    local v
+    # Already resolved: pinned version, or the fallback from an earlier run.
+    for v in "$KAFKA_VERSION" "$KAFKA_VERSION_FALLBACK"; do
+        if [[ -f "$(marker_for "$v")" ]]; then
+            KAFKA_LIBS="$(libs_dir_for "$v")"; RESOLVED_VERSION="$v"
+            [[ "$v" != "$KAFKA_VERSION" ]] && log "note: using fallback Kafka ${v} (${KAFKA_VERSION} was not resolvable)"
+            return 0
+        fi
+    done
+    command -v "$MVN" >/dev/null 2>&1 || die "Maven ('$MVN') is not on PATH; install it (apt-get install -y maven)"
+    mkdir -p "$CACHE_ROOT"
+    # Serialize concurrent fetches.
+    exec 8>"${CACHE_ROOT}/.kafka-fetch.lock"
+    flock 8
+    if [[ -f "$(marker_for "$KAFKA_VERSION")" ]]; then
+        KAFKA_LIBS="$(libs_dir_for "$KAFKA_VERSION")"; RESOLVED_VERSION="$KAFKA_VERSION"; return 0
+    fi
+    if resolve_version "$KAFKA_VERSION"; then
+        KAFKA_LIBS="$(libs_dir_for "$KAFKA_VERSION")"; RESOLVED_VERSION="$KAFKA_VERSION"; return 0
+    fi
+    if [[ "$KAFKA_VERSION" != "$KAFKA_VERSION_FALLBACK" ]]; then
+        log "WARNING: Kafka ${KAFKA_VERSION} could not be resolved; trying fallback ${KAFKA_VERSION_FALLBACK}"
+        if resolve_version "$KAFKA_VERSION_FALLBACK"; then
+            KAFKA_LIBS="$(libs_dir_for "$KAFKA_VERSION_FALLBACK")"; RESOLVED_VERSION="$KAFKA_VERSION_FALLBACK"
+            log "WARNING: using fallback Kafka ${KAFKA_VERSION_FALLBACK}"
+            return 0
+        fi
+    fi
+    die "could not resolve Kafka from Maven (see output above)"
+}
+
+check_java() {
+    command -v "$JAVA" >/dev/null 2>&1 || die "java not found; install a JDK 17+ (apt-get install -y openjdk-17-jre-headless)"
+    local major
+    major="$("$JAVA" -version 2>&1 | awk -F'"' '/version/ {print $2; exit}' | awk -F. '{print ($1 == "1") ? $2 : $1}')"
+    [[ -n "$major" && "$major" -ge 17 ]] || die "Kafka 4.x needs Java 17+, found '${major:-unknown}' ($JAVA)"
+}
+
+# ---- process helpers --------------------------------------------------------------------------
+read_pid() { [[ -f "$PID_FILE" ]] && tr -dc '0-9' <"$PID_FILE" || true; }
+
+# Our broker is running: pid file points at a live java running kafka.Kafka with our config.
+our_pid_alive() {
+    local pid; pid="$(read_pid)"
+    [[ -n "$pid" ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q -- "kafka.Kafka ${PROPS}" || return 1
+    printf '%s' "$pid"
+}
+
+port_open() { (exec 3<>"/dev/tcp/${HOST}/$1") 2>/dev/null; }
+
+# A real Kafka request (ApiVersions) against the client port, via the resolved tools classpath.
+broker_answers() {
+    local timeout_ms="${1:-5000}"
+    port_open "$PORT" || return 1
+    [[ -n "${KAFKA_LIBS:-}" ]] || return 1
+    timeout 30 "$JAVA" -Xmx128m -XX:TieredStopAtLevel=1 -Xshare:auto \
+        -Dlog4j2.configurationFile="${TOOLS_LOG4J_CONF}" \
+        -cp "${KAFKA_LIBS}/*" org.apache.kafka.tools.BrokerApiVersionsCommand \
+        --bootstrap-server "$BOOTSTRAP" \
+        --command-config <(printf 'request.timeout.ms=%s\ndefault.api.timeout.ms=%s\n' "$timeout_ms" "$timeout_ms") \
+        >/dev/null 2>&1
+}
+
+# ---- config -----------------------------------------------------------------------------------
+write_config() {
+    mkdir -p "$DATA_DIR" "$LOG_DIR"
+    cat >"$PROPS" <<EOF
+# Generated by deploy/local/kafka.sh — single-node KRaft (combined broker+controller), dev only.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@${HOST}:${CTRL_PORT}
+listeners=PLAINTEXT://${HOST}:${PORT},CONTROLLER://${HOST}:${CTRL_PORT}
+advertised.listeners=PLAINTEXT://${HOST}:${PORT}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=${DATA_DIR}
+num.partitions=12
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=12
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+# NOTE: auto-create stays on for now (convenient for early development); the project creates its
+# topics explicitly with "budget-ledger topics create", and this should become false later.
+auto.create.topics.enable=true
+delete.topic.enable=true
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.retention.hours=168
+log.segment.bytes=104857600
+log.retention.check.interval.ms=300000
+EOF
+    cat >"$LOG4J_CONF" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Generated by deploy/local/kafka.sh -->
+<Configuration status="WARN">
+  <Appenders>
+    <RollingFile name="server" fileName="${SERVER_LOG}" filePattern="${SERVER_LOG}.%i">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="50 MB"/></Policies>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="server"/></Root>
+    <Logger name="org.apache.kafka.clients" level="WARN"/>
+    <Logger name="org.apache.kafka.common.utils.AppInfoParser" level="WARN"/>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="kafka.network.RequestChannel\$" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Logger name="kafka.log.LogCleaner" level="WARN"/>
+    <Logger name="kafka.server.metadata" level="WARN"/>
+    <Logger name="kafka.coordinator" level="WARN"/>
+    <Logger name="org.apache.kafka.coordinator" level="WARN"/>
+    <Logger name="org.apache.kafka.storage.internals" level="WARN"/>
+    <Logger name="org.apache.kafka.raft" level="WARN"/>
+    <Logger name="org.apache.kafka.image" level="WARN"/>
+    <Logger name="org.apache.kafka.metadata" level="WARN"/>
+    <Logger name="org.apache.kafka.controller" level="WARN"/>
+    <Logger name="kafka.log" level="WARN"/>
+    <Logger name="kafka.cluster.Partition" level="WARN"/>
+    <Logger name="kafka.server.ReplicaFetcherManager" level="WARN"/>
+    <Logger name="kafka.server.ReplicaAlterLogDirsManager" level="WARN"/>
+  </Loggers>
+</Configuration>
+EOF
+    cat >"$TOOLS_LOG4J_CONF" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Generated by deploy/local/kafka.sh: logging for the CLI tools (storage format, readiness probe) -->
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="stderr" target="SYSTEM_ERR"><PatternLayout pattern="[%d] %p %m (%c)%n"/></Console>
+  </Appenders>
+  <Loggers><Root level="ERROR"><AppenderRef ref="stderr"/></Root></Loggers>
+</Configuration>
+EOF
+}
+
+format_storage() {
+    local cluster_id_file="${STATE_DIR}/cluster.id" cid out rc
+    [[ -f "${DATA_DIR}/meta.properties" ]] && return 0
+    if [[ -s "$cluster_id_file" ]]; then
+        cid="$(cat "$cluster_id_file")"
+    else
+        cid="$("$JAVA" -Xmx128m -cp "${KAFKA_LIBS}/*" -Dlog4j2.configurationFile="${TOOLS_LOG4J_CONF}" \
+            kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 | tr -d '[:space:]')"
+        [[ -n "$cid" ]] || die "StorageTool random-uuid produced no id"
+        printf '%s\n' "$cid" >"$cluster_id_file"
+    fi
+    log "formatting storage (cluster id ${cid})"
+    rc=0
+    out="$("$JAVA" -Xmx256m -cp "${KAFKA_LIBS}/*" -Dlog4j2.configurationFile="${TOOLS_LOG4J_CONF}" \
+        kafka.tools.StorageTool format -t "$cid" -c "$PROPS" --ignore-formatted 2>&1)" || rc=$?
+    [[ $rc -eq 0 ]] || { printf '%s\n' "$out" >&2; die "storage format failed"; }
+}
+
+print_failure_logs() {
+    if [[ -s "$SERVER_LOG" ]]; then
+        log "last 40 lines of ${SERVER_LOG}:"; tail -n 40 "$SERVER_LOG" >&2
+    fi
+    if [[ -s "$STDOUT_LOG" ]]; then
+        log "last 40 lines of ${STDOUT_LOG}:"; tail -n 40 "$STDOUT_LOG" >&2
+    fi
+}
+
+# ---- commands ---------------------------------------------------------------------------------
+cmd_fetch() {
+    local t0 t1
+    t0=$(date +%s)
+    ensure_libs
+    t1=$(date +%s)
+    printf 'Kafka %s: %s (%s jars; this call took %s s; first resolution: %s s)\n' \
+        "$RESOLVED_VERSION" "$KAFKA_LIBS" "$(ls "$KAFKA_LIBS" | wc -l)" "$((t1 - t0))" \
+        "$(sed -n 's/^seconds=//p' "$(marker_for "$RESOLVED_VERSION")")"
+}
+
+cmd_start() {
+    local pid stale deadline elapsed
+    check_java
+    mkdir -p "$STATE_DIR"
+    exec 9>"${STATE_DIR}/.lock"
+    flock 9   # serialize concurrent start/stop for this port
+    ensure_libs
+
+    if pid="$(our_pid_alive)"; then
+        log "already running (pid ${pid}, Kafka ${RESOLVED_VERSION}) at ${BOOTSTRAP}"
+        echo "LEDGER_KAFKA_BOOTSTRAP=${BOOTSTRAP}"
+        return 0
+    fi
+    stale="$(read_pid)"
+    if [[ -n "$stale" ]]; then
+        log "removing stale pid file (pid ${stale} is gone)"
+        rm -f "$PID_FILE"
+    fi
+    if port_open "$PORT"; then
+        write_config   # for the tools' log config
+        if broker_answers 5000; then
+            log "a Kafka broker not started by this script already answers at ${BOOTSTRAP}; using it"
+            echo "LEDGER_KAFKA_BOOTSTRAP=${BOOTSTRAP}"
+            return 0
+        fi
+        die "port ${PORT} is in use by something that is not a Kafka broker; set LEDGER_KAFKA_PORT"
+    fi
+    if port_open "$CTRL_PORT"; then
+        die "controller port ${CTRL_PORT} (client port + 1) is already in use; set LEDGER_KAFKA_PORT"
+    fi
+
+    write_config
+    format_storage
+
+    log "starting Kafka ${RESOLVED_VERSION} at ${BOOTSTRAP} (state: ${STATE_DIR})"
+    [[ -f "$STDOUT_LOG" ]] && mv -f "$STDOUT_LOG" "${STDOUT_LOG}.prev"
+    # shellcheck disable=SC2086
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
+        "$JAVA" $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
+        -Djava.awt.headless=true -Dlog4j2.configurationFile="${LOG4J_CONF}" \
+        -Dkafka.logs.dir="${LOG_DIR}" \
+        -cp "${KAFKA_LIBS}/*" kafka.Kafka "$PROPS" \
+        </dev/null >"$STDOUT_LOG" 2>&1 8>&- 9>&- &
+    disown || true
+
+    deadline=$((SECONDS + START_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        sleep 1
+        if ! pid="$(our_pid_alive)"; then
+            # Give the pid file a moment to appear right after launch.
+            [[ -s "$PID_FILE" ]] || continue
+            log "broker process exited during startup"
+            print_failure_logs
+            rm -f "$PID_FILE"
+            exit 1
+        fi
+        port_open "$PORT" || continue
+        if broker_answers 5000; then
+            elapsed=$((START_TIMEOUT - (deadline - SECONDS)))
+            log "up (pid ${pid}) after ~${elapsed} s; log: ${SERVER_LOG}"
+            echo "LEDGER_KAFKA_BOOTSTRAP=${BOOTSTRAP}"
+            return 0
+        fi
+    done
+    log "broker did not answer within ${START_TIMEOUT} s"
+    print_failure_logs
+    exit 1
+}
+
+cmd_stop() {
+    local pid i
+    mkdir -p "$STATE_DIR"
+    exec 9>"${STATE_DIR}/.lock"
+    flock 9
+    if ! pid="$(our_pid_alive)"; then
+        [[ -f "$PID_FILE" ]] && { log "removing stale pid file"; rm -f "$PID_FILE"; }
+        log "not running (port ${PORT})"
+        return 0
+    fi
+    log "stopping Kafka (pid ${pid}) ..."
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < STOP_TIMEOUT; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "still alive after ${STOP_TIMEOUT} s, sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
+    fi
+    rm -f "$PID_FILE"
+    log "stopped"
+}
+
+cmd_status() {
+    local pid
+    if pid="$(our_pid_alive)"; then
+        if port_open "$PORT"; then
+            echo "kafka: up (pid ${pid}) at ${BOOTSTRAP}"
+            return 0
+        fi
+        echo "kafka: starting (pid ${pid}), port ${PORT} not open yet"
+        return 1
+    fi
+    if port_open "$PORT"; then
+        echo "kafka: port ${PORT} is open but not by a broker this script started (state ${STATE_DIR})"
+        return 0
+    fi
+    echo "kafka: down (port ${PORT})"
+    return 1
+}
+
+cmd_reset() {
+    cmd_stop
+    log "wiping ${STATE_DIR}"
+    rm -rf "$STATE_DIR"
+}
+
+case "${1:-}" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    fetch) cmd_fetch ;;
+    reset) cmd_reset ;;
+    logs) tail -n "${2:-100}" "$SERVER_LOG" ;;
+    *)
+        echo "usage: $0 start | stop | status | fetch | reset | logs [N]" >&2
+        exit 2
+        ;;
+esac
