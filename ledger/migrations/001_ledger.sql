@@ -1,10 +1,20 @@
 -- The append-only ledger, its projections, the consumer's positions and the outbox.
 -- Runs as the owner role; the application role `ledger_app` gets only what it needs.
 
+-- `ledger_app` is the single trusted writer across tenants: it bypasses row-level security
+-- (COPY is refused on tables with RLS otherwise) but holds only INSERT/SELECT on the ledger.
+-- BYPASSRLS needs a superuser: deploy/local/postgres.sh (or your DBA) creates the role with it;
+-- a migration run by a superuser creates it here.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ledger_app') THEN
-        CREATE ROLE ledger_app NOLOGIN;
+        BEGIN
+            CREATE ROLE ledger_app NOLOGIN BYPASSRLS;
+        EXCEPTION WHEN insufficient_privilege THEN
+            CREATE ROLE ledger_app NOLOGIN;
+            RAISE WARNING 'ledger_app was created without BYPASSRLS: ask a superuser to run '
+                'ALTER ROLE ledger_app BYPASSRLS, or the consumer cannot COPY into the ledger';
+        END;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ledger_reader') THEN
         CREATE ROLE ledger_reader NOLOGIN;
@@ -133,7 +143,8 @@ CREATE TABLE outbox (
 GRANT SELECT, INSERT ON ledger TO ledger_app;
 GRANT SELECT, INSERT, UPDATE ON budget_balances, reservations, consumer_positions, relay_cursors
     TO ledger_app;
-GRANT SELECT, INSERT, DELETE ON outbox TO ledger_app;
+-- UPDATE only because the relay claims rows with SELECT ... FOR UPDATE SKIP LOCKED.
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO ledger_app;
 GRANT SELECT ON ledger, budget_balances, reservations TO ledger_reader;
 
 -- Tenant isolation on read paths: the reader role sees only the tenant named in the session
@@ -141,9 +152,6 @@ GRANT SELECT ON ledger, budget_balances, reservations TO ledger_reader;
 ALTER TABLE ledger ENABLE ROW LEVEL SECURITY;
 ALTER TABLE budget_balances ENABLE ROW LEVEL SECURITY;
 ALTER TABLE reservations ENABLE ROW LEVEL SECURITY;
-CREATE POLICY app_all ON ledger TO ledger_app USING (true) WITH CHECK (true);
-CREATE POLICY app_all ON budget_balances TO ledger_app USING (true) WITH CHECK (true);
-CREATE POLICY app_all ON reservations TO ledger_app USING (true) WITH CHECK (true);
 CREATE POLICY tenant_read ON ledger FOR SELECT TO ledger_reader
     USING (tenant_id = current_setting('ledger.tenant_id', true));
 CREATE POLICY tenant_read ON budget_balances FOR SELECT TO ledger_reader
