@@ -1,8 +1,8 @@
 """A Python client for upstream services: typed commands, correctly keyed, and their outcomes.
 
-    client = LedgerClient(settings)
-    command_id = client.reserve("acme", "b-1", amount="5.00", currency="USD", ref_id="rw-1")
-    outcome = client.await_outcome(command_id, timeout=5)   # the ledger event, as a dict
+client = LedgerClient(settings)
+command_id = client.reserve("acme", "b-1", amount="5.00", currency="USD", ref_id="rw-1")
+outcome = client.await_outcome(command_id, timeout=5)   # the ledger event, as a dict
 """
 
 from __future__ import annotations
@@ -64,8 +64,10 @@ class LedgerClient:
         self, tenant_id: str, budget_id: str, amount: str, currency: str, ref_id: str, **extra: Any
     ) -> str:
         """Hold funds for a reward about to be issued."""
-        return self.send({"type": "reserve", "tenant_id": tenant_id, "budget_id": budget_id,
-                          "amount": amount, "currency": currency, "ref_id": ref_id, **extra})  # fmt: skip
+        fields = {"amount": amount, "currency": currency, "ref_id": ref_id, **extra}
+        return self.send(
+            {"type": "reserve", "tenant_id": tenant_id, "budget_id": budget_id, **fields}
+        )
 
     def charge(self, tenant_id: str, budget_id: str, ref_id: str, **extra: Any) -> str:
         """The reward was redeemed: charge its reservation (optionally a smaller `amount`)."""

@@ -61,16 +61,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         + " Commands are applied in micro-batches: up to --batch-max-messages or"
         " --batch-max-ms, whichever comes first, each batch one Postgres transaction.",
     )
-    p.add_argument("--batch-max-messages", type=int, default=None, metavar="N",
-                   help="largest batch (default LEDGER_BATCH_MAX_MESSAGES=2000)")
-    p.add_argument("--batch-max-ms", type=int, default=None, metavar="MS",
-                   help="longest wait to fill a batch (default LEDGER_BATCH_MAX_MS=20)")
-    p.add_argument("--with-relay", action="store_true",
-                   help="also run the outbox relay in this process (a thread)")
+    p.add_argument(
+        "--batch-max-messages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest batch (default LEDGER_BATCH_MAX_MESSAGES=2000)",
+    )
+    p.add_argument(
+        "--batch-max-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="longest wait to fill a batch (default LEDGER_BATCH_MAX_MS=20)",
+    )
+    p.add_argument(
+        "--with-relay",
+        action="store_true",
+        help="also run the outbox relay in this process (a thread)",
+    )
     p.set_defaults(handler=cmd_consume)
 
-    p = sub.add_parser("relay", help="publish ledger events and alerts to Kafka",
-                       description=cmd_relay.__doc__)
+    p = sub.add_parser(
+        "relay", help="publish ledger events and alerts to Kafka", description=cmd_relay.__doc__
+    )
     p.add_argument("--batch", type=int, default=5000, help="rows per round (default 5000)")
     p.set_defaults(handler=cmd_relay)
 

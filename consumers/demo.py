@@ -55,7 +55,8 @@ def run_demo(settings: Settings) -> int:
              "currency": "USD", "ref_id": "rw-1"}),
             ("reserve 25.00 for reward rw-2", {"type": "reserve", "amount": "25.00",
              "currency": "USD", "ref_id": "rw-2"}),
-            ("charge rw-1 for 20.00 (partial)", {"type": "charge", "ref_id": "rw-1", "amount": "20.00"}),
+            ("charge rw-1 for 20.00 (partial)", {"type": "charge", "ref_id": "rw-1",
+             "amount": "20.00"}),
             ("release rw-2 (expired reward)", {"type": "release", "ref_id": "rw-2"}),
             ("reserve 70.00 for rw-3", {"type": "reserve", "amount": "70.00", "currency": "USD",
              "ref_id": "rw-3"}),
@@ -71,7 +72,10 @@ def run_demo(settings: Settings) -> int:
                 " FROM budget_balances WHERE tenant_id = %s AND budget_id = %s",
                 (tenant, budget),
             ).fetchone()
-        print(f"balance projection (minor units): funded, reserved, charged, available, util%, seq = {row}")
+        print(
+            "balance projection (minor units): funded, reserved, charged, available, util%, seq ="
+            f" {row}"
+        )
         return 0
     finally:
         client.close()

@@ -46,7 +46,11 @@ def serve(port: int, live: Callable[[], bool], ready: Callable[[], bool]) -> Thr
                 body, status, ctype = generate_latest(), 200, CONTENT_TYPE_LATEST
             elif self.path in ("/healthz", "/readyz"):
                 ok = live() if self.path == "/healthz" else ready()
-                body, status, ctype = (b"ok\n" if ok else b"not ready\n"), (200 if ok else 503), "text/plain"
+                body, status, ctype = (
+                    (b"ok\n" if ok else b"not ready\n"),
+                    (200 if ok else 503),
+                    "text/plain",
+                )
             else:
                 body, status, ctype = b"not found\n", 404, "text/plain"
             self.send_response(status)
@@ -55,7 +59,7 @@ def serve(port: int, live: Callable[[], bool], ready: Callable[[], bool]) -> Thr
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             return  # access logs would drown the structured ones
 
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)

@@ -106,7 +106,8 @@ class Relay:
             # Step 4
             with conn.cursor() as cur:
                 cur.executemany(
-                    q["advance_relay_cursor"], [{"partition": p, "offset": o} for p, o in last.items()]
+                    q["advance_relay_cursor"],
+                    [{"partition": p, "offset": o} for p, o in last.items()],
                 )
         metrics.RELAYED.labels(self.settings.topic_events).inc(len(rows))
         return len(rows)
@@ -163,4 +164,3 @@ class Relay:
             if self._conn is not None:
                 self._conn.close()
             log.info("relay_stopped")
-

@@ -15,10 +15,18 @@ def create_topics(
     """Create commands, events, alerts and DLQ topics; return {topic: "created"|"exists"}."""
     partitions = partitions or settings.topic_partitions
     replication = replication or settings.topic_replication
-    names = [settings.topic_commands, settings.topic_events, settings.topic_alerts, settings.topic_dlq]
+    names = [
+        settings.topic_commands,
+        settings.topic_events,
+        settings.topic_alerts,
+        settings.topic_dlq,
+    ]
     admin = AdminClient(admin_config(settings))
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=replication) for name in names],
+        [
+            NewTopic(name, num_partitions=partitions, replication_factor=replication)
+            for name in names
+        ],
         operation_timeout=30,
     )
     result: dict[str, str] = {}

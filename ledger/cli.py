@@ -76,7 +76,9 @@ def cmd_schemas_export(args: argparse.Namespace, settings: Settings) -> int:
     out.mkdir(parents=True, exist_ok=True)
     schemas = json_schemas()
     for name, schema in sorted(schemas.items()):
-        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        (out / f"{name}.schema.json").write_text(
+            json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        )
     print(f"wrote {len(schemas)} schemas to {out}")
     return EXIT_OK
 
@@ -94,21 +96,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("migrate", help="apply pending SQL migrations", description=cmd_migrate.__doc__)
+    p = sub.add_parser(
+        "migrate", help="apply pending SQL migrations", description=cmd_migrate.__doc__
+    )
     p.set_defaults(handler=cmd_migrate)
 
-    topics = sub.add_parser("topics", help="manage Kafka topics", description="Manage Kafka topics.")
+    topics = sub.add_parser(
+        "topics", help="manage Kafka topics", description="Manage Kafka topics."
+    )
     tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
-    p = tsub.add_parser("create", help="create the four topics", description=cmd_topics_create.__doc__)
-    p.add_argument("--partitions", type=int, default=None, help="partitions (default LEDGER_TOPIC_PARTITIONS=12)")
-    p.add_argument("--replication-factor", type=int, default=None, help="replication (default LEDGER_TOPIC_REPLICATION=1)")
+    p = tsub.add_parser(
+        "create", help="create the four topics", description=cmd_topics_create.__doc__
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="partitions (default LEDGER_TOPIC_PARTITIONS=12)",
+    )
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        default=None,
+        help="replication (default LEDGER_TOPIC_REPLICATION=1)",
+    )
     p.set_defaults(handler=cmd_topics_create)
 
     p = sub.add_parser("send", help="publish one command", description=cmd_send.__doc__)
-    p.add_argument("json", nargs="?", default=None, help="the command as JSON; '-' or omitted reads stdin")
+    p.add_argument(
+        "json", nargs="?", default=None, help="the command as JSON; '-' or omitted reads stdin"
+    )
     p.set_defaults(handler=cmd_send)
 
-    schemas = sub.add_parser("schemas", help="wire-contract schemas", description="Wire-contract schemas.")
+    schemas = sub.add_parser(
+        "schemas", help="wire-contract schemas", description="Wire-contract schemas."
+    )
     ssub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
     p = ssub.add_parser("export", help="write JSON Schemas", description=cmd_schemas_export.__doc__)
     p.add_argument("dir", help="output directory")

@@ -1,4 +1,4 @@
-"""Configuration: one validated settings object read from `LEDGER_*` environment variables and `.env`."""
+"""Configuration: one validated settings object from `LEDGER_*` environment variables and `.env`."""
 
 from __future__ import annotations
 

@@ -103,7 +103,9 @@ def database_url(pg_admin_dsn: str, template_database: str) -> Iterator[str]:
         )
     yield _with_database(pg_admin_dsn, name)
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture

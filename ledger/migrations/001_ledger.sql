@@ -3,18 +3,18 @@
 
 -- `ledger_app` is the single trusted writer across tenants: it bypasses row-level security
 -- (COPY is refused on tables with RLS otherwise) but holds only INSERT/SELECT on the ledger.
--- BYPASSRLS needs a superuser: deploy/local/postgres.sh (or your DBA) creates the role with it;
--- a migration run by a superuser creates it here.
+-- BYPASSRLS needs a superuser: deploy/local/postgres.sh (or your DBA) creates the role with it
+-- before the first migration; a migration run by a superuser creates it here.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ledger_app') THEN
-        BEGIN
-            CREATE ROLE ledger_app NOLOGIN BYPASSRLS;
-        EXCEPTION WHEN insufficient_privilege THEN
-            CREATE ROLE ledger_app NOLOGIN;
-            RAISE WARNING 'ledger_app was created without BYPASSRLS: ask a superuser to run '
-                'ALTER ROLE ledger_app BYPASSRLS, or the consumer cannot COPY into the ledger';
-        END;
+        CREATE ROLE ledger_app NOLOGIN BYPASSRLS;
+    END IF;
+    -- Without it the consumer could not COPY, and readers running as ledger_app would silently
+    -- see no rows: refuse to migrate rather than leave a ledger that looks empty.
+    IF NOT (SELECT rolbypassrls FROM pg_roles WHERE rolname = 'ledger_app') THEN
+        RAISE EXCEPTION 'role ledger_app lacks BYPASSRLS; as a superuser run: '
+            'ALTER ROLE ledger_app BYPASSRLS (deploy/local/postgres.sh does this)';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ledger_reader') THEN
         CREATE ROLE ledger_reader NOLOGIN;

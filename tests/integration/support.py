@@ -23,7 +23,9 @@ from consumers.topics import create_topics
 from ledger.settings import Settings
 
 
-def produce(settings: Settings, commands: Iterable[dict[str, Any] | tuple[bytes | None, bytes]]) -> int:
+def produce(
+    settings: Settings, commands: Iterable[dict[str, Any] | tuple[bytes | None, bytes]]
+) -> int:
     """Publish commands (dicts, keyed tenant:budget) or raw (key, value) pairs; return count."""
     producer = Producer(producer_config(settings))
     n = 0
@@ -83,8 +85,14 @@ def ledger_count(database_url: str) -> int:
 
 def read_topic(settings: Settings, topic: str, expect: int, timeout: float = 60) -> list[Any]:
     """Read `expect` messages from the start of every partition of `topic` (or fail)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"reader-{time.monotonic_ns()}", "enable.auto.commit": False})  # fmt: skip
+    group = f"reader-{time.monotonic_ns()}"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+    )
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
     out: list[Any] = []
@@ -130,12 +138,20 @@ def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
 
 
 def _cmd(kind: str, tenant: str, budget: str, command_id: str, **fields: Any) -> dict[str, Any]:
-    return {"command_id": command_id, "type": kind, "tenant_id": tenant, "budget_id": budget, **fields}
+    return {
+        "command_id": command_id,
+        "type": kind,
+        "tenant_id": tenant,
+        "budget_id": budget,
+        **fields,
+    }
 
 
 def open_budget(tenant: str, budget: str, cid: str, **fields: Any) -> dict[str, Any]:
     """An `open_budget` command (USD, rolling unless overridden)."""
-    return _cmd("open_budget", tenant, budget, cid, **{"currency": "USD", "period": "rolling", **fields})
+    return _cmd(
+        "open_budget", tenant, budget, cid, **{"currency": "USD", "period": "rolling", **fields}
+    )
 
 
 def fund(tenant: str, budget: str, cid: str, amount: str) -> dict[str, Any]:
@@ -143,7 +159,9 @@ def fund(tenant: str, budget: str, cid: str, amount: str) -> dict[str, Any]:
     return _cmd("fund", tenant, budget, cid, amount=amount, currency="USD")
 
 
-def reserve(tenant: str, budget: str, cid: str, amount: str, ref: str, **fields: Any) -> dict[str, Any]:
+def reserve(
+    tenant: str, budget: str, cid: str, amount: str, ref: str, **fields: Any
+) -> dict[str, Any]:
     """A `reserve` command in USD."""
     return _cmd("reserve", tenant, budget, cid, amount=amount, currency="USD", ref_id=ref, **fields)
 
@@ -158,7 +176,9 @@ def release(tenant: str, budget: str, cid: str, ref: str) -> dict[str, Any]:
     return _cmd("release", tenant, budget, cid, ref_id=ref)
 
 
-def random_stream(seed: int, budgets: int, commands: int, tenant: str = "acme") -> list[dict[str, Any]]:
+def random_stream(
+    seed: int, budgets: int, commands: int, tenant: str = "acme"
+) -> list[dict[str, Any]]:
     """Open and fund `budgets` budgets, then a random mix of reserve/charge/release/fund."""
     import random
 

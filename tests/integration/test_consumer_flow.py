@@ -84,7 +84,9 @@ def test_every_command_type_through_kafka_and_postgres(settings: Settings) -> No
     got = [(r[2], orjson.loads(r[7])["reason"], r[3], r[4], r[5], r[6]) for r in rows]
     assert got == expected
     adjusted = orjson.loads(rows[8][7])
-    assert adjusted["data"]["reason"] == "late top-up" and adjusted["data"]["operator"] == "ops@acme"
+    assert (
+        adjusted["data"]["reason"] == "late top-up" and adjusted["data"]["operator"] == "ops@acme"
+    )
     assert orjson.loads(rows[10][7])["data"]["expired"] == [["r4", "75.00"]]
 
     # Tamper evidence: each hash chains the previous one over the event's canonical form.
@@ -92,7 +94,11 @@ def test_every_command_type_through_kafka_and_postgres(settings: Settings) -> No
     for *_, event_text, prev_hash, digest in rows:
         wire = orjson.loads(event_text)
         assert prev_hash == prev == wire["prev_hash"]
-        assert digest == wire["hash"] == chain_hash(prev_hash, {k: v for k, v in wire.items() if k != "hash"})
+        assert (
+            digest
+            == wire["hash"]
+            == chain_hash(prev_hash, {k: v for k, v in wire.items() if k != "hash"})
+        )
         prev = digest
 
     # Projections agree with the last event.

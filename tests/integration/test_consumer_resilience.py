@@ -27,6 +27,11 @@ from tests.integration.support import (
 
 pytestmark = pytest.mark.integration
 
+BALANCES = (
+    "SELECT string_agg(concat_ws(',', budget_id, funded, reserved, charged, sequence), ';'"
+    " ORDER BY budget_id) FROM budget_balances"
+)
+
 
 def assert_ledger_consistent(database_url: str, commands: list[dict[str, object]]) -> None:
     """Every command exactly once, sequences gap-free, nothing negative, projections current."""
@@ -61,7 +66,8 @@ def test_poison_messages_go_to_the_dlq_and_good_ones_are_applied(settings: Setti
                      b' "budget_id": "b1", "amount": 1.5, "currency": "USD"}'),
         (b"acme:other", b'{"command_id": "x3", "type": "fund", "tenant_id": "acme",'
                         b' "budget_id": "b1", "amount": "1.00", "currency": "USD"}'),
-        (b"acme:b1", b'{"command_id": "x4", "type": "teleport", "tenant_id": "acme", "budget_id": "b1"}'),
+        (b"acme:b1", b'{"command_id": "x4", "type": "teleport", "tenant_id": "acme",'
+                     b' "budget_id": "b1"}'),
         (b"acme:b1", b'{"command_id": "x5", "type": "fund", "tenant_id": "acme",'
                      b' "budget_id": "b1", "amount": "1.001", "currency": "USD"}'),
     ]  # fmt: skip
@@ -83,7 +89,7 @@ def test_poison_messages_go_to_the_dlq_and_good_ones_are_applied(settings: Setti
         assert by_value[value]["error_class"] == "schema", by_value[value]
     assert "colour" in by_value[poison[1][1]]["reason"]
     assert by_value[poison[3][1]]["error_class"] == "key_mismatch"
-    conflict_headers = [h for v, h in by_value.items() if b"999.00" in v][0]
+    conflict_headers = next(h for v, h in by_value.items() if b"999.00" in v)
     assert conflict_headers["error_class"] == "idempotency_conflict"
     assert all(h["original_topic"] == settings.topic_commands for h in by_value.values())
     assert scalar(settings.database_url, "SELECT funded FROM budget_balances") == 10_500
@@ -94,9 +100,7 @@ def test_redelivery_applies_nothing_twice(settings: Settings) -> None:
     with running_consumer(settings):
         produce(settings, commands)
         wait_for(lambda: ledger_count(settings.database_url) == 300, what="300 events")
-    before = scalar(settings.database_url,
-                    "SELECT string_agg(concat_ws(',', budget_id, funded, reserved, charged, sequence),"
-                    " ';' ORDER BY budget_id) FROM budget_balances")  # fmt: skip
+    before = scalar(settings.database_url, BALANCES)
 
     # Client retries: every command published again; the stored positions are also lost (the
     # owner rewinds them), so the consumer re-reads the whole topic twice over.
@@ -111,9 +115,7 @@ def test_redelivery_applies_nothing_twice(settings: Settings) -> None:
             what="all 600 messages consumed",
         )  # fmt: skip
     assert ledger_count(settings.database_url) == 300
-    after = scalar(settings.database_url,
-                   "SELECT string_agg(concat_ws(',', budget_id, funded, reserved, charged, sequence),"
-                   " ';' ORDER BY budget_id) FROM budget_balances")  # fmt: skip
+    after = scalar(settings.database_url, BALANCES)
     assert after == before
     assert_ledger_consistent(settings.database_url, commands)
 
