@@ -121,6 +121,10 @@ create_cluster() {
         --start-conf manual -- --auth-local peer --auth-host scram-sha-256 >/dev/null
 }
 
+# ${APP_ROLE} is not the owner of anything: the migrations (run as ${OWNER_ROLE}) grant it
+# INSERT/SELECT on the ledger. It has BYPASSRLS (needs a superuser, hence here): it is the single
+# trusted writer across tenants and COPY is refused on tables with row-level security otherwise.
+
 # Writes the managed settings + pg_hba; prints "changed" if anything differed.
 configure_cluster() {
     local tmp changed=0
@@ -218,12 +222,15 @@ BEGIN
         ALTER ROLE ${OWNER_ROLE} LOGIN PASSWORD '${PASSWORD}' CREATEDB CREATEROLE;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${APP_ROLE}') THEN
-        CREATE ROLE ${APP_ROLE} LOGIN PASSWORD '${PASSWORD}' NOCREATEDB NOCREATEROLE;
+        CREATE ROLE ${APP_ROLE} LOGIN PASSWORD '${PASSWORD}' NOCREATEDB NOCREATEROLE BYPASSRLS;
     ELSE
-        ALTER ROLE ${APP_ROLE} LOGIN PASSWORD '${PASSWORD}' NOCREATEDB NOCREATEROLE;
+        ALTER ROLE ${APP_ROLE} LOGIN PASSWORD '${PASSWORD}' NOCREATEDB NOCREATEROLE BYPASSRLS;
     END IF;
 END
 \$\$;
+-- The processes connect as the owner and SET ROLE ${APP_ROLE}; ADMIN OPTION lets the owner
+-- re-grant it (PostgreSQL 16+ no longer lets CREATEROLE grant roles it does not administer).
+GRANT ${APP_ROLE} TO ${OWNER_ROLE} WITH ADMIN OPTION;
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING %L TEMPLATE template0', '${DB_NAME}', '${OWNER_ROLE}', 'UTF8')
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '${DB_NAME}')
 \gexec
