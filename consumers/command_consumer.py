@@ -28,6 +28,7 @@ from consumers.processor import (
     merge_states,
     process_batch,
 )
+from consumers.timings import CommitTimings
 from ledger import store
 from ledger.db import connect
 from ledger.settings import Settings
@@ -70,6 +71,8 @@ class CommandConsumer:
         self._conn: psycopg.Connection | None = None
         self._consumer: Consumer | None = None
         self.ready = threading.Event()
+        # Benchmark hook (LEDGER_BENCH_TIMINGS): commit time and produce timestamps per batch.
+        self.timings = CommitTimings.from_env()
 
     # -- rebalance callbacks (run inside consume()) -------------------------------------------
 
@@ -163,6 +166,8 @@ class CommandConsumer:
             consumer.close()  # leaves the group: the others take the partitions at once
             if self._conn is not None:
                 self._conn.close()
+            if self.timings is not None:
+                self.timings.write()
             log.info("consumer_stopped")
 
     def _incoming(self, messages: list[Message]) -> list[Incoming]:
@@ -175,7 +180,9 @@ class CommandConsumer:
                     if err.fatal():
                         raise KafkaException(err)
                 continue
-            batch.append(Incoming(msg.partition(), msg.offset(), msg.key(), msg.value()))  # type: ignore[arg-type]
+            batch.append(
+                Incoming(msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])  # type: ignore[arg-type]
+            )
         return batch
 
     def _handle(self, batch: list[Incoming]) -> None:
@@ -203,6 +210,8 @@ class CommandConsumer:
             log.warning("batch_conflict_retry", error=" ".join(str(exc).split()))
             self._rewind()
             return
+        if self.timings is not None:
+            self.timings.record([m.timestamp_ms for m in batch])
         merge_states(self.partitions, out)
         metrics.record_batch(out, len(batch), time.perf_counter() - started)
         log.debug("batch_committed", messages=len(batch), events=len(out.ledger_rows),

@@ -38,6 +38,8 @@ class Incoming:
     offset: int
     key: bytes | None
     value: bytes | None
+    # Kafka message timestamp (ms; the producer's create time), for latency metrics only.
+    timestamp_ms: int = 0
 
 
 @dataclass(slots=True)

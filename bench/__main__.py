@@ -1,0 +1,644 @@
+"""End-to-end benchmark of the command consumer: Kafka → ledger committed in Postgres.
+
+    .venv/bin/python -m bench                      # defaults: 1,000,000 commands, 10,000 budgets
+    .venv/bin/python -m bench --commands 5000 --budgets 100 --baseline-commands 500 \\
+        --latency-rate 500 --latency-seconds 2 --json
+
+Three phases, each on a fresh database (created next to LEDGER_DATABASE_URL, dropped afterwards)
+and fresh topics, with the consumers as real `python -m ledger.cli consume` child processes:
+
+- throughput: `--commands` commands over `--budgets` budgets, produced unpaced;
+- baseline: the same consumer with one command per transaction (`--batch-max-messages 1`), on a
+  smaller slice (`--baseline-commands`, budgets scaled to keep the same commands per budget);
+- latency: a fixed offered load (`--latency-rate` commands/s for `--latency-seconds`).
+
+Before each timed part, the budgets are opened and funded through the same consumers (not
+timed), so the consumers are warm. The workload is generated into a file first and produced by a
+separate process (`bench.producer`). Throughput = timed commands / (last batch commit - first
+produce). Latency = commit time of the message's batch - its Kafka timestamp. Max RSS = VmHWM of
+the consumer processes. After every phase the ledger is verified: one event per command,
+gap-free sequences per budget, no dead letters, and `reconcile` clean. Exit code 1 if any
+verification fails (a fast wrong answer is not a result), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from bench import workload
+from bench.procstat import CpuSampler, vm_hwm_kb
+from consumers.timings import read_timings
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass
+class PhaseResult:
+    """One phase's figures and verification."""
+
+    mode: str
+    commands: int
+    budgets: int
+    consumers: int
+    batch_max_messages: int
+    offered_rate: float | None
+    seconds: float = 0.0
+    commands_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    max_rss_mb: float = 0.0
+    batches: int = 0
+    verified: bool = False
+    problems: list[str] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+# --- infrastructure ---------------------------------------------------------------------------
+
+
+def _with_db(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+def create_database(admin_dsn: str) -> str:
+    from ledger.migrate import migrate
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = _with_db(admin_dsn, name)
+    migrate(url)
+    return url
+
+
+def drop_database(admin_dsn: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+class Phase:
+    """Fresh topics + database, consumers as child processes, producer as a child process."""
+
+    def __init__(self, args: argparse.Namespace, mode: str, workdir: Path) -> None:
+        from ledger.settings import load_settings
+
+        self.args = args
+        self.mode = mode
+        self.workdir = workdir
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        self.database_url = create_database(args.database_url)
+        self.settings = load_settings(
+            kafka_bootstrap=args.kafka_bootstrap,
+            database_url=self.database_url,
+            topic_commands=f"{prefix}.budget.commands",
+            topic_events=f"{prefix}.budget.events",
+            topic_alerts=f"{prefix}.budget.alerts",
+            topic_dlq=f"{prefix}.budget.commands.dlq",
+            consumer_group=f"{prefix}.ledger",
+            relay_group=f"{prefix}.relay",
+            topic_partitions=args.partitions,
+        )
+        from consumers.topics import create_topics
+
+        create_topics(self.settings, partitions=args.partitions)
+        self.consumers: list[subprocess.Popen[bytes]] = []
+        self.timing_files: list[Path] = []
+        self.produced = 0
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update(
+            {
+                "LEDGER_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+                "LEDGER_DATABASE_URL": s.database_url,
+                "LEDGER_TOPIC_COMMANDS": s.topic_commands,
+                "LEDGER_TOPIC_EVENTS": s.topic_events,
+                "LEDGER_TOPIC_ALERTS": s.topic_alerts,
+                "LEDGER_TOPIC_DLQ": s.topic_dlq,
+                "LEDGER_CONSUMER_GROUP": s.consumer_group,
+                "LEDGER_TOPIC_PARTITIONS": str(self.args.partitions),
+                "LEDGER_LOG_LEVEL": "warning",
+                "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            }
+        )
+        return env
+
+    def start_consumers(self, n: int, batch_max_messages: int | None) -> None:
+        extra = ["--batch-max-messages", str(batch_max_messages)] if batch_max_messages else []
+        for i in range(n):
+            timings = self.workdir / f"{self.mode}-{i}.timings"
+            env = self.env()
+            env["LEDGER_BENCH_TIMINGS"] = str(timings)
+            self.timing_files.append(timings)
+            self.consumers.append(
+                subprocess.Popen(
+                    [PY, "-m", "ledger.cli", "consume", *extra],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(self.workdir / f"{self.mode}-{i}.log", "wb"),  # noqa: SIM115
+                )
+            )
+        self._wait_assigned(n)
+
+    def _wait_assigned(self, n: int, timeout: float = 90) -> None:
+        """Until every partition has a position row and the group is stable with n members."""
+        from confluent_kafka import ConsumerGroupState
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            rows = self._scalar("SELECT count(*) FROM consumer_positions")
+            if rows == self.args.partitions:
+                group = self.settings.consumer_group
+                desc = admin.describe_consumer_groups([group])[group].result(10)
+                assigned = [m for m in desc.members if m.assignment.topic_partitions]
+                total = sum(len(m.assignment.topic_partitions) for m in desc.members)
+                if (
+                    desc.state == ConsumerGroupState.STABLE
+                    and len(assigned) == n
+                    and total == self.args.partitions
+                ):
+                    time.sleep(1.0)  # let the last assignment's callbacks finish
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.mode}: consumers did not get their partitions in {timeout} s")
+
+    def _check_alive(self) -> None:
+        for i, c in enumerate(self.consumers):
+            if c.poll() is not None:
+                log = (self.workdir / f"{self.mode}-{i}.log").read_text(errors="replace")
+                raise RuntimeError(
+                    f"{self.mode}: consumer {i} exited ({c.returncode}):\n{log[-3000:]}"
+                )
+
+    def _scalar(self, query: str) -> Any:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            row = conn.execute(query).fetchone()
+            return row[0] if row else None
+
+    def applied(self) -> int:
+        return int(self._scalar("SELECT coalesce(sum(next_offset), 0) FROM consumer_positions"))
+
+    def produce(self, path: Path, rate: float = 0.0, linger_ms: int = 20) -> dict[str, Any]:
+        """Run the producer process over a pre-generated file; return its timing record."""
+        result = path.with_suffix(".produced.json")
+        cmd = [
+            PY,
+            "-m",
+            "bench.producer",
+            str(path),
+            self.settings.topic_commands,
+            self.settings.kafka_bootstrap,
+            str(result),
+            "--rate",
+            str(rate),
+            "--linger-ms",
+            str(linger_ms),
+        ]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env())
+        self.producer_pid = proc.pid
+        return {"proc": proc, "result": result}
+
+    def wait_produced(self, handle: dict[str, Any]) -> dict[str, Any]:
+        proc = handle["proc"]
+        if proc.wait() != 0:
+            raise RuntimeError(f"{self.mode}: the producer failed (exit {proc.returncode})")
+        record: dict[str, Any] = orjson.loads(handle["result"].read_bytes())
+        self.produced += record["count"]
+        return record
+
+    def wait_applied(self, expected: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (got := self.applied()) < expected:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.mode}: only {got} of {expected} messages applied")
+            time.sleep(0.1)
+
+    def stop_consumers(self) -> float:
+        """SIGTERM the consumers (they write their timings); return the max VmHWM in MB."""
+        peak = max((vm_hwm_kb(c.pid) for c in self.consumers), default=0)
+        for c in self.consumers:
+            c.send_signal(signal.SIGTERM)
+        for c in self.consumers:
+            try:
+                c.wait(60)
+            except subprocess.TimeoutExpired:
+                c.kill()
+                c.wait()
+        return peak / 1024
+
+    def cleanup(self, keep: bool) -> None:
+        for c in self.consumers:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+        if keep:
+            print(f"kept database {self.database_url}", file=sys.stderr)
+            return
+        drop_database(self.args.database_url, self.database_url)
+        try:
+            from confluent_kafka.admin import AdminClient
+
+            s = self.settings
+            admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+            for f in admin.delete_topics(
+                [s.topic_commands, s.topic_events, s.topic_alerts, s.topic_dlq]
+            ).values():
+                f.result(30)
+        except Exception as exc:
+            print(f"note: topics not deleted: {exc}", file=sys.stderr)
+
+
+# --- verification -----------------------------------------------------------------------------
+
+
+def verify(phase: Phase, expected: int) -> tuple[list[str], dict[str, int]]:
+    """Every command one event, gap-free sequences, no dead letters, reconcile clean."""
+    problems: list[str] = []
+    with psycopg.connect(phase.database_url, autocommit=True) as conn:
+        events = conn.execute("SELECT count(*) FROM ledger").fetchone()[0]  # type: ignore[index]
+        if events != expected:
+            problems.append(f"ledger holds {events} events for {expected} commands")
+        gaps = conn.execute(
+            "SELECT count(*) FROM (SELECT min(sequence) AS lo, max(sequence) AS hi, count(*) AS n"
+            " FROM ledger GROUP BY tenant_id, budget_id) s WHERE lo <> 1 OR hi <> n"
+        ).fetchone()[0]  # type: ignore[index]
+        if gaps:
+            problems.append(f"{gaps} budget(s) with sequence gaps")
+        dlq = conn.execute(
+            "SELECT count(*) FROM outbox WHERE topic = %s", (phase.settings.topic_dlq,)
+        ).fetchone()[0]  # type: ignore[index]
+        if dlq:
+            problems.append(f"{dlq} dead letter(s)")
+        outcomes = {
+            str(t): int(n)
+            for t, n in conn.execute(
+                "SELECT type, count(*) FROM ledger GROUP BY type ORDER BY 2 DESC"
+            )
+        }
+    try:
+        from projections import reconcile as rec
+    except ImportError:
+        rec = None  # type: ignore[assignment]
+    if rec is not None:
+        opts = rec.ReconcileOptions(
+            workers=1,
+            progress=False,
+            currencies=phase.settings.currencies,
+            role=phase.settings.database_role,
+            unpublished_grace_seconds=1e9,
+        )
+        report = rec.reconcile(phase.database_url, opts)
+        if report.events != expected:
+            problems.append(f"reconcile replayed {report.events} events, expected {expected}")
+        if not report.clean:
+            lines = list(rec.iter_lines(report))
+            problems.append("reconcile not clean: " + "; ".join(lines[1:6]))
+    else:
+        problems.append("note: projections.reconcile not available, reconcile skipped")
+    return [p for p in problems if not p.startswith("note:")], outcomes
+
+
+# --- one phase --------------------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[int], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
+
+
+def run_phase(
+    args: argparse.Namespace,
+    workdir: Path,
+    mode: str,
+    commands: int,
+    budgets: int,
+    consumers: int,
+    batch_max_messages: int | None,
+    rate: float = 0.0,
+) -> PhaseResult:
+    prefix = f"{mode}-"
+    prep_file = workdir / f"{mode}.prepare.msgs"
+    timed_file = workdir / f"{mode}.timed.msgs"
+    n_prep = workload.write(prep_file, workload.prepare(budgets, prefix))
+    n_timed = workload.write(timed_file, workload.mix(commands, budgets, prefix, seed=args.seed))
+    result = PhaseResult(mode, n_timed, budgets, consumers, batch_max_messages or 0, rate or None)
+    _say(
+        args,
+        f"[{mode}] {n_prep:,} preparation + {n_timed:,} timed commands, "
+        f"{budgets:,} budgets, {consumers} consumer(s), batch "
+        f"{batch_max_messages or 'default'}" + (f", {rate:,.0f}/s offered" if rate else ""),
+    )
+    phase = Phase(args, mode, workdir)
+    try:
+        phase.start_consumers(consumers, batch_max_messages)
+        prep = phase.produce(prep_file)
+        phase.wait_produced(prep)
+        phase.wait_applied(n_prep, timeout=600)
+
+        sampler = CpuSampler(
+            consumers=[c.pid for c in phase.consumers],
+            kafka_port=int(args.kafka_bootstrap.rsplit(":", 1)[1]),
+            pg_port=urlsplit(args.database_url).port or 5432,
+        )
+        handle = phase.produce(timed_file, rate=rate, linger_ms=5 if rate else 20)
+        sampler.add("producer", [handle["proc"].pid])
+        sampler.start()
+        record = phase.wait_produced(handle)
+        phase.wait_applied(n_prep + n_timed, timeout=max(600, 3 * commands / 500))
+        result.cpu = sampler.stop()
+        result.max_rss_mb = round(phase.stop_consumers(), 1)
+
+        first_ms = record["first_ms"]
+        last_commit = 0
+        latencies: list[int] = []
+        for path in phase.timing_files:
+            batches, stamps = read_timings(path)
+            i = 0
+            for commit_ms, n in batches:
+                chunk = stamps[i : i + n]
+                i += n
+                timed = [commit_ms - ts for ts in chunk if ts >= first_ms]
+                if timed:
+                    result.batches += 1
+                    latencies.extend(timed)
+                    last_commit = max(last_commit, commit_ms)
+        latencies.sort()
+        if len(latencies) != n_timed:
+            result.problems.append(f"timings cover {len(latencies)} of {n_timed} timed messages")
+        result.seconds = round((last_commit - first_ms) / 1000, 3)
+        result.commands_per_s = round(n_timed / result.seconds, 1) if result.seconds > 0 else 0.0
+        result.p50_ms = _percentile(latencies, 0.50)
+        result.p99_ms = _percentile(latencies, 0.99)
+        result.max_ms = float(latencies[-1]) if latencies else 0.0
+
+        problems, result.outcomes = verify(phase, n_prep + n_timed)
+        result.problems.extend(problems)
+        result.verified = not result.problems
+    finally:
+        phase.cleanup(args.keep)
+        for f in (prep_file, timed_file):
+            f.unlink(missing_ok=True)
+    _say(
+        args,
+        f"[{mode}] {result.commands_per_s:,.0f} commands/s over {result.seconds:.2f} s, "
+        f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, max RSS "
+        f"{result.max_rss_mb:.0f} MB, verified={result.verified} {result.problems or ''}",
+    )
+    return result
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "host": platform.node(),
+    }
+
+
+def table(results: list[PhaseResult], baseline: PhaseResult | None) -> str:
+    head = (
+        "mode",
+        "commands",
+        "seconds",
+        "commands/s",
+        "p50 ms",
+        "p99 ms",
+        "max RSS MB",
+        "vs baseline",
+        "verified",
+    )
+    rows = [head]
+    for r in results:
+        ratio = (
+            f"{r.commands_per_s / baseline.commands_per_s:.1f}x"
+            if baseline and baseline.commands_per_s and r.offered_rate is None
+            else ""
+        )
+        mode = r.mode + (f" @{r.offered_rate:,.0f}/s" if r.offered_rate else "")
+        mode += f" ({r.consumers}c, batch {r.batch_max_messages or 'dflt'})"
+        rows.append(
+            (
+                mode,
+                f"{r.commands:,}",
+                f"{r.seconds:.2f}",
+                f"{r.commands_per_s:,.0f}",
+                f"{r.p50_ms:.0f}",
+                f"{r.p99_ms:.0f}",
+                f"{r.max_rss_mb:.0f}",
+                ratio,
+                "yes" if r.verified else "NO",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="End-to-end benchmark: Kafka -> ledger committed (throughput, baseline, "
+        "latency at a fixed load, max RSS), with verification of the ledger after every phase.",
+    )
+    p.add_argument(
+        "--commands", type=int, default=1_000_000, help="timed commands of the throughput phase"
+    )
+    p.add_argument(
+        "--budgets", type=int, default=10_000, help="budgets of the throughput and latency phases"
+    )
+    p.add_argument(
+        "--baseline-commands",
+        type=int,
+        default=20_000,
+        help="timed commands of the one-per-transaction baseline (0 = skip); budgets are "
+        "scaled to keep the throughput phase's commands per budget",
+    )
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        default=5_000,
+        help="offered load of the latency phase (commands/s)",
+    )
+    p.add_argument(
+        "--latency-seconds", type=float, default=20, help="duration of the latency phase (0 = skip)"
+    )
+    p.add_argument("--consumers", type=int, default=1, help="consumer processes")
+    p.add_argument("--partitions", type=int, default=12, help="partitions of the command topic")
+    p.add_argument(
+        "--batch-max-messages",
+        type=int,
+        default=None,
+        help="consumer batch size (default: the consumer's)",
+    )
+    p.add_argument("--skip-throughput", action="store_true", help="run only the other phases")
+    p.add_argument("--seed", type=int, default=6)
+    p.add_argument("--keep", action="store_true", help="keep the databases and topics")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document (progress goes to stderr)"
+    )
+    p.add_argument(
+        "--kafka-bootstrap", default=os.environ.get("LEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "LEDGER_DATABASE_URL", "postgresql://ledger_owner:ledger@127.0.0.1:5432/ledger"
+        ),
+        help="a role that may CREATE DATABASE (default LEDGER_DATABASE_URL)",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ledger.logs import configure_logging
+
+    configure_logging("console", "warning")  # logs go to stderr; stdout is the table or JSON
+    started = time.time()
+    info = machine()
+    results: list[PhaseResult] = []
+    baseline: PhaseResult | None = None
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
+        workdir = Path(tmp)
+        if not args.skip_throughput and args.commands > 0:
+            results.append(
+                run_phase(
+                    args,
+                    workdir,
+                    "throughput",
+                    args.commands,
+                    args.budgets,
+                    args.consumers,
+                    args.batch_max_messages,
+                )
+            )
+        if args.baseline_commands > 0:
+            per_budget = max(1.0, args.commands / max(1, args.budgets))
+            b_budgets = max(1, round(args.baseline_commands / per_budget))
+            baseline = run_phase(args, workdir, "baseline", args.baseline_commands, b_budgets, 1, 1)
+            results.append(baseline)
+        if args.latency_seconds > 0 and args.latency_rate > 0:
+            n = int(args.latency_rate * args.latency_seconds)
+            results.append(
+                run_phase(
+                    args,
+                    workdir,
+                    "latency",
+                    n,
+                    args.budgets,
+                    args.consumers,
+                    args.batch_max_messages,
+                    rate=args.latency_rate,
+                )
+            )
+    verified = all(r.verified for r in results)
+    thr = next((r for r in results if r.mode == "throughput"), None)
+    lat = next((r for r in results if r.mode == "latency"), None)
+    ratio = (
+        thr.commands_per_s / baseline.commands_per_s
+        if thr and baseline and baseline.commands_per_s
+        else None
+    )
+    targets = {
+        "throughput_20k": None if thr is None else thr.commands_per_s >= 20_000,
+        "ratio_8x": None if ratio is None else ratio >= 8,
+        "p99_under_50ms_at_5k": None
+        if lat is None or args.latency_rate < 5_000
+        else lat.p99_ms < 50,
+    }
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc = {
+        "verified": verified,
+        "machine": info,
+        "ratio_to_baseline": None if ratio is None else round(ratio, 2),
+        "baseline_note": "the baseline runs on a smaller slice (--baseline-commands) with budgets "
+        "scaled to the same commands per budget; one command per transaction",
+        "targets": targets,
+        "phases": [asdict(r) for r in results],
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    if args.json:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print()
+        print(
+            f"machine: {info['nproc']} cores, {info['memory_gb']} GB, Python {info['python']}, "
+            f"load average {info['load_average']} -> {info['load_average_end']}"
+        )
+        print(table(results, baseline))
+        if baseline:
+            print(
+                f"baseline: one command per transaction, on {baseline.commands:,} commands "
+                f"(a smaller slice; {baseline.budgets:,} budgets, same commands per budget)"
+            )
+        for r in results:
+            if r.cpu:
+                print(
+                    f"CPU {r.mode} (% of one core): "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu.items())
+                )
+        print(
+            "targets: "
+            + ", ".join(
+                f"{k}={'n/a' if v is None else ('met' if v else 'MISSED')}"
+                for k, v in targets.items()
+            )
+        )
+        for r in results:
+            for problem in r.problems:
+                print(f"VERIFICATION FAILED [{r.mode}]: {problem}")
+        print("verified: " + ("yes" if verified else "NO"))
+    return 0 if verified else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The benchmark's producer process: load a pre-generated message file, then produce it.
+
+    python -m bench.producer FILE TOPIC BOOTSTRAP RESULT_JSON [--rate N] [--linger-ms MS]
+
+Everything is read into memory before the first message is sent, so producing is only
+`Producer.produce` calls. Kafka sets each message's timestamp (CreateTime) at `produce`, which
+is the latency clock's start. `--rate 0` produces as fast as possible; otherwise the messages
+are paced at N per second (1 ms steps). The result file records the wall-clock time (ms) of the
+first and last `produce` call and of the final flush.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Producer
+
+from consumers.kafka_config import PARTITIONER
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.producer")
+    parser.add_argument("file")
+    parser.add_argument("topic")
+    parser.add_argument("bootstrap")
+    parser.add_argument("result")
+    parser.add_argument("--rate", type=float, default=0.0, help="messages/s; 0 = unpaced")
+    parser.add_argument("--linger-ms", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    messages = [
+        tuple(line.split(b"\t", 1)) for line in Path(args.file).read_bytes().splitlines() if line
+    ]
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": PARTITIONER,
+            "linger.ms": args.linger_ms,
+            "compression.type": "lz4",
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
+    )
+    produce, poll, topic = producer.produce, producer.poll, args.topic
+    first = _now_ms()
+    if args.rate <= 0:
+        for key, value in messages:
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                poll(0.01)
+                produce(topic, value, key)
+        poll(0)
+    else:
+        start = time.perf_counter()
+        sent = 0
+        total = len(messages)
+        while sent < total:
+            due = min(total, int((time.perf_counter() - start) * args.rate) + 1)
+            while sent < due:
+                key, value = messages[sent]
+                produce(topic, value, key)
+                sent += 1
+            poll(0)
+            time.sleep(0.001)
+    last = _now_ms()
+    remaining = producer.flush(120)
+    Path(args.result).write_bytes(
+        orjson.dumps(
+            {
+                "count": len(messages),
+                "first_ms": first,
+                "last_ms": last,
+                "flushed_ms": _now_ms(),
+                "unflushed": remaining,
+            }
+        )
+    )
+    return 0 if remaining == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The end-to-end benchmark's workload: seeded command streams written to a file up front.
+
+`prepare` opens and funds every budget; `mix` is the timed stream: ~50% reserve, 30% charge,
+15% release, 5% fund over uniformly chosen budgets, including refusals (reserves beyond the
+available funds, charges of unknown or already-settled reservations, partial charges beyond the
+reserved amount). Every command id is unique, so every message must become exactly one ledger
+event. The file holds one message per line, ``key TAB value``; JSON values never contain a raw
+newline or tab.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+TENANTS = 10
+
+
+def budget_key(b: int) -> tuple[str, str]:
+    """(tenant_id, budget_id) of budget number `b`."""
+    return f"tenant-{b % TENANTS}", f"budget-{b}"
+
+
+def _money(minor: int) -> str:
+    return f"{minor // 100}.{minor % 100:02d}"
+
+
+def prepare(budgets: int, prefix: str) -> Iterator[dict[str, Any]]:
+    """Open and fund every budget (two commands per budget)."""
+    for b in range(budgets):
+        tenant, budget = budget_key(b)
+        base = {"tenant_id": tenant, "budget_id": budget}
+        yield {
+            **base,
+            "command_id": f"{prefix}open-{b}",
+            "type": "open_budget",
+            "currency": "USD",
+            "period": "rolling",
+        }
+        yield {
+            **base,
+            "command_id": f"{prefix}fund-{b}",
+            "type": "fund",
+            "amount": "300.00",
+            "currency": "USD",
+        }
+
+
+def mix(n: int, budgets: int, prefix: str, seed: int = 6) -> Iterator[dict[str, Any]]:
+    """`n` commands: ~50% reserve, 30% charge, 15% release, 5% fund, with refusals."""
+    rng = random.Random(seed)
+    open_refs: list[list[tuple[str, int]]] = [[] for _ in range(budgets)]
+    settled: list[list[str]] = [[] for _ in range(budgets)]
+    for i in range(n):
+        b = rng.randrange(budgets)
+        tenant, budget = budget_key(b)
+        cmd: dict[str, Any] = {
+            "command_id": f"{prefix}c-{i}",
+            "tenant_id": tenant,
+            "budget_id": budget,
+        }
+        roll = rng.random()
+        refs = open_refs[b]
+        if roll < 0.50:
+            ref, amount = f"r-{i}", rng.randint(100, 4_000)
+            refs.append((ref, amount))
+            cmd.update(type="reserve", amount=_money(amount), currency="USD", ref_id=ref)
+        elif roll < 0.80:
+            cmd["type"] = "charge"
+            if not refs or rng.random() < 0.02:
+                # Unknown or already settled reservation: refused.
+                cmd["ref_id"] = rng.choice(settled[b]) if settled[b] else f"missing-{i}"
+            else:
+                ref, amount = refs.pop(rng.randrange(len(refs)))
+                settled[b].append(ref)
+                cmd["ref_id"] = ref
+                if rng.random() < 0.2:  # partial charge; sometimes more than reserved: refused
+                    cmd["amount"] = _money(rng.randint(1, amount + amount // 10))
+        elif roll < 0.95:
+            cmd["type"] = "release"
+            if not refs:
+                cmd["ref_id"] = rng.choice(settled[b]) if settled[b] else f"missing-{i}"
+            else:
+                ref, _ = refs.pop(rng.randrange(len(refs)))
+                settled[b].append(ref)
+                cmd["ref_id"] = ref
+        else:
+            cmd.update(type="fund", amount=_money(rng.randint(5_000, 40_000)), currency="USD")
+        if len(settled[b]) > 50:
+            del settled[b][:25]
+        yield cmd
+
+
+def write(path: Path, commands: Iterator[dict[str, Any]]) -> int:
+    """Write commands as `key TAB json` lines; return how many."""
+    n = 0
+    with open(path, "wb") as f:
+        for cmd in commands:
+            f.write(f"{cmd['tenant_id']}:{cmd['budget_id']}\t".encode())
+            f.write(orjson.dumps(cmd))
+            f.write(b"\n")
+            n += 1
+    return n
