@@ -45,6 +45,25 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    """Publish expire_reservations and close_period commands when due (the ledger's schedulers)."""
+    from consumers import sweeper
+    from consumers.kafka_config import producer_config
+    from consumers.runner import serve_health, stop_on_signals
+
+    if args.once:
+        from confluent_kafka import Producer
+
+        print(f"published {sweeper.sweep_once(settings, Producer(producer_config(settings)))}")
+        return 0
+    stop = stop_on_signals()
+    ready = threading.Event()
+    ready.set()
+    serve_health(settings, ready, stop)
+    sweeper.run(settings, args.every, stop)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run a narrated reserve/charge/release flow against the configured Kafka and Postgres."""
     from consumers.demo import run_demo
@@ -87,6 +106,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--batch", type=int, default=5000, help="rows per round (default 5000)")
     p.set_defaults(handler=cmd_relay)
+
+    p = sub.add_parser(
+        "sweep",
+        help="publish expiry and period-close commands when due",
+        description=cmd_sweep.__doc__,
+    )
+    p.add_argument(
+        "--every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between sweeps (default 30)",
+    )
+    p.add_argument("--once", action="store_true", help="sweep once and exit")
+    p.set_defaults(handler=cmd_sweep)
 
     p = sub.add_parser("demo", help="run a narrated flow end to end", description=cmd_demo.__doc__)
     p.set_defaults(handler=cmd_demo)

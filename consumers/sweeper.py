@@ -1,0 +1,94 @@
+"""`budget-ledger sweep`: the ledger's own schedulers, publishing commands like any producer.
+
+Expired reservations and period boundaries are found in the projections, and the resulting
+`expire_reservations` / `close_period` commands go onto each budget's own partition, so the
+ledger's own changes go through the single writer too. Command ids are derived from the budget
+and the instant, so a sweep that runs twice (two replicas, a restart) publishes duplicates that
+the consumer recognises, not second commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import orjson
+import psycopg
+import structlog
+from confluent_kafka import Producer
+
+from consumers.kafka_config import producer_config
+from ledger.db import connect
+from ledger.periods import period_end
+from ledger.settings import Settings
+from ledger.sql import load_queries
+
+log = structlog.get_logger("sweeper")
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The schedulers' named queries (`consumers/queries.sql`)."""
+    return load_queries("consumers")
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _command_id(kind: str, budget_id: str, instant: str) -> str:
+    readable = f"{kind}:{budget_id}:{instant}"
+    if len(readable) <= 128:
+        return readable
+    return f"{kind}:" + hashlib.sha256(readable.encode()).hexdigest()
+
+
+def due_commands(conn: psycopg.Connection, now: datetime) -> Iterator[dict[str, Any]]:
+    """The scheduler commands due at `now` (UTC), as wire dicts."""
+    as_of = _iso(now.replace(microsecond=0))
+    for tenant_id, budget_id in conn.execute(
+        queries()["budgets_with_expired_reservations"], {"as_of": now}
+    ):
+        yield {"command_id": _command_id("expire", budget_id, as_of),
+               "type": "expire_reservations", "tenant_id": tenant_id, "budget_id": budget_id,
+               "as_of": as_of}  # fmt: skip
+    for tenant_id, budget_id, start, period, timezone in conn.execute(
+        queries()["periodic_budgets"]
+    ):
+        if start is None:
+            continue
+        end = period_end(datetime.fromisoformat(start.replace("Z", "+00:00")), period, timezone)
+        if end is not None and end <= now:
+            yield {"command_id": _command_id("close", budget_id, _iso(end)),
+                   "type": "close_period", "tenant_id": tenant_id, "budget_id": budget_id,
+                   "period_end": _iso(end)}  # fmt: skip
+
+
+def sweep_once(settings: Settings, producer: Producer, now: datetime | None = None) -> int:
+    """Publish every command due now; return how many were sent."""
+    now = now or datetime.now(UTC)
+    with connect(settings.database_url, role=settings.database_role, autocommit=True) as conn:
+        commands = list(due_commands(conn, now))
+    for command in commands:
+        key = f"{command['tenant_id']}:{command['budget_id']}".encode()
+        producer.produce(settings.topic_commands, key=key, value=orjson.dumps(command))
+    if producer.flush(30):
+        raise TimeoutError("Kafka did not acknowledge the scheduler's commands within 30 s")
+    if commands:
+        log.info("sweep_published", commands=len(commands))
+    return len(commands)
+
+
+def run(settings: Settings, every_seconds: float, stop: threading.Event) -> None:
+    """Sweep every `every_seconds` until `stop` is set."""
+    producer = Producer(producer_config(settings))
+    while not stop.is_set():
+        try:
+            sweep_once(settings, producer)
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            log.warning("sweep_failed", error=" ".join(str(exc).split()))
+        stop.wait(every_seconds)

@@ -1,0 +1,60 @@
+"""The ledger's own schedulers: expiry and period close go through Kafka like any command."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+
+from consumers.kafka_config import producer_config
+from consumers.sweeper import due_commands, sweep_once
+from ledger.settings import Settings
+from tests.integration.support import (
+    fund,
+    ledger_count,
+    open_budget,
+    produce,
+    reserve,
+    running_consumer,
+    scalar,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_sweeper_expires_reservations_through_the_budgets_partition(settings: Settings) -> None:
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    commands = [
+        open_budget("acme", "b1", "open-1", period="monthly", timezone="Africa/Harare"),
+        fund("acme", "b1", "fund-1", "50.00"),
+        reserve("acme", "b1", "res-1", "20.00", "r1", expires_at=soon),
+        reserve("acme", "b1", "res-2", "5.00", "r2"),
+    ]
+    producer = Producer(producer_config(settings))
+    with running_consumer(settings, relay=False):
+        produce(settings, commands)
+        wait_for(lambda: ledger_count(settings.database_url) == 4, what="4 events")
+        time.sleep(1.2)
+        assert sweep_once(settings, producer) == 1
+        wait_for(lambda: ledger_count(settings.database_url) == 5, what="the expiry event")
+        # A second sweep finds nothing more to expire.
+        assert sweep_once(settings, producer) == 0
+
+    with psycopg.connect(settings.database_url) as conn:
+        statuses = dict(conn.execute("SELECT ref_id, status FROM reservations").fetchall())
+    assert statuses == {"r1": "expired", "r2": "reserved"}
+    assert scalar(settings.database_url, "SELECT reserved FROM budget_balances") == 500
+    last = scalar(settings.database_url, "SELECT type FROM ledger WHERE sequence = 5")
+    assert last == "reservations_expired"
+
+    # At the next local month boundary the sweeper would close the period (Harare = UTC+2).
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        later = datetime.now(UTC) + timedelta(days=93)
+        due = [c for c in due_commands(conn, later) if c["type"] == "close_period"]
+    assert len(due) == 1
+    assert due[0]["period_end"].endswith("T22:00:00Z")
+    assert due[0]["command_id"] == f"close:b1:{due[0]['period_end']}"
