@@ -102,8 +102,9 @@ class LedgerClient:
             if left <= 0:
                 raise TimeoutError(f"no outcome for command {command_id} within {timeout} s")
             for msg in self._events.consume(500, min(left, 0.2)):
-                if msg.error() is None and msg.value():
-                    event = orjson.loads(msg.value())
+                value = msg.value()
+                if msg.error() is None and value:
+                    event = orjson.loads(value)
                     self._seen[event["command_id"]] = event
         return self._seen[command_id]
 

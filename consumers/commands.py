@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "consume",
         help="run a command consumer (group member)",
-        description=cmd_consume.__doc__
+        description=(cmd_consume.__doc__ or "")
         + " Commands are applied in micro-batches: up to --batch-max-messages or"
         " --batch-max-ms, whichever comes first, each batch one Postgres transaction.",
     )

@@ -101,13 +101,13 @@ def read_topic(
             for msg in consumer.consume(1000, 1.0):
                 if msg.error() is not None:
                     continue
-                p, off = msg.partition(), msg.offset()
+                p, off = msg.partition() or 0, msg.offset() or 0
                 if off + 1 >= ends.get(p, 0):
                     ends.pop(p, None)
                 headers = dict(msg.headers() or [])
                 if headers.get("redelivered") == b"true":
                     continue
-                event = orjson.loads(msg.value())
+                event = orjson.loads(msg.value() or b"{}")
                 key = (event["tenant_id"], event["budget_id"])
                 if (tenant and key[0] != tenant) or (budget and key[1] != budget):
                     continue
@@ -127,7 +127,7 @@ def compare(
     """Compare the events topic with the ledger (streamed from Postgres, budget by budget)."""
     count, topic = read_topic(settings, tenant, budget)
     report = KafkaReport(messages=count)
-    cursors = dict(conn.execute(queries()["relay_cursors"]).fetchall())
+    cursors: dict[int, int] = dict(conn.execute(queries()["relay_cursors"]).fetchall())
     ledger: dict[int, tuple[str, bool]] = {}
     key: BudgetKey | None = None
 

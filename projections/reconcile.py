@@ -274,7 +274,7 @@ class _Budget:
         else:
             for name, exp, act in zip(BALANCE_FIELDS, expected, self.balance, strict=False):
                 if name == "config":
-                    exp = None if exp is None else _LOADS(exp)
+                    exp = None if exp is None else _LOADS(exp)  # type: ignore[arg-type]
                 if exp != act:
                     drifts.append(
                         Drift(t, b, "budget_balances", b, name, exp, act, _diff(exp, act))
@@ -532,11 +532,10 @@ def publish_alerts(conn: psycopg.Connection, report: ReconcileReport, topic: str
 def estimate_events(conn: psycopg.Connection, opts: ReconcileOptions) -> int | None:
     """How many events the run will replay (for the ETA): exact when filtered, else estimated."""
     if opts.tenant or opts.budget:
-        return int(
-            conn.execute(
-                queries()["count_ledger_events"], {"tenant": opts.tenant, "budget": opts.budget}
-            ).fetchone()[0]
-        )  # type: ignore[index]
+        row = conn.execute(
+            queries()["count_ledger_events"], {"tenant": opts.tenant, "budget": opts.budget}
+        ).fetchone()
+        return int(row[0]) if row else 0
     value = conn.execute(queries()["ledger_size_estimate"]).fetchone()
     return int(value[0]) if value and value[0] > 0 else None
 
