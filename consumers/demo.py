@@ -29,6 +29,17 @@ def _show(step: str, event: dict[str, Any]) -> None:
     )
 
 
+def _reconcile(settings: Settings, tenant: str, budget: str) -> int:
+    """Replay the demo budget's ledger and compare it with its projections."""
+    from projections.reconcile import ReconcileOptions, iter_lines, reconcile
+
+    opts = ReconcileOptions(tenant=tenant, budget=budget, currencies=settings.currencies,
+                            role=settings.database_role)  # fmt: skip
+    report = reconcile(settings.database_url, opts)
+    print("reconcile: " + " | ".join(iter_lines(report)))
+    return 0 if report.clean else 1
+
+
 def run_demo(settings: Settings) -> int:
     """Run the scripted flow against the configured Kafka and Postgres; return an exit code."""
     migrate(settings.database_url)
@@ -76,7 +87,7 @@ def run_demo(settings: Settings) -> int:
             "balance projection (minor units): funded, reserved, charged, available, util%, seq ="
             f" {row}"
         )
-        return 0
+        return _reconcile(settings, tenant, budget)
     finally:
         client.close()
         stop.set()
