@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
     except SettingsError as exc:
         _fail(str(exc))
+    from ledger.db import DatabaseUnavailable
     from ledger.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
@@ -172,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, settings)
     except CliError as exc:
         _fail(str(exc))
+    except DatabaseUnavailable as exc:
+        _fail(f"cannot reach the database (LEDGER_DATABASE_URL): {exc}")
     except KeyboardInterrupt:
         return 130
 

@@ -7,8 +7,8 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 
-class DatabaseUnavailable(Exception):
-    """The database could not be reached or refused the credentials."""
+class DatabaseUnavailable(psycopg.OperationalError):
+    """The database could not be reached or refused the credentials (retryable, like its base)."""
 
 
 def connect(dsn: str, role: str | None = None, autocommit: bool = False) -> psycopg.Connection:
