@@ -70,6 +70,7 @@ class PhaseResult:
     problems: list[str] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    cpu_us_per_command: dict[str, float] = field(default_factory=dict)
 
 
 # --- infrastructure ---------------------------------------------------------------------------
@@ -375,6 +376,12 @@ def run_phase(
         record = phase.wait_produced(handle)
         phase.wait_applied(n_prep + n_timed, timeout=max(600, 3 * commands / 500))
         result.cpu = sampler.stop()
+        window = sampler.seconds
+        result.cpu_us_per_command = {
+            k: round(v / 100 * window / n_timed * 1e6, 1)
+            for k, v in result.cpu.items()
+            if k not in ("machine_busy", "other")
+        }
         result.max_rss_mb = round(phase.stop_consumers(), 1)
 
         first_ms = record["first_ms"]
@@ -625,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"CPU {r.mode} (% of one core): "
                     + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu.items())
+                    + "; CPU us/command: "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu_us_per_command.items())
                 )
         print(
             "targets: "

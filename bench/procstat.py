@@ -107,6 +107,7 @@ class CpuSampler:
         self.owner: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.seconds = 0.0
 
     def add(self, name: str, pids: list[int]) -> None:
         self.groups.setdefault(name, []).extend(pids)
@@ -139,7 +140,7 @@ class CpuSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
-        seconds = max(1e-6, time.monotonic() - self._t0)
+        seconds = self.seconds = max(1e-6, time.monotonic() - self._t0)
         busy1, total1 = _machine_ticks()
         out: dict[str, float] = {}
         for pid, name in self.owner.items():
