@@ -38,40 +38,47 @@ ON CONFLICT (tenant_id, budget_id, ref_id) DO UPDATE SET
 -- ---------------------------------------------------------------------------------------------
 -- Reconciler and rebuild (projections/reconcile.py, rebuild.py, kafka_check.py).
 
--- name: reconcile_stream
--- One ordered stream per shard: each budget's ledger events (kind 0, by sequence), then its
--- balance row (kind 1), then its reservations (kind 2). Postgres merges the three index scans
--- (Merge Append), so budgets arrive grouped without Python ever comparing keys (collation-proof)
--- and without a sort of the ledger. Shards split budgets by hash for parallel replay.
-SELECT tenant_id, budget_id, kind, seq, type, amount, funded, reserved, charged, available, body
-FROM (
-    SELECT tenant_id, budget_id, 0 AS kind, sequence AS seq, NULL::text AS ref_key, type, amount,
-           funded, reserved, charged, available, event::text AS body
-    FROM ledger
-    WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
-      AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
-      AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
-    UNION ALL
-    SELECT tenant_id, budget_id, 1, 0::bigint, NULL::text, NULL::text, NULL::bigint,
-           funded, reserved, charged, available,
-           json_build_array(currency, opened, budget_limit, utilization_pct::text, sequence,
-                            last_hash, period_start, config)::text
-    FROM budget_balances
-    WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
-      AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
-      AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
-    UNION ALL
-    SELECT tenant_id, budget_id, 2, 0::bigint, ref_id, NULL::text, NULL::bigint,
-           NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
-           json_build_array(ref_id, status, amount, charged,
-                            to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                            command_id, created_seq, updated_seq)::text
-    FROM reservations
-    WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
-      AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
-      AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
-) AS s
-ORDER BY tenant_id, budget_id, kind, seq, ref_key
+-- name: reconcile_ledger_scan
+-- One shard's ledger rows in PHYSICAL order (a plain sequential scan: no ORDER BY, no sort, no
+-- index walk). The ledger is append-only and each budget has a single writer that COPYs its rows
+-- in sequence order, so physical order within a budget is normally sequence order; the reconciler
+-- verifies that row by row and buffers (or re-reads in order, `reconcile_budget_events`) any
+-- budget whose rows arrive out of order. Run with max_parallel_workers_per_gather = 0: a Gather
+-- would interleave the rows of parallel workers. Shards split budgets by hash.
+SELECT tenant_id, budget_id, sequence, type, funded, reserved, charged, available, event::text
+FROM ledger
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+  AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+
+-- name: reconcile_budget_events
+-- The fallback for one budget whose rows were not in sequence order physically (or repeated a
+-- sequence): its ledger rows by sequence, same columns as reconcile_ledger_scan.
+SELECT tenant_id, budget_id, sequence, type, funded, reserved, charged, available, event::text
+FROM ledger
+WHERE tenant_id = %(tenant)s AND budget_id = %(budget)s
+ORDER BY sequence
+
+-- name: reconcile_balances
+-- One shard's balance projection rows (read in the same snapshot as the ledger scan).
+SELECT tenant_id, budget_id, funded, reserved, charged, available,
+       json_build_array(currency, opened, budget_limit, utilization_pct::text, sequence,
+                        last_hash, period_start, config)::text
+FROM budget_balances
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+  AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+
+-- name: reconcile_reservations
+-- One shard's reservation projection rows (same snapshot).
+SELECT tenant_id, budget_id,
+       json_build_array(ref_id, status, amount, charged,
+                        to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                        command_id, created_seq, updated_seq)::text
+FROM reservations
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+  AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
 
 -- name: ledger_size_estimate
 -- For the progress bar's ETA only: the planner's row estimate, free to read.

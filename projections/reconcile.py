@@ -1,13 +1,16 @@
 """The reconciler: replay the ledger through `evolve`, verify every hash chain, compare with the
 projections, check that the relay published everything, and raise `drift_detected` alerts.
 
-One ordered stream per shard (`reconcile_stream`) brings each budget's events, then its balance
-row, then its reservations; only one budget's state is in memory at a time. Shards split the
-budgets by hash so that `workers` processes can replay in parallel.
+Each shard scans its part of the ledger in physical order (`reconcile_ledger_scan`: no sort, no
+index walk), replaying all of its budgets side by side (rows are applied strictly in sequence
+order per budget; out-of-order rows are held or the budget is re-read in order), then reads the
+projections in the same snapshot and compares. Shards split the budgets by hash so that
+`workers` processes can replay in parallel.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing as mp
 import time
@@ -211,11 +214,32 @@ def decode_event(d: dict[str, Any], digits: int) -> LedgerEvent:
 
 # --- one budget -------------------------------------------------------------------------------
 
+# Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
+_SEQ, _TYPE, _FUNDED, _RESERVED, _CHARGED, _AVAILABLE, _BODY = 2, 3, 4, 5, 6, 7, 8
+# A budget whose rows arrive out of sequence order buffers them until the missing one arrives;
+# past this many buffered rows it stops buffering and is re-read in order at the end instead.
+MAX_PENDING = 10_000
+
 
 class _Budget:
-    """The replay of one budget: its state, its first broken link, and its projection rows."""
+    """The replay of one budget: its state, its first broken link, and its projection rows.
 
-    __slots__ = ("balance", "broken", "events", "reservations", "state")
+    Rows are fed in the ledger's physical order; they are applied strictly in sequence order
+    (`last_seq + 1`), so the replay and the first broken link are exactly those of an ordered
+    read. A row that comes early is held in `pending` until its predecessors arrived; a repeated
+    sequence (or too many held rows) marks the budget for an ordered re-read (`reread`).
+    """
+
+    __slots__ = (
+        "balance",
+        "broken",
+        "events",
+        "last_seq",
+        "pending",
+        "reread",
+        "reservations",
+        "state",
+    )
 
     def __init__(self, tenant_id: str, budget_id: str) -> None:
         self.state: BudgetState = initial_state(tenant_id, budget_id)
@@ -223,14 +247,56 @@ class _Budget:
         self.balance: tuple[Any, ...] | None = None
         self.reservations: dict[str, list[Any]] = {}
         self.events = 0
+        self.last_seq = 0  # the sequence of the last row applied (not the state's: see apply)
+        self.pending: dict[int, tuple[Any, ...]] | None = None
+        self.reread = False
+
+    def feed(self, row: tuple[Any, ...], currencies: Mapping[str, int]) -> None:
+        """Take the next row in physical order; apply it (and any held successors) when it is
+        the next in sequence, else hold it."""
+        seq = row[_SEQ]
+        if seq == self.last_seq + 1:
+            self.apply(row, currencies)
+            self.last_seq = seq
+            pending = self.pending
+            if pending:
+                while (nxt := self.last_seq + 1) in pending:
+                    self.apply(pending.pop(nxt), currencies)
+                    self.last_seq = nxt
+        elif not self.reread:
+            pending = self.pending
+            if pending is None:
+                pending = self.pending = {}
+            if seq <= self.last_seq or seq in pending or len(pending) >= MAX_PENDING:
+                self.reread = True  # a repeated sequence, or too much to hold: re-read in order
+                self.pending = None
+                self.last_seq = -2  # nothing matches any more: every later row is ignored
+            else:
+                pending[seq] = row
+
+    def end_of_scan(self, currencies: Mapping[str, int]) -> None:
+        """Rows still held follow a real gap: apply them in sequence order (the first tells)."""
+        if self.pending:
+            for seq in sorted(self.pending):
+                self.apply(self.pending[seq], currencies)
+                self.last_seq = seq
+            self.pending = None
+
+    def restart(self) -> None:
+        """Forget the replay (keep the projection rows read): for the ordered re-read."""
+        st = self.state
+        self.state = initial_state(st.tenant_id, st.budget_id)
+        self.broken = None
+        self.events = 0
+        self.pending = None
 
     def apply(self, row: tuple[Any, ...], currencies: Mapping[str, int]) -> None:
         """Verify one ledger row's link and fold its event into the state."""
         self.events += 1
         s = self.state
-        seq = row[3]
+        seq = row[_SEQ]
         try:
-            d = _LOADS(row[10])
+            d = _LOADS(row[_BODY])
             stored_hash = d.pop("hash")
         except (orjson.JSONDecodeError, KeyError, TypeError):
             self._break(seq, "event is not a ledger event (unparseable or no hash)")
@@ -250,10 +316,10 @@ class _Budget:
         # The row's balance columns must say what the replay says (a column edited behind the
         # event's back, or decide/evolve disagreeing, shows up here).
         if self.broken is None and (
-            row[6] != s.funded
-            or row[7] != s.reserved
-            or row[8] != s.charged
-            or row[9] != s.available
+            row[_FUNDED] != s.funded
+            or row[_RESERVED] != s.reserved
+            or row[_CHARGED] != s.charged
+            or row[_AVAILABLE] != s.available
         ):
             self._break(seq, _column_problem(s, row))
 
@@ -305,17 +371,17 @@ def _link_problem(
         return f"prev_hash does not match the hash of sequence {s.sequence}"
     if _SHA256(s.last_hash.encode("ascii") + _DUMPS(d, option=_SORT)).hexdigest() != stored_hash:
         return "hash mismatch: the event was altered after it was written"
-    if d.get("sequence") != seq or d.get("type") != row[4]:
+    if d.get("sequence") != seq or d.get("type") != row[_TYPE]:
         return "row columns (sequence/type) differ from the hashed event"
     return None
 
 
 def _column_problem(s: BudgetState, row: tuple[Any, ...]) -> str:
     cols = {
-        "funded": (row[6], s.funded),
-        "reserved": (row[7], s.reserved),
-        "charged": (row[8], s.charged),
-        "available": (row[9], s.available),
+        "funded": (row[_FUNDED], s.funded),
+        "reserved": (row[_RESERVED], s.reserved),
+        "charged": (row[_CHARGED], s.charged),
+        "available": (row[_AVAILABLE], s.available),
     }
     bad = ", ".join(f"{k} {a} (replay {e})" for k, (a, e) in cols.items() if a != e)
     return f"row balance columns differ from the replay: {bad}"
@@ -328,16 +394,17 @@ def _diff(expected: Any, actual: Any) -> int | None:
 
 
 def _balance_from_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    cur, opened, limit, pct, seq, last_hash, period_start, config = _LOADS(row[10])
+    """A `reconcile_balances` row in BALANCE_FIELDS order."""
+    cur, opened, limit, pct, seq, last_hash, period_start, config = _LOADS(row[6])
     return (
         row[0],
         row[1],
         cur,
         opened,
-        row[6],
-        row[7],
-        row[8],
-        row[9],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
         limit,
         pct,
         seq,
@@ -349,6 +416,8 @@ def _balance_from_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 # --- one shard --------------------------------------------------------------------------------
 
+FETCH = 20_000
+
 
 def replay_shard(
     conn: psycopg.Connection,
@@ -357,34 +426,60 @@ def replay_shard(
     shards: int = 1,
     on_progress: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Stream one shard of the ledger and projections, replay and compare budget by budget."""
+    """Scan one shard of the ledger in physical order, replaying every budget side by side,
+    then read the projections (same snapshot) and compare budget by budget."""
     result = ShardResult()
     params = {"tenant": opts.tenant, "budget": opts.budget, "shard": shard, "shards": shards}
     currencies = dict(opts.currencies)
-    current: _Budget | None = None
-    key: tuple[str, str] | None = None
-    with conn.transaction(), conn.cursor(name=f"reconcile_{shard}") as cur:
-        cur.itersize = 20_000
-        cur.execute(queries()["reconcile_stream"], params)
-        while rows := cur.fetchmany(20_000):
-            for row in rows:
-                if key is None or row[1] != key[1] or row[0] != key[0]:
-                    if current is not None:
-                        _finish(current, result)
-                    key = (row[0], row[1])
-                    current = _Budget(row[0], row[1])
-                kind = row[2]
-                if kind == 0:
-                    current.apply(row, currencies)  # type: ignore[union-attr]
-                elif kind == 1:
-                    current.balance = _balance_from_row(row)  # type: ignore[union-attr]
+    budgets: dict[tuple[str, str], _Budget] = {}
+    q = queries()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived, acyclic objects: the cyclic GC only costs time here
+    try:
+        with conn.transaction():
+            # One snapshot for the ledger scan, the re-reads and the projections.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")  # keep physical order
+            conn.execute("SET LOCAL jit = off")
+            get = budgets.get
+            with conn.cursor(name=f"reconcile_{shard}") as cur:
+                cur.itersize = FETCH
+                cur.execute(q["reconcile_ledger_scan"], params)
+                while rows := cur.fetchmany(FETCH):
+                    for row in rows:
+                        budget = get((row[0], row[1]))
+                        if budget is None:
+                            budget = budgets[(row[0], row[1])] = _Budget(row[0], row[1])
+                        budget.feed(row, currencies)
+                    if on_progress is not None:
+                        on_progress(len(rows))
+            for key, budget in budgets.items():
+                if budget.reread:
+                    budget.restart()
+                    rows = conn.execute(
+                        q["reconcile_budget_events"], {"tenant": key[0], "budget": key[1]}
+                    ).fetchall()
+                    for row in rows:
+                        budget.apply(row, currencies)
                 else:
-                    res = _LOADS(row[10])
-                    current.reservations[res[0]] = res  # type: ignore[union-attr]
-            if on_progress is not None:
-                on_progress(len(rows))
-    if current is not None:
-        _finish(current, result)
+                    budget.end_of_scan(currencies)
+            for row in conn.execute(q["reconcile_balances"], params):
+                budget = get((row[0], row[1]))
+                if budget is None:
+                    budget = budgets[(row[0], row[1])] = _Budget(row[0], row[1])
+                budget.balance = _balance_from_row(row)
+            for row in conn.execute(q["reconcile_reservations"], params):
+                budget = get((row[0], row[1]))
+                if budget is None:
+                    budget = budgets[(row[0], row[1])] = _Budget(row[0], row[1])
+                res = _LOADS(row[2])
+                budget.reservations[res[0]] = res
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    # Report order: by budget (Python's order; the findings do not depend on it).
+    for key in sorted(budgets):
+        _finish(budgets[key], result)
     return result
 
 

@@ -117,6 +117,87 @@ def test_altered_and_deleted_ledger_rows_name_the_first_broken_link(filled: Sett
     assert not report.clean
 
 
+def _physical_sequences(url: str, tenant: str, budget: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT sequence FROM ledger WHERE tenant_id = %s AND budget_id = %s ORDER BY ctid",
+            (tenant, budget),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _rewrite_rows(url: str, where: str) -> None:
+    # A no-op UPDATE writes new row versions at the end of the heap: physical order != sequence.
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        conn.execute(f"UPDATE ledger SET event = event WHERE {where}")
+        conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+
+
+@pytest.mark.parametrize("max_pending", [10_000, 2])
+def test_rows_out_of_physical_order_are_replayed_in_sequence_order(
+    filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int
+) -> None:
+    # max_pending=2 forces the ordered per-budget re-read instead of buffering.
+    import projections.reconcile as rec
+
+    monkeypatch.setattr(rec, "MAX_PENDING", max_pending)
+    url = filled.database_url
+    _rewrite_rows(
+        url, "tenant_id = 'tenant-1' AND budget_id = 'budget-1' AND sequence IN (2, 3, 9)"
+    )
+    _rewrite_rows(url, "tenant_id = 'tenant-2' AND budget_id = 'budget-5' AND sequence = 1")
+    seqs = _physical_sequences(url, "tenant-1", "budget-1")
+    assert seqs != sorted(seqs)
+    assert _physical_sequences(url, "tenant-2", "budget-5")[-1] == 1
+    for workers in (1, 2):
+        report = reconcile(url, ReconcileOptions(workers=workers, progress=False))
+        assert report.events == 3000 and report.budgets == 40
+        assert report.drifts == [] and report.broken == [] and report.clean
+
+
+@pytest.mark.parametrize("max_pending", [10_000, 2])
+def test_gap_and_duplicate_are_found_whatever_the_physical_order(
+    filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int
+) -> None:
+    import projections.reconcile as rec
+
+    monkeypatch.setattr(rec, "MAX_PENDING", max_pending)
+    url = filled.database_url
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        # budget-3: sequence 4 deleted and 6.. moved behind everything else (a gap, out of order).
+        conn.execute(
+            "DELETE FROM ledger WHERE tenant_id = 'tenant-0' AND budget_id = 'budget-3' "
+            "AND sequence = 4"
+        )
+        conn.execute(
+            "UPDATE ledger SET event = event WHERE tenant_id = 'tenant-0' "
+            "AND budget_id = 'budget-3' AND sequence >= 6"
+        )
+        # budget-2: sequence 5 appears twice (only possible without the unique constraint).
+        conn.execute("ALTER TABLE ledger DROP CONSTRAINT ledger_tenant_id_budget_id_sequence_key")
+        conn.execute(
+            "INSERT INTO ledger (tenant_id, budget_id, sequence, type, command_id, "
+            "command_fingerprint, ref_id, currency, amount, funded, reserved, charged, available, "
+            "kafka_topic, kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash) "
+            "SELECT tenant_id, budget_id, sequence, type, command_id || '-again', "
+            "command_fingerprint, ref_id, currency, amount, funded, reserved, charged, available, "
+            "kafka_topic, kafka_partition, kafka_offset + 1000000, event, recorded_at, "
+            "prev_hash, hash FROM ledger "
+            "WHERE tenant_id = 'tenant-2' AND budget_id = 'budget-2' AND sequence = 5"
+        )
+        conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+    report = reconcile(url, ReconcileOptions(workers=2, progress=False))
+    broken = {(b.tenant_id, b.budget_id): b for b in report.broken}
+    assert set(broken) == {("tenant-0", "budget-3"), ("tenant-2", "budget-2")}
+    assert broken[("tenant-0", "budget-3")].sequence == 5
+    assert "gap: expected 4, found 5" in broken[("tenant-0", "budget-3")].problem
+    assert broken[("tenant-2", "budget-2")].sequence == 5
+    assert "duplicate: expected 6, found 5" in broken[("tenant-2", "budget-2")].problem
+    assert report.events == 3000 and not report.clean
+
+
 def test_replay_of_a_long_random_stream_equals_the_live_projections(settings: Settings) -> None:
     events = fill(settings.database_url, 20_000, 150, seed=99)
     _mark_published(settings.database_url)
