@@ -92,11 +92,17 @@ def create_database(admin_dsn: str) -> str:
 
 
 def drop_database(admin_dsn: str, url: str) -> None:
+    """Drop a benchmark database; waits for sessions (e.g. autovacuum) to go, retries a while."""
     name = urlsplit(url).path.lstrip("/")
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    stmt = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    for _ in range(30):
+        try:
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                conn.execute(stmt)
+            return
+        except psycopg.errors.ObjectInUse:
+            time.sleep(1.0)
+    print(f"note: database {name} is still in use and was not dropped", file=sys.stderr)
 
 
 class Phase:
@@ -127,6 +133,7 @@ class Phase:
         self.consumers: list[subprocess.Popen[bytes]] = []
         self.timing_files: list[Path] = []
         self.produced = 0
+        self._poll_conn: psycopg.Connection | None = None
 
     def env(self) -> dict[str, str]:
         s = self.settings
@@ -199,9 +206,11 @@ class Phase:
                 )
 
     def _scalar(self, query: str) -> Any:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            row = conn.execute(query).fetchone()
-            return row[0] if row else None
+        # One long-lived session: a new connection per poll would fork a backend each time.
+        if self._poll_conn is None or self._poll_conn.closed:
+            self._poll_conn = psycopg.connect(self.database_url, autocommit=True)
+        row = self._poll_conn.execute(query).fetchone()
+        return row[0] if row else None
 
     def applied(self) -> int:
         return int(self._scalar("SELECT coalesce(sum(next_offset), 0) FROM consumer_positions"))
@@ -240,7 +249,7 @@ class Phase:
             self._check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.mode}: only {got} of {expected} messages applied")
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def stop_consumers(self) -> float:
         """SIGTERM the consumers (they write their timings); return the max VmHWM in MB."""
@@ -256,6 +265,8 @@ class Phase:
         return peak / 1024
 
     def cleanup(self, keep: bool) -> None:
+        if self._poll_conn is not None:
+            self._poll_conn.close()
         for c in self.consumers:
             if c.poll() is None:
                 c.kill()
@@ -411,7 +422,10 @@ def run_phase(
         result.problems.extend(problems)
         result.verified = not result.problems
     finally:
-        phase.cleanup(args.keep)
+        try:
+            phase.cleanup(args.keep)
+        except Exception as exc:  # never mask the phase outcome
+            print(f"note: cleanup failed: {exc}", file=sys.stderr)
         for f in (prep_file, timed_file):
             f.unlink(missing_ok=True)
     _say(
@@ -518,7 +532,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--latency-seconds", type=float, default=20, help="duration of the latency phase (0 = skip)"
     )
-    p.add_argument("--consumers", type=int, default=1, help="consumer processes")
+    p.add_argument(
+        "--consumers", type=int, default=2, help="consumer processes (default 2: one per core)"
+    )
     p.add_argument("--partitions", type=int, default=12, help="partitions of the command topic")
     p.add_argument(
         "--batch-max-messages",

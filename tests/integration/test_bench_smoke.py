@@ -1,0 +1,45 @@
+"""Smoke run of the end-to-end benchmark (`python -m bench`): a few thousand commands through all
+three phases against the real services, asserting that its ledger verification passed.
+
+No timed assertions: the figures depend on the machine; only correctness is checked here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_smoke_run_verifies_the_ledger(pg_admin_dsn: str, kafka_bootstrap: str) -> None:
+    cmd = [
+        sys.executable, "-m", "bench", "--json",
+        "--commands", "3000", "--budgets", "60",
+        "--baseline-commands", "300",
+        "--latency-rate", "400", "--latency-seconds", "2",
+        "--consumers", "2", "--partitions", "4",
+        "--database-url", pg_admin_dsn, "--kafka-bootstrap", kafka_bootstrap,
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-4000:]
+    doc = orjson.loads(result.stdout)
+    assert doc["verified"] is True
+    phases = {p["mode"]: p for p in doc["phases"]}
+    assert set(phases) == {"throughput", "baseline", "latency"}
+    assert phases["throughput"]["commands"] == 3000
+    assert phases["baseline"]["commands"] == 300
+    assert phases["baseline"]["batch_max_messages"] == 1
+    assert phases["latency"]["commands"] == 800
+    for phase in phases.values():
+        assert phase["verified"] is True, phase["problems"]
+        assert phase["problems"] == []
+        assert phase["max_rss_mb"] > 0
+        # Refusals are part of the mix, and every command became one event.
+        assert sum(phase["outcomes"].values()) > phase["commands"]
+    assert doc["ratio_to_baseline"] is not None
