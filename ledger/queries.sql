@@ -19,6 +19,16 @@ UPDATE consumer_positions SET next_offset = %(next)s, updated_at = now()
 WHERE consumer_group = %(group)s AND topic = %(topic)s AND partition = %(partition)s
   AND next_offset = %(expected)s
 
+-- name: advance_positions
+-- The same compare-and-set for every partition of a batch in one statement (one round trip);
+-- the caller checks that every partition came back.
+UPDATE consumer_positions p SET next_offset = c.next_offset, updated_at = now()
+FROM unnest(%(partitions)s::int[], %(expected)s::bigint[], %(next)s::bigint[])
+     AS c(partition, expected, next_offset)
+WHERE p.consumer_group = %(group)s AND p.topic = %(topic)s AND p.partition = c.partition
+  AND p.next_offset = c.expected
+RETURNING p.partition
+
 -- name: select_prior_commands
 SELECT l.tenant_id, l.command_id, l.command_fingerprint, l.event::text
 FROM ledger l

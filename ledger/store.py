@@ -78,16 +78,29 @@ def load_budgets(
 def advance_positions(
     conn: psycopg.Connection, group: str, topic: str, positions: Mapping[int, tuple[int, int]]
 ) -> None:
-    """Compare-and-set every partition's position (expected -> new); raise Fenced if any moved."""
-    q = queries()["advance_position"]
-    with conn.cursor() as cur:
-        for partition, (expected, new) in sorted(positions.items()):
-            cur.execute(
-                q,
-                {"group": group, "topic": topic, "partition": partition, "expected": expected, "next": new},
-            )
-            if cur.rowcount != 1:
-                raise Fenced(f"partition {partition} of {topic} is no longer at offset {expected}")
+    """Compare-and-set every partition's position (expected -> new); raise Fenced if any moved.
+
+    One statement for all partitions (sorted, so concurrent writers lock rows in one order).
+    """
+    if not positions:
+        return
+    parts = sorted(positions)
+    rows = conn.execute(
+        queries()["advance_positions"],
+        {
+            "group": group,
+            "topic": topic,
+            "partitions": parts,
+            "expected": [positions[p][0] for p in parts],
+            "next": [positions[p][1] for p in parts],
+        },
+    ).fetchall()
+    if len(rows) != len(parts):
+        moved = sorted(set(parts) - {int(r[0]) for r in rows})
+        partition = moved[0] if moved else parts[0]
+        raise Fenced(
+            f"partition {partition} of {topic} is no longer at offset {positions[partition][0]}"
+        )
 
 
 def copy_rows(conn: psycopg.Connection, query_name: str, rows: Iterable[Sequence[object]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from functools import cache
 
@@ -16,6 +17,19 @@ def queries() -> dict[str, str]:
     return load_queries("projections")
 
 
+# Sessions whose staging tables were created outside any transaction (see prepare_session).
+_PREPARED: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+
+
+def prepare_session(conn: psycopg.Connection) -> None:
+    """Create the session's staging tables once, in autocommit (so no rollback can undo it);
+    `upsert_projections` then skips the per-batch `CREATE TEMP TABLE IF NOT EXISTS`."""
+    if not conn.autocommit:
+        return
+    conn.execute(queries()["create_staging"])
+    _PREPARED.add(conn)
+
+
 def upsert_projections(
     conn: psycopg.Connection,
     balance_rows: Sequence[Sequence[object]],
@@ -23,7 +37,9 @@ def upsert_projections(
 ) -> None:
     """Upsert balance and reservation rows inside the caller's transaction."""
     q = queries()
-    conn.execute(q["create_staging"])
+    if conn not in _PREPARED:
+        conn.execute(q["create_staging"])
+    merges = []
     with conn.cursor() as cur:
         for copy_name, merge_name, rows in (
             ("copy_staging_balances", "merge_balances", balance_rows),
@@ -34,4 +50,7 @@ def upsert_projections(
             with cur.copy(q[copy_name]) as copy:
                 for row in rows:
                     copy.write_row(row)
-            cur.execute(q[merge_name])
+            merges.append(q[merge_name])
+        if merges:
+            # No parameters: both merges go in one round trip (simple query protocol).
+            cur.execute(";\n".join(merges))
