@@ -33,7 +33,7 @@ from consumers.timings import CommitTimings
 from ledger import store
 from ledger.db import connect
 from ledger.settings import Settings
-from projections.store import upsert_projections
+from projections.store import prepare_session, upsert_projections
 
 log = structlog.get_logger("consumer")
 T = TypeVar("T")
@@ -116,6 +116,7 @@ class CommandConsumer:
             self._conn = connect(
                 self.settings.database_url, role=self.settings.database_role, autocommit=True
             )
+            prepare_session(self._conn)
         return self._conn
 
     def _with_db(self, work: Callable[[psycopg.Connection], T]) -> T:
@@ -164,10 +165,7 @@ class CommandConsumer:
                  batch_ms=self.options.batch_max_ms)  # fmt: skip
         try:
             while not self.stop.is_set():
-                messages = consumer.consume(
-                    self.options.batch_max_messages, self.options.batch_max_ms / 1000
-                )
-                batch = self._incoming(messages)
+                batch = self._incoming(self._poll_batch(consumer))
                 if batch:
                     self._handle(batch)
         finally:
@@ -177,6 +175,22 @@ class CommandConsumer:
             if self.timings is not None:
                 self.timings.write()
             log.info("consumer_stopped")
+
+    def _poll_batch(self, consumer: Consumer) -> list[Message]:
+        """Up to N messages: what is already fetched, at once; else wait up to T ms for more.
+
+        Natural batching: under load, messages pile up while a batch commits, so the next batch
+        is taken without waiting (large batches, no idle 20 ms per batch); when the queue is
+        empty, wait at most `batch_max_ms` for the first message, then take what has arrived.
+        """
+        n = self.options.batch_max_messages
+        messages = consumer.consume(n, 0)
+        if messages:
+            return messages
+        messages = consumer.consume(1, self.options.batch_max_ms / 1000)
+        if messages and n > 1:
+            messages.extend(consumer.consume(n - 1, 0))
+        return messages
 
     def _incoming(self, messages: list[Message]) -> list[Incoming]:
         batch = []
