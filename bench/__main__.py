@@ -230,6 +230,8 @@ class Phase:
             str(rate),
             "--linger-ms",
             str(linger_ms),
+            "--warmup-topic",
+            self.settings.topic_events,  # the phase's own topic; nothing reads it
         ]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env())
         self.producer_pid = proc.pid
@@ -544,6 +546,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-throughput", action="store_true", help="run only the other phases")
     p.add_argument("--seed", type=int, default=6)
+    p.add_argument("--workdir", default=None, help="keep consumer logs and timings here")
     p.add_argument("--keep", action="store_true", help="keep the databases and topics")
     p.add_argument(
         "--json", action="store_true", help="print one JSON document (progress goes to stderr)"
@@ -571,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[PhaseResult] = []
     baseline: PhaseResult | None = None
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         if not args.skip_throughput and args.commands > 0:
             results.append(
                 run_phase(

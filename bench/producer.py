@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("result")
     parser.add_argument("--rate", type=float, default=0.0, help="messages/s; 0 = unpaced")
     parser.add_argument("--linger-ms", type=int, default=5)
+    parser.add_argument(
+        "--warmup-topic",
+        default=None,
+        help="produce one message here first, so the connection, topic metadata and the "
+        "idempotent producer id are ready before the first timed message",
+    )
     args = parser.parse_args(argv)
 
     messages = [
@@ -52,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             "queue.buffering.max.kbytes": 1_048_576,
         }
     )
+    producer.list_topics(args.topic, timeout=30)
+    if args.warmup_topic:
+        producer.produce(args.warmup_topic, b"warm-up")
+        if producer.flush(30) != 0:
+            raise SystemExit("warm-up message not delivered")
     produce, poll, topic = producer.produce, producer.poll, args.topic
     first = _now_ms()
     if args.rate <= 0:
