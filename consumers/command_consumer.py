@@ -43,6 +43,9 @@ T = TypeVar("T")
 # re-scans the state often. Fewer, larger collections: -20% consumer CPU per command in the
 # benchmark (docs/performance.md). Non-cyclic garbage is still freed at once by refcounting.
 GC_THRESHOLDS = (50_000, 20, 100)
+# Kafka's committed offsets are informational (lag tools); Postgres holds the real positions.
+# Committing them at most this often spares the broker an OffsetCommit per batch.
+KAFKA_COMMIT_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class CommandConsumer:
         self.ready = threading.Event()
         # Benchmark hook (LEDGER_BENCH_TIMINGS): commit time and produce timestamps per batch.
         self.timings = CommitTimings.from_env()
+        self._kafka_pending: dict[int, int] = {}
+        self._kafka_committed_at = 0.0
 
     # -- rebalance callbacks (run inside consume()) -------------------------------------------
 
@@ -98,6 +103,7 @@ class CommandConsumer:
         self.ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._flush_kafka_offsets()
         for tp in partitions:
             self.partitions.pop(tp.partition, None)
         consumer.incremental_unassign(partitions)
@@ -106,6 +112,7 @@ class CommandConsumer:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.partitions.pop(tp.partition, None)
+            self._kafka_pending.pop(tp.partition, None)
         consumer.incremental_unassign(partitions)
         log.warning("partitions_lost", partitions=[p.partition for p in partitions])
 
@@ -169,6 +176,7 @@ class CommandConsumer:
                 if batch:
                     self._handle(batch)
         finally:
+            self._flush_kafka_offsets()
             consumer.close()  # leaves the group: the others take the partitions at once
             if self._conn is not None:
                 self._conn.close()
@@ -243,12 +251,24 @@ class CommandConsumer:
             self.on_batch(out)
 
     def _commit_kafka_offsets(self, out: BatchOutput) -> None:
-        """Tell Kafka too, so lag tools see progress (Postgres stays the source of truth)."""
-        assert self._consumer is not None
+        """Tell Kafka too, so lag tools see progress (Postgres stays the source of truth).
+
+        At most every KAFKA_COMMIT_INTERVAL_S; the latest offsets win.
+        """
+        for p, (_, new) in out.positions.items():
+            self._kafka_pending[p] = new
+        if time.monotonic() - self._kafka_committed_at >= KAFKA_COMMIT_INTERVAL_S:
+            self._flush_kafka_offsets()
+
+    def _flush_kafka_offsets(self) -> None:
+        if not self._kafka_pending or self._consumer is None:
+            return
         offsets = [
             TopicPartition(self.settings.topic_commands, p, new)
-            for p, (_, new) in out.positions.items()
+            for p, new in self._kafka_pending.items()
         ]
+        self._kafka_pending = {}
+        self._kafka_committed_at = time.monotonic()
         try:
             self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
