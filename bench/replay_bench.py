@@ -12,7 +12,9 @@ exactly what `budget-ledger reconcile` runs. The database in LEDGER_DATABASE_URL
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import resource
 import sys
 import time
 import uuid
@@ -228,6 +230,13 @@ def _drop(dsn: str, url: str) -> None:
         )
 
 
+def _client_cpu() -> float:
+    """CPU seconds of this process and its reaped children (the replay workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fill (unless --no-fill), then time one full reconcile and print events/s."""
     from ledger.settings import load_settings
@@ -261,13 +270,18 @@ def main(argv: list[str] | None = None) -> int:
             took = time.perf_counter() - t0
             print(f"filled {events:,} events in {took:.1f} s ({events / took:,.0f}/s)")
         for run in range(args.runs):
+            load = os.getloadavg()[0]
+            cpu0 = _client_cpu()
             t0 = time.perf_counter()
             report = reconcile(dsn, ReconcileOptions(workers=args.workers, progress=False))
             took = time.perf_counter() - t0
+            cpu = _client_cpu() - cpu0
             print(
                 f"run {run + 1}: replayed {report.events:,} events of {report.budgets:,} budgets "
                 f"in {took:.2f} s = {report.events / took:,.0f} events/s "
-                f"(workers={args.workers}, clean={report.clean})"
+                f"(workers={args.workers}, clean={report.clean}); reconciler CPU "
+                f"{cpu / max(report.events, 1) * 1e6:.2f} us/event (all its processes, not "
+                f"Postgres); load before {load:.2f}"
             )
     finally:
         if args.fresh and not args.keep:
