@@ -377,6 +377,9 @@ def run_phase(
         prep = phase.produce(prep_file)
         phase.wait_produced(prep)
         phase.wait_applied(n_prep, timeout=600)
+        # Let the previous phase's clean-up (database drop, topic deletion) and autovacuum of
+        # the preparation's rows settle, so the timed part measures the steady state.
+        time.sleep(args.settle_seconds)
 
         sampler = CpuSampler(
             consumers=[c.pid for c in phase.consumers],
@@ -546,6 +549,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-throughput", action="store_true", help="run only the other phases")
     p.add_argument("--seed", type=int, default=6)
+    p.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=5.0,
+        help="pause between the (untimed) preparation and the timed part of each phase",
+    )
     p.add_argument("--workdir", default=None, help="keep consumer logs and timings here")
     p.add_argument("--keep", action="store_true", help="keep the databases and topics")
     p.add_argument(
