@@ -215,7 +215,9 @@ class Phase:
     def applied(self) -> int:
         return int(self._scalar("SELECT coalesce(sum(next_offset), 0) FROM consumer_positions"))
 
-    def produce(self, path: Path, rate: float = 0.0, linger_ms: int = 20) -> dict[str, Any]:
+    def produce(
+        self, path: Path, rate: float = 0.0, linger_ms: int = 20, mark: int = 0
+    ) -> dict[str, Any]:
         """Run the producer process over a pre-generated file; return its timing record."""
         result = path.with_suffix(".produced.json")
         cmd = [
@@ -232,6 +234,8 @@ class Phase:
             str(linger_ms),
             "--warmup-topic",
             self.settings.topic_events,  # the phase's own topic; nothing reads it
+            "--mark",
+            str(mark),
         ]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env())
         self.producer_pid = proc.pid
@@ -358,16 +362,22 @@ def run_phase(
     consumers: int,
     batch_max_messages: int | None,
     rate: float = 0.0,
+    warmup: int = 0,
 ) -> PhaseResult:
     prefix = f"{mode}-"
     prep_file = workdir / f"{mode}.prepare.msgs"
     timed_file = workdir / f"{mode}.timed.msgs"
     n_prep = workload.write(prep_file, workload.prepare(budgets, prefix))
-    n_timed = workload.write(timed_file, workload.mix(commands, budgets, prefix, seed=args.seed))
+    n_all = workload.write(
+        timed_file, workload.mix(warmup + commands, budgets, prefix, seed=args.seed)
+    )
+    n_timed = n_all - warmup
     result = PhaseResult(mode, n_timed, budgets, consumers, batch_max_messages or 0, rate or None)
     _say(
         args,
-        f"[{mode}] {n_prep:,} preparation + {n_timed:,} timed commands, "
+        f"[{mode}] {n_prep:,} preparation + "
+        + (f"{warmup:,} warm-up + " if warmup else "")
+        + f"{n_timed:,} timed commands, "
         f"{budgets:,} budgets, {consumers} consumer(s), batch "
         f"{batch_max_messages or 'default'}" + (f", {rate:,.0f}/s offered" if rate else ""),
     )
@@ -386,22 +396,26 @@ def run_phase(
             kafka_port=int(args.kafka_bootstrap.rsplit(":", 1)[1]),
             pg_port=urlsplit(args.database_url).port or 5432,
         )
-        handle = phase.produce(timed_file, rate=rate, linger_ms=5 if rate else 20)
+        handle = phase.produce(timed_file, rate=rate, linger_ms=5 if rate else 20, mark=warmup)
         sampler.add("producer", [handle["proc"].pid])
         sampler.start()
         record = phase.wait_produced(handle)
-        phase.wait_applied(n_prep + n_timed, timeout=max(600, 3 * commands / 500))
+        phase.wait_applied(n_prep + n_all, timeout=max(600, 3 * commands / 500))
         result.cpu = sampler.stop()
         window = sampler.seconds
         result.cpu_us_per_command = {
-            k: round(v / 100 * window / n_timed * 1e6, 1)
+            k: round(v / 100 * window / n_all * 1e6, 1)
             for k, v in result.cpu.items()
             if k not in ("machine_busy", "other")
         }
         result.max_rss_mb = round(phase.stop_consumers(), 1)
 
+        # Messages produced from `start_ms` on are measured: the first produced one, or with a
+        # warm-up, the first after it (the producer notes the time it reached message `warmup`).
         first_ms = record["first_ms"]
+        start_ms = record["mark_ms"] if warmup else first_ms
         last_commit = 0
+        covered = 0
         latencies: list[int] = []
         for path in phase.timing_files:
             batches, stamps = read_timings(path)
@@ -409,21 +423,25 @@ def run_phase(
             for commit_ms, n in batches:
                 chunk = stamps[i : i + n]
                 i += n
-                timed = [commit_ms - ts for ts in chunk if ts >= first_ms]
+                covered += sum(1 for ts in chunk if ts >= first_ms)
+                timed = [commit_ms - ts for ts in chunk if ts >= start_ms]
                 if timed:
                     result.batches += 1
                     latencies.extend(timed)
                     last_commit = max(last_commit, commit_ms)
         latencies.sort()
-        if len(latencies) != n_timed:
-            result.problems.append(f"timings cover {len(latencies)} of {n_timed} timed messages")
-        result.seconds = round((last_commit - first_ms) / 1000, 3)
-        result.commands_per_s = round(n_timed / result.seconds, 1) if result.seconds > 0 else 0.0
+        if covered != n_all:
+            result.problems.append(f"timings cover {covered} of {n_all} produced messages")
+        result.commands = len(latencies)
+        result.seconds = round((last_commit - start_ms) / 1000, 3)
+        result.commands_per_s = (
+            round(len(latencies) / result.seconds, 1) if result.seconds > 0 else 0.0
+        )
         result.p50_ms = _percentile(latencies, 0.50)
         result.p99_ms = _percentile(latencies, 0.99)
         result.max_ms = float(latencies[-1]) if latencies else 0.0
 
-        problems, result.outcomes = verify(phase, n_prep + n_timed)
+        problems, result.outcomes = verify(phase, n_prep + n_all)
         result.problems.extend(problems)
         result.verified = not result.problems
     finally:
@@ -548,6 +566,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="consumer batch size (default: the consumer's)",
     )
     p.add_argument("--skip-throughput", action="store_true", help="run only the other phases")
+    p.add_argument(
+        "--latency-warmup-seconds",
+        type=float,
+        default=2.0,
+        help="offered load before the measured latency window (applied and verified, not measured)",
+    )
     p.add_argument("--seed", type=int, default=6)
     p.add_argument(
         "--settle-seconds",
@@ -614,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.consumers,
                     args.batch_max_messages,
                     rate=args.latency_rate,
+                    warmup=int(args.latency_rate * args.latency_warmup_seconds),
                 )
             )
     verified = all(r.verified for r in results)

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="messages/s; 0 = unpaced")
     parser.add_argument("--linger-ms", type=int, default=5)
     parser.add_argument(
+        "--mark", type=int, default=0, help="record the time just before message MARK (warm-up end)"
+    )
+    parser.add_argument(
         "--warmup-topic",
         default=None,
         help="produce one message here first, so the connection, topic metadata and the "
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("warm-up message not delivered")
     produce, poll, topic = producer.produce, producer.poll, args.topic
     first = _now_ms()
+    mark = first
     if args.rate <= 0:
         for key, value in messages:
             try:
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         while sent < total:
             due = min(total, int((time.perf_counter() - start) * args.rate) + 1)
             while sent < due:
+                if sent == args.mark and sent:
+                    mark = _now_ms()
                 key, value = messages[sent]
                 produce(topic, value, key)
                 sent += 1
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "count": len(messages),
                 "first_ms": first,
+                "mark_ms": mark,
                 "last_ms": last,
                 "flushed_ms": _now_ms(),
                 "unflushed": remaining,

@@ -23,7 +23,8 @@ def test_bench_smoke_run_verifies_the_ledger(pg_admin_dsn: str, kafka_bootstrap:
         "--commands", "3000", "--budgets", "60",
         "--baseline-commands", "300",
         "--latency-rate", "400", "--latency-seconds", "2",
-        "--consumers", "2", "--partitions", "4", "--settle-seconds", "0",
+        "--consumers", "2", "--partitions", "4",
+        "--settle-seconds", "0", "--latency-warmup-seconds", "0",
         "--database-url", pg_admin_dsn, "--kafka-bootstrap", kafka_bootstrap,
     ]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=600)
