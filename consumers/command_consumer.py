@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import orjson
 import psycopg
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -67,7 +68,9 @@ class CommandConsumer:
         on_batch: Callable[[BatchOutput], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.options = options or ConsumerOptions(settings.batch_max_messages, settings.batch_max_ms)
+        self.options = options or ConsumerOptions(
+            settings.batch_max_messages, settings.batch_max_ms
+        )
         self.stop = stop or threading.Event()
         self.on_batch = on_batch
         self.partitions: dict[int, PartitionState] = {}
@@ -133,7 +136,9 @@ class CommandConsumer:
             try:
                 return work(self._db())
             except psycopg.OperationalError as exc:
-                log.warning("database_unavailable", error=" ".join(str(exc).split()), retry_in=delay)
+                log.warning(
+                    "database_unavailable", error=" ".join(str(exc).split()), retry_in=delay
+                )
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
@@ -224,7 +229,9 @@ class CommandConsumer:
                     self.partitions,
                     self.ctx,
                     lookup_prior=lambda keys: store.lookup_prior(conn, keys),
-                    load_budgets=lambda keys: store.load_budgets(conn, keys, self.settings.currencies),
+                    load_budgets=lambda keys: store.load_budgets(
+                        conn, keys, self.settings.currencies
+                    ),
                 )
             )
             if out.is_empty:
@@ -244,11 +251,44 @@ class CommandConsumer:
             self.timings.record([m.timestamp_ms for m in batch])
         merge_states(self.partitions, out)
         metrics.record_batch(out, len(batch), time.perf_counter() - started)
+        self._log_dead_letters(out)
+        self._observe_lag(out)
         log.debug("batch_committed", messages=len(batch), events=len(out.ledger_rows),
                   dead_letters=out.dead_letters)  # fmt: skip
         self._commit_kafka_offsets(out)
         if self.on_batch is not None:
             self.on_batch(out)
+
+    def _log_dead_letters(self, out: BatchOutput) -> None:
+        # Dead letters are rare; each gets a line with what is known of it.
+        if not out.dead_letters:
+            return
+        for topic, key, _value, headers in out.outbox_rows:
+            if topic != self.ctx.dlq_topic or headers is None:
+                continue
+            fields = dict(orjson.loads(headers))
+            tenant, _, budget = (key or b"").decode("utf-8", "replace").partition(":")
+            log.warning(
+                "dead_lettered",
+                tenant_id=tenant,
+                budget_id=budget,
+                partition=fields.get("original_partition"),
+                offset=fields.get("original_offset"),
+                error_class=fields.get("error_class"),
+                reason=fields.get("reason"),
+            )
+
+    def _observe_lag(self, out: BatchOutput) -> None:
+        # The cached high watermark costs no broker round trip.
+        assert self._consumer is not None
+        for p, (_, new) in out.positions.items():
+            tp = TopicPartition(self.settings.topic_commands, p)
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                metrics.LAG.labels(str(p)).set(max(0, high - new))
 
     def _commit_kafka_offsets(self, out: BatchOutput) -> None:
         """Tell Kafka too, so lag tools see progress (Postgres stays the source of truth).

@@ -139,7 +139,12 @@ def process_batch(
         if verdict == "duplicate":
             # Clients retry safely: re-publish the original outcome, write nothing new.
             out.outbox_rows.append(
-                (ctx.events_topic, msg.key, prior[ckey][1].encode(), _headers(("redelivered", "true")))
+                (
+                    ctx.events_topic,
+                    msg.key,
+                    prior[ckey][1].encode(),
+                    _headers(("redelivered", "true")),
+                )
             )
             out.outcomes[(command.type, "duplicate")] += 1
             continue
@@ -155,8 +160,19 @@ def process_batch(
             state = touched[bkey][1]
         else:
             state = partitions[msg.partition].budgets.get(bkey) or loaded[bkey]
-        new_state, event, alerts = apply(state, command, now, ctx.currencies)
-        touched[bkey] = (msg.partition, new_state, touched[bkey][2] if bkey in touched else state.sequence)
+        try:
+            new_state, event, alerts = apply(state, command, now, ctx.currencies)
+        except Exception as exc:  # a bug in the rules must not stop every other budget
+            reason = f"the ledger failed to decide this command: {type(exc).__name__}: {exc}"
+            out.outbox_rows.append(_dead_letter(msg, ctx, "internal_error", reason))
+            out.dead_letters += 1
+            out.outcomes[(command.type, "internal_error")] += 1
+            continue
+        touched[bkey] = (
+            msg.partition,
+            new_state,
+            touched[bkey][2] if bkey in touched else state.sequence,
+        )
 
         digits = ctx.currencies.get(new_state.currency or "", DEFAULT_DIGITS)
         payload = orjson.dumps(event_to_wire(event, digits))

@@ -13,12 +13,6 @@ ON CONFLICT (partition) DO NOTHING
 SELECT partition, next_offset FROM consumer_positions
 WHERE consumer_group = %(group)s AND topic = %(topic)s AND partition = ANY(%(partitions)s)
 
--- name: advance_position
--- Compare-and-set: only the owner that read `expected` can move the position on (zombie fence).
-UPDATE consumer_positions SET next_offset = %(next)s, updated_at = now()
-WHERE consumer_group = %(group)s AND topic = %(topic)s AND partition = %(partition)s
-  AND next_offset = %(expected)s
-
 -- name: advance_positions
 -- The same compare-and-set for every partition of a batch in one statement (one round trip);
 -- the caller checks that every partition came back.

@@ -44,7 +44,9 @@ def ensure_partitions(
     return {int(p): int(o) for p, o in rows}
 
 
-def lookup_prior(conn: psycopg.Connection, keys: list[CommandKey]) -> dict[CommandKey, tuple[str, str]]:
+def lookup_prior(
+    conn: psycopg.Connection, keys: list[CommandKey]
+) -> dict[CommandKey, tuple[str, str]]:
     """Fingerprint and event JSON of every (tenant, command_id) already in the ledger."""
     if not keys:
         return {}
