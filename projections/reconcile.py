@@ -175,8 +175,8 @@ def _minor(text: str, digits: int) -> int:
     return to_minor(text, digits)
 
 
-def decode_event(d: dict[str, Any], digits: int) -> LedgerEvent:
-    """`event_from_wire` with a faster money path (same result; see tests)."""
+def _decoded_fields(d: dict[str, Any], digits: int) -> tuple[Any, ...]:
+    """The values of a wire event in `LedgerEvent` field order, money as minor units."""
     if d["currency"] is None:
         digits = 0
     amount = d["amount"]
@@ -190,7 +190,7 @@ def decode_event(d: dict[str, Any], digits: int) -> LedgerEvent:
             else v
             for k, v in data.items()
         }
-    return LedgerEvent(
+    return (
         d["type"],
         d["tenant_id"],
         d["budget_id"],
@@ -214,6 +214,11 @@ def decode_event(d: dict[str, Any], digits: int) -> LedgerEvent:
     )
 
 
+def decode_event(d: dict[str, Any], digits: int) -> LedgerEvent:
+    """`event_from_wire` with a faster money path (same result; see tests)."""
+    return LedgerEvent(*_decoded_fields(d, digits))
+
+
 #: What the replay feeds `evolve`: the values of `decode_event`'s LedgerEvent, field for field
 #: (same names, same order), in a plain tuple record: a frozen dataclass of 20 fields costs more
 #: to build than `evolve` itself spends on most events. `evolve` only reads attributes.
@@ -225,44 +230,7 @@ _new_tuple = tuple.__new__
 
 def replay_event(d: dict[str, Any], digits: int) -> LedgerEvent:
     """`decode_event` into a `ReplayEvent` (typed as the LedgerEvent it stands for)."""
-    if d["currency"] is None:
-        digits = 0
-    amount = d["amount"]
-    data = d["data"]
-    if data and not (MONEY_DATA_KEYS.isdisjoint(data) and MONEY_PAIR_LIST_KEYS.isdisjoint(data)):
-        data = {
-            k: (None if v is None else _minor(v, digits))
-            if k in MONEY_DATA_KEYS
-            else [[r, _minor(a, digits)] for r, a in v]
-            if k in MONEY_PAIR_LIST_KEYS and v is not None
-            else v
-            for k, v in data.items()
-        }
-    return _new_tuple(  # type: ignore[return-value]
-        ReplayEvent,
-        (
-            d["type"],
-            d["tenant_id"],
-            d["budget_id"],
-            d["sequence"],
-            d["command_id"],
-            d["command_type"],
-            d["ref_id"],
-            d["currency"],
-            None if amount is None else _minor(amount, digits),
-            d["reason"],
-            data,
-            _minor(d["funded"], digits),
-            _minor(d["reserved"], digits),
-            _minor(d["charged"], digits),
-            _minor(d["available"], digits),
-            d["utilization_pct"],
-            d["recorded_at"],
-            d["metadata"],
-            d["prev_hash"],
-            d["hash"],
-        ),
-    )
+    return _new_tuple(ReplayEvent, _decoded_fields(d, digits))  # type: ignore[return-value]
 
 
 # --- one budget -------------------------------------------------------------------------------
