@@ -7,6 +7,8 @@ import time
 
 import psycopg
 import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from consumers.topics import create_topics
 from ledger.settings import Settings
@@ -95,6 +97,17 @@ def test_poison_messages_go_to_the_dlq_and_good_ones_are_applied(settings: Setti
     assert scalar(settings.database_url, "SELECT funded FROM budget_balances") == 10_500
 
 
+def _reset_kafka_group_offsets(settings: Settings) -> None:
+    """What an operator would do with kafka-consumer-groups --reset-offsets --to-earliest."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topic = settings.topic_commands
+    meta = admin.list_topics(topic, timeout=10).topics[topic]
+    request = ConsumerGroupTopicPartitions(
+        settings.consumer_group, [TopicPartition(topic, p, 0) for p in meta.partitions]
+    )
+    admin.alter_consumer_group_offsets([request])[settings.consumer_group].result(timeout=30)
+
+
 def test_redelivery_applies_nothing_twice(settings: Settings) -> None:
     commands = random_stream(seed=7, budgets=5, commands=300)
     with running_consumer(settings):
@@ -102,21 +115,53 @@ def test_redelivery_applies_nothing_twice(settings: Settings) -> None:
         wait_for(lambda: ledger_count(settings.database_url) == 300, what="300 events")
     before = scalar(settings.database_url, BALANCES)
 
-    # Client retries: every command published again; the stored positions are also lost (the
-    # owner rewinds them), so the consumer re-reads the whole topic twice over.
+    # 1. The group's Kafka offsets reset to the beginning: the consumer seeks to the positions
+    #    stored in Postgres, so nothing is read again. A marker command proves it ran.
+    _reset_kafka_group_offsets(settings)
+    with running_consumer(settings):
+        produce(settings, [open_budget("acme", "marker", "marker-1")])
+        wait_for(lambda: ledger_count(settings.database_url) == 301, what="the marker event")
+    assert scalar(settings.database_url, "SELECT sum(next_offset) FROM consumer_positions") == 301
+
+    # 2. Client retries: every command published again, and the stored positions lost too (the
+    #    owner rewinds them), so the consumer re-reads the whole topic: 300 + 1 + 300 messages.
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.execute("UPDATE consumer_positions SET next_offset = 0")
     with running_consumer(settings):
         produce(settings, commands)
-        total = 600
         wait_for(
             lambda: scalar(settings.database_url,
-                           "SELECT sum(next_offset) FROM consumer_positions") == total,
-            what="all 600 messages consumed",
+                           "SELECT sum(next_offset) FROM consumer_positions") == 601,
+            what="all 601 messages consumed",
         )  # fmt: skip
-    assert ledger_count(settings.database_url) == 300
-    after = scalar(settings.database_url, BALANCES)
-    assert after == before
+    assert ledger_count(settings.database_url) == 301
+    assert scalar(settings.database_url, BALANCES.replace("FROM", "FROM (SELECT * FROM")
+                  + " WHERE budget_id <> 'marker') b") == before  # fmt: skip
+    assert_ledger_consistent(
+        settings.database_url, [*commands, open_budget("acme", "marker", "marker-1")]
+    )
+
+
+def test_database_connections_killed_mid_stream_lose_nothing(settings: Settings) -> None:
+    """Postgres dropping the consumer's connection (restart, failover) at random moments."""
+    commands = random_stream(seed=13, budgets=40, commands=12000)
+    kills = 0
+    with (
+        running_consumer(settings, relay=False),
+        psycopg.connect(settings.database_url, autocommit=True) as admin,
+    ):
+        produce(settings, commands)
+        rng = random.Random(5)
+        while ledger_count(settings.database_url) < len(commands) and kills < 8:
+            time.sleep(rng.uniform(0.02, 0.15))
+            kills += len(admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend'"
+            ).fetchall())  # fmt: skip
+        wait_for(lambda: ledger_count(settings.database_url) == len(commands), timeout=120,
+                 what="every command applied after the disconnections")  # fmt: skip
+    assert kills > 0
     assert_ledger_consistent(settings.database_url, commands)
 
 
