@@ -180,4 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the importable module's `main`, so that exceptions raised by sub-command modules
+    # (which import `ledger.cli`) are the classes `main` catches, not copies in `__main__`.
+    from ledger.cli import main as _main
+
+    raise SystemExit(_main())

@@ -108,8 +108,8 @@ def read_topic(settings: Settings, topic: str, expect: int, timeout: float = 60)
     return out
 
 
-def consumer_process(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
-    """`budget-ledger consume` as a child process with this test's settings."""
+def cli_env(settings: Settings) -> dict[str, str]:
+    """The environment under which `budget-ledger` sees this test's services and topics."""
     env = dict(os.environ)
     env.update({
         "LEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -123,11 +123,27 @@ def consumer_process(settings: Settings, *extra: str) -> subprocess.Popen[bytes]
         "LEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
         "LEDGER_LOG_LEVEL": "warning",
     })  # fmt: skip
+    return env
+
+
+def consumer_process(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
+    """`budget-ledger consume` as a child process with this test's settings."""
     return subprocess.Popen(
         [sys.executable, "-m", "ledger.cli", "consume", *extra],
-        env=env,
+        env=cli_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+    )
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `budget-ledger ARGS` with this test's settings; return the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args],
+        env=cli_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
