@@ -219,3 +219,20 @@ def test_application_role_cannot_update_or_delete_the_ledger(settings: Settings)
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             conn.execute("UPDATE ledger SET amount = 1")
     assert ledger_count(settings.database_url) == 1
+
+
+def test_reader_role_sees_only_its_tenant(settings: Settings) -> None:
+    with running_consumer(settings, relay=False):
+        produce(settings, [open_budget("acme", "b1", "o-1"), open_budget("globex", "b1", "o-1")])
+        wait_for(lambda: ledger_count(settings.database_url) == 2, what="two tenants' events")
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("SET ROLE ledger_reader")
+        assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (0,)  # no tenant set
+        conn.execute("SELECT set_config('ledger.tenant_id', 'acme', false)")
+        for query in (
+            "SELECT DISTINCT tenant_id FROM ledger",
+            "SELECT DISTINCT tenant_id FROM budget_balances",
+        ):
+            assert conn.execute(query).fetchall() == [("acme",)], query
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO outbox (topic, payload) VALUES ('x', 'y')")
