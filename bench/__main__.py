@@ -109,7 +109,7 @@ class Phase:
     """Fresh topics + database, consumers as child processes, producer as a child process."""
 
     def __init__(self, args: argparse.Namespace, mode: str, workdir: Path) -> None:
-        from ledger.settings import load_settings
+        from ledger.settings import load_settings, prefixed_names
 
         self.args = args
         self.mode = mode
@@ -119,12 +119,7 @@ class Phase:
         self.settings = load_settings(
             kafka_bootstrap=args.kafka_bootstrap,
             database_url=self.database_url,
-            topic_commands=f"{prefix}.budget.commands",
-            topic_events=f"{prefix}.budget.events",
-            topic_alerts=f"{prefix}.budget.alerts",
-            topic_dlq=f"{prefix}.budget.commands.dlq",
-            consumer_group=f"{prefix}.ledger",
-            relay_group=f"{prefix}.relay",
+            **prefixed_names(prefix),
             topic_partitions=args.partitions,
         )
         from consumers.topics import create_topics

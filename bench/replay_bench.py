@@ -181,7 +181,7 @@ def hash_partition(key: bytes, partitions: int) -> int:
 def fill(dsn: str, n: int, budgets: int, seed: int) -> int:
     """Write the ledger and projections of `n` commands into the database; returns events."""
     from ledger import store
-    from ledger.db import connect
+    from ledger.db import connect, copy_rows
     from projections.store import upsert_projections
 
     total = 0
@@ -190,7 +190,7 @@ def fill(dsn: str, n: int, budgets: int, seed: int) -> int:
     with connect(dsn) as conn:
         for out in build_rows(command_stream(n, budgets, seed)):
             with conn.transaction():
-                store.copy_rows(conn, "copy_ledger", out.ledger_rows)
+                copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
                 upsert_projections(conn, out.balance_rows, out.reservation_rows)
             total += len(out.ledger_rows)
             for row in out.ledger_rows:

@@ -32,7 +32,7 @@ from consumers.processor import (
 )
 from consumers.timings import CommitTimings
 from ledger import store
-from ledger.db import connect
+from ledger.db import connect, copy_rows
 from ledger.settings import Settings
 from projections.store import prepare_session, upsert_projections
 
@@ -65,14 +65,12 @@ class CommandConsumer:
         settings: Settings,
         options: ConsumerOptions | None = None,
         stop: threading.Event | None = None,
-        on_batch: Callable[[BatchOutput], None] | None = None,
     ) -> None:
         self.settings = settings
         self.options = options or ConsumerOptions(
             settings.batch_max_messages, settings.batch_max_ms
         )
         self.stop = stop or threading.Event()
-        self.on_batch = on_batch
         self.partitions: dict[int, PartitionState] = {}
         self.ctx = BatchContext(
             topic=settings.topic_commands,
@@ -107,17 +105,19 @@ class CommandConsumer:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._flush_kafka_offsets()
-        for tp in partitions:
-            self.partitions.pop(tp.partition, None)
-        consumer.incremental_unassign(partitions)
+        self._forget(consumer, partitions)
         log.info("partitions_revoked", partitions=[p.partition for p in partitions])
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked: the group moved on, so our pending Kafka offsets must not be sent.
+        self._forget(consumer, partitions)
+        log.warning("partitions_lost", partitions=[p.partition for p in partitions])
+
+    def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.partitions.pop(tp.partition, None)
             self._kafka_pending.pop(tp.partition, None)
         consumer.incremental_unassign(partitions)
-        log.warning("partitions_lost", partitions=[p.partition for p in partitions])
 
     # -- database ----------------------------------------------------------------------------
 
@@ -154,10 +154,10 @@ class CommandConsumer:
                 conn, self.settings.consumer_group, self.settings.topic_commands, out.positions
             )
             if out.ledger_rows:
-                store.copy_rows(conn, "copy_ledger", out.ledger_rows)
+                copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
             upsert_projections(conn, out.balance_rows, out.reservation_rows)
             if out.outbox_rows:
-                store.copy_rows(conn, "copy_outbox", out.outbox_rows)
+                copy_rows(conn, store.queries()["copy_outbox"], out.outbox_rows)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -256,8 +256,6 @@ class CommandConsumer:
         log.debug("batch_committed", messages=len(batch), events=len(out.ledger_rows),
                   dead_letters=out.dead_letters)  # fmt: skip
         self._commit_kafka_offsets(out)
-        if self.on_batch is not None:
-            self.on_batch(out)
 
     def _log_dead_letters(self, out: BatchOutput) -> None:
         # Dead letters are rare; each gets a line with what is known of it.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
@@ -33,6 +35,13 @@ def pool(dsn: str, role: str | None = None, size: int = 4) -> ConnectionPool:
         conn.commit()
 
     return ConnectionPool(dsn, min_size=1, max_size=size, configure=configure, open=True)
+
+
+def copy_rows(conn: psycopg.Connection, statement: str, rows: Iterable[Sequence[object]]) -> None:
+    """Stream rows into a table with a `COPY ... FROM STDIN` statement (one round trip)."""
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _one_line(exc: BaseException) -> str:

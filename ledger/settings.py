@@ -72,6 +72,18 @@ class Settings(BaseSettings):
         return value
 
 
+def prefixed_names(prefix: str) -> dict[str, str]:
+    """Topic and group names under `prefix`, for runs side by side on one broker (tests, bench)."""
+    return {
+        "topic_commands": f"{prefix}.budget.commands",
+        "topic_events": f"{prefix}.budget.events",
+        "topic_alerts": f"{prefix}.budget.alerts",
+        "topic_dlq": f"{prefix}.budget.commands.dlq",
+        "consumer_group": f"{prefix}.ledger",
+        "relay_group": f"{prefix}.relay",
+    }
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read and validate settings; raise SettingsError naming the offending variable."""
     try:

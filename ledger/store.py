@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 
 import orjson
@@ -103,10 +103,3 @@ def advance_positions(
         raise Fenced(
             f"partition {partition} of {topic} is no longer at offset {positions[partition][0]}"
         )
-
-
-def copy_rows(conn: psycopg.Connection, query_name: str, rows: Iterable[Sequence[object]]) -> None:
-    """Stream rows into a table with COPY (one round trip for the whole batch)."""
-    with conn.cursor() as cur, cur.copy(queries()[query_name]) as copy:
-        for row in rows:
-            copy.write_row(row)

@@ -16,6 +16,7 @@ import psycopg
 import structlog
 
 from ledger.budget import BudgetState, evolve, initial_state
+from ledger.db import copy_rows
 from projections.reconcile import decode_event
 from projections.rows import balance_row, reservation_row
 from projections.store import queries
@@ -50,11 +51,8 @@ def rebuild(
                 reservations.extend(reservation_row(state, r) for r in state.reservations.values())
         conn.execute(q["delete_balances"], params)
         conn.execute(q["delete_reservations"], params)
-        with conn.cursor() as out:
-            for name, rows in (("copy_balances", balances), ("copy_reservations", reservations)):
-                with out.copy(q[name]) as copy:
-                    for row in rows:
-                        copy.write_row(row)
+        copy_rows(conn, q["copy_balances"], balances)
+        copy_rows(conn, q["copy_reservations"], reservations)
     log.info(
         "rebuilt",
         budgets=len(balances),

@@ -36,6 +36,7 @@ from schemas.events import (
     LedgerEvent,
     alert_to_wire,
     make_alert_id,
+    map_money,
     rfc3339_utc,
 )
 from schemas.money import to_minor
@@ -182,14 +183,7 @@ def _decoded_fields(d: dict[str, Any], digits: int) -> tuple[Any, ...]:
     amount = d["amount"]
     data = d["data"]
     if data and not (MONEY_DATA_KEYS.isdisjoint(data) and MONEY_PAIR_LIST_KEYS.isdisjoint(data)):
-        data = {
-            k: (None if v is None else _minor(v, digits))
-            if k in MONEY_DATA_KEYS
-            else [[r, _minor(a, digits)] for r, a in v]
-            if k in MONEY_PAIR_LIST_KEYS and v is not None
-            else v
-            for k, v in data.items()
-        }
+        data = map_money(data, lambda text: _minor(text, digits))
     return (
         d["type"],
         d["tenant_id"],

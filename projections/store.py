@@ -8,6 +8,7 @@ from functools import cache
 
 import psycopg
 
+from ledger.db import copy_rows
 from ledger.sql import load_queries
 
 
@@ -40,17 +41,13 @@ def upsert_projections(
     if conn not in _PREPARED:
         conn.execute(q["create_staging"])
     merges = []
-    with conn.cursor() as cur:
-        for copy_name, merge_name, rows in (
-            ("copy_staging_balances", "merge_balances", balance_rows),
-            ("copy_staging_reservations", "merge_reservations", reservation_rows),
-        ):
-            if not rows:
-                continue
-            with cur.copy(q[copy_name]) as copy:
-                for row in rows:
-                    copy.write_row(row)
+    for copy_name, merge_name, rows in (
+        ("copy_staging_balances", "merge_balances", balance_rows),
+        ("copy_staging_reservations", "merge_reservations", reservation_rows),
+    ):
+        if rows:
+            copy_rows(conn, q[copy_name], rows)
             merges.append(q[merge_name])
-        if merges:
-            # No parameters: both merges go in one round trip (simple query protocol).
-            cur.execute(";\n".join(merges))
+    if merges:
+        # No parameters: both merges go in one round trip (simple query protocol).
+        conn.execute(";\n".join(merges))

@@ -7,7 +7,7 @@ hash) every amount and balance is a decimal string — money on the wire is neve
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
@@ -121,33 +121,29 @@ def rfc3339_utc(dt: datetime) -> str:
     )
 
 
-def data_to_wire(data: Mapping[str, Any], digits: int) -> dict[str, Any]:
-    """``LedgerEvent.data`` with money (see MONEY_DATA_KEYS) as decimal strings."""
+def map_money(data: Mapping[str, Any], convert: Callable[[Any], Any]) -> dict[str, Any]:
+    """``data`` with ``convert`` applied to every money value in it (MONEY_DATA_KEYS and the
+    amounts of MONEY_PAIR_LIST_KEYS); everything else, and None, as it is."""
     out: dict[str, Any] = {}
     for k, v in data.items():
         if v is None:
             out[k] = v
         elif k in MONEY_DATA_KEYS:
-            out[k] = to_decimal_str(v, digits)
+            out[k] = convert(v)
         elif k in MONEY_PAIR_LIST_KEYS:
-            out[k] = [[ref, to_decimal_str(amt, digits)] for ref, amt in v]
+            out[k] = [[ref, convert(amt)] for ref, amt in v]
         else:
             out[k] = v
     return out
+
+
+def data_to_wire(data: Mapping[str, Any], digits: int) -> dict[str, Any]:
+    """``LedgerEvent.data`` with money as decimal strings."""
+    return map_money(data, lambda minor: to_decimal_str(minor, digits))
 
 
 def _data_from_wire(data: Mapping[str, Any], digits: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if v is None:
-            out[k] = v
-        elif k in MONEY_DATA_KEYS:
-            out[k] = to_minor(v, digits)
-        elif k in MONEY_PAIR_LIST_KEYS:
-            out[k] = [[ref, to_minor(amt, digits)] for ref, amt in v]
-        else:
-            out[k] = v
-    return out
+    return map_money(data, lambda text: to_minor(text, digits))
 
 
 # The domain builds each event's wire form to hash it; the consumer asks for the same wire form

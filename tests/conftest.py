@@ -117,17 +117,12 @@ def topic_prefix() -> str:
 @pytest.fixture
 def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # type: ignore[no-untyped-def]
     """Settings pointing at the real services, with this test's own topics, group and database."""
-    from ledger.settings import load_settings
+    from ledger.settings import load_settings, prefixed_names
 
     return load_settings(
         kafka_bootstrap=kafka_bootstrap,
         database_url=database_url,
-        topic_commands=f"{topic_prefix}.budget.commands",
-        topic_events=f"{topic_prefix}.budget.events",
-        topic_alerts=f"{topic_prefix}.budget.alerts",
-        topic_dlq=f"{topic_prefix}.budget.commands.dlq",
-        consumer_group=f"{topic_prefix}.ledger",
-        relay_group=f"{topic_prefix}.relay",
+        **prefixed_names(topic_prefix),
         topic_partitions=4,
         batch_max_ms=20,
         session_timeout_ms=6_000,
