@@ -5,6 +5,11 @@ Expired reservations and period boundaries are found in the projections, and the
 ledger's own changes go through the single writer too. Command ids are derived from the budget
 and the instant, so a sweep that runs twice (two replicas, a restart) publishes duplicates that
 the consumer recognises, not second commands.
+
+An `expire_reservations` command carries as `as_of` the latest `expires_at` the sweeper found for
+that budget, at full precision: the consumer then expires exactly what the sweeper found (a
+reservation expiring 0.3 s ago included), and two sweeps that find the same set derive the same
+command id.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ledger.db import connect
 from ledger.periods import period_end
 from ledger.settings import Settings
 from ledger.sql import load_queries
+from schemas.events import rfc3339_utc
 
 log = structlog.get_logger("sweeper")
 
@@ -49,10 +55,10 @@ def _command_id(kind: str, budget_id: str, instant: str) -> str:
 
 def due_commands(conn: psycopg.Connection, now: datetime) -> Iterator[dict[str, Any]]:
     """The scheduler commands due at `now` (UTC), as wire dicts."""
-    as_of = _iso(now.replace(microsecond=0))
-    for tenant_id, budget_id in conn.execute(
+    for tenant_id, budget_id, cutoff in conn.execute(
         queries()["budgets_with_expired_reservations"], {"as_of": now}
     ):
+        as_of = rfc3339_utc(cutoff)
         yield {"command_id": _command_id("expire", budget_id, as_of),
                "type": "expire_reservations", "tenant_id": tenant_id, "budget_id": budget_id,
                "as_of": as_of}  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import psycopg
 import pytest
 from confluent_kafka import Producer
@@ -58,3 +59,33 @@ def test_sweeper_expires_reservations_through_the_budgets_partition(settings: Se
     assert len(due) == 1
     assert due[0]["period_end"].endswith("T22:00:00Z")
     assert due[0]["command_id"] == f"close:b1:{due[0]['period_end']}"
+
+
+def test_a_reservation_expiring_within_the_same_second_is_expired_by_one_sweep(
+    settings: Settings,
+) -> None:
+    # Expiry half-way through a second; the sweep runs 0.1 s after it, in that same second.
+    expires = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=500_000)
+    commands = [
+        open_budget("acme", "b1", "open-1"),
+        fund("acme", "b1", "fund-1", "50.00"),
+        reserve("acme", "b1", "res-1", "20.00", "r1", expires_at=expires.isoformat()),
+    ]
+    producer = Producer(producer_config(settings))
+    with running_consumer(settings, relay=False):
+        produce(settings, commands)
+        wait_for(lambda: ledger_count(settings.database_url) == 3, what="3 events")
+        sweep_at = expires + timedelta(milliseconds=100)
+        time.sleep(max(0.0, (sweep_at - datetime.now(UTC)).total_seconds()) + 0.05)
+        assert sweep_once(settings, producer, now=sweep_at) == 1
+        wait_for(lambda: ledger_count(settings.database_url) == 4, what="the expiry event")
+        assert sweep_once(settings, producer) == 0
+
+    event = orjson.loads(
+        scalar(settings.database_url, "SELECT event::text FROM ledger WHERE sequence = 4")
+    )
+    assert event["type"] == "reservations_expired"
+    assert event["data"]["as_of"] == expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert event["data"]["expired"] == [["r1", "20.00"]]
+    assert event["reserved"] == "0.00"
+    assert scalar(settings.database_url, "SELECT status FROM reservations") == "expired"
