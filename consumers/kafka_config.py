@@ -45,6 +45,9 @@ def command_consumer_config(settings: Settings, **overrides: Any) -> dict[str, A
         "fetch.min.bytes": 65_536,
         "queued.max.messages.kbytes": 65_536,
     }
+    if settings.group_instance_id:
+        # Static membership: a restart within session.timeout.ms resumes without a rebalance.
+        config["group.instance.id"] = settings.group_instance_id
     config.update(overrides)
     return config
 

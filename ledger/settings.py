@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     batch_max_ms: int = Field(default=20, ge=1, le=60_000)
     # How soon the group notices a dead consumer and hands its partitions to the others.
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    # Static group membership (Kafka group.instance.id), empty = off: a member restarted with
+    # the same id within the session timeout gets its partitions back without a rebalance.
+    # Must be unique per process (e.g. the pod name of a StatefulSet).
+    group_instance_id: str = Field(default="", max_length=249)
 
     # ISO 4217 code -> minor digits, e.g. LEDGER_CURRENCIES='{"USD": 2, "ZWG": 2}'.
     currencies: dict[str, int] = Field(default_factory=lambda: {"USD": 2, "ZWG": 2})
@@ -44,6 +48,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http_port: int = Field(default=0, ge=0, le=65535)
+    # /healthz fails when messages wait and the consumer committed nothing for this long.
+    liveness_stall_seconds: float = Field(default=60.0, gt=0, le=3_600)
 
     @field_validator("database_url")
     @classmethod
