@@ -15,7 +15,19 @@ if TYPE_CHECKING:
 COMMANDS = Counter(
     "ledger_commands_total", "Commands applied, by type and outcome", ["type", "outcome"]
 )
-DEAD_LETTERS = Counter("ledger_dead_letters_total", "Messages sent to the DLQ")
+DEAD_LETTERS = Counter(
+    "ledger_dead_letters_total", "Messages sent to the DLQ, by error_class", ["error_class"]
+)
+POISON_ISOLATED = Counter(
+    "ledger_poison_isolated_total",
+    "Messages found by bisecting a batch that Postgres refused (dead-lettered storage_refused)",
+)
+BISECT_PROBES = Counter(
+    "ledger_bisect_probes_total", "Trial transactions run while bisecting refused batches"
+)
+BATCH_RETRIES = Counter(
+    "ledger_batch_retries_total", "Batches rewound and read again, by cause", ["cause"]
+)
 BATCH_SIZE = Histogram(
     "ledger_batch_messages", "Messages per committed batch",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
@@ -32,7 +44,8 @@ def record_batch(out: BatchOutput, messages: int, seconds: float) -> None:
     """Count one committed batch."""
     for (kind, outcome), n in out.outcomes.items():
         COMMANDS.labels(kind, outcome).inc(n)
-    DEAD_LETTERS.inc(out.dead_letters)
+    for error_class, n in out.dead_letter_classes.items():
+        DEAD_LETTERS.labels(error_class).inc(n)
     BATCH_SIZE.observe(messages)
     BATCH_SECONDS.observe(seconds)
 

@@ -26,8 +26,14 @@ PriorOutcome = tuple[str, str]
 PriorLookup = Callable[[list[CommandKey]], Mapping[CommandKey, PriorOutcome]]
 BudgetLoader = Callable[[list[BudgetKey]], Mapping[BudgetKey, BudgetState]]
 OutboxRow = tuple[str, bytes | None, bytes, str | None]
+# (partition, offset) of one message.
+MessageKey = tuple[int, int]
 
 DEFAULT_DIGITS = 2
+INTERNAL_ERROR = "internal_error"
+# Postgres refused a row this message produced (found by bisecting the batch; see poison.py).
+STORAGE_REFUSED = "storage_refused"
+MAX_REASON_CHARS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ class BatchOutput:
     new_states: dict[int, dict[BudgetKey, BudgetState]] = field(default_factory=dict)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     dead_letters: int = 0
+    dead_letter_classes: Counter[str] = field(default_factory=Counter)
 
     @property
     def is_empty(self) -> bool:
@@ -88,8 +95,13 @@ def process_batch(
     lookup_prior: PriorLookup,
     load_budgets: BudgetLoader,
     now: datetime | None = None,
+    poisoned: Mapping[MessageKey, str] | None = None,
 ) -> BatchOutput:
     """Turn a batch of messages into the rows of one transaction; partitions are not mutated.
+
+    Any exception one message causes (parse, fingerprint, rules, encoding) dead-letters that
+    message only. `poisoned` names (partition, offset) of messages Postgres refused in an earlier
+    attempt of this batch: they are dead-lettered (`storage_refused`) without being applied.
 
     Step 1: validate every message (JSON, schema, key) — invalid ones become dead letters.
     Step 2: look up the prior outcome of every command id in the ledger (one query).
@@ -114,10 +126,23 @@ def process_batch(
         try:
             command = _validate(msg, ctx)
         except CommandInvalid as exc:
-            out.outbox_rows.append(_dead_letter(msg, ctx, exc.error_class, exc.reason))
-            out.dead_letters += 1
+            _reject(out, msg, ctx, exc.error_class, exc.reason)
             continue
-        valid.append((msg, command, fingerprint(command)))
+        except Exception as exc:  # a parser bug must not stop the partition
+            _reject(out, msg, ctx, INTERNAL_ERROR, _failure("parse this message", exc))
+            continue
+        if poisoned and (msg.partition, msg.offset) in poisoned:
+            reason = poisoned[(msg.partition, msg.offset)]
+            _reject(out, msg, ctx, STORAGE_REFUSED, reason, command)
+            continue
+        try:
+            fp = fingerprint(command)
+        except Exception as exc:
+            _reject(
+                out, msg, ctx, INTERNAL_ERROR, _failure("fingerprint this command", exc), command
+            )
+            continue
+        valid.append((msg, command, fp))
     if not valid:
         return out
 
@@ -150,9 +175,7 @@ def process_batch(
             continue
         if verdict == "conflict":
             reason = f"command_id {command.command_id!r} was already used with another payload"
-            out.outbox_rows.append(_dead_letter(msg, ctx, "idempotency_conflict", reason))
-            out.dead_letters += 1
-            out.outcomes[(command.type, "idempotency_conflict")] += 1
+            _reject(out, msg, ctx, "idempotency_conflict", reason, command)
             continue
 
         bkey = (command.tenant_id, command.budget_id)
@@ -160,35 +183,31 @@ def process_batch(
             state = touched[bkey][1]
         else:
             state = partitions[msg.partition].budgets.get(bkey) or loaded[bkey]
+        # Everything this message produces is built before any of it is kept, so a failure
+        # at any step leaves the batch as if the message had not been there.
         try:
             new_state, event, alerts = apply(state, command, now, ctx.currencies)
+            digits = ctx.currencies.get(new_state.currency or "", DEFAULT_DIGITS)
+            text = orjson.dumps(event_to_wire(event, digits)).decode()
+            row = (
+                event.tenant_id, event.budget_id, event.sequence, event.type, event.command_id,
+                fp, event.ref_id, event.currency, event.amount, event.funded, event.reserved,
+                event.charged, event.available, ctx.topic, msg.partition, msg.offset, text,
+                event.recorded_at, event.prev_hash, event.hash,
+            )  # fmt: skip
+            alert_rows = [
+                (ctx.alerts_topic, msg.key, orjson.dumps(alert_to_wire(a)), None) for a in alerts
+            ]
         except Exception as exc:  # a bug in the rules must not stop every other budget
-            reason = f"the ledger failed to decide this command: {type(exc).__name__}: {exc}"
-            out.outbox_rows.append(_dead_letter(msg, ctx, "internal_error", reason))
-            out.dead_letters += 1
-            out.outcomes[(command.type, "internal_error")] += 1
+            _reject(out, msg, ctx, INTERNAL_ERROR, _failure("decide this command", exc), command)
             continue
         touched[bkey] = (
             msg.partition,
             new_state,
             touched[bkey][2] if bkey in touched else state.sequence,
         )
-
-        digits = ctx.currencies.get(new_state.currency or "", DEFAULT_DIGITS)
-        payload = orjson.dumps(event_to_wire(event, digits))
-        text = payload.decode()
-        out.ledger_rows.append(
-            (
-                event.tenant_id, event.budget_id, event.sequence, event.type, event.command_id,
-                fp, event.ref_id, event.currency, event.amount, event.funded, event.reserved,
-                event.charged, event.available, ctx.topic, msg.partition, msg.offset, text,
-                event.recorded_at, event.prev_hash, event.hash,
-            )
-        )  # fmt: skip
-        for alert in alerts:
-            out.outbox_rows.append(
-                (ctx.alerts_topic, msg.key, orjson.dumps(alert_to_wire(alert)), None)
-            )
+        out.ledger_rows.append(row)
+        out.outbox_rows.extend(alert_rows)
         prior[ckey] = (fp, text)
         out.outcomes[(command.type, event.reason or "accepted")] += 1
 
@@ -249,14 +268,45 @@ def _headers(*pairs: tuple[str, str]) -> str:
     return orjson.dumps([list(p) for p in pairs]).decode()
 
 
-def _dead_letter(msg: Incoming, ctx: BatchContext, error_class: str, reason: str) -> OutboxRow:
-    headers = _headers(
+def _failure(what: str, exc: BaseException) -> str:
+    return f"the ledger failed to {what}: {type(exc).__name__}: {exc}"
+
+
+def _reject(
+    out: BatchOutput,
+    msg: Incoming,
+    ctx: BatchContext,
+    error_class: str,
+    reason: str,
+    command: Command | None = None,
+) -> None:
+    out.outbox_rows.append(_dead_letter(msg, ctx, error_class, reason, command))
+    out.dead_letters += 1
+    out.dead_letter_classes[error_class] += 1
+    if command is not None:
+        out.outcomes[(command.type, error_class)] += 1
+
+
+def _dead_letter(
+    msg: Incoming,
+    ctx: BatchContext,
+    error_class: str,
+    reason: str,
+    command: Command | None = None,
+) -> OutboxRow:
+    pairs = [
         ("error_class", error_class),
-        ("reason", reason),
+        ("reason", reason[:MAX_REASON_CHARS]),
         ("original_topic", ctx.topic),
         ("original_partition", str(msg.partition)),
         ("original_offset", str(msg.offset)),
-    )
+    ]
+    if command is not None:
+        # Clients await an outcome by (tenant_id, command_id): these let them fail fast.
+        pairs += [("tenant_id", command.tenant_id), ("command_id", command.command_id)]
+    # The headers are stored as jsonb, which refuses U+0000: the dead letter of a message
+    # refused for a NUL must not be refused for the same NUL.
+    headers = _headers(*((k, v.replace("\x00", "\ufffd")) for k, v in pairs))
     return (ctx.dlq_topic, msg.key, msg.value or b"", headers)
 
 

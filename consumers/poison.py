@@ -1,0 +1,77 @@
+"""Which failures of a batch one message caused, and which message: a search over batch prefixes.
+
+Deciding a batch is pure given its look-ups, so any prefix of a batch is itself a valid batch.
+When Postgres refuses a batch because of its data, the consumer replays prefixes in trial
+transactions (rolled back) and bisects to the message whose addition makes the batch fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+from psycopg import errors
+
+# Unique constraints that a concurrent writer can violate (another partition's consumer took the
+# same tenant command_id; a stale in-memory budget): replaying the batch resolves them.
+RACE_CONSTRAINTS = frozenset(
+    {"ledger_tenant_id_command_id_key", "ledger_tenant_id_budget_id_sequence_key"}
+)
+# The ledger's (partition, offset) key is fixed by the position, never by the message's content:
+# a violation means the stored positions are behind the ledger, which no dead letter can fix.
+POSITION_CONSTRAINTS = frozenset({"ledger_pkey"})
+
+
+def constraint_of(exc: BaseException) -> str | None:
+    """The constraint a Postgres error names, if any."""
+    if isinstance(exc, psycopg.Error):
+        return exc.diag.constraint_name
+    return None
+
+
+def is_race(exc: BaseException) -> bool:
+    """A unique violation that replaying the batch resolves (the rewind-and-retry path)."""
+    return isinstance(exc, errors.UniqueViolation) and constraint_of(exc) in RACE_CONSTRAINTS
+
+
+def is_position_conflict(exc: BaseException) -> bool:
+    """The ledger already holds a row for this (partition, offset): positions are behind it."""
+    return isinstance(exc, errors.UniqueViolation) and constraint_of(exc) in POSITION_CONSTRAINTS
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A failure caused by the values written, so one message of the batch can be blamed.
+
+    psycopg's DataError family (bad text such as NUL, numeric overflow, invalid JSON escapes, out
+    of range dates; raised by the server or by psycopg's own dumpers), integrity errors (check,
+    not-null, unique) other than the position key, and Python-side encoding errors.
+    """
+    if isinstance(exc, psycopg.DataError | UnicodeError):
+        return True
+    return isinstance(exc, psycopg.IntegrityError) and not is_position_conflict(exc)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the error's class, SQLSTATE and message, for a dead letter's reason."""
+    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    name = type(exc).__name__ + (f" ({state})" if state else "")
+    return f"{name}: {' '.join(str(exc).split())}"
+
+
+def first_failing(n: int, fails: Callable[[int], bool]) -> int | None:
+    """The 0-based index i such that prefix i passes and prefix i + 1 fails, or None.
+
+    `fails(k)` runs the first k messages. None when the whole batch (k = n) passes, i.e. the
+    failure did not reproduce. The empty prefix passes by definition. O(log n) calls to `fails`,
+    plus one for the whole batch; needs no monotonicity: the invariant is lo passes, hi fails.
+    """
+    if n <= 0 or not fails(n):
+        return None
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fails(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi - 1
