@@ -22,6 +22,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_KAFKA = "127.0.0.1:9092"
 LOCAL_PG = "postgresql://ledger_owner:ledger@127.0.0.1:5432/ledger"
+LOCAL_CLUSTER = "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
 
 
 def _docker_answers() -> bool:
@@ -33,8 +34,8 @@ def _docker_answers() -> bool:
         return False
 
 
-def _start_local(script: str) -> None:
-    cmd = ["bash", str(ROOT / "deploy" / "local" / script), "start"]
+def _start_local(script: str, *sub: str) -> None:
+    cmd = ["bash", str(ROOT / "deploy" / "local" / script), *sub, "start"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         pytest.exit(
@@ -57,6 +58,16 @@ def kafka_bootstrap() -> Iterator[str]:
     else:
         _start_local("kafka.sh")
         yield LOCAL_KAFKA
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> str:
+    """Bootstrap servers of the local three-node cluster (RF 3, min ISR 2), started when needed.
+
+    Always the local one (`deploy/local/kafka.sh cluster`): its tests SIGKILL and restart nodes.
+    """
+    _start_local("kafka.sh", "cluster")
+    return LOCAL_CLUSTER
 
 
 @pytest.fixture(scope="session")
