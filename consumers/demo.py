@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -20,7 +21,7 @@ from ledger.migrate import migrate
 from ledger.settings import Settings
 
 
-def _show(step: str, event: dict[str, Any]) -> None:
+def _show(step: str, event: Mapping[str, Any]) -> None:
     outcome = event["type"] + (f" ({event['reason']})" if event.get("reason") else "")
     print(
         f"{step:<34} -> #{event['sequence']:<2} {outcome:<42} funded={event['funded']:>7} "
@@ -75,8 +76,8 @@ def run_demo(settings: Settings) -> int:
         ]  # fmt: skip
         print(f"budget {tenant}:{budget}")
         for step, fields in steps:
-            cid = client.send({"tenant_id": tenant, "budget_id": budget, **fields})
-            _show(step, client.await_outcome(cid, timeout=30))
+            ref = client.send({"tenant_id": tenant, "budget_id": budget, **fields})
+            _show(step, client.await_outcome(ref, timeout=30).event)
         with psycopg.connect(settings.database_url) as conn:
             row = conn.execute(
                 "SELECT funded, reserved, charged, available, utilization_pct, sequence"
