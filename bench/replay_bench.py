@@ -185,7 +185,7 @@ def fill(dsn: str, n: int, budgets: int, seed: int) -> int:
     from projections.store import upsert_projections
 
     total = 0
-    last: dict[int, int] = {}
+    last: dict[tuple[object, object], object] = {}
     # As the owner: COPY FROM is refused on tables with row-level security for ledger_app.
     with connect(dsn) as conn:
         for out in build_rows(command_stream(n, budgets, seed)):
@@ -194,12 +194,13 @@ def fill(dsn: str, n: int, budgets: int, seed: int) -> int:
                 upsert_projections(conn, out.balance_rows, out.reservation_rows)
             total += len(out.ledger_rows)
             for row in out.ledger_rows:
-                last[row[14]] = max(last.get(row[14], -1), row[15])
+                last[(row[13], row[14])] = row[15]  # rows come in offset order per partition
         # No relay runs here: mark every partition published so the run measures a clean ledger.
         q = store.queries()
-        for partition, offset in last.items():
-            conn.execute(q["ensure_relay_cursor"], {"partition": partition})
-            conn.execute(q["advance_relay_cursor"], {"partition": partition, "offset": offset})
+        for (topic, partition), offset in last.items():
+            cursor = {"topic": topic, "partition": partition}
+            conn.execute(q["ensure_relay_cursor"], cursor)
+            conn.execute(q["advance_relay_cursor"], {**cursor, "offset": offset})
         conn.execute("ANALYZE ledger")
         conn.commit()
     return total

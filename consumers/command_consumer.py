@@ -12,7 +12,7 @@ import gc
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import orjson
@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from consumers import metrics
 from consumers.kafka_config import command_consumer_config
+from consumers.positions import PositionRefused, verify
 from consumers.processor import (
     BatchContext,
     BatchOutput,
@@ -91,11 +92,8 @@ class CommandConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [p.partition for p in partitions]
-        positions = self._with_db(
-            lambda conn: store.ensure_partitions(
-                conn, self.settings.consumer_group, self.settings.topic_commands, numbers
-            )
-        )
+        # Raises PositionRefused (out of consume(), so the process stops) rather than skip.
+        positions = self._verified_positions(consumer, numbers)
         for tp in partitions:
             tp.offset = positions[tp.partition]
             self.partitions[tp.partition] = PartitionState(next_offset=tp.offset)
@@ -312,15 +310,27 @@ class CommandConsumer:
         except KafkaException as exc:
             log.debug("kafka_commit_skipped", error=str(exc))
 
+    def _verified_positions(self, consumer: Consumer, numbers: list[int]) -> dict[int, int]:
+        """Stored positions checked against the log and topic id; adopts their ledger topic."""
+        stored = self._with_db(lambda conn: verify(conn, consumer, self.settings, numbers))
+        labels = {pos.ledger_topic for pos in stored.values()}
+        label = labels.pop() if labels else self.ctx.topic
+        if label != self.ctx.topic:
+            if any(p not in stored for p in self.partitions):
+                raise PositionRefused(
+                    f"{self.settings.topic_commands}: assigned partitions write ledger topic"
+                    f" {label}, owned ones {self.ctx.topic}; restart after the realignment"
+                )
+            # The ledger rows of a re-created (realigned) topic carry its ledger topic name.
+            self.ctx = replace(self.ctx, topic=label)
+            log.warning("ledger_topic", topic=self.settings.topic_commands, ledger_topic=label)
+        return {p: pos.next_offset for p, pos in stored.items()}
+
     def _rewind(self) -> None:
         """Forget in-memory state and seek every owned partition back to its stored position."""
         assert self._consumer is not None
         numbers = list(self.partitions)
-        positions = self._with_db(
-            lambda conn: store.ensure_partitions(
-                conn, self.settings.consumer_group, self.settings.topic_commands, numbers
-            )
-        )
+        positions = self._verified_positions(self._consumer, numbers)
         for p in numbers:
             self.partitions[p] = PartitionState(next_offset=positions[p])
             try:

@@ -1,4 +1,4 @@
-"""Create the ledger's four topics, idempotently."""
+"""Create the ledger's four topics, idempotently, with the configured max.message.bytes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,14 @@ def create_topics(
     admin = AdminClient(admin_config(settings))
     futures = admin.create_topics(
         [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication)
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=replication,
+                # The relay sets aside what a topic refuses; the limit is explicit, not the
+                # broker's default, so that events up to the configured size always fit.
+                config={"max.message.bytes": str(settings.topic_max_message_bytes)},
+            )
             for name in names
         ],
         operation_timeout=30,

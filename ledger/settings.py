@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     topic_dlq: str = "budget.commands.dlq"
     topic_partitions: int = Field(default=12, ge=1, le=10_000)
     topic_replication: int = Field(default=1, ge=1, le=16)
+    # max.message.bytes of the topics `topics create` makes; the relay also never produces a
+    # record larger than a topic accepts (it sets such a row aside). Above the largest event.
+    topic_max_message_bytes: int = Field(default=1_048_576, ge=1_024, le=100_000_000)
     consumer_group: str = "budget-ledger"
     relay_group: str = "budget-ledger-relay"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 import orjson
@@ -26,10 +27,21 @@ def queries() -> dict[str, str]:
     return load_queries("ledger")
 
 
-def ensure_partitions(
+@dataclass(frozen=True, slots=True)
+class StoredPosition:
+    """A consumer's stored position in one partition and what identifies its topic."""
+
+    partition: int
+    next_offset: int
+    topic_id: str | None
+    # The topic name the ledger rows of this position carry (`name@topic_id` after a re-creation).
+    ledger_topic: str
+
+
+def ensure_positions(
     conn: psycopg.Connection, group: str, topic: str, partitions: Sequence[int]
-) -> dict[int, int]:
-    """Create missing position and relay-cursor rows; return {partition: next_offset}."""
+) -> dict[int, StoredPosition]:
+    """Create missing position rows; return every partition's stored position."""
     q = queries()
     with conn.transaction():
         with conn.cursor() as cur:
@@ -37,11 +49,45 @@ def ensure_partitions(
                 q["ensure_position"],
                 [{"group": group, "topic": topic, "partition": p} for p in partitions],
             )
-            cur.executemany(q["ensure_relay_cursor"], [{"partition": p} for p in partitions])
         rows = conn.execute(
             q["select_positions"], {"group": group, "topic": topic, "partitions": list(partitions)}
         ).fetchall()
-    return {int(p): int(o) for p, o in rows}
+    return {int(p): StoredPosition(int(p), int(o), tid, lt) for p, o, tid, lt in rows}
+
+
+def ensure_relay_cursors(
+    conn: psycopg.Connection, ledger_topic: str, partitions: Sequence[int]
+) -> None:
+    """Create the relay cursors of (ledger topic, partition) that do not exist yet."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            queries()["ensure_relay_cursor"],
+            [{"topic": ledger_topic, "partition": p} for p in partitions],
+        )
+
+
+def ensure_partitions(
+    conn: psycopg.Connection, group: str, topic: str, partitions: Sequence[int]
+) -> dict[int, int]:
+    """Create missing position and relay-cursor rows; return {partition: next_offset}."""
+    positions = ensure_positions(conn, group, topic, partitions)
+    for ledger_topic in {p.ledger_topic for p in positions.values()}:
+        ensure_relay_cursors(
+            conn,
+            ledger_topic,
+            [p.partition for p in positions.values() if p.ledger_topic == ledger_topic],
+        )
+    return {p: pos.next_offset for p, pos in positions.items()}
+
+
+def record_topic_id(
+    conn: psycopg.Connection, group: str, topic: str, partition: int, topic_id: str
+) -> None:
+    """Remember the topic id of a position the first time it is seen (never overwrites)."""
+    conn.execute(
+        queries()["record_topic_id"],
+        {"group": group, "topic": topic, "partition": partition, "topic_id": topic_id},
+    )
 
 
 def lookup_prior(

@@ -90,25 +90,31 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
 
 -- name: unpublished_events
--- Per command partition: the relay cursor, the ledger's last offset, and how many events (and
--- since when) sit after the cursor. A loose index scan finds the partitions without a full scan.
+-- Per (ledger topic, command partition): the relay cursor, the ledger's last offset, and how many
+-- events (and since when) sit after the cursor or wait in the relay's set-aside list (a held
+-- budget is not published). A loose index scan finds the partitions without a full scan.
 WITH RECURSIVE parts AS (
-    (SELECT kafka_partition AS p FROM ledger ORDER BY kafka_partition LIMIT 1)
+    (SELECT kafka_topic AS t, kafka_partition AS p FROM ledger
+     ORDER BY kafka_topic, kafka_partition LIMIT 1)
     UNION ALL
-    SELECT (SELECT kafka_partition FROM ledger WHERE kafka_partition > parts.p
-            ORDER BY kafka_partition LIMIT 1)
-    FROM parts WHERE parts.p IS NOT NULL
+    SELECT n.t, n.p FROM parts
+    CROSS JOIN LATERAL (SELECT kafka_topic AS t, kafka_partition AS p FROM ledger
+                        WHERE (kafka_topic, kafka_partition) > (parts.t, parts.p)
+                        ORDER BY kafka_topic, kafka_partition LIMIT 1) AS n
 )
-SELECT parts.p, coalesce(c.last_offset, -1), m.max_offset, u.pending, u.oldest
+SELECT parts.p, coalesce(c.last_offset, -1), m.max_offset, u.pending + s.held,
+       least(u.oldest, s.oldest)
 FROM parts
-LEFT JOIN relay_cursors c ON c.partition = parts.p
+LEFT JOIN relay_cursors c ON c.topic = parts.t AND c.partition = parts.p
 CROSS JOIN LATERAL (SELECT max(kafka_offset) AS max_offset FROM ledger
-                    WHERE kafka_partition = parts.p) AS m
+                    WHERE kafka_topic = parts.t AND kafka_partition = parts.p) AS m
 CROSS JOIN LATERAL (SELECT count(*) AS pending, min(recorded_at) AS oldest FROM ledger
-                    WHERE kafka_partition = parts.p
+                    WHERE kafka_topic = parts.t AND kafka_partition = parts.p
                       AND kafka_offset > coalesce(c.last_offset, -1)) AS u
-WHERE parts.p IS NOT NULL
-ORDER BY parts.p
+CROSS JOIN LATERAL (SELECT count(*) AS held, min(set_aside_at) AS oldest FROM relay_set_aside
+                    WHERE kind = 'event' AND state IN ('held', 'waiting')
+                      AND topic = parts.t AND partition = parts.p) AS s
+ORDER BY parts.t, parts.p
 
 -- name: insert_alert
 INSERT INTO outbox (topic, key, payload, headers)
@@ -116,14 +122,14 @@ VALUES (%(topic)s, %(key)s, %(payload)s, %(headers)s::jsonb)
 
 -- name: ledger_hashes
 -- The --source kafka comparison: what the events topic should hold, budget by budget.
-SELECT tenant_id, budget_id, sequence, hash, kafka_partition, kafka_offset
+SELECT tenant_id, budget_id, sequence, hash, kafka_topic, kafka_partition, kafka_offset
 FROM ledger
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
 ORDER BY tenant_id, budget_id, sequence
 
 -- name: relay_cursors
-SELECT partition, last_offset FROM relay_cursors
+SELECT topic, partition, last_offset FROM relay_cursors
 
 -- name: lock_projections
 -- Rebuild: readers keep reading the old rows; writers (the consumer's upsert) wait until commit.
@@ -157,3 +163,13 @@ FROM STDIN
 COPY reservations (tenant_id, budget_id, ref_id, status, amount, charged, expires_at,
                    command_id, created_seq, updated_seq)
 FROM STDIN
+
+-- name: last_sequence_before
+-- reconcile --source kafka, retention: per budget, the last sequence recorded before a cut-off
+-- (the first event still retained on the budget's events partition).
+SELECT c.tenant_id, c.budget_id, max(l.sequence)
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(cutoffs)s::timestamptz[])
+     AS c(tenant_id, budget_id, cutoff)
+JOIN ledger l ON l.tenant_id = c.tenant_id AND l.budget_id = c.budget_id
+             AND l.recorded_at < c.cutoff
+GROUP BY c.tenant_id, c.budget_id

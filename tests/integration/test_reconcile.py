@@ -12,7 +12,7 @@ import dataclasses
 import orjson
 import psycopg
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from bench.replay_bench import build_rows, command_stream, fill
 from ledger.budget import BudgetState, evolve, initial_state
@@ -35,9 +35,9 @@ def _mark_published(url: str) -> None:
     # No relay ran in these tests: say the relay is caught up, so only real findings count.
     with psycopg.connect(url) as conn:
         conn.execute(
-            "INSERT INTO relay_cursors (partition, last_offset) "
-            "SELECT kafka_partition, max(kafka_offset) FROM ledger GROUP BY 1 "
-            "ON CONFLICT (partition) DO UPDATE SET last_offset = EXCLUDED.last_offset"
+            "INSERT INTO relay_cursors (topic, partition, last_offset) "
+            "SELECT kafka_topic, kafka_partition, max(kafka_offset) FROM ledger GROUP BY 1, 2 "
+            "ON CONFLICT (topic, partition) DO UPDATE SET last_offset = EXCLUDED.last_offset"
         )
 
 
@@ -254,3 +254,69 @@ def test_event_missing_from_the_topic_is_reported(settings: Settings) -> None:
         found = compare(conn, settings)
     assert found.missing == [(skipped[0], "budget-2", 10)]
     assert not (found.extra or found.differing or found.reordered)
+
+
+def test_events_past_the_topics_retention_are_not_reported_missing(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+
+    from consumers.kafka_config import admin_config, producer_config
+    from consumers.topics import create_topics
+
+    fill(settings.database_url, 400, 5, seed=3)
+    _mark_published(settings.database_url)
+    create_topics(settings)
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute(
+            "SELECT tenant_id, budget_id, sequence, event::text FROM ledger "
+            "ORDER BY kafka_partition, kafka_offset"
+        ).fetchall()
+    old, new = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+    # One event really lost after the retention boundary: the second retained one of a budget.
+    firsts: set[tuple[str, str]] = set()
+    lost = None
+    for t, b, seq, _text in new:
+        if (t, b) in firsts:
+            lost = (t, b, seq)
+            break
+        firsts.add((t, b))
+    assert lost is not None
+
+    producer = Producer(producer_config(settings))
+
+    def publish(batch: list[tuple[str, str, int, str]]) -> None:
+        for t, b, seq, text in batch:
+            if (t, b, seq) != lost:
+                producer.produce(
+                    settings.topic_events, key=f"{t}:{b}".encode(), value=text.encode()
+                )
+        assert producer.flush(30) == 0
+
+    publish(old)
+    # Retention deletes the oldest segments: the log start offset moves past every old event.
+    admin = AdminClient(admin_config(settings))
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    ends = [
+        TopicPartition(settings.topic_events, p, probe.get_watermark_offsets(
+            TopicPartition(settings.topic_events, p), timeout=10)[1])
+        for p in range(settings.topic_partitions)
+    ]  # fmt: skip
+    probe.close()
+    for future in admin.delete_records(ends, operation_timeout=30).values():
+        future.result(timeout=60)
+    publish(new)
+
+    from projections.kafka_check import compare
+
+    with psycopg.connect(settings.database_url) as conn:
+        found = compare(conn, settings)
+    assert found.missing == [lost]
+    assert found.past_retention == len(old)
+    assert not (found.extra or found.differing or found.reordered)
+
+    assert _run(settings, "reconcile", "--source", "kafka", "--no-alerts", "--json") == 1
+    kafka = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])["kafka"]
+    assert kafka["past_retention"] == len(old)
+    assert kafka["missing"] == [dict(zip(("tenant_id", "budget_id", "sequence"), lost))]
