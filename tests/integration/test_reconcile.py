@@ -319,4 +319,4 @@ def test_events_past_the_topics_retention_are_not_reported_missing(
     assert _run(settings, "reconcile", "--source", "kafka", "--no-alerts", "--json") == 1
     kafka = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])["kafka"]
     assert kafka["past_retention"] == len(old)
-    assert kafka["missing"] == [dict(zip(("tenant_id", "budget_id", "sequence"), lost))]
+    assert kafka["missing"] == [{"tenant_id": lost[0], "budget_id": lost[1], "sequence": lost[2]}]
