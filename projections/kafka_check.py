@@ -4,6 +4,14 @@ Reported per budget: events missing from the topic (and already past the relay's
 should be there), extra events (in the topic, not in the ledger), reordered events (a lower
 sequence after a higher one), and differing events (same sequence, different hash). Re-published
 duplicates (header `redelivered`) and relay re-sends of an identical event are not findings.
+
+Retention: Kafka deletes old segments (by `retention.ms` or `retention.bytes`) and moves the
+partition's log start offset; both kinds of retention show up there. On a partition whose log
+start offset is above 0, an event absent from the topic is counted "past retention", not missing,
+when it was published before the first retained event of its budget: its sequence is lower than
+that event's, or (budget with nothing retained) it was recorded before the partition's first
+retained message was produced, plus a one-second allowance for clock skew. A gap right before
+a budget's first retained event cannot be told apart from retention and is not reported.
 """
 
 from __future__ import annotations
@@ -11,16 +19,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 
+from ledger.partitioning import partition_for
 from ledger.settings import Settings
 from projections.store import queries
 
 BudgetKey = tuple[str, str]
+#: Allowance for clock skew between the consumer that records events and the relay's producer.
+RETENTION_MARGIN = timedelta(seconds=1)
 
 
 @dataclass(slots=True)
@@ -33,6 +45,7 @@ class KafkaReport:
     reordered: list[tuple[str, str, int]] = field(default_factory=list)
     differing: list[tuple[str, str, int]] = field(default_factory=list)
     unpublished: int = 0  # ledger events after the relay cursor: not expected in the topic yet
+    past_retention: int = 0  # published, but before the topic's log start offset: deleted
 
     @property
     def clean(self) -> bool:
@@ -51,6 +64,11 @@ class KafkaReport:
                 yield f"KAFKA {name.upper()} {t}:{b} sequence {seq}"
         if self.unpublished:
             yield f"kafka: {self.unpublished} ledger event(s) not yet relayed (not counted missing)"
+        if self.past_retention:
+            yield (
+                f"kafka: {self.past_retention:,} event(s) past the topic's retention "
+                "(before its log start offset; not counted missing)"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -66,12 +84,32 @@ class KafkaReport:
             "reordered": fmt(self.reordered),
             "differing": fmt(self.differing),
             "unpublished": self.unpublished,
+            "past_retention": self.past_retention,
         }
+
+
+@dataclass(slots=True)
+class TopicScan:
+    """What `read_topic` found: events per budget, and where each partition's log now starts."""
+
+    messages: int
+    seen: dict[BudgetKey, list[tuple[int, str]]]
+    partitions: int
+    log_start: dict[int, int]  # partition -> low watermark (0: nothing deleted yet)
+    first_retained_ms: dict[int, int | None]  # truncated partition -> its first message's time
+
+    def cutoff(self, partition: int) -> datetime:
+        """Events of a budget with nothing retained on `partition` recorded before this instant
+        may have been deleted."""
+        ms = self.first_retained_ms.get(partition)
+        if ms is None:  # every message of the partition was deleted (or carries no time)
+            return datetime.max.replace(tzinfo=UTC)
+        return datetime.fromtimestamp(ms / 1000, UTC) + RETENTION_MARGIN
 
 
 def read_topic(
     settings: Settings, tenant: str | None, budget: str | None, timeout: float = 30.0
-) -> tuple[int, dict[BudgetKey, list[tuple[int, str]]]]:
+) -> TopicScan:
     """Every event on the topic up to its current end: {budget: [(sequence, hash), ...]} in
     topic order (one budget lives on one partition, so that is its publication order)."""
     topic = settings.topic_events
@@ -85,6 +123,8 @@ def read_topic(
     )
     seen: dict[BudgetKey, list[tuple[int, str]]] = {}
     count = 0
+    log_start: dict[int, int] = {}
+    first_ms: dict[int, int | None] = {}
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
@@ -93,6 +133,7 @@ def read_topic(
         assignment = []
         for p in meta.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            log_start[p] = low
             if high > low:
                 ends[p] = high
                 assignment.append(TopicPartition(topic, p, low))
@@ -104,6 +145,9 @@ def read_topic(
                 p, off = msg.partition() or 0, msg.offset() or 0
                 if off + 1 >= ends.get(p, 0):
                     ends.pop(p, None)
+                if log_start.get(p) and p not in first_ms:
+                    kind, ms = msg.timestamp()
+                    first_ms[p] = None if kind == TIMESTAMP_NOT_AVAILABLE else ms
                 headers = dict(msg.headers() or [])
                 if headers.get("redelivered") == b"true":
                     continue
@@ -115,7 +159,7 @@ def read_topic(
                 seen.setdefault(key, []).append((int(event["sequence"]), event["hash"]))
     finally:
         consumer.close()
-    return count, seen
+    return TopicScan(count, seen, len(meta.partitions), log_start, first_ms)
 
 
 def compare(
@@ -125,8 +169,10 @@ def compare(
     budget: str | None = None,
 ) -> KafkaReport:
     """Compare the events topic with the ledger (streamed from Postgres, budget by budget)."""
-    count, topic = read_topic(settings, tenant, budget)
-    report = KafkaReport(messages=count)
+    scan = read_topic(settings, tenant, budget)
+    topic = scan.seen
+    report = KafkaReport(messages=scan.messages)
+    undecided: dict[BudgetKey, list[int]] = {}  # absent events of budgets with nothing retained
     cursors: dict[tuple[str, int], int] = {
         (t, p): o for t, p, o in conn.execute(queries()["relay_cursors"]).fetchall()
     }
@@ -134,7 +180,19 @@ def compare(
     key: BudgetKey | None = None
 
     def finish(k: BudgetKey) -> None:
-        _compare_budget(k, ledger, topic.pop(k, []), report)
+        items = topic.pop(k, [])
+        absent = _compare_budget(k, ledger, items, report)
+        if not absent:
+            return
+        partition = partition_for(f"{k[0]}:{k[1]}".encode(), scan.partitions)
+        if not scan.log_start.get(partition):
+            report.missing.extend((k[0], k[1], seq) for seq in absent)
+        elif items:  # published after the budget's first retained event: must be there
+            first = items[0][0]
+            report.past_retention += sum(1 for seq in absent if seq < first)
+            report.missing.extend((k[0], k[1], seq) for seq in absent if seq > first)
+        else:
+            undecided[k] = absent
 
     with conn.transaction(), conn.cursor(name="kafka_check") as cur:
         cur.itersize = 20_000
@@ -150,9 +208,32 @@ def compare(
                 report.unpublished += 1
     if key is not None:
         finish(key)
+    if undecided:
+        _split_by_time(conn, scan, undecided, report)
     for (t, b), items in topic.items():  # budgets the ledger does not know at all
         report.extra.extend((t, b, seq) for seq, _ in items)
     return report
+
+
+def _split_by_time(
+    conn: psycopg.Connection,
+    scan: TopicScan,
+    undecided: dict[BudgetKey, list[int]],
+    report: KafkaReport,
+) -> None:
+    # Budgets with nothing retained: what was recorded before the partition's first retained
+    # message may have been deleted; what was recorded after it should still be there.
+    keys = list(undecided)
+    cutoffs = [scan.cutoff(partition_for(f"{t}:{b}".encode(), scan.partitions)) for t, b in keys]
+    rows = conn.execute(
+        queries()["last_sequence_before"],
+        {"tenants": [t for t, _ in keys], "budgets": [b for _, b in keys], "cutoffs": cutoffs},
+    ).fetchall()
+    last = {(t, b): int(seq) for t, b, seq in rows}
+    for k in keys:
+        before = last.get(k, 0)
+        report.past_retention += sum(1 for seq in undecided[k] if seq <= before)
+        report.missing.extend((k[0], k[1], seq) for seq in undecided[k] if seq > before)
 
 
 def _compare_budget(
@@ -160,7 +241,9 @@ def _compare_budget(
     ledger: dict[int, tuple[str, bool]],
     items: list[tuple[int, str]],
     report: KafkaReport,
-) -> None:
+) -> list[int]:
+    """Record extra, differing and reordered events; return the published sequences absent
+    from the topic (missing, unless past retention)."""
     t, b = key
     highest = 0
     got: set[int] = set()
@@ -176,6 +259,4 @@ def _compare_budget(
         if seq < highest:
             report.reordered.append((t, b, seq))
         highest = max(highest, seq)
-    for seq, (_h, published) in sorted(ledger.items()):
-        if published and seq not in got:
-            report.missing.append((t, b, seq))
+    return [seq for seq, (_h, published) in sorted(ledger.items()) if published and seq not in got]

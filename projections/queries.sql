@@ -163,3 +163,13 @@ FROM STDIN
 COPY reservations (tenant_id, budget_id, ref_id, status, amount, charged, expires_at,
                    command_id, created_seq, updated_seq)
 FROM STDIN
+
+-- name: last_sequence_before
+-- reconcile --source kafka, retention: per budget, the last sequence recorded before a cut-off
+-- (the first event still retained on the budget's events partition).
+SELECT c.tenant_id, c.budget_id, max(l.sequence)
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(cutoffs)s::timestamptz[])
+     AS c(tenant_id, budget_id, cutoff)
+JOIN ledger l ON l.tenant_id = c.tenant_id AND l.budget_id = c.budget_id
+             AND l.recorded_at < c.cutoff
+GROUP BY c.tenant_id, c.budget_id
