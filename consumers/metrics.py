@@ -78,3 +78,19 @@ def serve(port: int, live: Callable[[], bool], ready: Callable[[], bool]) -> Thr
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
     return server
+
+
+# -- relay: refreshed every few seconds by the relay loop ----------------------------------------
+RELAY_LAG = Gauge(
+    "ledger_relay_lag_offsets",
+    "Command offsets between a relay cursor and the ledger's last row",
+    ["topic", "partition"],
+)
+OUTBOX_DEPTH = Gauge("ledger_outbox_rows", "Rows waiting in the outbox (alerts, DLQ, outcomes)")
+SET_ASIDE_PENDING = Gauge(
+    "ledger_relay_set_aside_rows", "Rows set aside or waiting behind a held budget"
+)
+HELD_BUDGETS = Gauge("ledger_relay_held_budgets", "Budgets whose events wait for an operator")
+SET_ASIDE = Counter(
+    "ledger_relay_set_aside_total", "Rows the relay could not publish, set aside", ["kind"]
+)
