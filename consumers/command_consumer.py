@@ -8,6 +8,7 @@ written afterwards for lag monitoring only; on assignment we seek to the positio
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import time
@@ -20,13 +21,15 @@ import psycopg
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumers import metrics
+from consumers import metrics, poison
+from consumers.health import ConsumerHealth
 from consumers.kafka_config import command_consumer_config
 from consumers.positions import PositionRefused, verify
 from consumers.processor import (
     BatchContext,
     BatchOutput,
     Incoming,
+    MessageKey,
     PartitionState,
     merge_states,
     process_batch,
@@ -48,6 +51,11 @@ GC_THRESHOLDS = (50_000, 20, 100)
 # Kafka's committed offsets are informational (lag tools); Postgres holds the real positions.
 # Committing them at most this often spares the broker an OffsetCommit per batch.
 KAFKA_COMMIT_INTERVAL_S = 1.0
+# A unique violation that replaying should resolve, seen this many times in a row without a
+# commit in between, is no race: the batch is bisected like any refused batch.
+RACE_RETRIES = 3
+# While idle, check that Postgres and Kafka still answer this often (for readiness).
+IDLE_CHECK_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +90,10 @@ class CommandConsumer:
         )
         self._conn: psycopg.Connection | None = None
         self._consumer: Consumer | None = None
-        self.ready = threading.Event()
+        # Set on the first assignment; also the liveness/readiness state served on /healthz.
+        self.ready = ConsumerHealth(settings.liveness_stall_seconds)
+        self._race_retries = 0
+        self._checked_at = 0.0
         # Benchmark hook (LEDGER_BENCH_TIMINGS): commit time and produce timestamps per batch.
         self.timings = CommitTimings.from_env()
         self._kafka_pending: dict[int, int] = {}
@@ -132,11 +143,15 @@ class CommandConsumer:
         delay = 0.1
         while True:
             try:
-                return work(self._db())
+                result = work(self._db())
+                self.ready.database_ok = True
+                return result
             except psycopg.OperationalError as exc:
                 log.warning(
                     "database_unavailable", error=" ".join(str(exc).split()), retry_in=delay
                 )
+                self.ready.database_ok = False
+                self.ready.progressed()  # waiting on Postgres is not a hung loop
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
@@ -144,24 +159,27 @@ class CommandConsumer:
                     raise
                 delay = min(delay * 2, 5.0)
 
-    def _commit_batch(self, out: BatchOutput) -> None:
+    def _commit_batch(self, out: BatchOutput, conn: psycopg.Connection) -> None:
         """Write one batch in one transaction; the position compare-and-set comes first."""
-        conn = self._db()
         with conn.transaction():
-            store.advance_positions(
-                conn, self.settings.consumer_group, self.settings.topic_commands, out.positions
-            )
-            if out.ledger_rows:
-                copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
-            upsert_projections(conn, out.balance_rows, out.reservation_rows)
-            if out.outbox_rows:
-                copy_rows(conn, store.queries()["copy_outbox"], out.outbox_rows)
+            self._write(conn, out)
+
+    def _write(self, conn: psycopg.Connection, out: BatchOutput) -> None:
+        """Every statement of one batch, inside the caller's transaction."""
+        store.advance_positions(
+            conn, self.settings.consumer_group, self.settings.topic_commands, out.positions
+        )
+        if out.ledger_rows:
+            copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
+        upsert_projections(conn, out.balance_rows, out.reservation_rows)
+        if out.outbox_rows:
+            copy_rows(conn, store.queries()["copy_outbox"], out.outbox_rows)
 
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
         """Consume until `stop` is set (SIGTERM/SIGINT), then leave the group cleanly."""
-        consumer = Consumer(command_consumer_config(self.settings))
+        consumer = Consumer(command_consumer_config(self.settings, error_cb=self._on_kafka_error))
         self._consumer = consumer
         consumer.subscribe(
             [self.settings.topic_commands],
@@ -177,7 +195,10 @@ class CommandConsumer:
             while not self.stop.is_set():
                 batch = self._incoming(self._poll_batch(consumer))
                 if batch:
+                    self.ready.kafka_ok = True
                     self._handle(batch)
+                else:
+                    self._idle()
         finally:
             self._flush_kafka_offsets()
             consumer.close()  # leaves the group: the others take the partitions at once
@@ -219,32 +240,31 @@ class CommandConsumer:
         return batch
 
     def _handle(self, batch: list[Incoming]) -> None:
+        """Decide and commit one batch; a message Postgres refuses is found and dead-lettered."""
         started = time.perf_counter()
-        try:
-            out = self._with_db(
-                lambda conn: process_batch(
-                    batch,
-                    self.partitions,
-                    self.ctx,
-                    lookup_prior=lambda keys: store.lookup_prior(conn, keys),
-                    load_budgets=lambda keys: store.load_budgets(
-                        conn, keys, self.settings.currencies
-                    ),
-                )
-            )
-            if out.is_empty:
+        poisoned: dict[MessageKey, str] = {}
+        self.ready.holding_batch = True
+        while True:
+            try:
+                out = self._with_db(lambda conn: self._decide(conn, batch, poisoned))
+                if out.is_empty:
+                    self.ready.holding_batch = False
+                    return
+                self._with_db(functools.partial(self._commit_batch, out))
+                break
+            except store.Fenced as exc:
+                self._fenced(exc)
                 return
-            self._with_db(lambda _conn: self._commit_batch(out))
-        except store.Fenced as exc:
-            log.warning("batch_fenced", reason=str(exc))
-            self._rewind()
-            return
-        except psycopg.errors.UniqueViolation as exc:
-            # Another partition's consumer committed the same tenant command_id first: replay
-            # the batch so that the idempotency check sees it.
-            log.warning("batch_conflict_retry", error=" ".join(str(exc).split()))
-            self._rewind()
-            return
+            except Exception as exc:
+                try:
+                    if not self._isolate(batch, poisoned, exc):
+                        return
+                except store.Fenced as fenced:  # while bisecting
+                    self._fenced(fenced)
+                    return
+        self._race_retries = 0
+        self.ready.holding_batch = False
+        self.ready.progressed()
         if self.timings is not None:
             self.timings.record([m.timestamp_ms for m in batch])
         merge_states(self.partitions, out)
@@ -254,6 +274,139 @@ class CommandConsumer:
         log.debug("batch_committed", messages=len(batch), events=len(out.ledger_rows),
                   dead_letters=out.dead_letters)  # fmt: skip
         self._commit_kafka_offsets(out)
+
+    def _fenced(self, exc: store.Fenced) -> None:
+        log.warning("batch_fenced", reason=str(exc))
+        metrics.BATCH_RETRIES.labels("fenced").inc()
+        self._rewind()
+
+    def _decide(
+        self, conn: psycopg.Connection, batch: list[Incoming], poisoned: dict[MessageKey, str]
+    ) -> BatchOutput:
+        return process_batch(
+            batch,
+            self.partitions,
+            self.ctx,
+            lookup_prior=lambda keys: store.lookup_prior(conn, keys),
+            load_budgets=lambda keys: store.load_budgets(conn, keys, self.settings.currencies),
+            poisoned=poisoned,
+        )
+
+    def _isolate(
+        self, batch: list[Incoming], poisoned: dict[MessageKey, str], exc: Exception
+    ) -> bool:
+        """After a failed batch: True to retry it with one more message poisoned, False if the
+        partitions were rewound (the batch will be read again); re-raise what no message caused.
+        """
+        error = " ".join(str(exc).split())
+        if poison.is_position_conflict(exc):
+            # Positions behind the ledger: no message is to blame and none may be dropped.
+            log.error("batch_position_conflict", error=error)
+            metrics.BATCH_RETRIES.labels("position_conflict").inc()
+            self._rewind()
+            self.stop.wait(1.0)
+            return False
+        if poison.is_race(exc) and self._race_retries < RACE_RETRIES:
+            # Another partition's consumer committed the same tenant command_id first: replay
+            # the batch so that the idempotency check sees it.
+            self._race_retries += 1
+            log.warning("batch_conflict_retry", error=error, attempt=self._race_retries)
+            metrics.BATCH_RETRIES.labels("conflict").inc()
+            self._rewind()
+            return False
+        if not (poison.is_data_error(exc) or poison.is_race(exc)):
+            raise exc
+        if poison.is_race(exc):
+            log.error("batch_conflict_persists", error=error, attempts=self._race_retries)
+        found = self._with_db(lambda conn: self._bisect(conn, batch, poisoned))
+        if found is None:
+            log.warning("batch_failure_not_reproduced", error=error)
+            metrics.BATCH_RETRIES.labels("not_reproduced").inc()
+            self._rewind()
+            return False
+        msg, reason = found
+        key = (msg.partition, msg.offset)
+        if key in poisoned:
+            # Even its dead letter is refused: nothing left to isolate, so stop loudly.
+            raise RuntimeError(f"partition {key[0]} offset {key[1]} is refused even as a dead "
+                               f"letter: {reason}") from exc  # fmt: skip
+        poisoned[key] = reason
+        metrics.POISON_ISOLATED.inc()
+        log.warning("poison_isolated", partition=key[0], offset=key[1], reason=reason)
+        return True
+
+    def _bisect(
+        self, conn: psycopg.Connection, batch: list[Incoming], poisoned: dict[MessageKey, str]
+    ) -> tuple[Incoming, str] | None:
+        """The message whose addition makes the batch fail, with the error, by trial writes."""
+        errors: dict[int, BaseException] = {}
+
+        def fails(k: int) -> bool:
+            metrics.BISECT_PROBES.inc()
+            try:
+                out = self._decide(conn, batch[:k], poisoned)
+                if not out.is_empty:
+                    with conn.transaction():
+                        self._write(conn, out)
+                        raise psycopg.Rollback()
+            except Exception as exc:
+                if poison.is_data_error(exc) or poison.is_race(exc):
+                    errors[k] = exc
+                    return True
+                raise  # infrastructure (OperationalError, Fenced): the caller retries
+            return False
+
+        index = poison.first_failing(len(batch), fails)
+        if index is None:
+            return None
+        reason = f"Postgres refused a row of this command: {poison.describe(errors[index + 1])}"
+        return batch[index], reason
+
+    def _idle(self) -> None:
+        """Nothing fetched: record progress if nothing waits, and re-check the dependencies."""
+        self.ready.holding_batch = False
+        self.ready.lag = self._total_lag()
+        if self.ready.lag == 0:
+            self.ready.progressed()
+        now = time.monotonic()
+        if now - self._checked_at < IDLE_CHECK_INTERVAL_S:
+            return
+        self._checked_at = now
+        try:
+            self._db().execute("SELECT 1")
+            self.ready.database_ok = True
+        except psycopg.OperationalError:
+            self.ready.database_ok = False
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+        if not self.ready.kafka_ok and self._consumer is not None:
+            try:
+                self._consumer.list_topics(self.settings.topic_commands, timeout=1.0)
+                self.ready.kafka_ok = True
+            except KafkaException:
+                pass
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        # librdkafka reconnects by itself; readiness reports the outage meanwhile.
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.ready.kafka_ok = False
+        log.warning("kafka_client_error", error=str(err))
+
+    def _total_lag(self) -> int:
+        """Messages between our positions and the cached high watermarks (no broker call)."""
+        if self._consumer is None:
+            return 0
+        total = 0
+        for p, part in self.partitions.items():
+            tp = TopicPartition(self.settings.topic_commands, p)
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                total += max(0, high - part.next_offset)
+        return total
 
     def _log_dead_letters(self, out: BatchOutput) -> None:
         # Dead letters are rare; each gets a line with what is known of it.
@@ -270,6 +423,7 @@ class CommandConsumer:
                 budget_id=budget,
                 partition=fields.get("original_partition"),
                 offset=fields.get("original_offset"),
+                command_id=fields.get("command_id"),
                 error_class=fields.get("error_class"),
                 reason=fields.get("reason"),
             )
@@ -285,6 +439,7 @@ class CommandConsumer:
                 continue
             if high >= 0:
                 metrics.LAG.labels(str(p)).set(max(0, high - new))
+        self.ready.lag = self._total_lag()
 
     def _commit_kafka_offsets(self, out: BatchOutput) -> None:
         """Tell Kafka too, so lag tools see progress (Postgres stays the source of truth).

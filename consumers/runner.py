@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
+from http.server import ThreadingHTTPServer
 
 import structlog
 
 from consumers import metrics
+from consumers.health import ConsumerHealth
 from ledger.settings import Settings
 
 log = structlog.get_logger("runner")
@@ -26,7 +28,19 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def serve_health(settings: Settings, ready: threading.Event, stop: threading.Event) -> None:
-    """Start /metrics, /healthz, /readyz when LEDGER_HTTP_PORT is set."""
-    if settings.http_port:
-        metrics.serve(settings.http_port, live=lambda: not stop.is_set(), ready=ready.is_set)
+def serve_health(
+    settings: Settings, ready: threading.Event, stop: threading.Event
+) -> ThreadingHTTPServer | None:
+    """Start /metrics, /healthz, /readyz when LEDGER_HTTP_PORT is set.
+
+    A `ConsumerHealth` (the command consumer's `ready`) also answers for progress and for the
+    reachability of Postgres and Kafka; a plain Event only for "started".
+    """
+    if not settings.http_port:
+        return None
+    if isinstance(ready, ConsumerHealth):
+        health = ready
+        return metrics.serve(
+            settings.http_port, live=lambda: not stop.is_set() and health.live(), ready=health.ready
+        )
+    return metrics.serve(settings.http_port, live=lambda: not stop.is_set(), ready=ready.is_set)

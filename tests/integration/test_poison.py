@@ -1,0 +1,208 @@
+"""One bad message fails alone: the real consumer dead-letters it and commits everything else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+import consumers.processor as processor
+from consumers.topics import create_topics
+from ledger.budget import BudgetState
+from ledger.settings import Settings
+from tests.integration.support import (
+    fund,
+    ledger_count,
+    open_budget,
+    produce,
+    read_topic,
+    reserve,
+    running_consumer,
+    wait_for,
+)
+from tests.integration.test_consumer_resilience import assert_ledger_consistent
+
+pytestmark = pytest.mark.integration
+
+# A command that fails alone is dead-lettered at parse time once the edge validation refuses it
+# ("schema"), by a guard around the rules/encoding ("internal_error"), or by the bisection of a
+# batch Postgres refused ("storage_refused"); any of these is right, a crash never is.
+ISOLATED = {"schema", "internal_error", "storage_refused"}
+
+
+def topics_ready(settings: Settings) -> None:
+    """Create the topics and wait until every partition of the command topic has a leader."""
+    create_topics(settings)
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    try:
+        for p in range(settings.topic_partitions):
+            tp = TopicPartition(settings.topic_commands, p)
+
+            def answers(tp: TopicPartition = tp) -> bool:
+                try:
+                    probe.get_watermark_offsets(tp, timeout=2, cached=False)
+                    return True
+                except KafkaException:
+                    return False
+
+            wait_for(answers, timeout=30, what=f"a leader for partition {p}")
+    finally:
+        probe.close()
+
+
+def _dead_letters(settings: Settings) -> dict[bytes, dict[str, str]]:
+    """Dead letters waiting in the outbox (no relay runs here), by message value."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT payload, headers FROM outbox WHERE topic = %s ORDER BY id",
+            (settings.topic_dlq,),
+        ).fetchall()
+    return {bytes(payload): dict(headers) for payload, headers in rows}
+
+
+def _coordinates(
+    settings: Settings, values: list[bytes], total: int
+) -> dict[bytes, tuple[int, int]]:
+    """(partition, offset) of each given value in the command topic (which holds `total`)."""
+    found = {}
+    for m in read_topic(settings, settings.topic_commands, expect=total):
+        if m.value() in values:
+            found[m.value()] = (m.partition(), m.offset())
+    return found
+
+
+def _run(
+    settings: Settings, commands: list[dict[str, Any]], bad: list[dict[str, Any]]
+) -> dict[bytes, dict[str, str]]:
+    """Produce everything in one go, wait until every good command is in; return DLQ headers."""
+    good = [c for c in commands if c not in bad]
+    # No relay: the dead letters stay in the outbox, where the test reads them (publishing the
+    # outbox is the relay's job, tested on its own).
+    topics_ready(settings)
+    with running_consumer(settings, relay=False):
+        produce(settings, commands)
+        wait_for(lambda: ledger_count(settings.database_url) == len(good), timeout=90,
+                 what=f"{len(good)} good commands")  # fmt: skip
+        wait_for(lambda: len(_dead_letters(settings)) >= len(bad), what="the dead letters")
+        # Still running: a command sent afterwards is applied.
+        after = fund("acme", "late", "late-open-is-missing", "1.00")
+        produce(settings, [open_budget("acme", "late", "late-open"), after])
+        wait_for(lambda: ledger_count(settings.database_url) == len(good) + 2,
+                 what="the commands sent after the poison")  # fmt: skip
+    by_value = _dead_letters(settings)
+    assert len(by_value) == len(bad), by_value
+    assert_ledger_consistent(
+        settings.database_url, [*good, open_budget("acme", "late", "late-open"), after]
+    )
+    coordinates = _coordinates(settings, [orjson.dumps(c) for c in bad], len(commands) + 2)
+    for value, (partition, offset) in coordinates.items():
+        headers = by_value[value]
+        assert headers["original_topic"] == settings.topic_commands
+        assert (headers["original_partition"], headers["original_offset"]) == (
+            str(partition),
+            str(offset),
+        )
+    return by_value
+
+
+def test_a_row_postgres_refuses_is_found_by_bisection_and_dead_lettered_alone(
+    settings: Settings,
+) -> None:
+    # Python accepts ref_id "poison"; this test's database refuses it, as it would refuse any
+    # value the domain lets through and a column cannot hold.
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ledger ADD CONSTRAINT no_poison CHECK (ref_id <> 'poison')")
+    poison = reserve("acme", "b1", "res-poison", "1.00", "poison")
+    commands = [
+        open_budget("acme", "b1", "open-1"),
+        open_budget("acme", "b2", "open-2"),
+        fund("acme", "b1", "fund-1", "100.00"),
+        fund("acme", "b2", "fund-2", "100.00"),
+        *[reserve("acme", "b1", f"res-a{i}", "1.00", f"a{i}") for i in range(20)],
+        *[reserve("acme", "b2", f"res-b{i}", "1.00", f"b{i}") for i in range(20)],
+        poison,
+        *[reserve("acme", "b1", f"res-c{i}", "1.00", f"c{i}") for i in range(20)],
+        *[reserve("acme", "b2", f"res-d{i}", "1.00", f"d{i}") for i in range(20)],
+    ]
+    by_value = _run(settings, commands, [poison])
+    headers = by_value[orjson.dumps(poison)]
+    assert headers["error_class"] == "storage_refused"
+    assert "CheckViolation (23514)" in headers["reason"] and "no_poison" in headers["reason"]
+    assert (headers["tenant_id"], headers["command_id"]) == ("acme", "res-poison")
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        b1 = conn.execute(
+            "SELECT reserved, sequence FROM budget_balances WHERE budget_id = 'b1'"
+        ).fetchone()
+    assert b1 == (4000, 42)  # 40 reservations of 1.00; open, fund, 40 reserves: no gap
+
+
+def test_each_kind_of_poison_fails_alone(settings: Settings) -> None:
+    def budget(name: str) -> list[dict[str, Any]]:
+        return [open_budget("acme", name, f"{name}-open"), fund("acme", name, f"{name}-f", "50.00")]
+
+    def after(name: str) -> list[dict[str, Any]]:
+        return [reserve("acme", name, f"{name}-after", "1.00", f"{name}-after")]
+
+    nul_metadata = {**fund("acme", "m", "m-bad", "1.00"), "metadata": {"note": "a\u0000b"}}
+    nul_command_id = fund("acme", "c", "c-\u0000-bad", "1.00")
+    nul_ref = reserve("acme", "r", "r-bad", "1.00", "r\u0000f")
+    nul_reason = {"command_id": "a-bad", "type": "adjust", "tenant_id": "acme", "budget_id": "a",
+                  "amount": "1.00", "reason": "x\u0000y", "operator": "ops"}  # fmt: skip
+    early = {**fund("acme", "i", "i-bad", "1.00"), "issued_at": "0001-01-01T00:00:00+14:00"}
+    late = reserve("acme", "e", "e-bad", "1.00", "e1", expires_at="9999-12-31T23:59:59-23:59")
+    tiny_cap = {"command_id": "h-bad", "type": "configure_budget", "tenant_id": "acme",
+                "budget_id": "h", "hard_cap": "0.01"}  # fmt: skip
+    huge = [fund("acme", "o", f"o-{i}", "999999999999999.99") for i in range(93)]
+    bad = [nul_metadata, nul_command_id, nul_ref, nul_reason, early, late, tiny_cap, huge[-1]]
+    commands = [
+        *budget("m"), nul_metadata, *after("m"),
+        *budget("c"), nul_command_id, *after("c"),
+        *budget("r"), nul_ref, *after("r"),
+        *budget("a"), nul_reason, *after("a"),
+        *budget("i"), early, *after("i"),
+        *budget("e"), late, *after("e"),
+        open_budget("acme", "h", "h-open"), fund("acme", "h", "h-f", "2000.00"),
+        reserve("acme", "h", "h-r", "1000.00", "h1"), tiny_cap, *after("h"),
+        open_budget("acme", "o", "o-open"), *huge, *after("o"),
+    ]  # fmt: skip
+    by_value = _run(settings, commands, bad)
+    for command in bad:
+        headers = by_value[orjson.dumps(command)]
+        assert headers["error_class"] in ISOLATED, (command, headers)
+        assert headers["reason"], headers
+    refused = by_value[orjson.dumps(huge[-1])]
+    if refused["error_class"] == "storage_refused":
+        assert "NumericValueOutOfRange" in refused["reason"]
+    refused = by_value[orjson.dumps(tiny_cap)]
+    if refused["error_class"] == "storage_refused":
+        assert "NumericValueOutOfRange" in refused["reason"]
+
+
+def test_a_failure_in_the_rules_dead_letters_only_that_command(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_apply = processor.apply
+
+    def apply(state: BudgetState, command: Any, now: Any, currencies: Any) -> Any:
+        if command.command_id == "fund-bug":
+            raise KeyError("a bug in the rules")
+        return real_apply(state, command, now, currencies)
+
+    monkeypatch.setattr(processor, "apply", apply)
+    buggy = fund("acme", "b1", "fund-bug", "5.00")
+    commands = [
+        open_budget("acme", "b1", "open-1"),
+        open_budget("acme", "b2", "open-2"),
+        fund("acme", "b1", "fund-1", "10.00"),
+        buggy,
+        fund("acme", "b1", "fund-2", "10.00"),
+        fund("acme", "b2", "fund-3", "10.00"),
+    ]
+    by_value = _run(settings, commands, [buggy])
+    headers = by_value[orjson.dumps(buggy)]
+    assert headers["error_class"] == "internal_error"
+    assert "KeyError" in headers["reason"]
+    assert (headers["tenant_id"], headers["command_id"]) == ("acme", "fund-bug")
