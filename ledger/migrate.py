@@ -26,8 +26,11 @@ def available_migrations() -> list[Migration]:
     return [Migration(version=f.name.removesuffix(".sql"), sql=f.read_text("utf-8")) for f in files]
 
 
-def migrate(dsn: str) -> list[str]:
-    """Apply the pending migrations, each in its own transaction; return the versions applied."""
+def migrate(dsn: str, target: str | None = None) -> list[str]:
+    """Apply the pending migrations, each in its own transaction; return the versions applied.
+
+    With `target` (a version such as "001_ledger"), stop after that version (tests of upgrades).
+    """
     applied: list[str] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -38,6 +41,8 @@ def migrate(dsn: str) -> list[str]:
             )
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
             for migration in available_migrations():
+                if target is not None and migration.version > target:
+                    break
                 if migration.version in done:
                     continue
                 with conn.transaction():
