@@ -2,19 +2,23 @@
 
 Commands are validated strictly: unknown fields, JSON numbers for money, naive timestamps,
 over-long ids and unknown currencies are refused with a one-line readable reason
-(:class:`CommandInvalid`). Amounts stay decimal strings here; the domain converts them to
-minor units with the budget's currency.
+(:class:`CommandInvalid`), and so is everything docs/input-limits.md lists (ids that are not
+visible NFKC text, control characters, timestamps outside 2000-2200, amounts above the ledger's
+maximum, oversized messages or metadata, repeated JSON keys). Amounts stay decimal strings
+here; the domain converts them to minor units with the budget's currency.
 """
 
 from __future__ import annotations
 
 import zoneinfo
 from collections.abc import Mapping
+from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any, Final, Literal
 
 import pydantic
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -25,24 +29,73 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from schemas.limits import (
+    MAX_ID_LENGTH,
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT_LENGTH,
+    MetadataInvalid,
+    check_metadata,
+    duplicate_key,
+    id_problem,
+    text_problem,
+    timestamp_problem,
+)
 from schemas.money import (
     DEFAULT_CURRENCIES,
+    MAX_MINOR,
     SIGNED_AMOUNT_PATTERN,
     UNSIGNED_AMOUNT_PATTERN,
     fraction_digits,
+    to_decimal_str,
+    to_minor,
 )
 
-#: Longest id accepted for command_id, tenant_id, budget_id, ref_id, operator.
-MAX_ID_LENGTH: Final = 128
-MAX_SAFE_INT: Final = 2**53  # metadata ints beyond this do not survive JSON tooling intact
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
+def _invalid(error_class: str, detail: str) -> PydanticCustomError:
+    # The error type becomes the CommandInvalid error_class (see _ERROR_CLASSES).
+    return PydanticCustomError(error_class, "{detail}", {"detail": detail})
+
+
+def _valid_id(value: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise _invalid("invalid_id", problem)
+    return value
+
+
+def _valid_text(value: str) -> str:
+    problem = text_problem(value)
+    if problem is not None:
+        raise _invalid("invalid_text", problem)
+    return value
+
+
+def _valid_timestamp(value: datetime) -> datetime:
+    problem = timestamp_problem(value)
+    if problem is not None:
+        raise _invalid("out_of_range", problem)
+    return value
+
+
+Id = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(_valid_id)
+]
 # Tenant and budget form the Kafka key "<tenant_id>:<budget_id>": a ':' inside either would make
 # two different budgets share one key spelling, so it is refused (as is whitespace).
 KeyPart = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\s:]+$")
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\s:]+$"),
+    AfterValidator(_valid_id),
 ]
+FreeText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_TEXT_LENGTH),
+    AfterValidator(_valid_text),
+]
+#: Every timestamp of a command: with a UTC offset, and within 2000-2200 once in UTC.
+Timestamp = Annotated[AwareDatetime, AfterValidator(_valid_timestamp)]
 Amount = Annotated[str, StringConstraints(pattern=UNSIGNED_AMOUNT_PATTERN)]
 SignedAmount = Annotated[str, StringConstraints(pattern=SIGNED_AMOUNT_PATTERN)]
 CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
@@ -80,8 +133,9 @@ CONFIG_FIELDS: Final = (
 class CommandInvalid(ValueError):
     """A raw message that is not a valid command.
 
-    ``error_class`` is "json" (not UTF-8 JSON) or "schema" (not a valid command) from
-    :func:`parse_command`; callers may use their own classes (e.g. "key_mismatch").
+    ``error_class`` from :func:`parse_command` is one of "json" (not UTF-8 JSON), "schema" (not
+    a valid command), "too_large", "duplicate_key", "invalid_id", "invalid_text" or
+    "out_of_range" (docs/input-limits.md); callers may use their own (e.g. "key_mismatch").
     """
 
     def __init__(self, error_class: str, reason: str) -> None:
@@ -100,31 +154,6 @@ def _currencies(info: ValidationInfo) -> Mapping[str, int]:
     return DEFAULT_CURRENCIES
 
 
-def _check_json_stable(value: Any, depth: int = 0) -> None:
-    # Metadata is copied into the hashed event; only values that survive a JSONB round trip
-    # byte-for-byte are allowed (no floats, no huge ints).
-    if depth > 16:
-        raise ValueError("nested too deeply (max 16 levels)")
-    if value is None or isinstance(value, str | bool):
-        return
-    if isinstance(value, int):
-        if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
-            raise ValueError("integers must be within +/-2**53")
-        return
-    if isinstance(value, list):
-        for item in value:
-            _check_json_stable(item, depth + 1)
-        return
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_json_stable(item, depth + 1)
-        return
-    raise ValueError(
-        "only strings, integers, booleans, null, lists and objects are allowed "
-        f"(got {type(value).__name__})"
-    )
-
-
 class _Envelope(BaseModel):
     """Fields common to every command."""
 
@@ -133,22 +162,40 @@ class _Envelope(BaseModel):
     command_id: Id
     tenant_id: KeyPart
     budget_id: KeyPart
-    issued_at: AwareDatetime | None = None
+    issued_at: Timestamp | None = None
     metadata: dict[str, Any] | None = None
 
     @field_validator("metadata")
     @classmethod
-    def _metadata_json_stable(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _metadata_bounded(
+        cls, v: dict[str, Any] | None, info: ValidationInfo
+    ) -> dict[str, Any] | None:
+        # Metadata is copied into the hashed event: only values that survive a JSONB round trip
+        # byte for byte, bounded in size and depth, without control characters.
         if v is not None:
-            _check_json_stable(v)
+            try:
+                keys = check_metadata(v)
+            except MetadataInvalid as exc:
+                raise _invalid(exc.error_class, exc.where()) from None
+            if type(info.context) is dict:
+                info.context["metadata_keys"] = keys  # for parse_command's duplicate-key check
         return v
 
 
 def _check_amount_digits(name: str, value: str | None, currency: str, digits: int) -> None:
-    if value is not None and fraction_digits(value) > digits:
+    if value is None:
+        return
+    if fraction_digits(value) > digits:
         raise ValueError(
             f"{name} {value!r} has {fraction_digits(value)} decimal places; "
             f"{currency} allows at most {digits}"
+        )
+    # 15 integer digits always fit for up to 3 minor digits; more digits need the real check.
+    if digits > 3 and to_minor(value, digits) > MAX_MINOR:
+        raise _invalid(
+            "out_of_range",
+            f"{name} {value} is above the largest amount the ledger stores, "
+            f"{to_decimal_str(MAX_MINOR, digits)} {currency} (10**18 minor units)",
         )
 
 
@@ -175,7 +222,9 @@ class _ConfigFields(_Envelope):
     hard_threshold_pct: Percent = 95
     period_allowance: Amount | None = None
     rollover: bool = False
-    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    timezone: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$")
+    ] = "UTC"
     reservation_ttl_seconds: TtlSeconds | None = None
 
     @field_validator("timezone")
@@ -247,7 +296,7 @@ class Reserve(_MoneyIn):
 
     type: Literal["reserve"]
     ref_id: Id
-    expires_at: AwareDatetime | None = None
+    expires_at: Timestamp | None = None
 
 
 class Charge(_Envelope):
@@ -275,14 +324,14 @@ class ExpireReservations(_Envelope):
     """Sweeper tick: expire every reservation whose ``expires_at`` <= ``as_of``."""
 
     type: Literal["expire_reservations"]
-    as_of: AwareDatetime
+    as_of: Timestamp
 
 
 class ClosePeriod(_Envelope):
     """Scheduler tick: close the current period at ``period_end``."""
 
     type: Literal["close_period"]
-    period_end: AwareDatetime
+    period_end: Timestamp
 
 
 class Adjust(_Envelope):
@@ -290,7 +339,7 @@ class Adjust(_Envelope):
 
     type: Literal["adjust"]
     amount: SignedAmount
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    reason: FreeText
     operator: Id
 
     @model_validator(mode="after")
@@ -337,11 +386,27 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
+#: Error types raised by our own validators, which are also the CommandInvalid error classes.
+_ERROR_CLASSES: Final = frozenset({"invalid_id", "invalid_text", "out_of_range", "too_large"})
+
+
+def _error_class(errors: list[Any]) -> str:
+    # The class of the first error that has a specific one; plain shape errors are "schema".
+    for err in errors:
+        if err["type"] in _ERROR_CLASSES:
+            return str(err["type"])
+        if err["type"] == "schema":
+            return "schema"
+    return "schema"
+
+
 def _readable(err: Mapping[str, Any]) -> str:
     """One readable sentence for one pydantic error."""
     kind = err["type"]
     field = _field_name(tuple(err.get("loc", ())))
     ctx = err.get("ctx") or {}
+    if kind in _ERROR_CLASSES or kind == "schema":
+        return f"{field} {err['msg']}" if field else str(err["msg"])
     if kind == "extra_forbidden":
         return f"unknown field {field!r}"
     if kind == "missing":
@@ -366,6 +431,8 @@ def _readable(err: Mapping[str, Any]) -> str:
         return f"{field} is longer than {ctx.get('max_length')} characters"
     if kind == "string_pattern_mismatch" and leaf in ("tenant_id", "budget_id"):
         return f"{field} must not contain ':' or whitespace"
+    if kind == "string_pattern_mismatch" and leaf == "timezone":
+        return f"timezone {err.get('input')!r} is not an IANA time zone name like 'Africa/Harare'"
     if kind == "string_pattern_mismatch" and leaf == "currency":
         return f"currency {err.get('input')!r} is not an ISO 4217 code"
     if kind == "value_error":
@@ -391,11 +458,22 @@ def _json_kind(value: Any) -> str:
 
 def parse_command(raw: bytes | str, currencies: Mapping[str, int] | None = None) -> Command:
     """Parse and validate one raw JSON command; raise :class:`CommandInvalid` if it is not one."""
-    try:
-        return COMMAND_ADAPTER.validate_json(
-            raw,
-            context={"currencies": currencies if currencies is not None else DEFAULT_CURRENCIES},
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CommandInvalid("json", "invalid JSON: not valid UTF-8 text") from None
+    # Before any parsing, so a huge message never becomes a huge object.
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise CommandInvalid(
+            "too_large",
+            f"the message is {len(raw)} bytes; at most {MAX_MESSAGE_BYTES} are allowed",
         )
+    context: dict[str, Any] = {
+        "currencies": currencies if currencies is not None else DEFAULT_CURRENCIES
+    }
+    try:
+        command = COMMAND_ADAPTER.validate_json(raw, context=context)
     except pydantic.ValidationError as exc:
         errors = exc.errors(include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
@@ -407,4 +485,13 @@ def parse_command(raw: bytes | str, currencies: Mapping[str, int] | None = None)
         reason = "; ".join(_readable(e) for e in errors[:5])
         if len(errors) > 5:
             reason += f"; and {len(errors) - 5} more"
-        raise CommandInvalid("schema", reason) from None
+        raise CommandInvalid(_error_class(errors), reason) from None
+    # The parser kept the last of repeated keys; a repeated tenant_id could route a command
+    # to one budget and apply it to another, so a repeat anywhere refuses the message.
+    keys = len(command.model_fields_set) + context.get("metadata_keys", 0)
+    repeated = duplicate_key(raw, keys)
+    if repeated is not None:
+        raise CommandInvalid(
+            "duplicate_key", f"key {repeated!r} appears more than once in one JSON object"
+        )
+    return command

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ledger.idempotency import fingerprint, fingerprint_reference
 from schemas.commands import parse_command
+from schemas.limits import id_problem, text_problem
 
 pytestmark = pytest.mark.unit
 
@@ -61,9 +62,12 @@ def test_fast_fingerprint_equals_reference(fields: dict[str, object]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     amount=st.decimals(min_value="0.01", max_value=10**9, places=2).map(str),
-    ref=st.text(min_size=1, max_size=20),
+    ref=st.text(min_size=1, max_size=20).filter(lambda s: id_problem(s) is None),
     meta=st.none()
-    | st.dictionaries(st.text(max_size=5), st.integers(-100, 100) | st.text(max_size=5)),
+    | st.dictionaries(
+        st.text(max_size=5).filter(lambda s: text_problem(s) is None),
+        st.integers(-100, 100) | st.text(max_size=5).filter(lambda s: text_problem(s) is None),
+    ),
 )
 def test_fast_fingerprint_equals_reference_on_random_reserves(
     amount: str, ref: str, meta: dict[str, object] | None
