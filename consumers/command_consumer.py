@@ -359,7 +359,7 @@ class CommandConsumer:
         index = poison.first_failing(len(batch), fails)
         if index is None:
             return None
-        reason = f"Postgres refused a row of this command: {poison.describe(errors[index + 1])}"
+        reason = f"the database refused a row of this command: {poison.describe(errors[index + 1])}"
         return batch[index], reason
 
     def _idle(self) -> None:

@@ -88,3 +88,96 @@ def test_a_failure_in_the_rules_dead_letters_that_command_only(
     assert [r[2] for r in out.ledger_rows] == [1, 2]  # no gap: the failed command got no sequence
     (headers,) = [dict(orjson.loads(h or "[]")) for t, *_, h in out.outbox_rows if t == "dlq"]
     assert headers["error_class"] == "internal_error" and "ZeroDivisionError" in headers["reason"]
+
+
+def _dlq(out: processor.BatchOutput) -> list[dict[str, str]]:
+    return [dict(orjson.loads(h or "[]")) for t, *_, h in out.outbox_rows if t == "dlq"]
+
+
+def test_a_failing_fingerprint_dead_letters_that_command_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = processor.fingerprint
+
+    def fingerprint(command: Any) -> str:
+        if command.command_id == "c2":
+            raise OverflowError("date value out of range")
+        return real(command)
+
+    monkeypatch.setattr(processor, "fingerprint", fingerprint)
+    out = _run([_msg(0, OPEN), _msg(1, FUND), _msg(2, {**FUND, "command_id": "c3"})])
+    assert [r[4] for r in out.ledger_rows] == ["c1", "c3"]
+    (headers,) = _dlq(out)
+    assert headers["error_class"] == "internal_error" and "OverflowError" in headers["reason"]
+    assert (headers["tenant_id"], headers["command_id"]) == ("t", "c2")
+    assert out.positions == {0: (0, 3)}
+
+
+def test_a_failing_event_encoding_leaves_no_trace_of_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = processor.event_to_wire
+
+    def event_to_wire(event: Any, digits: int) -> Any:
+        if event.command_id == "c2":
+            raise ValueError("cannot encode")
+        return real(event, digits)
+
+    monkeypatch.setattr(processor, "event_to_wire", event_to_wire)
+    out = _run([_msg(0, OPEN), _msg(1, FUND), _msg(2, {**FUND, "command_id": "c3"})])
+    assert [(r[4], r[2]) for r in out.ledger_rows] == [("c1", 1), ("c3", 2)]
+    assert out.balance_rows[0][4] == 1000  # one fund of 10.00 applied, not two
+    assert [h["error_class"] for h in _dlq(out)] == ["internal_error"]
+
+
+def test_a_parser_crash_dead_letters_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    def parse_command(raw: bytes, currencies: Any) -> Any:
+        raise RecursionError("too deep")
+
+    monkeypatch.setattr(processor, "parse_command", parse_command)
+    out = _run([_msg(0, OPEN)])
+    assert out.ledger_rows == [] and out.positions == {0: (0, 1)}
+    (headers,) = _dlq(out)
+    assert headers["error_class"] == "internal_error" and "RecursionError" in headers["reason"]
+    assert "command_id" not in headers  # not parsed far enough to know it
+
+
+def test_a_poisoned_message_is_dead_lettered_unapplied_and_the_rest_follows_without_a_gap() -> None:
+    reason = "the database refused a row of this command: CheckViolation (23514): no"
+    out = process_batch(
+        [_msg(0, OPEN), _msg(1, FUND), _msg(2, {**FUND, "command_id": "c3"})],
+        {0: PartitionState(next_offset=0)},
+        CTX,
+        lambda _keys: {},
+        lambda keys: {k: initial_state(*k) for k in keys},
+        NOW,
+        poisoned={(0, 1): reason},
+    )
+    assert [(r[4], r[2]) for r in out.ledger_rows] == [("c1", 1), ("c3", 2)]
+    (headers,) = _dlq(out)
+    assert headers == {
+        "error_class": "storage_refused",
+        "reason": reason,
+        "original_topic": "cmd",
+        "original_partition": "0",
+        "original_offset": "1",
+        "tenant_id": "t",
+        "command_id": "c2",
+    }
+    assert out.dead_letter_classes == {"storage_refused": 1}
+
+
+def test_dead_letter_headers_never_carry_a_nul() -> None:
+    out = process_batch(
+        [_msg(0, OPEN), _msg(1, {**FUND, "command_id": "c\u00002"})],
+        {0: PartitionState(next_offset=0)},
+        CTX,
+        lambda _keys: {},
+        lambda keys: {k: initial_state(*k) for k in keys},
+        NOW,
+        poisoned={(0, 1): "refused: \u0000"},
+    )
+    (raw,) = [h for t, *_, h in out.outbox_rows if t == "dlq"]
+    assert raw is not None and "\\u0000" not in raw
+    headers = dict(orjson.loads(raw))
+    assert headers["command_id"] == "c\ufffd2" and headers["reason"] == "refused: \ufffd"
