@@ -64,17 +64,19 @@ def test_sweeper_expires_reservations_through_the_budgets_partition(settings: Se
 def test_a_reservation_expiring_within_the_same_second_is_expired_by_one_sweep(
     settings: Settings,
 ) -> None:
-    # Expiry half-way through a second; the sweep runs 0.1 s after it, in that same second.
-    expires = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=500_000)
-    commands = [
-        open_budget("acme", "b1", "open-1"),
-        fund("acme", "b1", "fund-1", "50.00"),
-        reserve("acme", "b1", "res-1", "20.00", "r1", expires_at=expires.isoformat()),
-    ]
     producer = Producer(producer_config(settings))
     with running_consumer(settings, relay=False):
-        produce(settings, commands)
-        wait_for(lambda: ledger_count(settings.database_url) == 3, what="3 events")
+        produce(settings, [open_budget("acme", "b1", "open-1"), fund("acme", "b1", "f-1", "50.00")])
+        wait_for(lambda: ledger_count(settings.database_url) == 2, what="2 events")
+        # Expiry half-way through a second (2.5-3.5 s ahead, so a loaded consumer still takes
+        # the reservation); the sweep runs 0.1 s after it, within that same second.
+        expires = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=500_000)
+        produce(settings, [reserve("acme", "b1", "res-1", "20.00", "r1",
+                                   expires_at=expires.isoformat())])  # fmt: skip
+        wait_for(lambda: ledger_count(settings.database_url) == 3, what="the reservation")
+        assert scalar(settings.database_url, "SELECT type FROM ledger WHERE sequence = 3") == (
+            "funds_reserved"
+        )
         sweep_at = expires + timedelta(milliseconds=100)
         time.sleep(max(0.0, (sweep_at - datetime.now(UTC)).total_seconds()) + 0.05)
         assert sweep_once(settings, producer, now=sweep_at) == 1
