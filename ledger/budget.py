@@ -37,7 +37,7 @@ from schemas.events import (
     remember_wire,
     rfc3339_utc,
 )
-from schemas.money import DEFAULT_CURRENCIES, POW10, to_decimal_str
+from schemas.money import DEFAULT_CURRENCIES, MAX_MINOR, POW10, to_decimal_str
 from schemas.reasons import Reason
 
 #: How far ``as_of``/``period_end`` may lie ahead of the consumer's clock (clock skew between the
@@ -54,6 +54,10 @@ RESERVATION_EDGES: Final = frozenset(
 )
 
 _FUNDS_REASONS: Final = frozenset({Reason.INSUFFICIENT_FUNDS, Reason.HARD_CAP_EXCEEDED})
+# Accepted events whose amount adds money somewhere (the others only move or remove it).
+_ADDING_EVENTS: Final = frozenset(
+    {"budget_opened", "budget_funded", "budget_adjusted", "funds_reserved"}
+)
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 _NO_EXPIRIES: Final[immutables.Map[str, str]] = immutables.Map()  # immutable: safe to share
 
@@ -386,7 +390,51 @@ def decide(
     if not state.opened and command.type != "open_budget":
         return _reject(state, command, Reason.UNKNOWN_BUDGET, rec, "budget was never opened")
     decider = _DECIDERS[command.type]
-    return decider(state, command, now, rec, currencies)
+    ev = decider(state, command, now, rec, currencies)
+    # Backstop for every decider: nothing the ledger stores may pass MAX_MINOR (bigint columns).
+    # A balance already above it (written before this rule) may still shrink.
+    if ev.reason is None and (
+        ev.funded > MAX_MINOR
+        or ev.reserved + ev.charged > MAX_MINOR
+        or (ev.amount is not None and not -MAX_MINOR <= ev.amount <= MAX_MINOR)
+    ):
+        problem = _range_problem(state, ev)
+        if problem is not None:
+            if isinstance(command, Reserve):
+                return _reject_reserve(state, command, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
+            return _reject(state, command, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
+    return ev
+
+
+def _above_max(name: str, value: int, digits: int) -> str:
+    return (
+        f"{name} would be {to_decimal_str(value, digits)}, above the ledger's maximum "
+        f"{to_decimal_str(MAX_MINOR, digits)}"
+    )
+
+
+def _range_problem(s: BudgetState, ev: LedgerEvent) -> str | None:
+    digits = s.digits if s.opened else (0 if ev.currency is None else _event_digits(ev))
+    if ev.funded > MAX_MINOR and ev.funded > s.funded:
+        return _above_max("funded", ev.funded, digits)
+    committed = ev.reserved + ev.charged
+    if committed > MAX_MINOR and committed > s.reserved + s.charged:
+        return _above_max("committed", committed, digits)
+    if ev.type in _ADDING_EVENTS and ev.amount is not None and abs(ev.amount) > MAX_MINOR:
+        return _above_max("the amount", abs(ev.amount), digits)
+    return None
+
+
+def _event_digits(ev: LedgerEvent) -> int:
+    minor_units = ev.data.get("minor_units")
+    return minor_units if isinstance(minor_units, int) else 0
+
+
+def _amount_problem(name: str, value: int | None, text: str | None, digits: int) -> str | None:
+    """A readable refusal if ``value`` (minor units) is above what the ledger stores."""
+    if value is None or -MAX_MINOR <= value <= MAX_MINOR:
+        return None
+    return f"{name} {text} exceeds the ledger's maximum amount {to_decimal_str(MAX_MINOR, digits)}"
 
 
 def _decide_open(
@@ -403,6 +451,9 @@ def _decide_open(
         value = None if text is None else _minor(text, digits)
         if text is not None and value is None:
             return _reject(s, c, Reason.INVALID_AMOUNT, rec, f"{name} {text} is too precise")
+        problem = _amount_problem(name, value, text, digits)
+        if problem is not None:
+            return _reject(s, c, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
         amounts[name] = value
     cfg = BudgetConfig(
         period=c.period,
@@ -446,6 +497,9 @@ def _decide_configure(
             minor = _minor(value, s.digits)
             if minor is None:
                 return _reject(s, c, Reason.INVALID_AMOUNT, rec, f"{name} {value} is too precise")
+            problem = _amount_problem(name, minor, value, s.digits)
+            if problem is not None:
+                return _reject(s, c, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
             value = minor
         merged[name] = value
     cfg = _config_from_data(merged)
@@ -466,6 +520,11 @@ def _decide_fund(
     amount = _minor(c.amount, s.digits)
     if amount is None:
         return _reject(s, c, Reason.INVALID_AMOUNT, rec, f"amount {c.amount} is too precise")
+    problem = _amount_problem("amount", amount, c.amount, s.digits)
+    if problem is None and s.funded + amount > MAX_MINOR:
+        problem = _above_max("funded", s.funded + amount, s.digits)
+    if problem is not None:
+        return _reject(s, c, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
     return _event(s, c, "budget_funded", rec, amount=amount, funded=s.funded + amount)
 
 
@@ -483,6 +542,9 @@ def _decide_reserve(
         return _reject_reserve(
             s, c, Reason.INVALID_AMOUNT, rec, f"amount {c.amount} is too precise"
         )
+    problem = _amount_problem("amount", amount, c.amount, s.digits)
+    if problem is not None:
+        return _reject_reserve(s, c, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
     if c.ref_id in s.reservations:
         return _reject_reserve(
             s, c, Reason.DUPLICATE_REF, rec, f"ref_id {c.ref_id} already reserved"
@@ -545,6 +607,9 @@ def _decide_charge(
         minor = _minor(c.amount, s.digits)
         if minor is None:
             return _reject(s, c, Reason.INVALID_AMOUNT, rec, f"amount {c.amount} is too precise")
+        problem = _amount_problem("amount", minor, c.amount, s.digits)
+        if problem is not None:
+            return _reject(s, c, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
         if minor > res.amount:
             return _reject(
                 s,
@@ -626,6 +691,11 @@ def _decide_close(
     unspent = max(0, s.funded - s.charged)
     rolled_over = unspent if cfg.rollover else 0
     allowance = cfg.period_allowance or 0
+    if allowance + rolled_over > MAX_MINOR and allowance + rolled_over > s.funded:
+        # Refused, not capped: money must not silently vanish. An adjust (or a smaller
+        # allowance) brings the next period under the maximum; the scheduler's re-send then closes.
+        problem = _above_max("funded of the next period", allowance + rolled_over, s.digits)
+        return _reject(s, c, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
     data = {
         "period_start": s.period_start,
         "period_end": end,
@@ -646,6 +716,11 @@ def _decide_adjust(
     delta = _minor(c.amount, s.digits)
     if delta is None:
         return _reject(s, c, Reason.INVALID_AMOUNT, rec, f"amount {c.amount} is too precise")
+    problem = _amount_problem("amount", delta, c.amount, s.digits)
+    if problem is None and s.funded + delta > MAX_MINOR:
+        problem = _above_max("funded", s.funded + delta, s.digits)
+    if problem is not None:
+        return _reject(s, c, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
     if s.funded + delta < 0:
         return _reject(
             s, c, Reason.NEGATIVE_FUNDS, rec, f"funded {to_decimal_str(s.funded, s.digits)}"

@@ -34,6 +34,9 @@ class Reason(StrEnum):
       period's start (a late or repeated scheduler tick).
     - ``period_not_ended``: ``close_period`` whose ``period_end`` lies in the future.
     - ``as_of_in_future``: ``expire_reservations`` whose ``as_of`` lies in the future.
+    - ``amount_out_of_range``: an amount, or a balance it would produce (funded, committed,
+      a cap or allowance), above ``schemas.money.MAX_MINOR`` (10**18 minor units): what the
+      ledger's bigint columns are guaranteed to hold.
 
     Dead-letter reasons (no ledger row; the message goes to the DLQ with this in its headers):
 
@@ -41,6 +44,8 @@ class Reason(StrEnum):
     - ``malformed_json``: the message is not valid UTF-8 JSON.
     - ``schema_violation``: valid JSON that is not a valid command.
     - ``key_mismatch``: the Kafka key is not ``<tenant_id>:<budget_id>`` of the command.
+    - ``too_large``, ``duplicate_key``, ``invalid_id``, ``invalid_text``, ``out_of_range``:
+      the input limits of docs/input-limits.md (the DLQ ``error_class`` of such a message).
     """
 
     INSUFFICIENT_FUNDS = "insufficient_funds"
@@ -62,8 +67,14 @@ class Reason(StrEnum):
     PERIOD_ALREADY_CLOSED = "period_already_closed"
     PERIOD_NOT_ENDED = "period_not_ended"
     AS_OF_IN_FUTURE = "as_of_in_future"
+    AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
     # Dead-letter only.
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     MALFORMED_JSON = "malformed_json"
     SCHEMA_VIOLATION = "schema_violation"
     KEY_MISMATCH = "key_mismatch"
+    TOO_LARGE = "too_large"
+    DUPLICATE_KEY = "duplicate_key"
+    INVALID_ID = "invalid_id"
+    INVALID_TEXT = "invalid_text"
+    OUT_OF_RANGE = "out_of_range"

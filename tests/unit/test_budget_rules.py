@@ -69,6 +69,9 @@ def reserve(ref: str, amount: str, currency: str = "USD", **extra: Any) -> Comma
     return cmd("reserve", ref_id=ref, amount=amount, currency=currency, **extra)
 
 
+#: The largest USD amount a command may carry (15 integer digits): 10**17 - 1 cents.
+BIG = "999999999999999.99"
+BIG_CENTS = 10**17 - 1
 PAST = (NOW - timedelta(minutes=1)).isoformat()
 FUTURE = (NOW + timedelta(hours=1)).isoformat()
 
@@ -217,6 +220,28 @@ CASES: list[tuple[str, list[Command], Command, str, str | None, dict[str, Any]]]
      [open_(), fund("100"), reserve("r1", "80")],
      cmd("adjust", amount="-50", reason="x", operator="o"), "budget_adjusted", None,
      {"available": 0, "utilization_pct": "160.00"}),
+    # --- the stored range: nothing may pass 10**18 minor units ---
+    ("fund up to the maximum is accepted", [open_(), *[fund(BIG)] * 9], fund(BIG),
+     "budget_funded", None, {"funded": 10 * BIG_CENTS}),
+    ("fund past the maximum: amount_out_of_range", [open_(), *[fund(BIG)] * 10], fund(BIG),
+     "command_rejected", Reason.AMOUNT_OUT_OF_RANGE, {"funded": 10 * BIG_CENTS, "amount": None}),
+    ("adjust past the maximum: amount_out_of_range", [open_(), *[fund(BIG)] * 10],
+     cmd("adjust", amount=BIG, reason="x", operator="o"), "command_rejected",
+     Reason.AMOUNT_OUT_OF_RANGE, {"funded": 10 * BIG_CENTS}),
+    ("adjust down from the maximum is accepted", [open_(), *[fund(BIG)] * 10],
+     cmd("adjust", amount="-" + BIG, reason="x", operator="o"), "budget_adjusted", None,
+     {"funded": 9 * BIG_CENTS}),
+    ("close whose rollover would pass the maximum: amount_out_of_range",
+     [open_(period_allowance=BIG, rollover=True), *[fund(BIG)] * 9],
+     cmd("close_period", period_end=NOW.isoformat()), "command_rejected",
+     Reason.AMOUNT_OUT_OF_RANGE, {"funded": 10 * BIG_CENTS, "charged": 0}),
+    ("close with rollover up to the maximum is accepted",
+     [open_(period_allowance=BIG, rollover=True), *[fund(BIG)] * 8],
+     cmd("close_period", period_end=NOW.isoformat()), "period_closed", None,
+     {"funded": 10 * BIG_CENTS}),
+    ("a hard cap of 0.01 under 1,000.00 reserved: utilization stays a finite number",
+     [open_(), fund("1000"), reserve("r1", "1000")], cmd("configure_budget", hard_cap="0.01"),
+     "budget_configured", None, {"available": 0, "utilization_pct": "10000000.00"}),
 ]  # fmt: skip
 
 
@@ -255,6 +280,8 @@ def test_every_ledger_reason_has_a_case() -> None:
     dlq_only = {
         Reason.IDEMPOTENCY_CONFLICT, Reason.MALFORMED_JSON, Reason.SCHEMA_VIOLATION,
         Reason.KEY_MISMATCH, Reason.TENANT_MISMATCH,  # tenant_mismatch: test below
+        Reason.TOO_LARGE, Reason.DUPLICATE_KEY, Reason.INVALID_ID, Reason.INVALID_TEXT,
+        Reason.OUT_OF_RANGE,
     }  # fmt: skip
     covered = {c[4] for c in CASES}
     assert set(Reason) - dlq_only <= covered
