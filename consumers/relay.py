@@ -187,12 +187,12 @@ class Relay:
         on_delivery: Callable[[KafkaError | None, Message], None],
     ) -> str | None:
         """Produce one record; return why it can never be published, or None once queued."""
+        producer = self._kafka()  # first: a new producer re-reads the topics' limits
         size = record_size(key, value, headers)
         if size > self._limit(topic):
             return (
                 f"record of ~{size} bytes exceeds max.message.bytes {self._limit(topic)} of {topic}"
             )
-        producer = self._kafka()
         for _attempt in range(2):
             try:
                 producer.produce(
