@@ -8,11 +8,14 @@ that nobody else uses. The shared single broker (9092) and Postgres (5432) are n
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +27,7 @@ from psycopg import sql
 
 from ledger.settings import Settings
 from tests.conftest import ROOT
+from tests.integration.support import cli_env
 
 KAFKA_SH = ROOT / "deploy" / "local" / "kafka.sh"
 POSTGRES_SH = ROOT / "deploy" / "local" / "postgres.sh"
@@ -255,3 +259,65 @@ def assert_events_topic_complete(settings: Settings, database_url: str, timeout:
     differing = [k for k, h in ledger.items() if seen[k] != h]
     assert not differing, f"events differ from the ledger: {differing[:5]}"
     return len(ledger)
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+class Processes:
+    """`budget-ledger consume` / `relay` child processes by name, logs in `logdir`."""
+
+    def __init__(self, settings: Settings, logdir: Path) -> None:
+        self.settings = settings
+        self.logdir = logdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.args: dict[str, list[str]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        """Start (or restart) process `name` running `budget-ledger ARGS`."""
+        self.args[name] = list(args)
+        with (self.logdir / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "ledger.cli", *args],
+                env=cli_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL process `name` and reap it."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+    def alive(self, name: str) -> bool:
+        """Whether process `name` is running."""
+        return self.procs[name].poll() is None
+
+    def revive(self) -> list[str]:
+        """Restart every process that is not running; returns their names."""
+        dead = [n for n in self.procs if not self.alive(n)]
+        for name in dead:
+            self.start(name, *self.args[name])
+        return dead
+
+    def stop_all(self) -> None:
+        """SIGTERM everything, SIGKILL what does not stop within 15 s."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(15)
+
+    def tails(self, lines: int = 15) -> str:
+        """The last lines of every log, for failure messages."""
+        out = []
+        for name in self.procs:
+            text = (self.logdir / f"{name}.log").read_text(errors="replace").splitlines()
+            out.append(f"--- {name} (exit {self.procs[name].poll()})")
+            out.extend(text[-lines:])
+        return "\n".join(out)
