@@ -66,20 +66,6 @@ def ensure_relay_cursors(
         )
 
 
-def ensure_partitions(
-    conn: psycopg.Connection, group: str, topic: str, partitions: Sequence[int]
-) -> dict[int, int]:
-    """Create missing position and relay-cursor rows; return {partition: next_offset}."""
-    positions = ensure_positions(conn, group, topic, partitions)
-    for ledger_topic in {p.ledger_topic for p in positions.values()}:
-        ensure_relay_cursors(
-            conn,
-            ledger_topic,
-            [p.partition for p in positions.values() if p.ledger_topic == ledger_topic],
-        )
-    return {p: pos.next_offset for p, pos in positions.items()}
-
-
 def record_topic_id(
     conn: psycopg.Connection, group: str, topic: str, partition: int, topic_id: str
 ) -> None:
