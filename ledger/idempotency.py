@@ -21,12 +21,26 @@ from schemas.money import normalize_decimal
 Verdict = Literal["new", "duplicate", "conflict"]
 
 
+def _utc_text(value: datetime) -> str:
+    """The instant in UTC (``rfc3339_utc``); never raises.
+
+    Parsed commands only carry timestamps within 2000-2200, but converting an instant near
+    year 1 or 9999 to UTC overflows: such a value keeps its own spelling, which still tells
+    different instants apart (the same instant in two offsets then fingerprints differently,
+    the safe direction: a conflict, never a false duplicate).
+    """
+    try:
+        return rfc3339_utc(value)
+    except OverflowError:
+        return value.isoformat()
+
+
 def _normalize(d: dict[str, Any]) -> dict[str, Any]:
     # Spellings of the same value must not look like a different payload to a retrying client:
     # "12.50" == "12.5" and "...+02:00" == the same instant in "Z".
     for k, v in d.items():
         if isinstance(v, datetime):
-            d[k] = rfc3339_utc(v)
+            d[k] = _utc_text(v)
         elif k in AMOUNT_FIELDS and isinstance(v, str):
             d[k] = normalize_decimal(v)
     return d
@@ -40,7 +54,18 @@ def fingerprint_reference(command: Command) -> str:
     # For configure_budget, "field absent" and "field: null" mean different things (keep vs
     # clear), so only the fields actually sent count; other types include their defaults.
     raw = command.model_dump(exclude_unset=isinstance(command, ConfigureBudget))
-    return hashlib.sha256(canonical(_normalize(raw))).hexdigest()
+    normalized = _normalize(raw)
+    try:
+        return hashlib.sha256(canonical(normalized)).hexdigest()
+    except (TypeError, orjson.JSONEncodeError):
+        return _fallback_digest(normalized)
+
+
+def _fallback_digest(d: dict[str, Any]) -> str:
+    # Only for values validation refuses (floats, lone surrogates, ints beyond 64 bits) in a
+    # command built without parse_command: deterministic, and never equal to a JSON digest.
+    text = "repr:" + repr(sorted(d.items()))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # Per command class: (amount fields, datetime fields) among its model fields.
@@ -79,8 +104,11 @@ def fingerprint(command: Command) -> str:
     for k in shape[1]:
         v = raw[k]
         if v is not None:
-            raw[k] = rfc3339_utc(v)
-    return hashlib.sha256(orjson.dumps(raw, option=_SORTED)).hexdigest()
+            raw[k] = _utc_text(v)
+    try:
+        return hashlib.sha256(orjson.dumps(raw, option=_SORTED)).hexdigest()
+    except orjson.JSONEncodeError:
+        return _fallback_digest(raw)
 
 
 def classify(prior_fingerprint: str | None, command_fingerprint: str) -> Verdict:
