@@ -717,7 +717,7 @@ def _decide_adjust(
     if delta is None:
         return _reject(s, c, Reason.INVALID_AMOUNT, rec, f"amount {c.amount} is too precise")
     problem = _amount_problem("amount", delta, c.amount, s.digits)
-    if problem is None and s.funded + delta > MAX_MINOR:
+    if problem is None and delta > 0 and s.funded + delta > MAX_MINOR:
         problem = _above_max("funded", s.funded + delta, s.digits)
     if problem is not None:
         return _reject(s, c, Reason.AMOUNT_OUT_OF_RANGE, rec, problem)
