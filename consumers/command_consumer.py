@@ -94,6 +94,7 @@ class CommandConsumer:
         self.ready = ConsumerHealth(settings.liveness_stall_seconds)
         self._race_retries = 0
         self._checked_at = 0.0
+        self._lag: dict[int, int] = {}  # per partition, as last observed
         # Benchmark hook (LEDGER_BENCH_TIMINGS): commit time and produce timestamps per batch.
         self.timings = CommitTimings.from_env()
         self._kafka_pending: dict[int, int] = {}
@@ -365,7 +366,8 @@ class CommandConsumer:
     def _idle(self) -> None:
         """Nothing fetched: record progress if nothing waits, and re-check the dependencies."""
         self.ready.holding_batch = False
-        self.ready.lag = self._total_lag()
+        self._lag = self._owned_lag()
+        self.ready.lag = sum(self._lag.values())
         if self.ready.lag == 0:
             self.ready.progressed()
         now = time.monotonic()
@@ -393,11 +395,11 @@ class CommandConsumer:
             self.ready.kafka_ok = False
         log.warning("kafka_client_error", error=str(err))
 
-    def _total_lag(self) -> int:
-        """Messages between our positions and the cached high watermarks (no broker call)."""
+    def _owned_lag(self) -> dict[int, int]:
+        """Per owned partition, messages between our position and the cached high watermark."""
+        lag: dict[int, int] = {}
         if self._consumer is None:
-            return 0
-        total = 0
+            return lag
         for p, part in self.partitions.items():
             tp = TopicPartition(self.settings.topic_commands, p)
             try:
@@ -405,8 +407,8 @@ class CommandConsumer:
             except KafkaException:
                 continue
             if high >= 0:
-                total += max(0, high - part.next_offset)
-        return total
+                lag[p] = max(0, high - part.next_offset)
+        return lag
 
     def _log_dead_letters(self, out: BatchOutput) -> None:
         # Dead letters are rare; each gets a line with what is known of it.
@@ -438,8 +440,9 @@ class CommandConsumer:
             except KafkaException:
                 continue
             if high >= 0:
-                metrics.LAG.labels(str(p)).set(max(0, high - new))
-        self.ready.lag = self._total_lag()
+                self._lag[p] = max(0, high - new)
+                metrics.LAG.labels(str(p)).set(self._lag[p])
+        self.ready.lag = sum(self._lag.values())
 
     def _commit_kafka_offsets(self, out: BatchOutput) -> None:
         """Tell Kafka too, so lag tools see progress (Postgres stays the source of truth).
