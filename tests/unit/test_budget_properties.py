@@ -3,13 +3,16 @@
 The machine models the consumer: it keeps every (tenant, command_id) it has applied with the
 command's fingerprint and event, so redeliveries and id reuse go through the real
 ``classify``. After every step: available >= 0, conservation of reserved/charged, fold of the
-emitted events == live state, allowed reservation moves only, and an intact hash chain.
+emitted events == live state, allowed reservation moves only, an intact hash chain, and every
+amount and balance within the stored range (MAX_MINOR): amounts go up to the largest a command
+may carry, and one budget may be in a 4-digit currency, where a single fund reaches the maximum.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from functools import reduce
 from typing import Any
 
@@ -34,8 +37,9 @@ from ledger.budget import (
 )
 from ledger.hashing import GENESIS_HASH, chain_hash
 from ledger.idempotency import classify, fingerprint
-from schemas.commands import parse_command
+from schemas.commands import CommandInvalid, parse_command
 from schemas.events import LedgerEvent, event_from_wire, event_to_wire
+from schemas.money import MAX_MINOR
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +48,13 @@ BUDGETS = ("b1", "b2", "b3")
 REFS = tuple(f"r{i}" for i in range(20))
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
-amounts = st.integers(min_value=1, max_value=20_000).map(lambda c: f"{c // 100}.{c % 100:02d}")
+TABLE = {"USD": 2, "CLF": 4}
+#: The largest fund per currency: 15 integer digits in USD; 10**18 minor units in CLF.
+LARGEST = {"USD": "999999999999999.99", "CLF": "100000000000000"}
+# Mostly everyday amounts, sometimes near the largest a USD command may carry (10**17 - 1).
+amounts = (st.integers(1, 20_000) | st.integers(10**16, 10**17 - 1)).map(
+    lambda c: f"{c // 100}.{c % 100:02d}"
+)
 budgets = st.sampled_from(BUDGETS)
 refs = st.sampled_from(REFS)
 
@@ -65,7 +75,11 @@ class LedgerMachine(RuleBasedStateMachine):
     # --- the consumer model ---
 
     def deliver(self, raw: bytes) -> None:
-        command = parse_command(raw)
+        try:
+            command = parse_command(raw, TABLE)
+        except CommandInvalid as exc:
+            event(f"dead letter:{exc.error_class}")  # e.g. 15 digits in CLF: out_of_range
+            return
         fp = fingerprint(command)
         prior = self.seen.get(command.command_id)
         verdict = classify(prior[0] if prior else None, fp)
@@ -75,7 +89,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if verdict == "conflict":
             return  # dead-lettered with idempotency_conflict; nothing changes
         before = self.states[b]
-        after, outcome, _alerts = apply(before, command, self.now)
+        after, outcome, _alerts = apply(before, command, self.now, TABLE)
         self._check_moves(before, after)
         self.states[b] = after
         self.events[b].append(outcome)
@@ -104,16 +118,34 @@ class LedgerMachine(RuleBasedStateMachine):
                                reservation_ttl_seconds=120))  # fmt: skip
         self.deliver(self._raw("b2", "open_budget", currency="USD", period="rolling",
                                soft_cap="50"))  # fmt: skip
+        # b3 in a 4-digit currency: one largest fund reaches MAX_MINOR.
+        self.deliver(self._raw("b3", "open_budget", currency="CLF", period="monthly",
+                               rollover=True))  # fmt: skip
 
-    @rule(target=raw_commands, b=budgets, period=st.sampled_from(["rolling", "monthly"]))
-    def open_budget(self, b: str, period: str) -> bytes:
-        raw = self._raw(b, "open_budget", currency="USD", period=period)
+    def _currency(self, b: str) -> str:
+        return self.states[b].currency or "USD"
+
+    @rule(target=raw_commands, b=budgets, period=st.sampled_from(["rolling", "monthly"]),
+          currency=st.sampled_from(["USD", "CLF"]), allowance=st.none() | amounts,
+          rollover=st.booleans())  # fmt: skip
+    def open_budget(
+        self, b: str, period: str, currency: str, allowance: str | None, rollover: bool
+    ) -> bytes:
+        raw = self._raw(b, "open_budget", currency=currency, period=period,
+                        period_allowance=allowance, rollover=rollover)  # fmt: skip
         self.deliver(raw)
         return raw
 
     @rule(target=raw_commands, b=budgets, amount=amounts)
     def fund(self, b: str, amount: str) -> bytes:
-        raw = self._raw(b, "fund", amount=amount, currency="USD")
+        raw = self._raw(b, "fund", amount=amount, currency=self._currency(b))
+        self.deliver(raw)
+        return raw
+
+    @rule(target=raw_commands, b=budgets)
+    def fund_the_largest(self, b: str) -> bytes:
+        currency = self._currency(b)
+        raw = self._raw(b, "fund", amount=LARGEST[currency], currency=currency)
         self.deliver(raw)
         return raw
 
@@ -123,7 +155,8 @@ class LedgerMachine(RuleBasedStateMachine):
         extra = (
             {} if ttl is None else {"expires_at": (self.now + timedelta(seconds=ttl)).isoformat()}
         )
-        raw = self._raw(b, "reserve", amount=amount, currency="USD", ref_id=ref, **extra)
+        raw = self._raw(b, "reserve", amount=amount, currency=self._currency(b), ref_id=ref,
+                        **extra)  # fmt: skip
         self.deliver(raw)
         return raw
 
@@ -200,6 +233,18 @@ class LedgerMachine(RuleBasedStateMachine):
             assert s.available == max(0, s.limit - s.reserved - s.charged)
 
     @invariant()
+    def within_the_stored_range(self) -> None:
+        for b, s in self.states.items():
+            assert 0 <= s.funded <= MAX_MINOR
+            assert 0 <= s.reserved + s.charged <= MAX_MINOR
+            assert 0 <= s.available <= max(s.limit, 0) <= MAX_MINOR
+            assert Decimal(s.utilization_pct).is_finite()
+            assert all(0 < r.amount <= MAX_MINOR for r in s.reservations.values())
+            for ev in self.events[b]:
+                assert ev.amount is None or abs(ev.amount) <= MAX_MINOR
+                assert all(0 <= v <= MAX_MINOR for v in (ev.funded, ev.reserved, ev.charged))
+
+    @invariant()
     def conservation(self) -> None:
         for b, s in self.states.items():
             held = sum(r.amount for r in s.reservations.values() if r.status == "reserved")
@@ -224,7 +269,7 @@ class LedgerMachine(RuleBasedStateMachine):
             # ...also through the wire form, as the reconciler replays it from Postgres.
             via_wire = reduce(
                 evolve,
-                (event_from_wire(orjson.loads(orjson.dumps(event_to_wire(e, 2))), 2)
+                (event_from_wire(orjson.loads(orjson.dumps(event_to_wire(e, _dg(e)))), _dg(e))
                  for e in self.events[b]),
                 initial_state(TENANT, b),
             )  # fmt: skip
@@ -236,11 +281,15 @@ class LedgerMachine(RuleBasedStateMachine):
             prev = GENESIS_HASH
             for i, ev in enumerate(events, start=1):
                 assert ev.sequence == i
-                wire = event_to_wire(dataclasses.replace(ev), 2)  # a copy: no cached wire
+                wire = event_to_wire(dataclasses.replace(ev), _dg(ev))  # a copy: no cached wire
                 del wire["hash"]
                 assert ev.prev_hash == prev
                 assert chain_hash(prev, orjson.loads(orjson.dumps(wire))) == ev.hash
                 prev = ev.hash
+
+
+def _dg(ev: LedgerEvent) -> int:
+    return TABLE.get(ev.currency or "", 0)
 
 
 LedgerMachine.TestCase.settings = settings(
