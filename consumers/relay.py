@@ -160,9 +160,15 @@ class Relay:
         for resource, future in admin.describe_configs(resources, request_timeout=10).items():
             try:
                 entry = future.result(timeout=15).get("max.message.bytes")
-            except KafkaException as exc:
-                log.warning("topic_limit_unknown", topic=resource.name, error=str(exc))
-                continue
+            except Exception as exc:  # KafkaException, or a timeout when the broker is silent
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    log.warning("topic_limit_unknown", topic=resource.name, error=str(exc))
+                    continue
+                # Guessing a limit could make the broker refuse whole batches of good rows.
+                raise PublishFailed(
+                    f"cannot read max.message.bytes of {resource.name}: {exc}"
+                ) from None
             if entry is not None and entry.value:
                 limits[resource.name] = int(entry.value)
         return limits
