@@ -1,6 +1,39 @@
 #!/usr/bin/env bash
-# The test command: installs the venv, starts the local Kafka broker and PostgreSQL if they are
-# not running, then runs the whole suite (unit and integration) against them.
+# The test command (CI runs exactly this): installs the venv; without arguments, runs the static
+# checks first (ruff check, ruff format --check, mypy --strict) and stops on the first failure;
+# starts the local Kafka broker and PostgreSQL if they are not running; runs the suite (unit and
+# integration) against them. Arguments go to pytest and skip the static checks.
+#
+# The cluster and chaos tests start what they need on demand (the three-node Kafka cluster and a
+# second PostgreSQL on port 5433); what they started is stopped again at the end unless
+# LEDGER_KEEP_SERVICES=1. The single broker and the PostgreSQL on 5432 stay up, as before.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/up.sh"
-exec "$VENV/bin/python" -m pytest "$@"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$(bash "$HERE/venv.sh")"
+
+if (($# == 0)) && [[ "${LEDGER_SKIP_STATIC:-0}" != 1 ]]; then
+    cd "$HERE/../.."
+    echo "== ruff check" >&2
+    "$VENV/bin/ruff" check .
+    echo "== ruff format --check" >&2
+    "$VENV/bin/ruff" format --check .
+    echo "== mypy --strict ledger schemas consumers projections" >&2
+    "$VENV/bin/mypy" ledger schemas consumers projections
+fi
+
+source "$HERE/up.sh"
+
+cluster_was_up=0
+bash "$HERE/kafka.sh" cluster status >/dev/null 2>&1 && cluster_was_up=1
+CHAOS_PG_PORT="${LEDGER_CHAOS_PG_PORT:-5433}"
+chaos_pg_was_up=0
+LEDGER_PG_PORT="$CHAOS_PG_PORT" bash "$HERE/postgres.sh" status >/dev/null 2>&1 && chaos_pg_was_up=1
+
+rc=0
+"$VENV/bin/python" -m pytest "$@" || rc=$?
+
+if [[ "${LEDGER_KEEP_SERVICES:-0}" != 1 ]]; then
+    ((cluster_was_up)) || bash "$HERE/kafka.sh" cluster stop 2>/dev/null || true
+    ((chaos_pg_was_up)) || LEDGER_PG_PORT="$CHAOS_PG_PORT" bash "$HERE/postgres.sh" stop 2>/dev/null || true
+fi
+exit $rc
