@@ -34,6 +34,8 @@ INTERNAL_ERROR = "internal_error"
 # Postgres refused a row this message produced (found by bisecting the batch; see poison.py).
 STORAGE_REFUSED = "storage_refused"
 MAX_REASON_CHARS = 1_000
+# Ids echoed in a dead letter's headers are cut here (valid ones are at most 128 characters).
+MAX_ID_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,11 +282,26 @@ def _reject(
     reason: str,
     command: Command | None = None,
 ) -> None:
-    out.outbox_rows.append(_dead_letter(msg, ctx, error_class, reason, command))
+    ids = (command.tenant_id, command.command_id) if command is not None else _raw_ids(msg)
+    out.outbox_rows.append(_dead_letter(msg, ctx, error_class, reason, ids))
     out.dead_letters += 1
     out.dead_letter_classes[error_class] += 1
     if command is not None:
         out.outcomes[(command.type, error_class)] += 1
+
+
+def _raw_ids(msg: Incoming) -> tuple[str, str] | None:
+    """(tenant_id, command_id) of a message refused before it became a command, if readable."""
+    try:
+        data = orjson.loads(msg.value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    tenant, command_id = data.get("tenant_id"), data.get("command_id")
+    if isinstance(tenant, str) and isinstance(command_id, str):
+        return tenant[:MAX_ID_CHARS], command_id[:MAX_ID_CHARS]
+    return None
 
 
 def _dead_letter(
@@ -292,7 +309,7 @@ def _dead_letter(
     ctx: BatchContext,
     error_class: str,
     reason: str,
-    command: Command | None = None,
+    ids: tuple[str, str] | None = None,
 ) -> OutboxRow:
     pairs = [
         ("error_class", error_class),
@@ -301,9 +318,9 @@ def _dead_letter(
         ("original_partition", str(msg.partition)),
         ("original_offset", str(msg.offset)),
     ]
-    if command is not None:
+    if ids is not None:
         # Clients await an outcome by (tenant_id, command_id): these let them fail fast.
-        pairs += [("tenant_id", command.tenant_id), ("command_id", command.command_id)]
+        pairs += [("tenant_id", ids[0]), ("command_id", ids[1])]
     # The headers are stored as jsonb, which refuses U+0000: the dead letter of a message
     # refused for a NUL must not be refused for the same NUL.
     headers = _headers(*((k, v.replace("\x00", "\ufffd")) for k, v in pairs))

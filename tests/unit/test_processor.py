@@ -139,7 +139,10 @@ def test_a_parser_crash_dead_letters_the_message(monkeypatch: pytest.MonkeyPatch
     assert out.ledger_rows == [] and out.positions == {0: (0, 1)}
     (headers,) = _dlq(out)
     assert headers["error_class"] == "internal_error" and "RecursionError" in headers["reason"]
-    assert "command_id" not in headers  # not parsed far enough to know it
+    # Not a command, but its JSON names the ids: the client awaiting it can fail fast.
+    assert (headers["tenant_id"], headers["command_id"]) == ("t", "c1")
+    out = _run([_msg(0, b"{nope", key=b"t:b"), _msg(1, b"[1, 2]", key=b"t:b")])
+    assert ["command_id" in h for h in _dlq(out)] == [False, False]
 
 
 def test_a_poisoned_message_is_dead_lettered_unapplied_and_the_rest_follows_without_a_gap() -> None:
@@ -168,16 +171,18 @@ def test_a_poisoned_message_is_dead_lettered_unapplied_and_the_rest_follows_with
 
 
 def test_dead_letter_headers_never_carry_a_nul() -> None:
+    # A NUL in the ids (refused by the parser) and in a reason (a Postgres message quoting it).
     out = process_batch(
-        [_msg(0, OPEN), _msg(1, {**FUND, "command_id": "c\u00002"})],
+        [_msg(0, OPEN), _msg(1, {**FUND, "command_id": "c\u00002"}), _msg(2, FUND)],
         {0: PartitionState(next_offset=0)},
         CTX,
         lambda _keys: {},
         lambda keys: {k: initial_state(*k) for k in keys},
         NOW,
-        poisoned={(0, 1): "refused: \u0000"},
+        poisoned={(0, 1): "refused: \u0000", (0, 2): "refused: \u0000"},
     )
-    (raw,) = [h for t, *_, h in out.outbox_rows if t == "dlq"]
-    assert raw is not None and "\\u0000" not in raw
-    headers = dict(orjson.loads(raw))
-    assert headers["command_id"] == "c\ufffd2" and headers["reason"] == "refused: \ufffd"
+    raw = [h for t, *_, h in out.outbox_rows if t == "dlq"]
+    assert len(raw) == 2 and all(h is not None and "\\u0000" not in h for h in raw)
+    first, second = (dict(orjson.loads(h or "[]")) for h in raw)
+    assert first["command_id"] == "c\ufffd2"
+    assert second["command_id"] == "c2" and second["reason"] == "refused: \ufffd"
