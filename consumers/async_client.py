@@ -26,8 +26,10 @@ from ledger.settings import Settings
 class AsyncLedgerClient:
     """Publishes commands and awaits their outcomes without blocking the event loop."""
 
-    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
-        self._client = LedgerClient(settings, producer)
+    def __init__(
+        self, settings: Settings, producer: Producer | None = None, max_tracked: int = 100_000
+    ) -> None:
+        self._client = LedgerClient(settings, producer, max_tracked)
         self._poll_lock: asyncio.Lock | None = None
         self._started = False
 
@@ -37,36 +39,64 @@ class AsyncLedgerClient:
             await asyncio.to_thread(self._client.listen)
             self._started = True
 
-    async def send(self, command: Mapping[str, Any]) -> CommandRef:
+    async def send(self, command: Mapping[str, Any], track: bool = True) -> CommandRef:
         """Validate and queue one command (unchanged mapping); see `LedgerClient.send`."""
-        await self.start()
-        return self._client.send(command)
+        if track:
+            await self.start()
+        return self._client.send(command, track)
 
     async def fund(
-        self, tenant_id: str, budget_id: str, amount: str, currency: str, **extra: Any
+        self,
+        tenant_id: str,
+        budget_id: str,
+        amount: str,
+        currency: str,
+        *,
+        track: bool = True,
+        **extra: Any,
     ) -> CommandRef:
         """Add funds to a budget."""
-        return await self.send(wire_command("fund", tenant_id, budget_id, amount=amount,
-                                            currency=currency, **extra))  # fmt: skip
+        command = wire_command(
+            "fund", tenant_id, budget_id, amount=amount, currency=currency, **extra
+        )
+        return await self.send(command, track)
 
     async def reserve(
-        self, tenant_id: str, budget_id: str, amount: str, currency: str, ref_id: str, **extra: Any
+        self,
+        tenant_id: str,
+        budget_id: str,
+        amount: str,
+        currency: str,
+        ref_id: str,
+        *,
+        track: bool = True,
+        **extra: Any,
     ) -> CommandRef:
         """Hold funds for a reward about to be issued."""
-        return await self.send(wire_command("reserve", tenant_id, budget_id, amount=amount,
-                                            currency=currency, ref_id=ref_id, **extra))  # fmt: skip
+        command = wire_command(
+            "reserve",
+            tenant_id,
+            budget_id,
+            amount=amount,
+            currency=currency,
+            ref_id=ref_id,
+            **extra,
+        )
+        return await self.send(command, track)
 
-    async def charge(self, tenant_id: str, budget_id: str, ref_id: str, **extra: Any) -> CommandRef:
+    async def charge(
+        self, tenant_id: str, budget_id: str, ref_id: str, *, track: bool = True, **extra: Any
+    ) -> CommandRef:
         """The reward was redeemed: charge its reservation (optionally a smaller `amount`)."""
-        return await self.send(wire_command("charge", tenant_id, budget_id, ref_id=ref_id, **extra))
+        command = wire_command("charge", tenant_id, budget_id, ref_id=ref_id, **extra)
+        return await self.send(command, track)
 
     async def release(
-        self, tenant_id: str, budget_id: str, ref_id: str, **extra: Any
+        self, tenant_id: str, budget_id: str, ref_id: str, *, track: bool = True, **extra: Any
     ) -> CommandRef:
         """The reward expired or was cancelled: free its reservation."""
-        return await self.send(
-            wire_command("release", tenant_id, budget_id, ref_id=ref_id, **extra)
-        )
+        command = wire_command("release", tenant_id, budget_id, ref_id=ref_id, **extra)
+        return await self.send(command, track)
 
     async def flush(self, timeout: float = 30.0) -> None:
         """Wait until Kafka acknowledged every queued command."""

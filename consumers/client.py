@@ -202,8 +202,11 @@ class LedgerClient:
     :class:`consumers.async_client.AsyncLedgerClient` serialises that for asyncio.
     """
 
-    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+    def __init__(
+        self, settings: Settings, producer: Producer | None = None, max_tracked: int = 100_000
+    ) -> None:
         self.settings = settings
+        self.max_tracked = max_tracked
         self._producer = producer or Producer(producer_config(settings))
         self._listener: Consumer | None = None
         self._lock = threading.Lock()
@@ -215,26 +218,30 @@ class LedgerClient:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, command: Mapping[str, Any]) -> CommandRef:
+    def send(self, command: Mapping[str, Any], track: bool = True) -> CommandRef:
         """Validate and queue one command (a mapping of wire fields, left unchanged); a missing
-        `command_id` gets a new UUID. Raises `CommandInvalid` before anything is sent."""
+        `command_id` gets a new UUID. Raises `CommandInvalid` before anything is sent.
+
+        `track=False` is fire-and-forget: no outcome is kept (and no listener is started)."""
         fields = dict(command)
         fields.setdefault("command_id", str(uuid.uuid4()))
         raw = orjson.dumps(fields)
         parsed = parse_command(raw, self.settings.currencies)
         ref = CommandRef(parsed.tenant_id, parsed.budget_id, parsed.command_id)
         key = command_key(parsed)
-        self.listen()
-        self.watch(ref)
+        if track:
+            self.listen()
+            self.watch(ref)
         self._produce(key, raw, ref.key)
         return ref
 
     def _produce(self, key: bytes, raw: bytes, ckey: CommandKey) -> None:
         def delivered(err: KafkaError | None, msg: Message) -> None:
             with self._lock:
+                if ckey not in self._pending:
+                    return
                 if err is not None:
-                    if ckey in self._pending:
-                        self._answers[ckey] = CommandNotDelivered(str(err))
+                    self._answers[ckey] = CommandNotDelivered(str(err))
                     return
                 where = (msg.partition() or 0, msg.offset() or 0)
                 self._sent_at[where] = ckey
@@ -257,26 +264,57 @@ class LedgerClient:
             raise TimeoutError(f"Kafka did not acknowledge {left} command(s) within {timeout} s")
 
     def fund(
-        self, tenant_id: str, budget_id: str, amount: str, currency: str, **extra: Any
+        self,
+        tenant_id: str,
+        budget_id: str,
+        amount: str,
+        currency: str,
+        *,
+        track: bool = True,
+        **extra: Any,
     ) -> CommandRef:
         """Add funds to a budget."""
-        return self.send(wire_command("fund", tenant_id, budget_id, amount=amount,
-                                      currency=currency, **extra))  # fmt: skip
+        command = wire_command(
+            "fund", tenant_id, budget_id, amount=amount, currency=currency, **extra
+        )
+        return self.send(command, track)
 
     def reserve(
-        self, tenant_id: str, budget_id: str, amount: str, currency: str, ref_id: str, **extra: Any
+        self,
+        tenant_id: str,
+        budget_id: str,
+        amount: str,
+        currency: str,
+        ref_id: str,
+        *,
+        track: bool = True,
+        **extra: Any,
     ) -> CommandRef:
         """Hold funds for a reward about to be issued."""
-        return self.send(wire_command("reserve", tenant_id, budget_id, amount=amount,
-                                      currency=currency, ref_id=ref_id, **extra))  # fmt: skip
+        command = wire_command(
+            "reserve",
+            tenant_id,
+            budget_id,
+            amount=amount,
+            currency=currency,
+            ref_id=ref_id,
+            **extra,
+        )
+        return self.send(command, track)
 
-    def charge(self, tenant_id: str, budget_id: str, ref_id: str, **extra: Any) -> CommandRef:
+    def charge(
+        self, tenant_id: str, budget_id: str, ref_id: str, *, track: bool = True, **extra: Any
+    ) -> CommandRef:
         """The reward was redeemed: charge its reservation (optionally a smaller `amount`)."""
-        return self.send(wire_command("charge", tenant_id, budget_id, ref_id=ref_id, **extra))
+        command = wire_command("charge", tenant_id, budget_id, ref_id=ref_id, **extra)
+        return self.send(command, track)
 
-    def release(self, tenant_id: str, budget_id: str, ref_id: str, **extra: Any) -> CommandRef:
+    def release(
+        self, tenant_id: str, budget_id: str, ref_id: str, *, track: bool = True, **extra: Any
+    ) -> CommandRef:
         """The reward expired or was cancelled: free its reservation."""
-        return self.send(wire_command("release", tenant_id, budget_id, ref_id=ref_id, **extra))
+        command = wire_command("release", tenant_id, budget_id, ref_id=ref_id, **extra)
+        return self.send(command, track)
 
     # -- listening -------------------------------------------------------------------------
 
@@ -307,9 +345,17 @@ class LedgerClient:
         """Keep the outcome of `ref` when it arrives (`send` does this for its own commands)."""
         key = f"{ref.tenant_id}:{ref.budget_id}".encode()
         with self._lock:
-            if ref.key not in self._pending:
-                self._pending[ref.key] = key
-                self._wanted_keys[key] = self._wanted_keys.get(key, 0) + 1
+            if ref.key in self._pending:
+                return
+            if len(self._pending) >= self.max_tracked:
+                # Sent but never awaited: the oldest tracked command is dropped, so memory
+                # stays bounded for callers that only send (better: send with track=False).
+                oldest = next(iter(self._pending))
+                log.warning("client_untracked", tenant_id=oldest[0], command_id=oldest[1],
+                            max_tracked=self.max_tracked)  # fmt: skip
+                self._forget_locked(oldest)
+            self._pending[ref.key] = key
+            self._wanted_keys[key] = self._wanted_keys.get(key, 0) + 1
 
     def await_outcome(self, ref: CommandRef, timeout: float = 10.0) -> Outcome:
         """The outcome of `ref` (Accepted or Refused); raises CommandDeadLettered when the ledger
@@ -349,17 +395,20 @@ class LedgerClient:
     def forget(self, ref: CommandRef) -> None:
         """Stop waiting for `ref` and drop what is kept about it."""
         with self._lock:
-            key = self._pending.pop(ref.key, None)
-            self._answers.pop(ref.key, None)
-            where = self._offset_of.pop(ref.key, None)
-            if where is not None:
-                self._sent_at.pop(where, None)
-            if key is not None:
-                left = self._wanted_keys.get(key, 0) - 1
-                if left > 0:
-                    self._wanted_keys[key] = left
-                else:
-                    self._wanted_keys.pop(key, None)
+            self._forget_locked(ref.key)
+
+    def _forget_locked(self, ckey: CommandKey) -> None:
+        key = self._pending.pop(ckey, None)
+        self._answers.pop(ckey, None)
+        where = self._offset_of.pop(ckey, None)
+        if where is not None:
+            self._sent_at.pop(where, None)
+        if key is not None:
+            left = self._wanted_keys.get(key, 0) - 1
+            if left > 0:
+                self._wanted_keys[key] = left
+            else:
+                self._wanted_keys.pop(key, None)
 
     def poll(self, timeout: float) -> int:
         """Read what arrived on the events and DLQ topics for up to `timeout` seconds; return

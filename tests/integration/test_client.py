@@ -198,3 +198,16 @@ def test_commands_land_where_a_java_producer_would_put_them(settings: Settings) 
         assert landed[key] == expected, key
         assert partition_for(key, 12) == expected
     assert len(set(landed.values())) > 6  # the keys really spread over the partitions
+
+
+def test_commands_sent_but_never_awaited_do_not_pile_up(settings: Settings) -> None:
+    with running_consumer(settings), LedgerClient(settings, max_tracked=2) as client:
+        _open_and_fund(client, "acme", "b1", "30.00")
+        refs = [client.reserve("acme", "b1", "1.00", "USD", f"rw-{i}") for i in range(3)]
+        # Only the two newest are tracked; the oldest was dropped when the third was sent.
+        assert [client.await_outcome(r, 30).sequence for r in refs[1:]] == [4, 5]
+        with pytest.raises(OutcomeTimeout):
+            client.await_outcome(refs[0], timeout=1)
+        untracked = client.release("acme", "b1", "rw-1", track=False)
+        client.flush()
+        assert not client.take_ready(untracked)
