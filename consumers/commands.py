@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import sys
 import threading
 
 import structlog
@@ -51,9 +50,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         relay_thread.start()
     try:
         consumer.run()
-    except PositionRefused as exc:
-        # The one log line with the details was written; this is the short form on stderr.
-        print(f"budget-ledger: consume refused to start: {exc}", file=sys.stderr)
+    except PositionRefused:
+        # The one `position_refused` log line (stderr) says what and which command to run.
         stop.set()
         return EXIT_POSITION_REFUSED
     finally:
@@ -110,7 +108,7 @@ def cmd_positions_show(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print("no stored positions")
         return 0
-    probe = pos._probe(settings)
+    probe = pos.probe_consumer(settings)
     ids: dict[str, str | None] = {}
     print("group\ttopic\tpartition\tposition\tlog_start\tlog_end\tstored_topic_id"
           "\tactual_topic_id\tledger_topic\tstatus")  # fmt: skip

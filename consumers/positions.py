@@ -176,8 +176,8 @@ class RealignError(Exception):
     """A realignment that cannot be done as asked (the message says why and what to pass)."""
 
 
-def _probe(settings: Settings) -> Consumer:
-    # Only to read watermarks: never subscribes, never commits.
+def probe_consumer(settings: Settings) -> Consumer:
+    """A consumer only to read watermarks and metadata: never subscribes, never commits."""
     return Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -189,7 +189,7 @@ def _probe(settings: Settings) -> Consumer:
 
 def partitions_of(settings: Settings, topic: str) -> list[int]:
     """The partition numbers of `topic` on the broker."""
-    probe = _probe(settings)
+    probe = probe_consumer(settings)
     try:
         meta = probe.list_topics(topic, timeout=10).topics.get(topic)
     finally:
@@ -220,7 +220,7 @@ def realign(
     group = settings.consumer_group
     tid = topic_id(settings, topic)
     q = store.queries()
-    probe = _probe(settings)
+    probe = probe_consumer(settings)
     plans: list[Realignment] = []
     try:
         with conn.transaction():

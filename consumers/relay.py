@@ -64,7 +64,7 @@ class PublishFailed(Exception):
 
 def record_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None) -> int:
     """An upper bound of the bytes one record takes in a batch on the broker."""
-    size = len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in headers or [])
+    size = len(key or b"") + len(value) + sum(len(k.encode()) + len(v) for k, v in headers or [])
     return size + RECORD_OVERHEAD + size // 128
 
 
