@@ -248,7 +248,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_consume)
 
     p = sub.add_parser(
-        "relay", help="publish ledger events and alerts to Kafka", description=cmd_relay.__doc__
+        "relay",
+        help="publish ledger events and alerts to Kafka",
+        description=(cmd_relay.__doc__ or "") + " Without ACTION: run the relay.",
     )
     p.add_argument("--batch", type=int, default=5000, help="rows per round (default 5000)")
     p.set_defaults(handler=cmd_relay)
