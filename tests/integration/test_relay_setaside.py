@@ -30,6 +30,7 @@ from consumers.relay import Relay
 from consumers.topics import create_topics
 from ledger.partitioning import partition_for
 from ledger.settings import Settings
+from projections.reconcile import check_unpublished
 from tests.integration.support import (
     cli,
     cli_env,
@@ -138,6 +139,10 @@ def test_refused_event_holds_its_budget_only_then_skip_releases_it(settings: Set
             ).fetchall()
         assert [(b, s) for b, s, _ in states] == [(big, "held"), (big, "waiting"), (big, "waiting")]
         assert "max.message.bytes" in states[0][2]
+        with psycopg.connect(settings.database_url) as conn:
+            # The cursor moved past them, but reconcile still counts them as not published.
+            pending = check_unpublished(conn, grace_seconds=0)
+        assert [(u.pending, u.overdue) for u in pending] == [(3, True)]
         observer = Relay(settings)
         observer.observe()
         assert _gauge("ledger_relay_held_budgets") == 1
