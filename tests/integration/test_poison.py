@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 import consumers.processor as processor
 from consumers.topics import create_topics
+from ledger import store
 from ledger.budget import BudgetState
 from ledger.settings import Settings
 from tests.integration.support import (
@@ -225,3 +226,40 @@ def test_a_failure_in_the_rules_dead_letters_only_that_command(
     assert headers["error_class"] == "internal_error"
     assert "KeyError" in headers["reason"]
     assert (headers["tenant_id"], headers["command_id"]) == ("acme", "fund-bug")
+
+
+def test_a_unique_violation_that_replaying_does_not_resolve_is_bisected_not_retried_forever(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The idempotency look-up misses one command id (as a look-up bug or a collation quirk
+    # would), so the (tenant_id, command_id) index refuses it on every replay of the batch.
+    real = store.lookup_prior
+
+    def blind(conn: psycopg.Connection, keys: list[tuple[str, str]]) -> Any:
+        return {k: v for k, v in real(conn, keys).items() if k != ("acme", "dup")}
+
+    first = fund("acme", "b1", "dup", "1.00")
+    again = fund("acme", "b2", "dup", "2.00")  # same tenant and id, another budget
+    commands = [
+        open_budget("acme", "b1", "open-1"),
+        open_budget("acme", "b2", "open-2"),
+        first,
+        fund("acme", "b1", "fund-1", "1.00"),
+    ]
+    topics_ready(settings)
+    with running_consumer(settings, relay=False):
+        produce(settings, commands)
+        wait_for(lambda: ledger_count(settings.database_url) == 4, what="the first commands")
+        monkeypatch.setattr(store, "lookup_prior", blind)
+        produce(settings, [fund("acme", "b2", "fund-2", "1.00"), again,
+                           fund("acme", "b2", "fund-3", "1.00")])  # fmt: skip
+        wait_for(lambda: ledger_count(settings.database_url) == 6, what="the commands around it")
+        wait_for(lambda: len(_dead_letters(settings)) == 1, what="the dead letter")
+    headers = _dead_letters(settings)[orjson.dumps(again)]
+    assert headers["error_class"] == "storage_refused"
+    assert "UniqueViolation (23505)" in headers["reason"]
+    assert "ledger_tenant_id_command_id_key" in headers["reason"]
+    assert_ledger_consistent(
+        settings.database_url,
+        [*commands, fund("acme", "b2", "fund-2", "1.00"), fund("acme", "b2", "fund-3", "1.00")],
+    )
