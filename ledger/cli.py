@@ -52,12 +52,21 @@ def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
-    """Publish one command (JSON from the argument or stdin), keyed `tenant_id:budget_id`."""
+    """Publish one command (JSON from the argument or stdin), keyed `tenant_id:budget_id`;
+    with --wait, print the ledger's answer and exit 1 when it refused the command."""
     from consumers.client import send_raw_command
     from schemas.commands import CommandInvalid
 
     raw = args.json if args.json not in (None, "-") else sys.stdin.read()
     try:
+        if args.wait:
+            from consumers.client import OutcomeTimeout
+            from consumers.outcome_cli import parse_object, send_and_wait
+
+            try:
+                return send_and_wait(settings, parse_object(raw.encode("utf-8")), args.timeout)
+            except (OutcomeTimeout, TimeoutError) as exc:
+                raise CliError(f"{exc}; is the consumer (and relay) running?") from None
         key = send_raw_command(settings, raw.encode("utf-8"))
     except CommandInvalid as exc:
         raise CliError(f"invalid command ({exc.error_class}): {exc.reason}") from None
@@ -126,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "json", nargs="?", default=None, help="the command as JSON; '-' or omitted reads stdin"
     )
+    p.add_argument("--wait", action="store_true", help="wait for the ledger's answer")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(handler=cmd_send)
 
     schemas = sub.add_parser(

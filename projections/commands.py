@@ -18,7 +18,6 @@ from ledger.db import DatabaseUnavailable, connect
 from ledger.settings import Settings
 
 log = structlog.get_logger("reconcile")
-EXIT_REFUSED = 1  # adjust: the ledger refused the correction
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 
 
@@ -107,13 +106,8 @@ def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
     """Publish an audited `adjust` command (signed amount, reason, operator) for one budget and
     wait for the ledger's answer: exit 0 when applied (the new balances are printed), 1 when
     refused or dead-lettered (the reason is printed), 2 when no answer came in time."""
-    from consumers.client import (
-        CommandDeadLettered,
-        CommandNotDelivered,
-        LedgerClient,
-        OutcomeTimeout,
-        Refused,
-    )
+    from consumers.client import LedgerClient, OutcomeTimeout
+    from consumers.outcome_cli import send_and_wait
     from schemas.commands import CommandInvalid
 
     command = {
@@ -125,39 +119,22 @@ def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
         "reason": args.reason,
         "operator": args.operator,
     }
-    where = f"{args.tenant}:{args.budget}"
-    with LedgerClient(settings) as client:
-        try:
-            ref = client.send(command)
-            if args.no_wait:
-                client.flush()
-                print(f"sent adjust {ref.command_id} to {settings.topic_commands} key={where}")
-                return EXIT_OK
-            outcome = client.await_outcome(ref, timeout=args.timeout)
-        except CommandInvalid as exc:
-            raise CliError(f"invalid adjust ({exc.error_class}): {exc.reason}") from None
-        except (CommandDeadLettered, CommandNotDelivered) as exc:
-            print(f"adjust {command['command_id']} of {where} not applied: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
-        except (OutcomeTimeout, TimeoutError) as exc:
-            raise CliError(
-                f"{exc}; the adjustment {command['command_id']} may still be applied later - "
-                "check that `budget-ledger consume` and `relay` run, then look at the ledger"
-            ) from None
-    if isinstance(outcome, Refused):
-        detail = outcome.event.get("data", {}).get("detail")
-        print(
-            f"adjust {ref.command_id} of {where} refused: {outcome.reason}"
-            + (f" ({detail})" if detail else ""),
-            file=sys.stderr,
-        )
-        return EXIT_REFUSED
-    b = outcome.balances
+    try:
+        if args.wait:
+            return send_and_wait(settings, command, args.timeout)
+        with LedgerClient(settings) as client:
+            client.send(command, track=False)
+            client.flush()
+    except CommandInvalid as exc:
+        raise CliError(f"invalid adjust ({exc.error_class}): {exc.reason}") from None
+    except (OutcomeTimeout, TimeoutError) as exc:
+        raise CliError(
+            f"{exc}; the adjustment {command['command_id']} may still be applied later - "
+            "check that `budget-ledger consume` and `relay` run, then look at the ledger"
+        ) from None
     print(
-        f"adjusted {where} by {args.amount} {outcome.currency or ''}".rstrip()
-        + f" (command {ref.command_id}, sequence {outcome.sequence}): funded={b.funded} "
-        f"reserved={b.reserved} charged={b.charged} available={b.available} "
-        f"utilization={b.utilization_pct}%"
+        f"sent adjust {command['command_id']} to {settings.topic_commands} "
+        f"key={args.tenant}:{args.budget}"
     )
     return EXIT_OK
 
@@ -213,7 +190,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--operator", required=True)
     p.add_argument("--command-id", default=None, help="idempotency key (default: a new UUID)")
     p.add_argument(
-        "--no-wait", action="store_true", help="exit once Kafka has the command (exit code 0)"
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="exit once Kafka has the command (exit code 0)",
     )
     p.add_argument(
         "--timeout",

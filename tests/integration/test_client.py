@@ -23,7 +23,7 @@ from consumers.client import (
 from consumers.kafka_config import producer_config
 from consumers.topics import create_topics
 from ledger.settings import Settings
-from tests.integration.support import produce, read_topic, running_consumer
+from tests.integration.support import cli, produce, read_topic, running_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +211,18 @@ def test_commands_sent_but_never_awaited_do_not_pile_up(settings: Settings) -> N
         untracked = client.release("acme", "b1", "rw-1", track=False)
         client.flush()
         assert not client.take_ready(untracked)
+
+
+def test_cli_send_wait_prints_the_answer_and_exits_1_on_a_refusal(settings: Settings) -> None:
+    with running_consumer(settings), LedgerClient(settings) as client:
+        _open_and_fund(client, "acme", "b1", "10.00")
+        ok = cli(settings, "send", "--wait", '{"command_id": "c1", "type": "reserve", '
+                 '"tenant_id": "acme", "budget_id": "b1", "amount": "4.00", "currency": "USD", '
+                 '"ref_id": "rw-1"}')  # fmt: skip
+        no = cli(settings, "send", "--wait", '{"command_id": "c2", "type": "reserve", '
+                 '"tenant_id": "acme", "budget_id": "b1", "amount": "7.00", "currency": "USD", '
+                 '"ref_id": "rw-2"}')  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "funds_reserved (sequence 3)" in ok.stdout and "available=6.00" in ok.stdout
+    assert no.returncode == 1, no.stdout + no.stderr
+    assert "c2 (acme:b1) refused: insufficient_funds" in no.stderr
