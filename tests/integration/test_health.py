@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from consumers.command_consumer import CommandConsumer
 from consumers.runner import serve_health
 from ledger.settings import Settings
 from tests.integration.support import (
@@ -106,3 +107,18 @@ def test_liveness_fails_while_the_loop_is_stuck_with_work_waiting(settings: Sett
         finally:
             admin.rollback()
             server.shutdown()
+
+
+def test_readiness_reports_kafka_unreachable(settings: Settings) -> None:
+    settings = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{_free_port()}"})
+    stop = threading.Event()
+    consumer = CommandConsumer(settings, stop=stop)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: not consumer.ready.kafka_ok, timeout=30, what="all brokers down")
+        assert not consumer.ready.ready()
+        assert consumer.ready.live()  # nothing to do is not a hang
+    finally:
+        stop.set()
+        thread.join(30)
