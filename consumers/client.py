@@ -427,9 +427,17 @@ class LedgerClient:
         return found
 
     def _on_event(self, msg: Message) -> int:
-        # Cheap filter first: only budgets with an awaited command are decoded at all.
-        if msg.key() not in self._wanted_keys:
+        # Cheap filters first: only budgets with an awaited command are decoded at all, and when
+        # the event names its command in a header, only awaited commands.
+        key = msg.key()
+        if key not in self._wanted_keys:
             return 0
+        headers = _text_headers(msg)
+        named = headers.get("command_id")
+        if named is not None and isinstance(key, bytes):
+            tenant = key.split(b":", 1)[0].decode("utf-8", "replace")
+            if (tenant, named) not in self._pending:
+                return 0
         value = msg.value()
         if not value:
             return 0
@@ -441,10 +449,9 @@ class LedgerClient:
         with self._lock:
             if ckey not in self._pending or ckey in self._answers:
                 return 0
-            headers = dict(msg.headers() or [])
             try:
                 self._answers[ckey] = outcome_from_event(
-                    event, redelivered=headers.get("redelivered") == b"true"
+                    event, redelivered=headers.get("redelivered") == "true"
                 )
             except (KeyError, ValueError, ArithmeticError) as exc:
                 log.warning("client_undecodable_event", tenant_id=ckey[0], command_id=ckey[1],
