@@ -171,6 +171,39 @@ def wire_command(kind: str, tenant_id: str, budget_id: str, **fields: Any) -> di
     return {"type": kind, "tenant_id": tenant_id, "budget_id": budget_id, **fields}
 
 
+def dead_letter_owner(
+    headers: Mapping[str, str],
+    value: bytes | None,
+    commands_topic: str,
+    sent_at: Mapping[tuple[int, int], CommandKey],
+    offset_of: Mapping[CommandKey, tuple[int, int]],
+) -> CommandKey | None:
+    """Which command a dead letter is about: (tenant_id, command_id), or None when unknown.
+
+    `sent_at`/`offset_of` map this client's own deliveries (partition, offset) <-> command.
+    """
+    # 1. Where the dead command was in the commands topic: exact for our own sends.
+    if headers.get("original_topic") == commands_topic:
+        try:
+            where = (int(headers["original_partition"]), int(headers["original_offset"]))
+        except (KeyError, ValueError):
+            where = None
+        if where is not None and where in sent_at:
+            return sent_at[where]
+    # 2. The ids the consumer parsed, else the ids in the original JSON.
+    tenant, command_id = headers.get("tenant_id"), headers.get("command_id")
+    if tenant is None or command_id is None:
+        try:
+            original = orjson.loads(value or b"")
+            tenant, command_id = original["tenant_id"], original["command_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+    ckey = (str(tenant), str(command_id))
+    # Our own command has a known offset, which did not match: this dead letter is another
+    # producer's message reusing the id (e.g. an idempotency conflict), not ours.
+    return None if ckey in offset_of else ckey
+
+
 def _end_offset(consumer: Consumer, topic: str, partition: int, patience: float = 15.0) -> int:
     # A topic created a moment ago may not have a leader yet: that is worth a short wait.
     deadline = time.monotonic() + patience
@@ -462,7 +495,9 @@ class LedgerClient:
     def _on_dead_letter(self, msg: Message) -> int:
         headers = _text_headers(msg)
         with self._lock:
-            ckey = self._dead_letter_owner(headers, msg.value())
+            ckey = dead_letter_owner(
+                headers, msg.value(), self.settings.topic_commands, self._sent_at, self._offset_of
+            )
             if ckey is None or ckey not in self._pending or ckey in self._answers:
                 return 0
             self._answers[ckey] = CommandDeadLettered(
@@ -471,30 +506,6 @@ class LedgerClient:
                 ckey,
             )
         return 1
-
-    def _dead_letter_owner(
-        self, headers: Mapping[str, str], value: bytes | None
-    ) -> CommandKey | None:
-        # 1. Where the dead command was in the commands topic: exact for our own sends.
-        if headers.get("original_topic") == self.settings.topic_commands:
-            try:
-                where = (int(headers["original_partition"]), int(headers["original_offset"]))
-            except (KeyError, ValueError):
-                where = None
-            if where is not None and where in self._sent_at:
-                return self._sent_at[where]
-        # 2. The ids the consumer parsed, else the ids in the original JSON.
-        tenant, command_id = headers.get("tenant_id"), headers.get("command_id")
-        if tenant is None or command_id is None:
-            try:
-                original = orjson.loads(value or b"")
-                tenant, command_id = original["tenant_id"], original["command_id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                return None
-        ckey = (str(tenant), str(command_id))
-        # Our own command has a known offset, which did not match: this dead letter is another
-        # producer's message reusing the id (e.g. an idempotency conflict), not ours.
-        return None if ckey in self._offset_of else ckey
 
     def close(self) -> None:
         """Flush queued commands and stop listening."""

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.client import Accepted, Refused, outcome_from_event, wire_command
+from consumers.client import Accepted, Refused, dead_letter_owner, outcome_from_event, wire_command
 from ledger.partitioning import murmur2, partition_for
 
 pytestmark = pytest.mark.unit
@@ -68,3 +68,34 @@ def test_murmur2_matches_javas(key: bytes, expected: int) -> None:
 def test_partition_is_in_range_and_stable(key: bytes, partitions: int) -> None:
     p = partition_for(key, partitions)
     assert 0 <= p < partitions and p == partition_for(bytes(key), partitions)
+
+
+DLQ_HEADERS = {"error_class": "schema", "reason": "unknown currency 'EUR'",
+               "original_topic": "budget.commands", "original_partition": "3",
+               "original_offset": "41"}  # fmt: skip
+
+
+def test_a_dead_letter_is_matched_by_our_own_delivery_offset_first() -> None:
+    mine = ("acme", "c-1")
+    owner = dead_letter_owner(
+        {**DLQ_HEADERS, "tenant_id": "other", "command_id": "x"}, b"", "budget.commands",
+        {(3, 41): mine}, {mine: (3, 41)},
+    )  # fmt: skip
+    assert owner == mine
+
+
+def test_a_dead_letter_falls_back_to_header_ids_then_to_the_original_json() -> None:
+    by_headers = {**DLQ_HEADERS, "tenant_id": "t6", "command_id": "c-9"}
+    assert dead_letter_owner(by_headers, b"", "budget.commands", {}, {}) == ("t6", "c-9")
+    original = b'{"tenant_id": "t5", "command_id": "c-8", "type": "reserve"}'
+    assert dead_letter_owner(DLQ_HEADERS, original, "budget.commands", {}, {}) == ("t5", "c-8")
+    assert dead_letter_owner(DLQ_HEADERS, b"\xff not json", "budget.commands", {}, {}) is None
+    assert dead_letter_owner(DLQ_HEADERS, b"[1, 2]", "budget.commands", {}, {}) is None
+
+
+def test_another_producers_dead_letter_reusing_our_id_is_not_ours() -> None:
+    # We sent (t5, c-1) at partition 3 offset 7; someone else's conflicting copy died at 41.
+    headers = {**DLQ_HEADERS, "error_class": "idempotency_conflict", "tenant_id": "t5",
+               "command_id": "c-1"}  # fmt: skip
+    ours = {("t5", "c-1"): (3, 7)}
+    assert dead_letter_owner(headers, b"", "budget.commands", {(3, 7): ("t5", "c-1")}, ours) is None
