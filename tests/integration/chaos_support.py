@@ -65,6 +65,20 @@ def leader_of(bootstrap: str, topic: str, partition: int) -> int:
     return int(meta.partitions[partition].leader)
 
 
+def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> leading broker id, for every partition of `topic`."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    meta = admin.list_topics(topic, timeout=10).topics[topic]
+    return {p: int(m.leader) for p, m in meta.partitions.items()}
+
+
+def group_coordinator(bootstrap: str, group: str) -> int:
+    """Broker id of the coordinator of consumer group `group`."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    desc = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return int(desc.coordinator.id)
+
+
 def replication_of(bootstrap: str, topic: str) -> set[int]:
     """The distinct replica counts of the partitions of `topic`."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -139,13 +153,14 @@ def fresh_database(admin_dsn: str) -> Iterator[str]:
 
 
 def terminate_backends(database_url: str) -> int:
-    """`pg_terminate_backend` every other client connection to the test's database."""
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND backend_type = 'client backend'"
-        ).fetchall()
+    """`pg_terminate_backend` every other client connection to the test's database (retried
+    while the server is still starting); returns how many were terminated."""
+    rows = query(
+        database_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'",
+    )
     return len(rows)
 
 
@@ -198,12 +213,15 @@ def assert_exactly_once(database_url: str, command_ids: Iterable[tuple[str, str]
     assert stale == [], f"projection behind the ledger: {stale[:5]}"
 
 
-def longest_gap_seconds(database_url: str) -> float:
-    """The longest pause between consecutive ledger events (by recorded_at), in seconds."""
+def longest_gap_seconds(database_url: str, partitions: list[int] | None = None) -> float:
+    """The longest pause between consecutive ledger events (by recorded_at), in seconds; only
+    events of the given command partitions when `partitions` is given."""
     rows = query(
         database_url,
         "SELECT coalesce(max(gap), 0) FROM (SELECT extract(epoch FROM recorded_at"
-        " - lag(recorded_at) OVER (ORDER BY recorded_at)) AS gap FROM ledger) g",
+        " - lag(recorded_at) OVER (ORDER BY recorded_at)) AS gap FROM ledger"
+        " WHERE %(all)s OR kafka_partition = ANY(%(partitions)s)) g",
+        {"all": partitions is None, "partitions": partitions or []},
     )
     return float(rows[0][0])
 

@@ -21,8 +21,10 @@ from ledger.settings import Settings, load_settings, prefixed_names
 from tests.integration.chaos_support import (
     assert_events_topic_complete,
     assert_exactly_once,
+    group_coordinator,
     kill_broker,
     leader_of,
+    leaders,
     longest_gap_seconds,
     replication_of,
     start_brokers,
@@ -56,14 +58,23 @@ def cluster_settings(kafka_cluster: str, database_url: str, topic_prefix: str) -
     )
 
 
-def _stream(settings: Settings, commands: list[dict[str, Any]], done: threading.Event) -> None:
-    """Produce `commands` at RATE per second (in 50 ms slices) with one idempotent producer."""
+def _stream(
+    settings: Settings,
+    commands: list[dict[str, Any]],
+    done: threading.Event,
+    acked_after: dict[int, float],
+) -> None:
+    """Produce `commands` at RATE per second (in 50 ms slices) with one idempotent producer;
+    `acked_after` gets the longest produce -> acknowledgement time per partition (seconds)."""
     producer = Producer(producer_config(settings))
     failures: list[str] = []
 
-    def report(err: Any, _msg: Any) -> None:
+    def report(err: Any, msg: Any) -> None:
         if err is not None:
             failures.append(str(err))
+            return
+        waited = time.time() - msg.timestamp()[1] / 1000
+        acked_after[msg.partition()] = max(acked_after.get(msg.partition(), 0.0), waited)
 
     step = max(1, RATE // 20)
     started = time.monotonic()
@@ -88,15 +99,21 @@ def test_leader_kill_mid_stream_loses_nothing_and_doubles_nothing(
     assert replication_of(settings.kafka_bootstrap, settings.topic_commands) == {3}
     commands = random_stream(seed=29, budgets=32, commands=COMMANDS)
     done = threading.Event()
+    acked_after: dict[int, float] = {}
     victim = 0
     try:
         with running_consumer(settings):
-            producer = threading.Thread(target=_stream, args=(settings, commands, done))
+            producer = threading.Thread(
+                target=_stream, args=(settings, commands, done, acked_after)
+            )
             producer.start()
             time.sleep(KILL_AFTER_S)
             # The leader of command partition 0 (and whatever else it leads: other command
             # partitions, the group coordinator, events partitions) dies without warning.
             victim = leader_of(settings.kafka_bootstrap, settings.topic_commands, 0)
+            roles = leaders(settings.kafka_bootstrap, settings.topic_commands)
+            led = sorted(p for p, broker in roles.items() if broker == victim)
+            coordinator = group_coordinator(settings.kafka_bootstrap, settings.consumer_group)
             before = ledger_count(settings.database_url)
             killed_at = time.monotonic()
             kill_broker(victim)
@@ -116,8 +133,14 @@ def test_leader_kill_mid_stream_loses_nothing_and_doubles_nothing(
         result = cli(settings, "reconcile", "--source", source, "--no-alerts")
         assert result.returncode == 0, result.stdout + result.stderr
     stall = longest_gap_seconds(settings.database_url)
+    others = sorted(set(roles) - set(led))
+    stall_others = longest_gap_seconds(settings.database_url, others) if others else 0.0
     print(
-        f"\nleader kill: broker {victim} SIGKILLed after {before} of {len(commands)} commands "
-        f"at {RATE}/s; longest gap between committed events {stall:.2f} s; "
-        f"all applied {drained_after:.1f} s after the kill; lost 0, doubled 0"
+        f"\nleader kill: broker {victim} (leader of command partitions {led}"
+        f"{', and the group coordinator' if coordinator == victim else ''}) "
+        f"SIGKILLed after {before} of {len(commands)} commands "
+        f"at {RATE}/s; longest gap between committed events {stall:.2f} s "
+        f"(on partitions {others} it did not lead: {stall_others:.2f} s); "
+        f"all applied {drained_after:.1f} s after the kill; lost 0, doubled 0; longest "
+        f"produce->ack per partition { ({p: round(t, 2) for p, t in sorted(acked_after.items())}) }"
     )
