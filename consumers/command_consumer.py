@@ -26,6 +26,8 @@ from consumers.health import ConsumerHealth
 from consumers.kafka_config import command_consumer_config
 from consumers.positions import PositionRefused, verify
 from consumers.processor import (
+    LEDGER_ROW_OFFSET,
+    LEDGER_ROW_PARTITION,
     BatchContext,
     BatchOutput,
     Incoming,
@@ -246,8 +248,9 @@ class CommandConsumer:
         poisoned: dict[MessageKey, str] = {}
         self.ready.holding_batch = True
         while True:
+            attempted: BatchOutput | None = None
             try:
-                out = self._with_db(lambda conn: self._decide(conn, batch, poisoned))
+                out = attempted = self._with_db(lambda conn: self._decide(conn, batch, poisoned))
                 if out.is_empty:
                     self.ready.holding_batch = False
                     return
@@ -258,7 +261,7 @@ class CommandConsumer:
                 return
             except Exception as exc:
                 try:
-                    if not self._isolate(batch, poisoned, exc):
+                    if not self._isolate(batch, poisoned, exc, attempted):
                         return
                 except store.Fenced as fenced:  # while bisecting
                     self._fenced(fenced)
@@ -294,7 +297,11 @@ class CommandConsumer:
         )
 
     def _isolate(
-        self, batch: list[Incoming], poisoned: dict[MessageKey, str], exc: Exception
+        self,
+        batch: list[Incoming],
+        poisoned: dict[MessageKey, str],
+        exc: Exception,
+        attempted: BatchOutput | None,
     ) -> bool:
         """After a failed batch: True to retry it with one more message poisoned, False if the
         partitions were rewound (the batch will be read again); re-raise what no message caused.
@@ -319,7 +326,8 @@ class CommandConsumer:
             raise exc
         if poison.is_race(exc):
             log.error("batch_conflict_persists", error=error, attempts=self._race_retries)
-        found = self._with_db(lambda conn: self._bisect(conn, batch, poisoned))
+        hint = _named_message(batch, exc, attempted)
+        found = self._with_db(lambda conn: self._bisect(conn, batch, poisoned, hint))
         if found is None:
             log.warning("batch_failure_not_reproduced", error=error)
             metrics.BATCH_RETRIES.labels("not_reproduced").inc()
@@ -337,7 +345,11 @@ class CommandConsumer:
         return True
 
     def _bisect(
-        self, conn: psycopg.Connection, batch: list[Incoming], poisoned: dict[MessageKey, str]
+        self,
+        conn: psycopg.Connection,
+        batch: list[Incoming],
+        poisoned: dict[MessageKey, str],
+        hint: int | None = None,
     ) -> tuple[Incoming, str] | None:
         """The message whose addition makes the batch fail, with the error, by trial writes."""
         errors: dict[int, BaseException] = {}
@@ -357,7 +369,7 @@ class CommandConsumer:
                 raise  # infrastructure (OperationalError, Fenced): the caller retries
             return False
 
-        index = poison.first_failing(len(batch), fails)
+        index = poison.first_failing(len(batch), fails, hint)
         if index is None:
             return None
         reason = f"the database refused a row of this command: {poison.describe(errors[index + 1])}"
@@ -495,3 +507,18 @@ class CommandConsumer:
                 self._consumer.seek(TopicPartition(self.settings.topic_commands, p, positions[p]))
             except KafkaException as exc:
                 log.warning("seek_failed", partition=p, error=str(exc))
+
+
+def _named_message(
+    batch: list[Incoming], exc: BaseException, attempted: BatchOutput | None
+) -> int | None:
+    """Index in `batch` of the message whose ledger row Postgres named (a hint to confirm)."""
+    where = poison.copy_line(exc)
+    if attempted is None or where is None or where[0] != "ledger":
+        return None
+    line = where[1]
+    if not 1 <= line <= len(attempted.ledger_rows):
+        return None
+    row = attempted.ledger_rows[line - 1]
+    key = (row[LEDGER_ROW_PARTITION], row[LEDGER_ROW_OFFSET])
+    return next((i for i, m in enumerate(batch) if (m.partition, m.offset) == key), None)

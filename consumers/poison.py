@@ -7,6 +7,7 @@ transactions (rolled back) and bisects to the message whose addition makes the b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import psycopg
@@ -20,6 +21,8 @@ RACE_CONSTRAINTS = frozenset(
 # The ledger's (partition, offset) key is fixed by the position, never by the message's content:
 # a violation means the stored positions are behind the ledger, which no dead letter can fix.
 POSITION_CONSTRAINTS = frozenset({"ledger_pkey"})
+# e.g. 'COPY ledger, line 93, column funded: "9299999999999999907"'
+_COPY_CONTEXT = re.compile(r"COPY (\w+), line (\d+)")
 
 
 def constraint_of(exc: BaseException) -> str | None:
@@ -58,13 +61,24 @@ def describe(exc: BaseException) -> str:
     return f"{name}: {' '.join(str(exc).split())}"
 
 
-def first_failing(n: int, fails: Callable[[int], bool]) -> int | None:
+def copy_line(exc: BaseException) -> tuple[str, int] | None:
+    """(table, 1-based line) of the COPY row Postgres names in the error's context, if any."""
+    if not isinstance(exc, psycopg.Error):
+        return None
+    match = _COPY_CONTEXT.search(exc.diag.context or "")
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def first_failing(n: int, fails: Callable[[int], bool], hint: int | None = None) -> int | None:
     """The 0-based index i such that prefix i passes and prefix i + 1 fails, or None.
 
     `fails(k)` runs the first k messages. None when the whole batch (k = n) passes, i.e. the
-    failure did not reproduce. The empty prefix passes by definition. O(log n) calls to `fails`,
-    plus one for the whole batch; needs no monotonicity: the invariant is lo passes, hi fails.
+    failure did not reproduce. The empty prefix passes by definition. A `hint` (the message
+    Postgres named) is taken after two probes confirm it; otherwise bisect: O(log n) calls to
+    `fails`, plus one for the whole batch; needs no monotonicity: lo passes, hi fails.
     """
+    if hint is not None and 0 <= hint < n and fails(hint + 1) and not fails(hint):
+        return hint
     if n <= 0 or not fails(n):
         return None
     lo, hi = 0, n

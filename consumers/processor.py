@@ -36,6 +36,8 @@ STORAGE_REFUSED = "storage_refused"
 MAX_REASON_CHARS = 1_000
 # Ids echoed in a dead letter's headers are cut here (valid ones are at most 128 characters).
 MAX_ID_CHARS = 256
+# Where a ledger row keeps the Kafka coordinates of the command that produced it.
+LEDGER_ROW_PARTITION, LEDGER_ROW_OFFSET = 14, 15
 
 
 @dataclass(frozen=True, slots=True)

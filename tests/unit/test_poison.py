@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumers.health import decide_live
-from consumers.poison import first_failing, is_data_error, is_position_conflict, is_race
+from consumers.poison import (
+    copy_line,
+    first_failing,
+    is_data_error,
+    is_position_conflict,
+    is_race,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -87,3 +93,34 @@ def test_liveness_fails_only_when_work_waits_and_nothing_moved(
     since: float, backlog: int, live: bool
 ) -> None:
     assert decide_live(since, backlog, stall_seconds=60) is live
+
+
+@given(n=st.integers(1, 3000), data=st.data())
+def test_a_hint_is_taken_after_two_probes_confirm_it_and_ignored_when_wrong(
+    n: int, data: st.DataObject
+) -> None:
+    bad = data.draw(st.integers(0, n - 1))
+    hint = data.draw(st.integers(-1, n))
+    probes: list[int] = []
+
+    def fails(k: int) -> bool:
+        probes.append(k)
+        return k > bad
+
+    assert first_failing(n, fails, hint) == bad
+    if hint == bad:
+        assert probes == [bad + 1, bad]
+    else:
+        assert len(probes) <= n.bit_length() + 3
+
+
+def test_the_copy_row_postgres_names_is_read_from_the_error_context() -> None:
+    class Diag:
+        context = 'COPY ledger, line 93, column funded: "9299999999999999907"'
+
+    class Reported(psycopg.errors.NumericValueOutOfRange):
+        diag = Diag()  # type: ignore[assignment]
+
+    assert copy_line(Reported("out of range")) == ("ledger", 93)
+    assert copy_line(psycopg.DataError("PostgreSQL text fields cannot contain NUL")) is None
+    assert copy_line(ValueError("x")) is None
