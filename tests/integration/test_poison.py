@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -15,10 +16,13 @@ from ledger import store
 from ledger.budget import BudgetState
 from ledger.settings import Settings
 from tests.integration.support import (
+    consumer_process,
     fund,
+    kill,
     ledger_count,
     open_budget,
     produce,
+    random_stream,
     read_topic,
     reserve,
     running_consumer,
@@ -263,3 +267,29 @@ def test_a_unique_violation_that_replaying_does_not_resolve_is_bisected_not_retr
         settings.database_url,
         [*commands, fund("acme", "b2", "fund-2", "1.00"), fund("acme", "b2", "fund-3", "1.00")],
     )
+
+
+def test_a_group_of_three_survives_the_message_that_used_to_kill_it(settings: Settings) -> None:
+    """The incident: one refused row crash-looped every member of a three-member group."""
+    settings = settings.model_copy(update={"topic_partitions": 12})
+    topics_ready(settings)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ledger ADD CONSTRAINT no_poison CHECK (ref_id <> 'poison')")
+    commands = random_stream(seed=21, budgets=30, commands=1500)
+    poisons = [reserve("acme", f"b{b}", f"poison-{b}", "1.00", "poison") for b in (3, 17, 29)]
+    for i, p in enumerate(poisons):
+        commands.insert(200 + 400 * i, p)
+    procs = [consumer_process(settings) for _ in range(3)]
+    try:
+        time.sleep(3)
+        produce(settings, commands)
+        wait_for(lambda: ledger_count(settings.database_url) == len(commands) - len(poisons),
+                 timeout=120, what="every good command")  # fmt: skip
+        wait_for(lambda: len(_dead_letters(settings)) == len(poisons), what="the dead letters")
+        assert [p.poll() for p in procs] == [None, None, None]  # all three still running
+    finally:
+        for p in procs:
+            kill(p)
+    assert set(_dead_letters(settings)) == {orjson.dumps(p) for p in poisons}
+    assert {h["error_class"] for h in _dead_letters(settings).values()} == {"storage_refused"}
+    assert_ledger_consistent(settings.database_url, [c for c in commands if c not in poisons])
