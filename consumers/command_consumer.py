@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from consumers import metrics, poison
 from consumers.health import ConsumerHealth
 from consumers.kafka_config import command_consumer_config
-from consumers.positions import PositionRefused, verify
+from consumers.positions import PositionRefused, TopicWatch, verify
 from consumers.processor import (
     LEDGER_ROW_OFFSET,
     LEDGER_ROW_PARTITION,
@@ -92,6 +92,7 @@ class CommandConsumer:
         )
         self._conn: psycopg.Connection | None = None
         self._consumer: Consumer | None = None
+        self._topic_watch: TopicWatch | None = None
         # Set on the first assignment; also the liveness/readiness state served on /healthz.
         self.ready = ConsumerHealth(settings.liveness_stall_seconds)
         self._race_retries = 0
@@ -228,10 +229,19 @@ class CommandConsumer:
         return messages
 
     def _incoming(self, messages: list[Message]) -> list[Incoming]:
+        if self._topic_watch is not None and self._topic_watch.changed():
+            log.error("topic_id_changed", topic=self.settings.topic_commands)
+            self._rewind()  # re-checks every position: stops with PositionRefused
+            return []
         batch = []
         for msg in messages:
             err = msg.error()
             if err is not None:
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    # A stored position the log no longer has: never jump elsewhere silently.
+                    log.error("offset_out_of_range", partition=msg.partition(), error=str(err))
+                    self._rewind()  # re-checks every position: stops with PositionRefused
+                    return []
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka_error", error=str(err))
                     if err.fatal():
@@ -483,6 +493,7 @@ class CommandConsumer:
     def _verified_positions(self, consumer: Consumer, numbers: list[int]) -> dict[int, int]:
         """Stored positions checked against the log and topic id; adopts their ledger topic."""
         stored = self._with_db(lambda conn: verify(conn, consumer, self.settings, numbers))
+        self._topic_watch = TopicWatch(self.settings)
         labels = {pos.ledger_topic for pos in stored.values()}
         label = labels.pop() if labels else self.ctx.topic
         if label != self.ctx.topic:

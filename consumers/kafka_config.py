@@ -32,7 +32,9 @@ def command_consumer_config(settings: Settings, **overrides: Any) -> dict[str, A
         "group.id": settings.consumer_group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
+        # Positions come from Postgres; a position the log no longer has must surface as an
+        # error (the consumer then stops with PositionRefused), never as a silent jump.
+        "auto.offset.reset": "error",
         "partition.assignment.strategy": "cooperative-sticky",
         "isolation.level": "read_committed",
         "session.timeout.ms": settings.session_timeout_ms,

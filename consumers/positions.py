@@ -67,9 +67,9 @@ def realign_hint(topic: str, partition: int) -> str:
     )
 
 
-def topic_id(settings: Settings, topic: str) -> str | None:
+def topic_id(settings: Settings, topic: str, admin: AdminClient | None = None) -> str | None:
     """Kafka's id of `topic` (None when the broker does not tell)."""
-    admin = AdminClient(admin_config(settings))
+    admin = admin or AdminClient(admin_config(settings))
     try:
         futures = admin.describe_topics(TopicCollection([topic]), request_timeout=10)
         description = futures[topic].result(timeout=15)
@@ -136,6 +136,32 @@ def verify(
     for label in labels:
         store.ensure_relay_cursors(conn, label, list(positions))
     return positions
+
+
+class TopicWatch:
+    """Notices the command topic being re-created under a running consumer (its id changes).
+
+    Assignment checks cannot see a topic deleted and created again between two metadata
+    refreshes: the consumer keeps fetching, at its old offsets, from the new topic. Asking for
+    the topic id every `interval` seconds bounds that window; an offset reset (the other symptom)
+    surfaces at once as an error because the consumer never resets offsets by itself.
+    """
+
+    def __init__(self, settings: Settings, interval: float = 10.0) -> None:
+        self.settings = settings
+        self.interval = interval
+        self._admin = AdminClient(admin_config(settings))
+        self.expected = topic_id(settings, settings.topic_commands, self._admin)
+        self._at = time.monotonic()
+
+    def changed(self) -> bool:
+        """True when the topic id differs from the one seen at assignment (checked every
+        `interval` seconds; False in between, and when the broker does not answer)."""
+        if time.monotonic() - self._at < self.interval:
+            return False
+        self._at = time.monotonic()
+        actual = topic_id(self.settings, self.settings.topic_commands, self._admin)
+        return bool(actual and self.expected and actual != self.expected)
 
 
 @dataclass(frozen=True, slots=True)

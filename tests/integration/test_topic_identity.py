@@ -190,3 +190,30 @@ def test_position_beyond_the_log_end_is_refused(settings: Settings) -> None:
     assert done.returncode == 0, done.stderr
     with running_consumer(settings):
         wait_for(lambda: ledger_count(settings.database_url) == 3, what="3 events")
+
+
+def test_topic_recreated_under_a_running_consumer_stops_it(settings: Settings) -> None:
+    create_topics(settings)
+    proc = consumer_process(settings)
+    try:
+        produce(settings, _commands("b1", 10, "old"))
+        wait_for(lambda: ledger_count(settings.database_url) == 10, what="10 events")
+        _recreate(settings, settings.topic_commands)
+        produce(settings, _commands("b2", 5, "new"))
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    # Stopped by the offset reset at once, or by the topic id check within 10 s; commands of
+    # the new topic read before that went to their own offsets, exactly once.
+    assert proc.returncode == 3, err.decode()[-2000:]
+    assert "re-created" in err.decode()
+    done = cli(settings, "positions", "realign", "--topic", settings.topic_commands,
+               "--to-start", "--accept-topic-id", "--yes")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with running_consumer(settings):
+        produce(settings, [fund(T, "b2", "new-last", "1.00")])
+        wait_for(lambda: ledger_count(settings.database_url) == 16, what="16 events")
+    ids = scalar(settings.database_url, "SELECT count(DISTINCT command_id) FROM ledger")
+    assert ids == 16
