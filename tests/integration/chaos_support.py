@@ -173,7 +173,7 @@ def query(database_url: str, text: str, params: dict[str, Any] | None = None) ->
     while True:
         try:
             with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
-                return conn.execute(text, params or {}).fetchall()  # type: ignore[arg-type]
+                return conn.execute(text, params or {}).fetchall()
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
                 raise
@@ -247,9 +247,10 @@ def read_all(bootstrap: str, topic: str, timeout: float = 60) -> list[Any]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{topic}: could not read to the end within {timeout} s")
             for m in consumer.consume(1000, 0.5):
-                if m.error() is None:
+                partition, offset = m.partition(), m.offset()
+                if m.error() is None and partition is not None and offset is not None:
                     out.append(m)
-                    done[m.partition()] = m.offset() + 1
+                    done[partition] = offset + 1
         return out
     finally:
         consumer.close()
