@@ -160,7 +160,7 @@ def check_metadata(value: dict[str, Any]) -> int:
         )
     # orjson writes control characters as escapes and DEL/C1 as raw bytes (0x7F, 0xC2 0x80-0x9F):
     # without any of those bytes no string holds one, and the walk is skipped.
-    if b"\\" in encoded or b"\x7f" in encoded or b"\xc2" in encoded:
+    if 92 in encoded or 127 in encoded or 0xC2 in encoded:  # backslash, DEL, C1 lead byte
         _text_walk(value, [])
     return keys
 
@@ -252,9 +252,9 @@ def duplicate_key(raw: bytes, parsed_keys: int) -> str | None:
     colon but the keys' (no timestamps, no ':' in values): each key needs one colon, so as many
     colons as parsed keys means no repeated key.
     """
-    if b"\\" not in raw:
+    if 92 not in raw:  # no backslash (int membership: a memchr)
         # Every ':' is a key's separator: nothing to prove. Else count the '":' as above.
-        if raw.count(b":") == parsed_keys:
+        if raw.count(58) == parsed_keys:
             return None
         if raw.count(b'":') == parsed_keys and not _SPACED_KEY.search(raw):
             return None

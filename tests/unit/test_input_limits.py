@@ -123,12 +123,13 @@ def test_free_text_may_hold_any_printable_unicode() -> None:
 def test_ids_that_are_not_visible_nfkc_text_are_refused(value: str, expected: str) -> None:
     for field, body in (("command_id", FUND), ("budget_id", FUND), ("ref_id", RESERVE)):
         err = refused({**body, field: value})
-        assert err.error_class in ("invalid_id", "schema"), err.reason
-        if err.error_class == "invalid_id":
-            assert err.reason.startswith(f"{field} contains") or field in err.reason
-            assert expected in err.reason, err.reason
-    # command_id has no ':' / whitespace pattern, so the id rule itself always speaks there.
-    assert refused({**FUND, "command_id": value}).error_class == "invalid_id"
+        assert err.error_class == "invalid_id", err.reason
+        assert err.reason.startswith(f"{field} "), err.reason
+        assert expected in err.reason, err.reason
+        # ...also when the message is plain ASCII (the character written as a JSON escape).
+        escaped = json.dumps({**body, field: value}, ensure_ascii=True).encode()
+        assert escaped.isascii()
+        assert refused(escaped).reason == err.reason
 
 
 def test_the_lookalike_tenant_does_not_become_a_second_budget_that_reads_the_same() -> None:
@@ -144,8 +145,10 @@ def test_ordinary_ids_still_pass(value: str) -> None:
 
 
 def test_colon_stays_refused_in_tenant_and_budget_but_not_in_other_ids() -> None:
-    assert refused({**FUND, "tenant_id": "a:b"}).error_class == "schema"
-    assert refused({**FUND, "budget_id": "a:b"}).error_class == "schema"
+    for field in ("tenant_id", "budget_id"):
+        err = refused({**FUND, field: "a:b"})
+        assert err.error_class == "invalid_id"
+        assert err.reason == f"{field} must not contain ':' (the Kafka key is tenant_id:budget_id)"
     assert parse_command(orjson.dumps({**FUND, "command_id": "close:b-1:2026"}))
 
 
@@ -409,7 +412,7 @@ def test_text_problem_allows_format_characters_but_not_controls() -> None:
 
 
 def test_error_class_names_the_first_specific_problem() -> None:
-    err = refused({**FUND, "command_id": "a\u200b", "issued_at": "1900-01-01T00:00:00Z"})
+    err = refused({**FUND, "command_id": "a b", "issued_at": "1900-01-01T00:00:00Z"})
     assert err.error_class == "invalid_id"
     assert "issued_at" in err.reason  # both problems are still reported
 
@@ -417,3 +420,26 @@ def test_error_class_names_the_first_specific_problem() -> None:
 def test_now_is_in_range() -> None:
     c = parse_command(orjson.dumps({**FUND, "issued_at": datetime.now(UTC).isoformat()}))
     assert c.issued_at is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=8))
+def test_the_plain_message_fast_path_agrees_with_the_full_id_rule(value: str) -> None:
+    # Raw UTF-8 (orjson), every non-ASCII escaped (json ensure_ascii) and raw DEL/controls:
+    # whichever spelling, an id is accepted exactly when the id rule accepts it.
+    expected = id_problem(value) is None
+    for raw in (orjson.dumps({**FUND, "command_id": value}),
+                json.dumps({**FUND, "command_id": value}).encode()):  # fmt: skip
+        try:
+            accepted = parse_command(raw).command_id == value
+        except CommandInvalid as exc:
+            assert exc.error_class in ("invalid_id", "json"), exc.reason
+            accepted = False
+        assert accepted == expected
+
+
+def test_a_raw_del_byte_in_an_otherwise_plain_message_is_refused() -> None:
+    raw = orjson.dumps({**FUND, "command_id": "c\x7f1"})
+    assert b"\x7f" in raw and raw.isascii()
+    err = refused(raw)
+    assert (err.error_class, "U+007F" in err.reason) == ("invalid_id", True)
