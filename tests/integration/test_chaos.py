@@ -92,6 +92,12 @@ class Stream(threading.Thread):
             self.failures.append(str(err))
 
     def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # reported by the test, not lost in the thread
+            self.failures.append(f"stream died: {exc!r}")
+
+    def _run(self) -> None:
         producer = Producer(producer_config(self.settings))
         started = time.monotonic()
         while not self.halt.is_set():
@@ -231,6 +237,7 @@ def test_chaos_loses_nothing_doubles_nothing_and_matches_the_model(
         procs.revive()
         assert stream.failures == [], stream.failures[:3]
         total = stream.sent
+        assert total >= RATE * SECONDS / 2, f"only {total} commands offered in {SECONDS} s"
         try:
             wait_for(lambda: consumed_messages(settings.database_url) == total, timeout=180,
                      what=f"all {total} messages consumed")  # fmt: skip
