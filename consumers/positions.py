@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import psycopg
 import structlog
-from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumers.kafka_config import admin_config
@@ -26,6 +26,7 @@ from ledger.settings import Settings
 log = structlog.get_logger("positions")
 
 WATERMARK_TIMEOUT_S = 10.0
+WATERMARK_RETRY_S = 30.0
 
 
 class PositionRefused(Exception):
@@ -73,7 +74,7 @@ def topic_id(settings: Settings, topic: str, admin: AdminClient | None = None) -
     try:
         futures = admin.describe_topics(TopicCollection([topic]), request_timeout=10)
         description = futures[topic].result(timeout=15)
-    except KafkaException as exc:
+    except Exception as exc:  # KafkaException, or a timeout of the future: not known now
         log.warning("topic_id_unknown", topic=topic, error=str(exc))
         return None
     tid = getattr(description, "topic_id", None)
@@ -81,11 +82,27 @@ def topic_id(settings: Settings, topic: str, admin: AdminClient | None = None) -
 
 
 def log_state(consumer: Consumer, topic: str, partition: int, tid: str | None) -> LogState:
-    """The partition's log start and end offsets, asked of the broker (not cached)."""
-    low, high = consumer.get_watermark_offsets(
-        TopicPartition(topic, partition), timeout=WATERMARK_TIMEOUT_S, cached=False
-    )
-    return LogState(tid, int(low), int(high))
+    """The partition's log start and end offsets, asked of the broker (not cached).
+
+    Retries for up to WATERMARK_RETRY_S: a partition just created, or moving its leader,
+    answers NOT_LEADER_FOR_PARTITION for a moment. Past that, the error is raised.
+    """
+    deadline = time.monotonic() + WATERMARK_RETRY_S
+    delay = 0.1
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=WATERMARK_TIMEOUT_S, cached=False
+            )
+            return LogState(tid, int(low), int(high))
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            fatal = isinstance(err, KafkaError) and err.fatal()
+            if fatal or time.monotonic() + delay > deadline:
+                raise
+            log.warning("watermarks_retry", topic=topic, partition=partition, error=str(exc))
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def verify(
