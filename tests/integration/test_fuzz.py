@@ -279,7 +279,7 @@ def test_fuzzed_messages_never_stop_the_consumer_and_are_all_accounted_for(
             valid[c["command_id"]] = where
 
         @hsettings(
-            max_examples=25,
+            max_examples=40,
             deadline=None,
             database=None,
             phases=(Phase.explicit, Phase.generate),  # a dead consumer cannot be shrunk against
