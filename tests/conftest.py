@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,7 +92,7 @@ def _with_database(dsn: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def template_database(pg_admin_dsn: str) -> str:
+def template_database(pg_admin_dsn: str) -> Iterator[str]:
     """A database migrated once per session, cloned by every test that needs Postgres."""
     from ledger.migrate import migrate
 
@@ -99,7 +100,8 @@ def template_database(pg_admin_dsn: str) -> str:
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     migrate(_with_database(pg_admin_dsn, name))
-    return name
+    yield name
+    _drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture
@@ -113,10 +115,23 @@ def database_url(pg_admin_dsn: str, template_database: str) -> Iterator[str]:
             )
         )
     yield _with_database(pg_admin_dsn, name)
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    _drop_database(pg_admin_dsn, name)
+
+
+def _drop_database(dsn: str, name: str) -> None:
+    # WITH (FORCE) cannot terminate an autovacuum worker (it needs pg_signal_backend), which
+    # often visits a database right after a large COPY: wait for it to finish instead.
+    for attempt in range(40):
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if attempt == 39:
+                raise
+            time.sleep(0.5)
 
 
 @pytest.fixture

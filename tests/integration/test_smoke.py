@@ -23,7 +23,14 @@ def test_kafka_round_trip_in_a_consumer_group(settings: Settings) -> None:
     producer.produce(settings.topic_commands, key=b"tenant-a:budget-1", value=payload)
     assert producer.flush(30) == 0
 
-    consumer = Consumer(command_consumer_config(settings, **{"enable.auto.offset.store": True}))
+    consumer = Consumer(
+        command_consumer_config(
+            settings,
+            # The ledger's consumer refuses to guess a position (positions live in Postgres);
+            # this bare group member has none, so it starts at the beginning.
+            **{"enable.auto.offset.store": True, "auto.offset.reset": "earliest"},
+        )
+    )
     consumer.subscribe([settings.topic_commands])
     try:
         got = None
