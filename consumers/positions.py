@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import structlog
@@ -170,15 +172,32 @@ class TopicWatch:
         self._admin = AdminClient(admin_config(settings))
         self.expected = topic_id(settings, settings.topic_commands, self._admin)
         self._at = time.monotonic()
+        self._pending: Future[Any] | None = None
 
     def changed(self) -> bool:
         """True when the topic id differs from the one seen at assignment (checked every
-        `interval` seconds; False in between, and when the broker does not answer)."""
-        if time.monotonic() - self._at < self.interval:
-            return False
-        self._at = time.monotonic()
-        actual = topic_id(self.settings, self.settings.topic_commands, self._admin)
-        return bool(actual and self.expected and actual != self.expected)
+        `interval` seconds; False in between, and when the broker does not answer).
+
+        Never waits on the broker: the consumer loop asks on every poll, so the request is
+        sent and its answer read on a later call, once it has arrived.
+        """
+        if self._pending is not None:
+            if not self._pending.done():
+                return False
+            future, self._pending = self._pending, None
+            try:
+                tid = getattr(future.result(), "topic_id", None)
+            except Exception as exc:  # KafkaException: not known now, ask again later
+                log.warning("topic_id_unknown", topic=self.settings.topic_commands, error=str(exc))
+                return False
+            actual = str(tid) if tid is not None else None
+            return bool(actual and self.expected and actual != self.expected)
+        if time.monotonic() - self._at >= self.interval:
+            self._at = time.monotonic()
+            topic = self.settings.topic_commands
+            futures = self._admin.describe_topics(TopicCollection([topic]), request_timeout=10)
+            self._pending = futures[topic]
+        return False
 
 
 @dataclass(frozen=True, slots=True)
