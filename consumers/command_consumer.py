@@ -248,7 +248,13 @@ class CommandConsumer:
                         raise KafkaException(err)
                 continue
             batch.append(
-                Incoming(msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])  # type: ignore[arg-type]
+                Incoming.bounded(
+                    msg.partition(),  # type: ignore[arg-type]
+                    msg.offset(),  # type: ignore[arg-type]
+                    msg.key(),
+                    msg.value(),
+                    msg.timestamp()[1],
+                )
             )
         return batch
 

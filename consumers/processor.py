@@ -18,6 +18,7 @@ from ledger.idempotency import classify, fingerprint
 from projections.rows import BalanceRow, ReservationRow, balance_row, reservation_row
 from schemas.commands import Command, CommandInvalid, parse_command
 from schemas.events import alert_to_wire, event_to_wire
+from schemas.limits import MAX_MESSAGE_BYTES
 
 BudgetKey = tuple[str, str]
 CommandKey = tuple[str, str]
@@ -50,6 +51,18 @@ class Incoming:
     value: bytes | None
     # Kafka message timestamp (ms; the producer's create time), for latency metrics only.
     timestamp_ms: int = 0
+    # Size of a value cut to MAX_MESSAGE_BYTES on arrival (0: the value is whole). Such a
+    # message is refused unread, and only the cut copy is held and dead-lettered.
+    original_size: int = 0
+
+    @classmethod
+    def bounded(
+        cls, partition: int, offset: int, key: bytes | None, value: bytes | None, ts: int
+    ) -> Incoming:
+        """An incoming message whose value is cut to MAX_MESSAGE_BYTES if it is larger."""
+        if value is not None and len(value) > MAX_MESSAGE_BYTES:
+            return cls(partition, offset, key, value[:MAX_MESSAGE_BYTES], ts, len(value))
+        return cls(partition, offset, key, value, ts)
 
 
 @dataclass(slots=True)
@@ -257,6 +270,11 @@ def _collect_reservation_rows(
 def _validate(msg: Incoming, ctx: BatchContext) -> Command:
     if msg.value is None:
         raise CommandInvalid("empty", "the message has no value")
+    if msg.original_size:
+        raise CommandInvalid(
+            "too_large",
+            f"the message is {msg.original_size} bytes; at most {MAX_MESSAGE_BYTES} are allowed",
+        )
     command = parse_command(msg.value, ctx.currencies)
     expected = f"{command.tenant_id}:{command.budget_id}".encode()
     if msg.key != expected:
@@ -323,6 +341,8 @@ def _dead_letter(
     if ids is not None:
         # Clients await an outcome by (tenant_id, command_id): these let them fail fast.
         pairs += [("tenant_id", ids[0]), ("command_id", ids[1])]
+    if msg.original_size:
+        pairs += [("truncated", "true"), ("original_size", str(msg.original_size))]
     # The headers are stored as jsonb, which refuses U+0000: the dead letter of a message
     # refused for a NUL must not be refused for the same NUL.
     headers = _headers(*((k, v.replace("\x00", "\ufffd")) for k, v in pairs))

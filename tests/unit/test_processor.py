@@ -186,3 +186,22 @@ def test_dead_letter_headers_never_carry_a_nul() -> None:
     first, second = (dict(orjson.loads(h or "[]")) for h in raw)
     assert first["command_id"] == "c\ufffd2"
     assert second["command_id"] == "c2" and second["reason"] == "refused: \ufffd"
+
+
+def test_an_oversized_message_is_cut_on_arrival_and_dead_lettered_with_its_size() -> None:
+    from schemas.limits import MAX_MESSAGE_BYTES
+
+    huge = orjson.dumps({**FUND, "command_id": "huge", "metadata": {"blob": "x" * 10_000_000}})
+    incoming = Incoming.bounded(0, 1, b"t:b", huge, 0)
+    assert incoming.value is not None and len(incoming.value) == MAX_MESSAGE_BYTES
+    assert Incoming.bounded(0, 2, b"t:b", orjson.dumps(FUND), 0).original_size == 0
+
+    out = _run([_msg(0, OPEN), incoming, _msg(2, FUND)])
+    assert [r[4] for r in out.ledger_rows] == ["c1", "c2"]
+    [(topic, key, value, headers)] = out.outbox_rows
+    fields = dict(orjson.loads(headers or "[]"))
+    assert (topic, key, value) == ("dlq", b"t:b", huge[:MAX_MESSAGE_BYTES])
+    assert fields["error_class"] == "too_large"
+    assert fields["truncated"] == "true"
+    assert fields["original_size"] == str(len(huge))
+    assert str(len(huge)) in fields["reason"]
