@@ -5,7 +5,7 @@
         --latency-rate 500 --latency-seconds 2 --json
 
 Three phases, each on a fresh database (created next to LEDGER_DATABASE_URL, dropped afterwards)
-and fresh topics, with the consumers as real `python -m ledger.cli consume` child processes:
+and fresh topics, with the consumers as real `python -m entrypoints.cli consume` child processes:
 
 - throughput: `--commands` commands over `--budgets` budgets, produced unpaced;
 - baseline: the same consumer with one command per transaction (`--batch-max-messages 1`), on a
@@ -158,7 +158,7 @@ class Phase:
             self.timing_files.append(timings)
             self.consumers.append(
                 subprocess.Popen(
-                    [PY, "-m", "ledger.cli", "consume", *extra],
+                    [PY, "-m", "entrypoints.cli", "consume", *extra],
                     cwd=ROOT,
                     env=env,
                     stdout=subprocess.DEVNULL,

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         env.update({"LEDGER_KAFKA_BOOTSTRAP": args.kafka_bootstrap, "LEDGER_DATABASE_URL": url,
                     "LEDGER_LOG_LEVEL": "error"})  # fmt: skip
         consumer = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "consume"], env=env, stdout=subprocess.DEVNULL
+            [sys.executable, "-m", "entrypoints.cli", "consume"], env=env, stdout=subprocess.DEVNULL
         )
         started = time.monotonic()
         expected = 1 + args.normal

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.static_membership            # the four scenarios below
     .venv/bin/python -m bench.static_membership --scenarios static-restart --rate 100
 
-Each scenario gets a fresh database and topics, starts two `python -m ledger.cli consume`
+Each scenario gets a fresh database and topics, starts two `python -m entrypoints.cli consume`
 processes, offers a steady load of `fund` commands over many budgets (so every partition gets
 work all the time), SIGKILLs consumer 0, and optionally restarts it at once with the same
 environment (so the same LEDGER_GROUP_INSTANCE_ID). The stall is, per partition, the time from
@@ -64,7 +64,7 @@ def _env(settings: Settings, instance_id: str, session_ms: int) -> dict[str, str
 
 def _consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "consume"],
+        [sys.executable, "-m", "entrypoints.cli", "consume"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

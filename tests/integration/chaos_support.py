@@ -297,7 +297,7 @@ class Processes:
         self.args[name] = list(args)
         with (self.logdir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "ledger.cli", *args],
+                [sys.executable, "-m", "entrypoints.cli", *args],
                 env=cli_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,

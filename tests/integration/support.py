@@ -129,7 +129,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
 def consumer_process(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
     """`budget-ledger consume` as a child process with this test's settings."""
     return subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "consume", *extra],
+        [sys.executable, "-m", "entrypoints.cli", "consume", *extra],
         env=cli_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -139,7 +139,7 @@ def consumer_process(settings: Settings, *extra: str) -> subprocess.Popen[bytes]
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `budget-ledger ARGS` with this test's settings; return the finished process."""
     return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *args],
+        [sys.executable, "-m", "entrypoints.cli", *args],
         env=cli_env(settings),
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from consumers.command_consumer import CommandConsumer
-from consumers.runner import serve_health
+from entrypoints.runner import serve_health
 from ledger.settings import Settings
 from tests.integration.support import (
     fund,

@@ -11,8 +11,8 @@ import pytest
 from psycopg import sql
 
 from bench.replay_bench import build_rows, command_stream
+from entrypoints.cli import build_parser
 from ledger import store
-from ledger.cli import _EXTENSIONS, _load_extensions, build_parser
 from ledger.db import copy_rows
 from ledger.migrate import migrate
 from ledger.settings import Settings
@@ -67,8 +67,6 @@ def _snapshot(url: str) -> list[tuple[object, ...]]:
 
 
 def _reconcile(url: str) -> int:
-    if not _EXTENSIONS:
-        _load_extensions()
     args: argparse.Namespace = build_parser().parse_args(["reconcile", "--no-alerts"])
     return int(args.handler(args, Settings(database_url=url)))
 

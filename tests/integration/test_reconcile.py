@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from bench.replay_bench import build_rows, command_stream, fill
+from entrypoints.cli import build_parser
 from ledger.budget import BudgetState, evolve, initial_state
-from ledger.cli import _EXTENSIONS, _load_extensions, build_parser
 from ledger.settings import Settings
 from projections.reconcile import ReconcileOptions, decode_event, reconcile, replay_event
 from schemas.events import LedgerEvent, event_from_wire
@@ -25,8 +25,6 @@ pytestmark = pytest.mark.integration
 
 
 def _run(settings: Settings, *argv: str) -> int:
-    if not _EXTENSIONS:
-        _load_extensions()
     args: argparse.Namespace = build_parser().parse_args(list(argv))
     return int(args.handler(args, settings))
 

@@ -249,7 +249,7 @@ def test_consume_with_relay_exits_non_zero_when_the_relay_thread_dies(settings: 
         conn.execute("REVOKE SELECT, UPDATE, DELETE ON outbox FROM ledger_app")
     env = {**cli_env(settings), "LEDGER_HTTP_PORT": str(_free_port())}
     proc = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "consume", "--with-relay"],
+        [sys.executable, "-m", "entrypoints.cli", "consume", "--with-relay"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""CLI sub-commands of the projections: `reconcile`, `rebuild` and `adjust`."""
+"""Sub-commands over the projections: `reconcile` and `rebuild` (the replay code stays in
+`projections/`)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,13 @@ import argparse
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 import orjson
 import psycopg
 import structlog
 
-from ledger.cli import EXIT_DRIFT, EXIT_OK, CliError
+from entrypoints.errors import EXIT_DRIFT, EXIT_OK, database_unreachable
 from ledger.db import DatabaseUnavailable, connect
 from ledger.settings import Settings
 
@@ -84,7 +84,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             log.info("reconcile_scheduled", exit_code=code, next_in_s=args.every)
             time.sleep(max(0.0, args.every - (time.monotonic() - started)))
     except (DatabaseUnavailable, psycopg.OperationalError) as exc:
-        raise CliError(f"cannot reach the database (LEDGER_DATABASE_URL): {_line(exc)}") from None
+        raise database_unreachable(exc) from None
 
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
@@ -97,54 +97,13 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         with connect(settings.database_url) as conn:
             budgets, reservations = rebuild(conn, settings.currencies, args.tenant, args.budget)
     except (DatabaseUnavailable, psycopg.OperationalError) as exc:
-        raise CliError(f"cannot reach the database (LEDGER_DATABASE_URL): {_line(exc)}") from None
+        raise database_unreachable(exc) from None
     print(f"rebuilt {budgets} budget(s) and {reservations} reservation(s)")
     return EXIT_OK
 
 
-def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
-    """Publish an audited `adjust` command (signed amount, reason, operator) for one budget and
-    wait for the ledger's answer: exit 0 when applied (the new balances are printed), 1 when
-    refused or dead-lettered (the reason is printed), 2 when no answer came in time."""
-    from consumers.client import LedgerClient, OutcomeTimeout
-    from consumers.outcome_cli import send_and_wait
-    from schemas.commands import CommandInvalid
-
-    command = {
-        "type": "adjust",
-        "command_id": args.command_id or f"adjust-{uuid.uuid4()}",
-        "tenant_id": args.tenant,
-        "budget_id": args.budget,
-        "amount": args.amount,
-        "reason": args.reason,
-        "operator": args.operator,
-    }
-    try:
-        if args.wait:
-            return send_and_wait(settings, command, args.timeout)
-        with LedgerClient(settings) as client:
-            client.send(command, track=False)
-            client.flush()
-    except CommandInvalid as exc:
-        raise CliError(f"invalid adjust ({exc.error_class}): {exc.reason}") from None
-    except (OutcomeTimeout, TimeoutError) as exc:
-        raise CliError(
-            f"{exc}; the adjustment {command['command_id']} may still be applied later - "
-            "check that `budget-ledger consume` and `relay` run, then look at the ledger"
-        ) from None
-    print(
-        f"sent adjust {command['command_id']} to {settings.topic_commands} "
-        f"key={args.tenant}:{args.budget}"
-    )
-    return EXIT_OK
-
-
-def _line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `reconcile`, `rebuild` and `adjust` to the CLI."""
+def add_reconcile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `reconcile`."""
     p = sub.add_parser(
         "reconcile", help="replay the ledger and report drift", description=cmd_reconcile.__doc__
     )
@@ -173,32 +132,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-alerts", action="store_true", help="do not publish drift_detected alerts")
     p.set_defaults(handler=cmd_reconcile)
 
+
+def add_rebuild(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `rebuild`."""
     p = sub.add_parser(
         "rebuild", help="rebuild the projections from the ledger", description=cmd_rebuild.__doc__
     )
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--budget", help="only this budget id")
     p.set_defaults(handler=cmd_rebuild)
-
-    p = sub.add_parser(
-        "adjust", help="publish an audited correction", description=cmd_adjust.__doc__
-    )
-    p.add_argument("--tenant", required=True)
-    p.add_argument("--budget", required=True)
-    p.add_argument("--amount", required=True, help="signed decimal, e.g. 12.50 or -3.00")
-    p.add_argument("--reason", required=True)
-    p.add_argument("--operator", required=True)
-    p.add_argument("--command-id", default=None, help="idempotency key (default: a new UUID)")
-    p.add_argument(
-        "--no-wait",
-        dest="wait",
-        action="store_false",
-        help="exit once Kafka has the command (exit code 0)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait for the ledger's answer (default 30)",
-    )
-    p.set_defaults(handler=cmd_adjust)

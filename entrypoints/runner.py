@@ -1,4 +1,4 @@
-"""Process plumbing shared by the long-running commands: signals, metrics endpoint."""
+"""Process wiring shared by the long-running commands: signals, the health and metrics endpoint."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ for lack of funds, and prints each outcome as the ledger published it, then the 
 
 from __future__ import annotations
 
+import argparse
 import threading
 import uuid
 from collections.abc import Mapping
@@ -13,11 +14,6 @@ from typing import Any
 
 import psycopg
 
-from consumers.client import LedgerClient
-from consumers.command_consumer import CommandConsumer
-from consumers.relay import Relay
-from consumers.topics import create_topics
-from ledger.migrate import migrate
 from ledger.settings import Settings
 
 
@@ -43,6 +39,13 @@ def _reconcile(settings: Settings, tenant: str, budget: str) -> int:
 
 def run_demo(settings: Settings) -> int:
     """Run the scripted flow against the configured Kafka and Postgres; return an exit code."""
+    # Imported here, not at the top: every `budget-ledger` start imports this module.
+    from consumers.client import LedgerClient
+    from consumers.command_consumer import CommandConsumer
+    from consumers.relay import Relay
+    from consumers.topics import create_topics
+    from ledger.migrate import migrate
+
     migrate(settings.database_url)
     create_topics(settings)
     stop = threading.Event()
@@ -94,3 +97,14 @@ def run_demo(settings: Settings) -> int:
         stop.set()
         for t in threads:
             t.join(15)
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a narrated reserve/charge/release flow against the configured Kafka and Postgres."""
+    return run_demo(settings)
+
+
+def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `demo`."""
+    p = sub.add_parser("demo", help="run a narrated flow end to end", description=cmd_demo.__doc__)
+    p.set_defaults(handler=cmd_demo)

@@ -1,0 +1,100 @@
+"""The `budget-ledger` command line: one entry point for every operation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from entrypoints import (
+    demo,
+    positions_commands,
+    projection_commands,
+    publish_commands,
+    setup_commands,
+    worker_commands,
+)
+from entrypoints.errors import (
+    EXIT_DRIFT,
+    EXIT_OK,
+    EXIT_POSITION_REFUSED,
+    EXIT_RELAY_DIED,
+    EXIT_USAGE,
+    CliError,
+)
+from ledger.settings import Settings, SettingsError, load_settings
+
+__all__ = [
+    "EXIT_DRIFT",
+    "EXIT_OK",
+    "EXIT_POSITION_REFUSED",
+    "EXIT_RELAY_DIED",
+    "EXIT_USAGE",
+    "CliError",
+    "build_parser",
+    "main",
+]
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+# Every top-level sub-command, in the order `--help` lists them. A new command: write its
+# `cmd_*` handler and `add_*` registration in the module of its area, then add it here.
+COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    setup_commands.add_migrate,
+    setup_commands.add_topics,
+    publish_commands.add_send,
+    setup_commands.add_schemas,
+    worker_commands.add_consume,
+    worker_commands.add_relay,
+    positions_commands.add_positions,
+    worker_commands.add_sweep,
+    demo.add_demo,
+    projection_commands.add_reconcile,
+    projection_commands.add_rebuild,
+    publish_commands.add_adjust,
+)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    print(f"budget-ledger: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="budget-ledger",
+        description="Event-sourced budget ledger fed by Kafka, stored in PostgreSQL. "
+        "Configuration comes from LEDGER_* environment variables (and .env).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+    from ledger.db import DatabaseUnavailable
+    from ledger.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    handler: Handler = args.handler
+    try:
+        return handler(args, settings)
+    except CliError as exc:
+        _fail(str(exc))
+    except DatabaseUnavailable as exc:
+        _fail(f"cannot reach the database (LEDGER_DATABASE_URL): {exc}")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

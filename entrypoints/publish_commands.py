@@ -1,0 +1,107 @@
+"""Sub-commands that publish one command to the ledger: `send` and the audited `adjust`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+
+from entrypoints.errors import EXIT_OK, CliError
+from ledger.settings import Settings
+
+
+def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
+    """Publish one command (JSON from the argument or stdin), keyed `tenant_id:budget_id`;
+    with --wait, print the ledger's answer and exit 1 when it refused the command."""
+    from consumers.client import send_raw_command
+    from schemas.commands import CommandInvalid
+
+    raw = args.json if args.json not in (None, "-") else sys.stdin.read()
+    try:
+        if args.wait:
+            from consumers.client import OutcomeTimeout
+            from entrypoints.outcome import parse_object, send_and_wait
+
+            try:
+                return send_and_wait(settings, parse_object(raw.encode("utf-8")), args.timeout)
+            except (OutcomeTimeout, TimeoutError) as exc:
+                raise CliError(f"{exc}; is the consumer (and relay) running?") from None
+        key = send_raw_command(settings, raw.encode("utf-8"))
+    except CommandInvalid as exc:
+        raise CliError(f"invalid command ({exc.error_class}): {exc.reason}") from None
+    print(f"sent to {settings.topic_commands} key={key}")
+    return EXIT_OK
+
+
+def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
+    """Publish an audited `adjust` command (signed amount, reason, operator) for one budget and
+    wait for the ledger's answer: exit 0 when applied (the new balances are printed), 1 when
+    refused or dead-lettered (the reason is printed), 2 when no answer came in time."""
+    from consumers.client import LedgerClient, OutcomeTimeout
+    from entrypoints.outcome import send_and_wait
+    from schemas.commands import CommandInvalid
+
+    command = {
+        "type": "adjust",
+        "command_id": args.command_id or f"adjust-{uuid.uuid4()}",
+        "tenant_id": args.tenant,
+        "budget_id": args.budget,
+        "amount": args.amount,
+        "reason": args.reason,
+        "operator": args.operator,
+    }
+    try:
+        if args.wait:
+            return send_and_wait(settings, command, args.timeout)
+        with LedgerClient(settings) as client:
+            client.send(command, track=False)
+            client.flush()
+    except CommandInvalid as exc:
+        raise CliError(f"invalid adjust ({exc.error_class}): {exc.reason}") from None
+    except (OutcomeTimeout, TimeoutError) as exc:
+        raise CliError(
+            f"{exc}; the adjustment {command['command_id']} may still be applied later - "
+            "check that `budget-ledger consume` and `relay` run, then look at the ledger"
+        ) from None
+    print(
+        f"sent adjust {command['command_id']} to {settings.topic_commands} "
+        f"key={args.tenant}:{args.budget}"
+    )
+    return EXIT_OK
+
+
+def add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `send`."""
+    p = sub.add_parser("send", help="publish one command", description=cmd_send.__doc__)
+    p.add_argument(
+        "json", nargs="?", default=None, help="the command as JSON; '-' or omitted reads stdin"
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the ledger's answer")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.set_defaults(handler=cmd_send)
+
+
+def add_adjust(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `adjust`."""
+    p = sub.add_parser(
+        "adjust", help="publish an audited correction", description=cmd_adjust.__doc__
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--budget", required=True)
+    p.add_argument("--amount", required=True, help="signed decimal, e.g. 12.50 or -3.00")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--operator", required=True)
+    p.add_argument("--command-id", default=None, help="idempotency key (default: a new UUID)")
+    p.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="exit once Kafka has the command (exit code 0)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the ledger's answer (default 30)",
+    )
+    p.set_defaults(handler=cmd_adjust)
