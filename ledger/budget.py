@@ -29,9 +29,9 @@ from schemas.commands import (
     Reserve,
 )
 from schemas.events import (
-    ALERT_SEVERITY,
     Alert,
     LedgerEvent,
+    Severity,
     data_to_wire,
     make_alert_id,
     remember_wire,
@@ -977,6 +977,16 @@ def evolve(state: BudgetState, event: LedgerEvent) -> BudgetState:
 
 # --- alerts ----------------------------------------------------------------------------------
 
+#: The severity of every alert type: the one table (the reconciler's drift alert included).
+ALERT_SEVERITY: Final[Mapping[str, Severity]] = MappingProxyType(
+    {
+        "soft_cap_exceeded": "warning",
+        "hard_cap_approaching": "critical",
+        "hard_cap_reached": "critical",
+        "drift_detected": "critical",
+    }
+)
+
 
 def _alert(
     after: BudgetState, event: LedgerEvent, atype: str, threshold: str, data: dict[str, Any]
@@ -1043,6 +1053,36 @@ def alerts_for(before: BudgetState, after: BudgetState, event: LedgerEvent) -> t
         }
         out.append(_alert(after, event, "hard_cap_reached", "100.00", cap))
     return tuple(out)
+
+
+def drift_alert(
+    tenant_id: str,
+    budget_id: str,
+    sequence: int,
+    utilization_pct: str,
+    fields: frozenset[str],
+    drift_count: int,
+    broken_link: tuple[int, str] | None,
+    now: datetime,
+) -> Alert:
+    """The reconciler's ``drift_detected`` alert for one budget: ``fields`` are the drifting
+    ``table.field`` names, ``broken_link`` the first bad link as (sequence, problem). The id is
+    stable for the same ledger position, so a re-run over the same drift repeats it."""
+    data: dict[str, Any] = {"fields": sorted(fields), "drift_count": drift_count}
+    if broken_link is not None:
+        data["broken_link"] = {"sequence": broken_link[0], "problem": broken_link[1]}
+    return Alert(
+        alert_id=make_alert_id(tenant_id, budget_id, "drift_detected", sequence),
+        type="drift_detected",
+        severity=ALERT_SEVERITY["drift_detected"],
+        tenant_id=tenant_id,
+        budget_id=budget_id,
+        utilization_pct=utilization_pct,
+        threshold="0.00",
+        sequence=sequence,
+        recorded_at=rfc3339_utc(now),
+        data=data,
+    )
 
 
 # --- apply -----------------------------------------------------------------------------------

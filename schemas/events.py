@@ -36,12 +36,9 @@ AlertType = Literal[
     "soft_cap_exceeded", "hard_cap_approaching", "hard_cap_reached", "drift_detected"
 ]
 ALERT_TYPES: Final[tuple[str, ...]] = AlertType.__args__  # type: ignore[attr-defined]
-ALERT_SEVERITY: Final[Mapping[str, str]] = {
-    "soft_cap_exceeded": "warning",
-    "hard_cap_approaching": "critical",
-    "hard_cap_reached": "critical",
-    "drift_detected": "critical",
-}
+#: The severities an alert can carry; which alert type has which is the domain's table,
+#: ``ledger.budget.ALERT_SEVERITY``.
+Severity = Literal["warning", "critical"]
 
 #: Keys of ``LedgerEvent.data`` that hold money (int minor units in memory, decimal on the wire).
 MONEY_DATA_KEYS: Final = frozenset(
@@ -303,7 +300,7 @@ class _AlertWire(BaseModel):
 
     alert_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
     type: str
-    severity: Literal["warning", "critical"]
+    severity: Severity
     tenant_id: str
     budget_id: str
     utilization_pct: _Pct

@@ -117,6 +117,30 @@ def test_altered_and_deleted_ledger_rows_name_the_first_broken_link(filled: Sett
     assert not report.clean
 
 
+def test_an_evolve_exception_is_a_broken_link_and_the_replay_goes_on(
+    filled: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import projections.replay as replay
+
+    victim = ("tenant-1", "budget-4")
+
+    def failing_evolve(state: BudgetState, event: LedgerEvent) -> BudgetState:
+        if (state.tenant_id, state.budget_id) == victim and event.sequence == 6:
+            raise RuntimeError("evolver bug")
+        return evolve(state, event)
+
+    monkeypatch.setattr(replay, "evolve", failing_evolve)
+    for workers in (1, 2):
+        report = reconcile(filled.database_url, ReconcileOptions(workers=workers, progress=False))
+        assert report.events == 3000 and report.budgets == 40
+        assert [(b.tenant_id, b.budget_id, b.sequence, b.problem) for b in report.broken] == [
+            (*victim, 6, "evolve failed: RuntimeError: evolver bug")
+        ]
+        # Drift is found for that budget only (its replay stopped short); the others verify.
+        assert {(d.tenant_id, d.budget_id) for d in report.drifts} <= {victim}
+        assert set(report.drifting) == {victim} and not report.clean
+
+
 def _physical_sequences(url: str, tenant: str, budget: str) -> list[int]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
@@ -139,9 +163,9 @@ def test_rows_out_of_physical_order_are_replayed_in_sequence_order(
     filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int
 ) -> None:
     # max_pending=2 forces the ordered per-budget re-read instead of buffering.
-    import projections.reconcile as rec
+    import projections.replay as replay
 
-    monkeypatch.setattr(rec, "MAX_PENDING", max_pending)
+    monkeypatch.setattr(replay, "MAX_PENDING", max_pending)
     url = filled.database_url
     _rewrite_rows(
         url, "tenant_id = 'tenant-1' AND budget_id = 'budget-1' AND sequence IN (2, 3, 9)"
@@ -160,9 +184,9 @@ def test_rows_out_of_physical_order_are_replayed_in_sequence_order(
 def test_gap_and_duplicate_are_found_whatever_the_physical_order(
     filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int
 ) -> None:
-    import projections.reconcile as rec
+    import projections.replay as replay
 
-    monkeypatch.setattr(rec, "MAX_PENDING", max_pending)
+    monkeypatch.setattr(replay, "MAX_PENDING", max_pending)
     url = filled.database_url
     with psycopg.connect(url) as conn:
         conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")

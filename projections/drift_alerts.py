@@ -1,0 +1,44 @@
+"""The reconciler's alerts: one `drift_detected` per drifting budget, written to the outbox.
+
+The alert itself is the domain's (`ledger.budget.drift_alert`); this module groups a run's
+findings by budget and writes the alerts' wire form in one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import psycopg
+
+from ledger.budget import drift_alert
+from projections.drift import Drift
+from projections.reconcile_report import ReconcileReport
+from projections.store import queries
+from schemas.events import alert_to_wire
+
+
+def publish_alerts(conn: psycopg.Connection, report: ReconcileReport, topic: str) -> int:
+    """Write one `drift_detected` alert per drifting budget into the outbox (one transaction)."""
+    by_budget: dict[tuple[str, str], list[Drift]] = {}
+    for d in report.drifts:
+        by_budget.setdefault((d.tenant_id, d.budget_id), []).append(d)
+    broken = {(b.tenant_id, b.budget_id): (b.sequence, b.problem) for b in report.broken}
+    now = datetime.now(UTC)
+    rows = []
+    for (t, b), (seq, pct) in sorted(report.drifting.items()):
+        drifts = by_budget.get((t, b), [])
+        fields = frozenset(f"{d.table}.{d.field}" for d in drifts)
+        alert = drift_alert(t, b, seq, pct, fields, len(drifts), broken.get((t, b)), now)
+        rows.append(
+            {
+                "topic": topic,
+                "key": f"{t}:{b}".encode(),
+                "payload": orjson.dumps(alert_to_wire(alert)),
+                "headers": '[["source", "reconciler"]]',
+            }
+        )
+    if rows:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(queries()["insert_alert"], rows)
+    return len(rows)

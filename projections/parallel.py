@@ -1,0 +1,68 @@
+"""The sharded multiprocessing driver: one forked worker per shard, progress summed across them."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable
+from typing import Any
+
+from ledger.db import connect
+from projections.reconcile_options import ReconcileOptions
+from projections.shard import ShardResult, replay_shard
+
+
+def _worker(
+    dsn: str, opts: ReconcileOptions, shard: int, shards: int, counter: Any, out: Any
+) -> None:
+    def progress(n: int) -> None:
+        with counter.get_lock():
+            counter.value += n
+
+    try:
+        with connect(dsn, role=opts.role) as conn:
+            out.put((shard, replay_shard(conn, opts, shard, shards, progress)))
+    except Exception as exc:  # reported to the parent, which fails the run
+        out.put((shard, exc))
+
+
+def replay_all(
+    dsn: str, opts: ReconcileOptions, on_progress: Callable[[int], None] | None = None
+) -> ShardResult:
+    """Replay every shard (in this process when workers == 1, else in worker processes)."""
+    if opts.workers <= 1:
+        with connect(dsn, role=opts.role) as conn:
+            return replay_shard(conn, opts, 0, 1, on_progress)
+    ctx = mp.get_context("fork")
+    counter = ctx.Value("q", 0)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=(dsn, opts, i, opts.workers, counter, out), daemon=True)
+        for i in range(opts.workers)
+    ]
+    for p in procs:
+        p.start()
+    results: list[ShardResult] = []
+    seen = 0
+    while len(results) < opts.workers:
+        try:
+            _shard, res = out.get(timeout=0.25)
+        except Exception:  # queue.Empty: just a progress tick
+            res = None
+        if isinstance(res, Exception):
+            for p in procs:
+                p.kill()
+            raise res
+        if res is not None:
+            results.append(res)
+        if on_progress is not None:
+            now = counter.value
+            on_progress(now - seen)
+            seen = now
+        if res is None and not any(p.is_alive() for p in procs) and out.empty():
+            raise RuntimeError("a replay worker died without a result")
+    for p in procs:
+        p.join()
+    merged = ShardResult()
+    for r in results:
+        merged.merge(r)
+    return merged

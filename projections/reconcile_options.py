@@ -1,0 +1,23 @@
+"""What a reconcile run covers and how it runs (shared by the shard scan, the parallel driver
+and the run itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from schemas.money import DEFAULT_CURRENCIES
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileOptions:
+    """What to reconcile and how."""
+
+    tenant: str | None = None
+    budget: str | None = None
+    workers: int = 1
+    progress: bool = True
+    currencies: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_CURRENCIES))
+    role: str | None = "ledger_app"
+    # Events the relay has not published are a note until they are this old, then drift.
+    unpublished_grace_seconds: float = 300.0

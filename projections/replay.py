@@ -1,0 +1,177 @@
+"""The ordered replay of one budget's ledger rows through `evolve`, verifying its chain.
+
+A `BudgetReplay` is fed the budget's ledger rows in physical order and applies them strictly in
+sequence order; each applied row's link is checked (sequence, `prev_hash`, the hash recomputed
+through `ledger.hashing.chain_hash`, the row's columns against the hashed event and the replayed
+balances). Only the first broken link of a budget is kept. An event that `evolve` cannot fold
+(an evolver raising) is a broken link of that budget, never the end of the whole replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ledger.budget import BudgetState, evolve, initial_state
+from ledger.hashing import chain_hash
+from projections.decode import replay_event
+
+# Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
+_SEQ, _TYPE, _FUNDED, _RESERVED, _CHARGED, _AVAILABLE, _BODY = 2, 3, 4, 5, 6, 7, 8
+# A budget whose rows arrive out of sequence order buffers them until the missing one arrives;
+# past this many buffered rows it stops buffering and is re-read in order at the end instead.
+MAX_PENDING = 10_000
+_LOADS = orjson.loads
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenLink:
+    """The first link of a budget's chain that does not verify."""
+
+    tenant_id: str
+    budget_id: str
+    sequence: int
+    problem: str
+
+
+class BudgetReplay:
+    """The replay of one budget: its state, its first broken link, and its projection rows.
+
+    Rows are fed in the ledger's physical order; they are applied strictly in sequence order
+    (`last_seq + 1`), so the replay and the first broken link are exactly those of an ordered
+    read. A row that comes early is held in `pending` until its predecessors arrived; a repeated
+    sequence (or too many held rows) marks the budget for an ordered re-read (`reread`).
+    The projection rows (`balance`, `reservations`) are filled by the caller, for the drift check.
+    """
+
+    __slots__ = (
+        "balance",
+        "broken",
+        "events",
+        "last_seq",
+        "pending",
+        "reread",
+        "reservations",
+        "state",
+    )
+
+    def __init__(self, tenant_id: str, budget_id: str) -> None:
+        self.state: BudgetState = initial_state(tenant_id, budget_id)
+        self.broken: BrokenLink | None = None
+        self.balance: tuple[Any, ...] | None = None
+        self.reservations: dict[str, list[Any]] = {}
+        self.events = 0
+        self.last_seq = 0  # the sequence of the last row applied (not the state's: see apply)
+        self.pending: dict[int, tuple[Any, ...]] | None = None
+        self.reread = False
+
+    def feed(self, row: tuple[Any, ...], currencies: Mapping[str, int]) -> None:
+        """Take the next row in physical order; apply it (and any held successors) when it is
+        the next in sequence, else hold it."""
+        seq = row[_SEQ]
+        if seq == self.last_seq + 1:
+            self.apply(row, currencies)
+            self.last_seq = seq
+            pending = self.pending
+            if pending:
+                while (nxt := self.last_seq + 1) in pending:
+                    self.apply(pending.pop(nxt), currencies)
+                    self.last_seq = nxt
+        elif not self.reread:
+            pending = self.pending
+            if pending is None:
+                pending = self.pending = {}
+            if seq <= self.last_seq or seq in pending or len(pending) >= MAX_PENDING:
+                self.reread = True  # a repeated sequence, or too much to hold: re-read in order
+                self.pending = None
+                self.last_seq = -2  # nothing matches any more: every later row is ignored
+            else:
+                pending[seq] = row
+
+    def end_of_scan(self, currencies: Mapping[str, int]) -> None:
+        """Rows still held follow a real gap: apply them in sequence order (the first tells)."""
+        if self.pending:
+            for seq in sorted(self.pending):
+                self.apply(self.pending[seq], currencies)
+                self.last_seq = seq
+            self.pending = None
+
+    def restart(self) -> None:
+        """Forget the replay (keep the projection rows read): for the ordered re-read."""
+        st = self.state
+        self.state = initial_state(st.tenant_id, st.budget_id)
+        self.broken = None
+        self.events = 0
+        self.pending = None
+
+    def apply(self, row: tuple[Any, ...], currencies: Mapping[str, int]) -> None:
+        """Verify one ledger row's link and fold its event into the state."""
+        self.events += 1
+        s = self.state
+        seq = row[_SEQ]
+        try:
+            d = _LOADS(row[_BODY])
+            stored_hash = d.pop("hash")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self._break(seq, "event is not a ledger event (unparseable or no hash)")
+            return
+        if self.broken is None:
+            problem = _link_problem(s, seq, d, stored_hash, row)
+            if problem:
+                self._break(seq, problem)
+        d["hash"] = stored_hash
+        currency = d.get("currency") or s.currency or ""
+        try:
+            event = replay_event(d, currencies.get(currency, 2))
+        except (KeyError, ValueError, TypeError):
+            self._break(seq, "event does not decode")
+            return
+        try:
+            self.state = s = evolve(s, event)
+        except Exception as exc:  # any evolver failure is a finding of this budget
+            # Tolerance belongs to the replay only (live consumption fails loudly): the event
+            # is a broken link of this budget and the replay goes on with the others.
+            self._break(seq, f"evolve failed: {type(exc).__name__}: {exc}")
+            return
+        # The row's balance columns must say what the replay says (a column edited behind the
+        # event's back, or decide/evolve disagreeing, shows up here).
+        if self.broken is None and (
+            row[_FUNDED] != s.funded
+            or row[_RESERVED] != s.reserved
+            or row[_CHARGED] != s.charged
+            or row[_AVAILABLE] != s.available
+        ):
+            self._break(seq, _column_problem(s, row))
+
+    def _break(self, seq: int, problem: str) -> None:
+        if self.broken is None:
+            self.broken = BrokenLink(self.state.tenant_id, self.state.budget_id, seq, problem)
+
+
+def _link_problem(
+    s: BudgetState, seq: int, d: dict[str, Any], stored_hash: str, row: tuple[Any, ...]
+) -> str | None:
+    if seq != s.sequence + 1:
+        kind = "duplicate" if seq <= s.sequence else "gap"
+        return f"sequence {kind}: expected {s.sequence + 1}, found {seq}"
+    if d.get("prev_hash") != s.last_hash:
+        return f"prev_hash does not match the hash of sequence {s.sequence}"
+    if chain_hash(s.last_hash, d) != stored_hash:
+        return "hash mismatch: the event was altered after it was written"
+    if d.get("sequence") != seq or d.get("type") != row[_TYPE]:
+        return "row columns (sequence/type) differ from the hashed event"
+    return None
+
+
+def _column_problem(s: BudgetState, row: tuple[Any, ...]) -> str:
+    cols = {
+        "funded": (row[_FUNDED], s.funded),
+        "reserved": (row[_RESERVED], s.reserved),
+        "charged": (row[_CHARGED], s.charged),
+        "available": (row[_AVAILABLE], s.available),
+    }
+    bad = ", ".join(f"{k} {a} (replay {e})" for k, (a, e) in cols.items() if a != e)
+    return f"row balance columns differ from the replay: {bad}"
