@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.money import DEFAULT_CURRENCIES
+
 
 class SettingsError(Exception):
     """Raised when the environment does not describe a valid configuration."""
@@ -15,8 +17,13 @@ class SettingsError(Exception):
 class Settings(BaseSettings):
     """Everything the ledger's processes read from their environment."""
 
+    # Frozen: one process reads one configuration; a variant is made with model_copy(update=...).
     model_config = SettingsConfigDict(
-        env_prefix="LEDGER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="LEDGER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
     )
 
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -34,7 +41,6 @@ class Settings(BaseSettings):
     # record larger than a topic accepts (it sets such a row aside). Above the largest event.
     topic_max_message_bytes: int = Field(default=1_048_576, ge=1_024, le=100_000_000)
     consumer_group: str = "budget-ledger"
-    relay_group: str = "budget-ledger-relay"
 
     batch_max_messages: int = Field(default=2000, ge=1, le=100_000)
     batch_max_ms: int = Field(default=20, ge=1, le=60_000)
@@ -45,8 +51,10 @@ class Settings(BaseSettings):
     # Must be unique per process (e.g. the pod name of a StatefulSet).
     group_instance_id: str = Field(default="", max_length=249)
 
-    # ISO 4217 code -> minor digits, e.g. LEDGER_CURRENCIES='{"USD": 2, "ZWG": 2}'.
-    currencies: dict[str, int] = Field(default_factory=lambda: {"USD": 2, "ZWG": 2})
+    # ISO 4217 code -> minor digits (default schemas.money.DEFAULT_CURRENCIES), e.g.
+    # LEDGER_CURRENCIES='{"USD": 2, "ZWG": 2}'. Governs new budgets and incoming amounts only:
+    # history is always read with the digits each budget recorded when it was opened.
+    currencies: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_CURRENCIES))
 
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -89,7 +97,6 @@ def prefixed_names(prefix: str) -> dict[str, str]:
         "topic_alerts": f"{prefix}.budget.alerts",
         "topic_dlq": f"{prefix}.budget.commands.dlq",
         "consumer_group": f"{prefix}.ledger",
-        "relay_group": f"{prefix}.relay",
     }
 
 
