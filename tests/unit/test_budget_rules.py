@@ -343,34 +343,31 @@ def test_decide_is_deterministic() -> None:
     assert decide(state, c, NOW) == decide(state, c, NOW)
 
 
-def test_evolve_never_raises_on_odd_events() -> None:
+def test_evolve_advances_over_an_unknown_event_type() -> None:
     state, events, _ = run(open_(), fund("10"))
-    odd = [
-        LedgerEvent(**{**_fields(events[-1]), "type": "martian", "sequence": 3, "hash": "h1"}),
-        LedgerEvent(
-            **{
-                **_fields(events[-1]),
-                "type": "reservation_charged",
-                "ref_id": "ghost",
-                "sequence": 4,
-                "hash": "h2",
-            }
-        ),
-        LedgerEvent(
-            **{
-                **_fields(events[-1]),
-                "type": "budget_configured",
-                "data": {},
-                "sequence": 5,
-                "hash": "h3",
-            }
-        ),
-    ]
-    for ev in odd:
-        after = evolve(state, ev)
-        assert (after.sequence, after.last_hash) == (ev.sequence, ev.hash)
-        assert (after.funded, after.reserved, after.charged) == (1000, 0, 0)
-        state = after
+    martian = LedgerEvent(**{**_fields(events[-1]), "type": "martian", "sequence": 3, "hash": "h"})
+    after = evolve(state, martian)
+    assert (after.sequence, after.last_hash) == (3, "h")
+    assert (after.funded, after.reserved, after.charged) == (1000, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"type": "reservation_charged", "ref_id": "ghost"}, KeyError),
+        ({"type": "budget_configured", "data": {}}, KeyError),
+        ({"type": "period_closed", "data": {"allowance": "x"}}, (KeyError, ValueError)),
+    ],
+)
+def test_evolve_raises_on_a_malformed_event(
+    changes: dict[str, Any], error: type[Exception] | tuple[type[Exception], ...]
+) -> None:
+    # Live consumption must fail loudly (the consumer dead-letters the command), never fold a
+    # broken event into a silently stale state.
+    state, events, _ = run(open_(), fund("10"))
+    bad = LedgerEvent(**{**_fields(events[-1]), **changes, "sequence": 3, "hash": "h"})
+    with pytest.raises(error):
+        evolve(state, bad)
 
 
 def _fields(ev: LedgerEvent) -> dict[str, Any]:

@@ -1,0 +1,99 @@
+"""`evolve` carries every `BudgetState` field it does not compute, and fails loudly on bad events.
+
+Each field the evolver neither reads nor sets is replaced by a unique marker object; after the
+event the very same object must still be there. A field added to `BudgetState` later is covered
+automatically: if an evolver builds the next state without it, the field falls back to its
+default and the marker is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.budget import BudgetState, evolve
+from schemas.commands import Command
+from schemas.events import LedgerEvent
+from tests.unit.test_budget_rules import cmd, fund, open_, reserve, run
+
+pytestmark = pytest.mark.unit
+
+_CHAIN = {"sequence", "last_hash"}
+_BALANCES = {"config", "funded", "reserved", "charged", "cap_reached_alerted"}
+_ALERT_ARMING = {"above_soft", "above_hard"}
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<marker {self.name}>"
+
+
+# (case id, scene, command, fields the evolver may read or set)
+CASES: list[tuple[str, list[Command], Command, set[str]]] = [
+    ("command_rejected", [open_()], fund("1.00", "EUR"), _CHAIN | {"opened"}),
+    (
+        "reservation_rejected",
+        [open_()],
+        reserve("r1", "5.00"),
+        _CHAIN | {"opened", "cap_reached_alerted"},
+    ),
+    ("budget_funded", [open_()], fund("1.00"), _CHAIN | _BALANCES | _ALERT_ARMING | {"opened"}),
+    (
+        "budget_configured",
+        [open_(), fund("10.00")],
+        cmd("configure_budget", soft_cap="5.00"),
+        _CHAIN | _BALANCES | _ALERT_ARMING | {"opened"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("etype", "scene", "command", "used"), CASES, ids=[c[0] for c in CASES])
+def test_every_other_field_survives(
+    etype: str, scene: list[Command], command: Command, used: set[str]
+) -> None:
+    state, _, _ = run(*scene)
+    _, events, _ = run(*scene, command)
+    event = events[-1]
+    assert event.type == etype
+    markers: dict[str, Any] = {
+        f.name: _Marker(f.name) for f in fields(BudgetState) if f.name not in used
+    }
+    assert markers, "every field is used: the case tests nothing"
+    after = evolve(replace(state, **markers), event)
+    lost = [name for name, marker in markers.items() if getattr(after, name) is not marker]
+    assert not lost, f"{event.type} reset {lost}"
+    assert (after.sequence, after.last_hash) == (event.sequence, event.hash)
+
+
+def test_a_refusal_keeps_real_values() -> None:
+    state, _, _ = run(open_(), fund("10.00"), reserve("r1", "9.00"))
+    _, events, _ = run(open_(), fund("10.00"), reserve("r1", "9.00"), fund("1.00", "EUR"))
+    after = evolve(state, events[-1])
+    for f in fields(BudgetState):
+        if f.name not in _CHAIN:
+            assert getattr(after, f.name) == getattr(state, f.name), f.name
+
+
+def _fields(ev: LedgerEvent) -> dict[str, Any]:
+    return {f: getattr(ev, f) for f in LedgerEvent.__slots__}
+
+
+@given(
+    ref=st.text(min_size=1, max_size=20).filter(lambda r: r != "r1"),
+    etype=st.sampled_from(["reservation_charged", "reservation_released"]),
+)
+def test_evolve_is_not_tolerant(ref: str, etype: str) -> None:
+    """An event about a reservation the state never saw raises instead of being skipped."""
+    state, events, _ = run(open_(), fund("10.00"), reserve("r1", "1.00"))
+    bad = LedgerEvent(
+        **{**_fields(events[-1]), "type": etype, "ref_id": ref, "sequence": 4, "hash": "h"}
+    )
+    with pytest.raises(KeyError):
+        evolve(state, bad)
