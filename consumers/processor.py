@@ -15,6 +15,7 @@ import orjson
 
 from ledger.budget import BudgetState, apply
 from ledger.idempotency import classify, fingerprint
+from ledger.store import ReplayFailed
 from projections.rows import BalanceRow, ReservationRow, balance_row, reservation_row
 from schemas.commands import Command, CommandInvalid, parse_command
 from schemas.events import alert_to_wire, event_to_wire
@@ -25,12 +26,11 @@ CommandKey = tuple[str, str]
 # (fingerprint, event JSON) of a command already in the ledger.
 PriorOutcome = tuple[str, str]
 PriorLookup = Callable[[list[CommandKey]], Mapping[CommandKey, PriorOutcome]]
-BudgetLoader = Callable[[list[BudgetKey]], Mapping[BudgetKey, BudgetState]]
+BudgetLoader = Callable[[list[BudgetKey]], Mapping[BudgetKey, BudgetState | ReplayFailed]]
 OutboxRow = tuple[str, bytes | None, bytes, str | None]
 # (partition, offset) of one message.
 MessageKey = tuple[int, int]
 
-DEFAULT_DIGITS = 2
 INTERNAL_ERROR = "internal_error"
 # Postgres refused a row this message produced (found by bisecting the batch; see poison.py).
 STORAGE_REFUSED = "storage_refused"
@@ -199,13 +199,27 @@ def process_batch(
         if bkey in touched:
             state = touched[bkey][1]
         else:
-            state = partitions[msg.partition].budgets.get(bkey) or loaded[bkey]
+            found = partitions[msg.partition].budgets.get(bkey) or loaded[bkey]
+            if isinstance(found, ReplayFailed):
+                # Never decide against a state its history could not produce.
+                reason = f"budget {bkey[0]}:{bkey[1]} cannot be loaded: {found.reason}"
+                _reject(out, msg, ctx, INTERNAL_ERROR, reason, command)
+                continue
+            state = found
+        if state.opened and state.currency not in ctx.currencies:
+            # History still reads with the recorded digits; new commands wait for the table.
+            reason = (
+                f"budget {bkey[0]}:{bkey[1]} is in {state.currency}, which is not in the "
+                f"currency table (LEDGER_CURRENCIES); it was opened with {state.digits} digits"
+            )
+            _reject(out, msg, ctx, "unknown_currency", reason, command)
+            continue
         # Everything this message produces is built before any of it is kept, so a failure
         # at any step leaves the batch as if the message had not been there.
         try:
             new_state, event, alerts = apply(state, command, now, ctx.currencies)
-            digits = ctx.currencies.get(new_state.currency or "", DEFAULT_DIGITS)
-            text = orjson.dumps(event_to_wire(event, digits)).decode()
+            # The budget's own digits (from its budget_opened), never today's table.
+            text = orjson.dumps(event_to_wire(event, new_state.digits)).decode()
             row = (
                 event.tenant_id, event.budget_id, event.sequence, event.type, event.command_id,
                 fp, event.ref_id, event.currency, event.amount, event.funded, event.reserved,
@@ -229,8 +243,9 @@ def process_batch(
         out.outcomes[(command.type, event.reason or "accepted")] += 1
 
     # Step 5
-    for bkey, state in loaded.items():
-        out.new_states.setdefault(homes[bkey], {})[bkey] = state
+    for bkey, loaded_state in loaded.items():
+        if not isinstance(loaded_state, ReplayFailed):  # a failed one is tried again next time
+            out.new_states.setdefault(homes[bkey], {})[bkey] = loaded_state
     for bkey, (partition, state, _) in touched.items():
         out.new_states.setdefault(partition, {})[bkey] = state
         out.balance_rows.append(balance_row(state, recorded_at))

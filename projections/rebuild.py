@@ -17,22 +17,32 @@ import structlog
 
 from ledger.budget import BudgetState, evolve, initial_state
 from ledger.db import copy_rows
-from projections.reconcile import decode_event
+from ledger.store import replay_digits
 from projections.rows import balance_row, reservation_row
 from projections.store import queries
-from schemas.events import rfc3339_utc
+from schemas.events import event_from_wire, rfc3339_utc
 
 log = structlog.get_logger("rebuild")
 
 
+class RebuildFailed(Exception):
+    """A budget's history could not be replayed; nothing was rebuilt (the projections stand)."""
+
+
 def rebuild(
     conn: psycopg.Connection,
-    currencies: Mapping[str, int],
+    currencies: Mapping[str, int] | None = None,
     tenant: str | None = None,
     budget: str | None = None,
 ) -> tuple[int, int]:
     """Rebuild balances and reservations (all, one tenant, or one budget); returns (budgets,
-    reservations) written. `conn` must be the owner (it deletes projection rows)."""
+    reservations) written. `conn` must be the owner (it deletes projection rows).
+
+    Each budget is read with the digits its `budget_opened` recorded; `currencies` is ignored
+    (kept for callers). Raises RebuildFailed, writing nothing, if a budget's history does not
+    replay (`reconcile` then names the broken event).
+    """
+    del currencies
     q = queries()
     params = {"tenant": tenant, "budget": budget}
     with conn.transaction():
@@ -46,7 +56,7 @@ def rebuild(
         with conn.cursor(name="rebuild_stream") as src:
             src.itersize = 20_000
             src.execute(q["rebuild_stream"], params)
-            for state in _replay(src, currencies):
+            for state in _replay(src):
                 balances.append(balance_row(state, updated_at))
                 reservations.extend(reservation_row(state, r) for r in state.reservations.values())
         conn.execute(q["delete_balances"], params)
@@ -63,7 +73,7 @@ def rebuild(
     return len(balances), len(reservations)
 
 
-def _replay(src: psycopg.Cursor[Any], currencies: Mapping[str, int]) -> Iterator[BudgetState]:
+def _replay(src: psycopg.Cursor[Any]) -> Iterator[BudgetState]:
     """Yield each budget's final state, replaying its events in sequence order."""
     state: BudgetState | None = None
     for tenant_id, budget_id, text in src:
@@ -71,8 +81,13 @@ def _replay(src: psycopg.Cursor[Any], currencies: Mapping[str, int]) -> Iterator
             if state is not None:
                 yield state
             state = initial_state(tenant_id, budget_id)
-        wire = orjson.loads(text)
-        digits = currencies.get(wire.get("currency") or state.currency or "", 2)
-        state = evolve(state, decode_event(wire, digits))
+        try:
+            wire = orjson.loads(text)
+            state = evolve(state, event_from_wire(wire, replay_digits(state, wire)))
+        except Exception as exc:
+            raise RebuildFailed(
+                f"budget {tenant_id}:{budget_id}: event {state.sequence + 1} does not replay "
+                f"({type(exc).__name__}: {exc}); run reconcile for details"
+            ) from exc
     if state is not None:
         yield state

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, create_model
 
 from schemas.commands import COMMAND_MODELS
-from schemas.money import to_decimal_str, to_minor
+from schemas.money import fraction_digits, to_decimal_str, to_minor
 
 EventType = Literal[
     "budget_opened",
@@ -218,6 +218,19 @@ def event_from_wire(d: Mapping[str, Any], digits: int) -> LedgerEvent:
         prev_hash=d["prev_hash"],
         hash=d["hash"],
     )
+
+
+def opened_digits(d: Mapping[str, Any]) -> int:
+    """Minor digits a ``budget_opened`` wire dict records: its ``data.minor_units``.
+
+    The only source of a budget's digits when its history is read (never today's currency
+    table). An event without ``minor_units`` (none is known to exist) falls back to the decimal
+    places of its ``funded`` balance, which is always written with exactly the currency's digits.
+    """
+    recorded = d["data"].get("minor_units")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return recorded
+    return fraction_digits(d["funded"])
 
 
 def alert_to_wire(a: Alert) -> dict[str, Any]:
