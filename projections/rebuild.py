@@ -18,9 +18,10 @@ import structlog
 from ledger.budget import BudgetState, evolve, initial_state
 from ledger.db import copy_rows
 from ledger.store import replay_digits
+from projections.decode import decode_event
 from projections.rows import balance_row, reservation_row
 from projections.store import queries
-from schemas.events import event_from_wire, rfc3339_utc
+from schemas.events import rfc3339_utc
 
 log = structlog.get_logger("rebuild")
 
@@ -83,7 +84,7 @@ def _replay(src: psycopg.Cursor[Any]) -> Iterator[BudgetState]:
             state = initial_state(tenant_id, budget_id)
         try:
             wire = orjson.loads(text)
-            state = evolve(state, event_from_wire(wire, replay_digits(state, wire)))
+            state = evolve(state, decode_event(wire, replay_digits(state, wire)))
         except Exception as exc:
             raise RebuildFailed(
                 f"budget {tenant_id}:{budget_id}: event {state.sequence + 1} does not replay "
