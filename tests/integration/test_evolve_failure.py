@@ -15,6 +15,7 @@ import pytest
 
 import ledger.budget as budget
 from ledger.settings import Settings
+from projections.rebuild import RebuildFailed, rebuild
 from tests.integration.support import (
     fund,
     ledger_count,
@@ -41,6 +42,7 @@ def _rows(settings: Settings, budget_id: str) -> list[tuple[int, str, int]]:
 
 
 def _balance(settings: Settings, budget_id: str) -> tuple[int, int]:
+    """(funded, sequence) of a budget's projection row."""
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT funded, sequence FROM budget_balances WHERE budget_id = %s", (budget_id,)
@@ -118,3 +120,11 @@ def test_a_history_that_does_not_replay_dead_letters_that_budget_only(
     assert _rows(settings, "b1") == [(1, "open-1", 0), (2, "fund-1", 777)]
     assert _rows(settings, "b2") == [(1, "open-2", 0), (2, "fund-3", 200)]
     assert _balance(settings, "b1") == (777, 2)  # untouched, not rewritten from a stale state
+    # rebuild stops with a clear error and writes nothing.
+    with (
+        psycopg.connect(settings.database_url) as conn,
+        pytest.raises(RebuildFailed, match="acme:b1: event 2 does not replay"),
+    ):
+        rebuild(conn)
+    assert _balance(settings, "b1") == (777, 2)
+    assert _balance(settings, "b2") == (200, 2)
