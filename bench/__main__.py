@@ -324,7 +324,6 @@ def verify(phase: Phase, expected: int) -> tuple[list[str], dict[str, int]]:
         opts = rec.ReconcileOptions(
             workers=1,
             progress=False,
-            currencies=phase.settings.currencies,
             role=phase.settings.database_role,
             unpublished_grace_seconds=1e9,
         )

@@ -308,7 +308,7 @@ class CommandConsumer:
             self.partitions,
             self.ctx,
             lookup_prior=lambda keys: store.lookup_prior(conn, keys),
-            load_budgets=lambda keys: store.load_budgets(conn, keys, self.settings.currencies),
+            load_budgets=lambda keys: store.load_budgets(conn, keys),
             poisoned=poisoned,
         )
 

@@ -30,8 +30,7 @@ def _reconcile(settings: Settings, tenant: str, budget: str) -> int:
     """Replay the demo budget's ledger and compare it with its projections."""
     from projections.reconcile import ReconcileOptions, iter_lines, reconcile
 
-    opts = ReconcileOptions(tenant=tenant, budget=budget, currencies=settings.currencies,
-                            role=settings.database_role)  # fmt: skip
+    opts = ReconcileOptions(tenant=tenant, budget=budget, role=settings.database_role)
     report = reconcile(settings.database_url, opts)
     print("reconcile: " + " | ".join(iter_lines(report)))
     return 0 if report.clean else 1

@@ -13,7 +13,7 @@ import orjson
 import psycopg
 import structlog
 
-from entrypoints.errors import EXIT_DRIFT, EXIT_OK, database_unreachable
+from entrypoints.errors import EXIT_DRIFT, EXIT_OK, CliError, database_unreachable
 from ledger.db import DatabaseUnavailable, connect
 from ledger.settings import Settings
 
@@ -39,7 +39,6 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
         tenant=args.tenant,
         budget=args.budget,
         workers=args.workers,
-        currencies=settings.currencies,
         role=settings.database_role,
         unpublished_grace_seconds=args.grace,
     )
@@ -90,14 +89,16 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     """Rebuild the balance and reservation projections from the ledger, atomically; safe while
     the consumer runs (it waits for the swap, then applies its batch on top)."""
-    from projections.rebuild import rebuild
+    from projections.rebuild import RebuildFailed, rebuild
 
     try:
         # The owner role: rebuilding deletes projection rows, which the application role cannot.
         with connect(settings.database_url) as conn:
-            budgets, reservations = rebuild(conn, settings.currencies, args.tenant, args.budget)
+            budgets, reservations = rebuild(conn, args.tenant, args.budget)
     except (DatabaseUnavailable, psycopg.OperationalError) as exc:
         raise database_unreachable(exc) from None
+    except RebuildFailed as exc:
+        raise CliError(f"{exc}; nothing was rebuilt (run `budget-ledger reconcile`)") from None
     print(f"rebuilt {budgets} budget(s) and {reservations} reservation(s)")
     return EXIT_OK
 

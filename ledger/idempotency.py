@@ -1,4 +1,4 @@
-"""The idempotency rule as pure functions (DESIGN "Idempotency").
+"""The idempotency rule as pure functions (docs/domain.md, "Idempotency").
 
 The consumer looks up the fingerprint stored with a ``command_id``'s ledger row; ``classify``
 then says whether the incoming command is new, a harmless retry (re-publish the original

@@ -118,15 +118,12 @@ def replay_digits(state: BudgetState, wire: Mapping[str, Any]) -> int:
 def load_budgets(
     conn: psycopg.Connection,
     keys: list[BudgetKey],
-    currencies: Mapping[str, int] | None = None,
 ) -> dict[BudgetKey, BudgetState | ReplayFailed]:
     """Rebuild the state of each budget by replaying its ledger events through `evolve`.
 
     A budget whose history fails to replay is returned as `ReplayFailed` (the others load).
-    `currencies` is ignored (digits come from each budget's history); it goes once the caller
-    in consumers/command_consumer.py stops passing it.
+    Digits come from each budget's own history, never from the currency table.
     """
-    del currencies
     out: dict[BudgetKey, BudgetState | ReplayFailed] = {}
     states = {key: initial_state(*key) for key in keys}
     if not keys:

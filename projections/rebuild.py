@@ -8,7 +8,7 @@ after them), replay the ledger through `evolve`, DELETE and COPY the projections
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -32,18 +32,16 @@ class RebuildFailed(Exception):
 
 def rebuild(
     conn: psycopg.Connection,
-    currencies: Mapping[str, int] | None = None,
     tenant: str | None = None,
     budget: str | None = None,
 ) -> tuple[int, int]:
     """Rebuild balances and reservations (all, one tenant, or one budget); returns (budgets,
     reservations) written. `conn` must be the owner (it deletes projection rows).
 
-    Each budget is read with the digits its `budget_opened` recorded; `currencies` is ignored
-    (kept for callers). Raises RebuildFailed, writing nothing, if a budget's history does not
+    Each budget is read with the digits its `budget_opened` recorded, never the currency table.
+    Raises RebuildFailed, writing nothing, if a budget's history does not
     replay (`reconcile` then names the broken event).
     """
-    del currencies
     q = queries()
     params = {"tenant": tenant, "budget": budget}
     with conn.transaction():

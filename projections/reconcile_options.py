@@ -3,10 +3,7 @@ and the run itself)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
-from schemas.money import DEFAULT_CURRENCIES
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +14,6 @@ class ReconcileOptions:
     budget: str | None = None
     workers: int = 1
     progress: bool = True
-    currencies: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_CURRENCIES))
     role: str | None = "ledger_app"
     # Events the relay has not published are a note until they are this old, then drift.
     unpublished_grace_seconds: float = 300.0

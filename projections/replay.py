@@ -9,7 +9,6 @@ balances). Only the first broken link of a budget is kept. An event that `evolve
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ import orjson
 
 from ledger.budget import BudgetState, evolve, initial_state
 from ledger.hashing import chain_hash
+from ledger.store import replay_digits
 from projections.decode import replay_event
 
 # Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
@@ -68,17 +68,17 @@ class BudgetReplay:
         self.pending: dict[int, tuple[Any, ...]] | None = None
         self.reread = False
 
-    def feed(self, row: tuple[Any, ...], currencies: Mapping[str, int]) -> None:
+    def feed(self, row: tuple[Any, ...]) -> None:
         """Take the next row in physical order; apply it (and any held successors) when it is
         the next in sequence, else hold it."""
         seq = row[_SEQ]
         if seq == self.last_seq + 1:
-            self.apply(row, currencies)
+            self.apply(row)
             self.last_seq = seq
             pending = self.pending
             if pending:
                 while (nxt := self.last_seq + 1) in pending:
-                    self.apply(pending.pop(nxt), currencies)
+                    self.apply(pending.pop(nxt))
                     self.last_seq = nxt
         elif not self.reread:
             pending = self.pending
@@ -91,11 +91,11 @@ class BudgetReplay:
             else:
                 pending[seq] = row
 
-    def end_of_scan(self, currencies: Mapping[str, int]) -> None:
+    def end_of_scan(self) -> None:
         """Rows still held follow a real gap: apply them in sequence order (the first tells)."""
         if self.pending:
             for seq in sorted(self.pending):
-                self.apply(self.pending[seq], currencies)
+                self.apply(self.pending[seq])
                 self.last_seq = seq
             self.pending = None
 
@@ -107,7 +107,7 @@ class BudgetReplay:
         self.events = 0
         self.pending = None
 
-    def apply(self, row: tuple[Any, ...], currencies: Mapping[str, int]) -> None:
+    def apply(self, row: tuple[Any, ...]) -> None:
         """Verify one ledger row's link and fold its event into the state."""
         self.events += 1
         s = self.state
@@ -123,9 +123,9 @@ class BudgetReplay:
             if problem:
                 self._break(seq, problem)
         d["hash"] = stored_hash
-        currency = d.get("currency") or s.currency or ""
         try:
-            event = replay_event(d, currencies.get(currency, 2))
+            # The budget's own digits, from its budget_opened: never today's currency table.
+            event = replay_event(d, replay_digits(s, d))
         except (KeyError, ValueError, TypeError):
             self._break(seq, "event does not decode")
             return

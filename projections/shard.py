@@ -55,7 +55,6 @@ def replay_shard(
     then read the projections (same snapshot) and compare budget by budget."""
     result = ShardResult()
     params = {"tenant": opts.tenant, "budget": opts.budget, "shard": shard, "shards": shards}
-    currencies = dict(opts.currencies)
     budgets: dict[tuple[str, str], BudgetReplay] = {}
     q = queries()
     gc_was_enabled = gc.isenabled()
@@ -75,7 +74,7 @@ def replay_shard(
                         budget = get((row[0], row[1]))
                         if budget is None:
                             budget = budgets[(row[0], row[1])] = BudgetReplay(row[0], row[1])
-                        budget.feed(row, currencies)
+                        budget.feed(row)
                     if on_progress is not None:
                         on_progress(len(rows))
             for key, budget in budgets.items():
@@ -87,9 +86,9 @@ def replay_shard(
                             q["reconcile_budget_events"], {"tenant": key[0], "budget": key[1]}
                         )
                         for row in cur:
-                            budget.apply(row, currencies)
+                            budget.apply(row)
                 else:
-                    budget.end_of_scan(currencies)
+                    budget.end_of_scan()
             for row in conn.execute(q["reconcile_balances"], params):
                 budget = get((row[0], row[1]))
                 if budget is None:

@@ -1,8 +1,8 @@
 """A budget's minor digits come from its own `budget_opened`, never from today's currency table.
 
 Budgets are written under `LEDGER_CURRENCIES` = USD 2; then the table says USD 3 (or drops USD).
-The consumer (which replays history when it first meets a budget), `load_budgets` and `rebuild`
-still read and write USD amounts with the 2 digits the budget recorded.
+The consumer (which replays history when it first meets a budget), `load_budgets`, `rebuild` and
+`reconcile` still read and write USD amounts with the 2 digits the budget recorded.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ledger import store
 from ledger.budget import BudgetState
 from ledger.settings import Settings
 from projections.rebuild import rebuild
+from projections.reconcile import ReconcileOptions, iter_lines, reconcile
 from tests.integration.support import (
     fund,
     ledger_count,
@@ -59,6 +60,17 @@ def _balance(settings: Settings, budget_id: str) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
+def _assert_reconciles(settings: Settings) -> None:
+    """The reconciler replays with the recorded digits too: no drift, no broken link."""
+    report = reconcile(
+        settings.database_url,
+        ReconcileOptions(
+            progress=False, role=settings.database_role, unpublished_grace_seconds=1e9
+        ),
+    )
+    assert report.clean, list(iter_lines(report))
+
+
 def _write_history(settings: Settings) -> list[dict[str, Any]]:
     two = settings.model_copy(update={"currencies": {"USD": 2, "ZWG": 2}})
     topics_ready(two)
@@ -78,7 +90,7 @@ def test_a_wider_table_does_not_rescale_history(settings: Settings) -> None:
     three = settings.model_copy(update={"currencies": {"USD": 3, "ZWG": 2}})
 
     with psycopg.connect(three.database_url, autocommit=True) as conn:
-        loaded = store.load_budgets(conn, [("acme", "b1")], three.currencies)[("acme", "b1")]
+        loaded = store.load_budgets(conn, [("acme", "b1")])[("acme", "b1")]
     assert isinstance(loaded, BudgetState)
     assert (loaded.digits, loaded.funded, loaded.reserved) == (2, 1050, 225)
 
@@ -104,8 +116,9 @@ def test_a_wider_table_does_not_rescale_history(settings: Settings) -> None:
     assert _balance(three, "b1") == (1175, 225, 5)
 
     with psycopg.connect(three.database_url) as conn:
-        assert rebuild(conn, three.currencies) == (1, 1)
+        assert rebuild(conn) == (1, 1)
     assert _balance(three, "b1") == (1175, 225, 5)
+    _assert_reconciles(three)
 
 
 def test_a_budget_whose_currency_left_the_table_is_refused_clearly(settings: Settings) -> None:
@@ -121,5 +134,6 @@ def test_a_budget_whose_currency_left_the_table_is_refused_clearly(settings: Set
     assert "opened with 2 digits" in letters[0]["reason"]
     # Reading history needs no table: rebuild still gives the recorded amounts.
     with psycopg.connect(no_usd.database_url) as conn:
-        assert rebuild(conn, no_usd.currencies) == (1, 1)
+        assert rebuild(conn) == (1, 1)
     assert _balance(no_usd, "b1") == (1050, 225, 3)
+    _assert_reconciles(no_usd)

@@ -35,9 +35,9 @@ def _replay(rows: list[tuple[Any, ...]]) -> dict[Key, BudgetReplay]:
         budget = budgets.get(key)
         if budget is None:
             budget = budgets[key] = BudgetReplay(*key)
-        budget.feed(row, CURRENCIES)
+        budget.feed(row)
     for budget in budgets.values():
-        budget.end_of_scan(CURRENCIES)
+        budget.end_of_scan()
     return budgets
 
 
