@@ -3,7 +3,8 @@
 The chaos test compares the real ledger with this model. It shares no code with `ledger/`: a
 budget is a handful of integers (minor units) and a dict of reservations, and each rule is a few
 plain `if`s written from the rules in docs/domain.md (fund, reserve, charge in full or in part,
-release, refusals, idempotency by tenant and command id). Only rolling budgets without expiries are modelled.
+release, refusals, idempotency by tenant and command id). Only rolling budgets without expiries
+are modelled.
 """
 
 from __future__ import annotations
