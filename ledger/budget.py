@@ -757,10 +757,27 @@ def _advance(
     s: BudgetState, e: LedgerEvent, cap_reached_alerted: bool | None = None
 ) -> BudgetState:
     """Only the chain moves: sequence and hash (rejections, events of an unopened budget)."""
-    if cap_reached_alerted is None:
-        return replace(s, sequence=e.sequence, last_hash=e.hash)
-    return replace(
-        s, sequence=e.sequence, last_hash=e.hash, cap_reached_alerted=cap_reached_alerted
+    # By name, like _accepted (every refusal passes here; replace() costs ~2 us more).
+    return BudgetState(
+        tenant_id=s.tenant_id,
+        budget_id=s.budget_id,
+        opened=s.opened,
+        currency=s.currency,
+        config=s.config,
+        funded=s.funded,
+        reserved=s.reserved,
+        charged=s.charged,
+        sequence=e.sequence,
+        last_hash=e.hash,
+        period_start=s.period_start,
+        reservations=s.reservations,
+        cap_reached_alerted=(
+            s.cap_reached_alerted if cap_reached_alerted is None else cap_reached_alerted
+        ),
+        digits=s.digits,
+        expiring=s.expiring,
+        above_soft=s.above_soft,
+        above_hard=s.above_hard,
     )
 
 
