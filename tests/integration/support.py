@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from consumers.command_consumer import CommandConsumer
 from consumers.kafka_config import producer_config
@@ -218,3 +218,52 @@ def random_stream(
         else:
             out.append(fund(tenant, f"b{b}", f"c{i}", f"{rng.randint(100, 20000) / 100:.2f}"))
     return out
+
+
+def topics_ready(settings: Settings) -> None:
+    """Create the topics and wait until every partition of the command topic has a leader."""
+    create_topics(settings)
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    try:
+        for p in range(settings.topic_partitions):
+            tp = TopicPartition(settings.topic_commands, p)
+
+            def answers(tp: TopicPartition = tp) -> bool:
+                try:
+                    probe.get_watermark_offsets(tp, timeout=2, cached=False)
+                    return True
+                except KafkaException:
+                    return False
+
+            wait_for(answers, timeout=30, what=f"a leader for partition {p}")
+    finally:
+        probe.close()
+
+
+def dead_letters(settings: Settings) -> dict[bytes, dict[str, str]]:
+    """Dead letters waiting in the outbox (no relay runs here), by message value."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT payload, headers FROM outbox WHERE topic = %s ORDER BY id",
+            (settings.topic_dlq,),
+        ).fetchall()
+    return {bytes(payload): dict(headers) for payload, headers in rows}
+
+
+def assert_ledger_consistent(database_url: str, commands: list[dict[str, object]]) -> None:
+    """Every command exactly once, sequences gap-free, nothing negative, projections current."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        ids = [r[0] for r in conn.execute("SELECT command_id FROM ledger")]
+        assert sorted(ids) == sorted(str(c["command_id"]) for c in commands)
+        gaps = conn.execute(
+            "SELECT tenant_id, budget_id, count(*), min(sequence), max(sequence) FROM ledger"
+            " GROUP BY 1, 2 HAVING count(*) <> max(sequence) OR min(sequence) <> 1"
+        ).fetchall()
+        assert gaps == []
+        assert conn.execute("SELECT min(available) FROM ledger").fetchone()[0] >= 0
+        stale = conn.execute(
+            "SELECT b.budget_id FROM budget_balances b JOIN (SELECT tenant_id, budget_id,"
+            " max(sequence) AS seq FROM ledger GROUP BY 1, 2) l USING (tenant_id, budget_id)"
+            " WHERE b.sequence <> l.seq"
+        ).fetchall()
+        assert stale == []

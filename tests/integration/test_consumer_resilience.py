@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 from consumers.topics import create_topics
 from ledger.settings import Settings
 from tests.integration.support import (
+    assert_ledger_consistent,
     consumer_process,
     fund,
     kill,
@@ -33,25 +34,6 @@ BALANCES = (
     "SELECT string_agg(concat_ws(',', budget_id, funded, reserved, charged, sequence), ';'"
     " ORDER BY budget_id) FROM budget_balances"
 )
-
-
-def assert_ledger_consistent(database_url: str, commands: list[dict[str, object]]) -> None:
-    """Every command exactly once, sequences gap-free, nothing negative, projections current."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        ids = [r[0] for r in conn.execute("SELECT command_id FROM ledger")]
-        assert sorted(ids) == sorted(str(c["command_id"]) for c in commands)
-        gaps = conn.execute(
-            "SELECT tenant_id, budget_id, count(*), min(sequence), max(sequence) FROM ledger"
-            " GROUP BY 1, 2 HAVING count(*) <> max(sequence) OR min(sequence) <> 1"
-        ).fetchall()
-        assert gaps == []
-        assert conn.execute("SELECT min(available) FROM ledger").fetchone()[0] >= 0
-        stale = conn.execute(
-            "SELECT b.budget_id FROM budget_balances b JOIN (SELECT tenant_id, budget_id,"
-            " max(sequence) AS seq FROM ledger GROUP BY 1, 2) l USING (tenant_id, budget_id)"
-            " WHERE b.sequence <> l.seq"
-        ).fetchall()
-        assert stale == []
 
 
 def test_poison_messages_go_to_the_dlq_and_good_ones_are_applied(settings: Settings) -> None:

@@ -18,6 +18,7 @@ from ledger.settings import Settings
 from projections.rebuild import rebuild
 from projections.reconcile import ReconcileOptions, iter_lines, reconcile
 from tests.integration.support import (
+    dead_letters,
     fund,
     ledger_count,
     open_budget,
@@ -25,16 +26,16 @@ from tests.integration.support import (
     release,
     reserve,
     running_consumer,
+    topics_ready,
     wait_for,
 )
-from tests.integration.test_poison import _dead_letters, topics_ready
 
 pytestmark = pytest.mark.integration
 
 
 def _settled(settings: Settings, expected: int) -> None:
     wait_for(
-        lambda: ledger_count(settings.database_url) + len(_dead_letters(settings)) == expected,
+        lambda: ledger_count(settings.database_url) + len(dead_letters(settings)) == expected,
         timeout=90,
         what=f"{expected} commands decided",
     )
@@ -101,7 +102,7 @@ def test_a_wider_table_does_not_rescale_history(settings: Settings) -> None:
     with running_consumer(three, relay=False):  # a fresh consumer: replays b1 from the ledger
         produce(three, later)
         _settled(three, len(first) + len(later))
-    assert _dead_letters(three) == {}
+    assert dead_letters(three) == {}
     events = _events(three, "b1")
     assert [(c, f) for c, f, _ in events] == [
         ("open-1", 0),
@@ -128,7 +129,7 @@ def test_a_budget_whose_currency_left_the_table_is_refused_clearly(settings: Set
     with running_consumer(no_usd, relay=False):
         produce(no_usd, later)
         _settled(no_usd, len(first) + len(later))
-    letters = list(_dead_letters(no_usd).values())
+    letters = list(dead_letters(no_usd).values())
     assert [(h["command_id"], h["error_class"]) for h in letters] == [("rel-1", "unknown_currency")]
     assert "USD, which is not in the currency table" in letters[0]["reason"]
     assert "opened with 2 digits" in letters[0]["reason"]

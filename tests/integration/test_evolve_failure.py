@@ -17,14 +17,15 @@ import ledger.budget as budget
 from ledger.settings import Settings
 from projections.rebuild import RebuildFailed, rebuild
 from tests.integration.support import (
+    dead_letters,
     fund,
     ledger_count,
     open_budget,
     produce,
     running_consumer,
+    topics_ready,
     wait_for,
 )
-from tests.integration.test_poison import _dead_letters, topics_ready
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def _buggy_funded(monkeypatch: pytest.MonkeyPatch, amount: int) -> None:
 
 def _settled(settings: Settings, expected: int) -> None:
     wait_for(
-        lambda: ledger_count(settings.database_url) + len(_dead_letters(settings)) == expected,
+        lambda: ledger_count(settings.database_url) + len(dead_letters(settings)) == expected,
         timeout=90,
         what=f"{expected} commands decided",
     )
@@ -84,7 +85,7 @@ def test_an_evolver_exception_dead_letters_the_command_and_commits_nothing_stale
     with running_consumer(settings, relay=False):
         produce(settings, commands)
         _settled(settings, len(commands))
-    letters = list(_dead_letters(settings).values())
+    letters = list(dead_letters(settings).values())
     assert len(letters) == 1, letters
     assert letters[0]["command_id"] == "fund-bug"
     assert letters[0]["error_class"] == "internal_error"
@@ -112,7 +113,7 @@ def test_a_history_that_does_not_replay_dead_letters_that_budget_only(
     with running_consumer(settings, relay=False):
         produce(settings, later)
         _settled(settings, len(first) + len(later))
-    letters = list(_dead_letters(settings).values())
+    letters = list(dead_letters(settings).values())
     assert [h["command_id"] for h in letters] == ["fund-2"], letters
     assert letters[0]["error_class"] == "internal_error"
     assert "acme:b1 cannot be loaded" in letters[0]["reason"]

@@ -21,9 +21,9 @@ from tests.integration.support import (
     open_budget,
     produce,
     running_consumer,
+    topics_ready,
     wait_for,
 )
-from tests.integration.test_poison import topics_ready
 
 pytestmark = pytest.mark.integration
 

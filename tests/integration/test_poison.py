@@ -8,15 +8,15 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 import consumers.processor as processor
-from consumers.topics import create_topics
 from ledger import store
 from ledger.budget import BudgetState
 from ledger.settings import Settings
 from tests.integration.support import (
+    assert_ledger_consistent,
     consumer_process,
+    dead_letters,
     fund,
     kill,
     ledger_count,
@@ -26,9 +26,9 @@ from tests.integration.support import (
     read_topic,
     reserve,
     running_consumer,
+    topics_ready,
     wait_for,
 )
-from tests.integration.test_consumer_resilience import assert_ledger_consistent
 
 pytestmark = pytest.mark.integration
 
@@ -37,36 +37,6 @@ pytestmark = pytest.mark.integration
 # ("internal_error") or by the bisection of a batch Postgres refused ("storage_refused"). Any of
 # these is right; a crash never is.
 BEHIND_THE_EDGE = {"internal_error", "storage_refused"}
-
-
-def topics_ready(settings: Settings) -> None:
-    """Create the topics and wait until every partition of the command topic has a leader."""
-    create_topics(settings)
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
-    try:
-        for p in range(settings.topic_partitions):
-            tp = TopicPartition(settings.topic_commands, p)
-
-            def answers(tp: TopicPartition = tp) -> bool:
-                try:
-                    probe.get_watermark_offsets(tp, timeout=2, cached=False)
-                    return True
-                except KafkaException:
-                    return False
-
-            wait_for(answers, timeout=30, what=f"a leader for partition {p}")
-    finally:
-        probe.close()
-
-
-def _dead_letters(settings: Settings) -> dict[bytes, dict[str, str]]:
-    """Dead letters waiting in the outbox (no relay runs here), by message value."""
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT payload, headers FROM outbox WHERE topic = %s ORDER BY id",
-            (settings.topic_dlq,),
-        ).fetchall()
-    return {bytes(payload): dict(headers) for payload, headers in rows}
 
 
 def _coordinates(
@@ -94,13 +64,13 @@ def _run(
     late = [open_budget("acme", "late", "late-open"), fund("acme", "late", "late-fund", "1.00")]
     with running_consumer(settings, relay=False):
         produce(settings, commands)
-        wait_for(lambda: ledger_count(settings.database_url) + len(_dead_letters(settings))
+        wait_for(lambda: ledger_count(settings.database_url) + len(dead_letters(settings))
                  == len(commands), timeout=90, what="every command decided")  # fmt: skip
         # Still running: commands sent afterwards are applied.
         produce(settings, late)
-        wait_for(lambda: ledger_count(settings.database_url) + len(_dead_letters(settings))
+        wait_for(lambda: ledger_count(settings.database_url) + len(dead_letters(settings))
                  == len(commands) + 2, what="the commands sent after the poison")  # fmt: skip
-    by_value = _dead_letters(settings)
+    by_value = dead_letters(settings)
     values = {orjson.dumps(c) for c in [*bad, *maybe_bad]}
     assert set(by_value) <= values, by_value  # only bad ones are dead-lettered
     assert {orjson.dumps(c) for c in bad} <= set(by_value), by_value
@@ -258,8 +228,8 @@ def test_a_unique_violation_that_replaying_does_not_resolve_is_bisected_not_retr
         produce(settings, [fund("acme", "b2", "fund-2", "1.00"), again,
                            fund("acme", "b2", "fund-3", "1.00")])  # fmt: skip
         wait_for(lambda: ledger_count(settings.database_url) == 6, what="the commands around it")
-        wait_for(lambda: len(_dead_letters(settings)) == 1, what="the dead letter")
-    headers = _dead_letters(settings)[orjson.dumps(again)]
+        wait_for(lambda: len(dead_letters(settings)) == 1, what="the dead letter")
+    headers = dead_letters(settings)[orjson.dumps(again)]
     assert headers["error_class"] == "storage_refused"
     assert "UniqueViolation (23505)" in headers["reason"]
     assert "ledger_tenant_id_command_id_key" in headers["reason"]
@@ -285,11 +255,11 @@ def test_a_group_of_three_survives_the_message_that_used_to_kill_it(settings: Se
         produce(settings, commands)
         wait_for(lambda: ledger_count(settings.database_url) == len(commands) - len(poisons),
                  timeout=120, what="every good command")  # fmt: skip
-        wait_for(lambda: len(_dead_letters(settings)) == len(poisons), what="the dead letters")
+        wait_for(lambda: len(dead_letters(settings)) == len(poisons), what="the dead letters")
         assert [p.poll() for p in procs] == [None, None, None]  # all three still running
     finally:
         for p in procs:
             kill(p)
-    assert set(_dead_letters(settings)) == {orjson.dumps(p) for p in poisons}
-    assert {h["error_class"] for h in _dead_letters(settings).values()} == {"storage_refused"}
+    assert set(dead_letters(settings)) == {orjson.dumps(p) for p in poisons}
+    assert {h["error_class"] for h in dead_letters(settings).values()} == {"storage_refused"}
     assert_ledger_consistent(settings.database_url, [c for c in commands if c not in poisons])
