@@ -17,7 +17,7 @@ from ledger.budget import BudgetState, apply
 from ledger.idempotency import classify, fingerprint
 from ledger.store import ReplayFailed
 from projections.rows import BalanceRow, ReservationRow, balance_row, reservation_row
-from schemas.commands import Command, CommandInvalid, parse_command
+from schemas.commands import Command, CommandInvalid, message_too_large, parse_command
 from schemas.events import alert_to_wire, event_to_wire
 from schemas.limits import MAX_MESSAGE_BYTES
 
@@ -286,10 +286,7 @@ def _validate(msg: Incoming, ctx: BatchContext) -> Command:
     if msg.value is None:
         raise CommandInvalid("empty", "the message has no value")
     if msg.original_size:
-        raise CommandInvalid(
-            "too_large",
-            f"the message is {msg.original_size} bytes; at most {MAX_MESSAGE_BYTES} are allowed",
-        )
+        raise message_too_large(msg.original_size)
     command = parse_command(msg.value, ctx.currencies)
     expected = f"{command.tenant_id}:{command.budget_id}".encode()
     if msg.key != expected:

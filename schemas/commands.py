@@ -469,6 +469,13 @@ def _json_kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def message_too_large(size: int) -> CommandInvalid:
+    """The refusal of a raw message of `size` bytes, over MAX_MESSAGE_BYTES."""
+    return CommandInvalid(
+        "too_large", f"the message is {size} bytes; at most {MAX_MESSAGE_BYTES} are allowed"
+    )
+
+
 def parse_command(raw: bytes | str, currencies: Mapping[str, int] | None = None) -> Command:
     """Parse and validate one raw JSON command; raise :class:`CommandInvalid` if it is not one."""
     if isinstance(raw, str):
@@ -478,10 +485,7 @@ def parse_command(raw: bytes | str, currencies: Mapping[str, int] | None = None)
             raise CommandInvalid("json", "invalid JSON: not valid UTF-8 text") from None
     # Before any parsing, so a huge message never becomes a huge object.
     if len(raw) > MAX_MESSAGE_BYTES:
-        raise CommandInvalid(
-            "too_large",
-            f"the message is {len(raw)} bytes; at most {MAX_MESSAGE_BYTES} are allowed",
-        )
+        raise message_too_large(len(raw))
     context: dict[str, Any] = {
         "currencies": currencies if currencies is not None else DEFAULT_CURRENCIES,
         # Int membership is a memchr; 92 is the backslash (JSON escapes), 127 is DEL.
