@@ -426,17 +426,23 @@ class CommandConsumer:
     def _owned_lag(self) -> dict[int, int]:
         """Per owned partition, messages between our position and the cached high watermark."""
         lag: dict[int, int] = {}
-        if self._consumer is None:
-            return lag
         for p, part in self.partitions.items():
-            tp = TopicPartition(self.settings.topic_commands, p)
-            try:
-                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high >= 0:
-                lag[p] = max(0, high - part.next_offset)
+            behind = self._cached_lag(p, part.next_offset)
+            if behind is not None:
+                lag[p] = behind
         return lag
+
+    def _cached_lag(self, partition: int, position: int) -> int | None:
+        """Messages past `position` by the cached high watermark (no broker round trip);
+        None while the client knows no watermark."""
+        if self._consumer is None:
+            return None
+        tp = TopicPartition(self.settings.topic_commands, partition)
+        try:
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            return None
+        return max(0, high - position) if high >= 0 else None
 
     def _log_dead_letters(self, out: BatchOutput) -> None:
         # Dead letters are rare; each gets a line with what is known of it.
@@ -459,17 +465,11 @@ class CommandConsumer:
             )
 
     def _observe_lag(self, out: BatchOutput) -> None:
-        # The cached high watermark costs no broker round trip.
-        assert self._consumer is not None
         for p, (_, new) in out.positions.items():
-            tp = TopicPartition(self.settings.topic_commands, p)
-            try:
-                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high >= 0:
-                self._lag[p] = max(0, high - new)
-                metrics.LAG.labels(str(p)).set(self._lag[p])
+            behind = self._cached_lag(p, new)
+            if behind is not None:
+                self._lag[p] = behind
+                metrics.LAG.labels(str(p)).set(behind)
         self.ready.lag = sum(self._lag.values())
 
     def _commit_kafka_offsets(self, out: BatchOutput) -> None:
