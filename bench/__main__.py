@@ -578,6 +578,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--json", action="store_true", help="print one JSON document (progress goes to stderr)"
     )
+    add_service_arguments(p)
+    return p.parse_args(argv)
+
+
+def add_service_arguments(p: argparse.ArgumentParser) -> None:
+    """--kafka-bootstrap and --database-url, defaulting to the local services' variables."""
     p.add_argument(
         "--kafka-bootstrap", default=os.environ.get("LEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     )
@@ -588,7 +594,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ),
         help="a role that may CREATE DATABASE (default LEDGER_DATABASE_URL)",
     )
-    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import orjson
 import psycopg
 from confluent_kafka import Producer
 
-from bench.__main__ import create_database, drop_database
+from bench.__main__ import add_service_arguments, create_database, drop_database
 from consumers.kafka_config import producer_config
 from consumers.topics import create_topics
 from ledger.settings import load_settings, prefixed_names
@@ -48,10 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--huge", type=int, default=20, help="commands with huge metadata")
     parser.add_argument("--metadata-mb", type=int, default=10, help="metadata size of each")
     parser.add_argument("--normal", type=int, default=1000, help="ordinary funds after them")
-    parser.add_argument("--database-url", default=os.environ.get("LEDGER_DATABASE_URL",
-                        "postgresql://ledger_owner:ledger@127.0.0.1:5432/ledger"))  # fmt: skip
-    parser.add_argument("--kafka-bootstrap", default=os.environ.get("LEDGER_KAFKA_BOOTSTRAP",
-                                                                   "127.0.0.1:9092"))  # fmt: skip
+    add_service_arguments(parser)
     args = parser.parse_args(argv)
     url = create_database(args.database_url)
     names = prefixed_names(f"rss{uuid.uuid4().hex[:8]}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import threading
 import time
 import uuid
@@ -22,7 +21,7 @@ import orjson
 import psycopg
 from confluent_kafka import Producer
 
-from bench.__main__ import create_database, drop_database
+from bench.__main__ import add_service_arguments, create_database, drop_database
 from consumers import metrics
 from consumers.command_consumer import CommandConsumer
 from consumers.kafka_config import producer_config
@@ -53,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--poison", type=int, default=1)
     parser.add_argument("--batch-max-messages", type=int, default=2000)
-    parser.add_argument("--database-url", default=os.environ.get("LEDGER_DATABASE_URL",
-                        "postgresql://ledger_owner:ledger@127.0.0.1:5432/ledger"))  # fmt: skip
-    parser.add_argument("--kafka-bootstrap", default=os.environ.get("LEDGER_KAFKA_BOOTSTRAP",
-                                                                   "127.0.0.1:9092"))  # fmt: skip
+    add_service_arguments(parser)
     args = parser.parse_args(argv)
     url = create_database(args.database_url)
     settings = load_settings(

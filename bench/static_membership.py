@@ -29,7 +29,7 @@ import orjson
 import psycopg
 from confluent_kafka import Producer
 
-from bench.__main__ import create_database, drop_database
+from bench.__main__ import add_service_arguments, create_database, drop_database
 from consumers.kafka_config import producer_config
 from consumers.topics import create_topics
 from ledger.settings import Settings, load_settings, prefixed_names
@@ -198,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-ms", type=int, default=10_000)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--after", type=float, default=5.0, help="seconds past the session timeout")
-    parser.add_argument("--kafka-bootstrap", default=os.environ.get("LEDGER_KAFKA_BOOTSTRAP",
-                                                                   "127.0.0.1:9092"))  # fmt: skip
-    parser.add_argument("--database-url", default=os.environ.get("LEDGER_DATABASE_URL",
-                        "postgresql://ledger_owner:ledger@127.0.0.1:5432/ledger"))  # fmt: skip
+    add_service_arguments(parser)
     parser.add_argument("--workdir", default="/tmp/static-membership")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
