@@ -20,11 +20,12 @@ import orjson
 import psycopg
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from consumers import metrics, poison
 from consumers.health import ConsumerHealth
-from consumers.kafka_config import command_consumer_config
-from consumers.positions import PositionRefused, TopicWatch, verify
+from consumers.kafka_config import admin_config, command_consumer_config
+from consumers.positions import PositionRefused, TopicWatch, topic_id, verify
 from consumers.processor import (
     LEDGER_ROW_OFFSET,
     LEDGER_ROW_PARTITION,
@@ -93,6 +94,7 @@ class CommandConsumer:
         self._conn: psycopg.Connection | None = None
         self._consumer: Consumer | None = None
         self._topic_watch: TopicWatch | None = None
+        self._admin: AdminClient | None = None
         # Set on the first assignment; also the liveness/readiness state served on /healthz.
         self.ready = ConsumerHealth(settings.liveness_stall_seconds)
         self._race_retries = 0
@@ -498,8 +500,12 @@ class CommandConsumer:
 
     def _verified_positions(self, consumer: Consumer, numbers: list[int]) -> dict[int, int]:
         """Stored positions checked against the log and topic id; adopts their ledger topic."""
-        stored = self._with_db(lambda conn: verify(conn, consumer, self.settings, numbers))
-        self._topic_watch = TopicWatch(self.settings)
+        # One admin client for the consumer's life; the id checked here is the one watched.
+        if self._admin is None:
+            self._admin = AdminClient(admin_config(self.settings))
+        tid = topic_id(self.settings, self.settings.topic_commands, self._admin)
+        stored = self._with_db(lambda conn: verify(conn, consumer, self.settings, numbers, tid))
+        self._topic_watch = TopicWatch(self.settings, self._admin, tid)
         labels = {pos.ledger_topic for pos in stored.values()}
         label = labels.pop() if labels else self.ctx.topic
         if label != self.ctx.topic:

@@ -112,14 +112,15 @@ def verify(
     consumer: Consumer,
     settings: Settings,
     partitions: Sequence[int],
+    tid: str | None,
 ) -> dict[int, store.StoredPosition]:
-    """Stored positions of `partitions`, each checked against the log; raise PositionRefused.
+    """Stored positions of `partitions`, each checked against the log and the topic's current
+    id `tid` (None: the broker did not tell); raise PositionRefused.
 
     The topic id is recorded for positions that have none yet (trust on first use).
     """
     group, topic = settings.consumer_group, settings.topic_commands
     positions = store.ensure_positions(conn, group, topic, partitions)
-    tid = topic_id(settings, topic)
     for p in sorted(positions):
         stored = positions[p]
         actual = log_state(consumer, topic, p, tid)
@@ -166,11 +167,13 @@ class TopicWatch:
     surfaces at once as an error because the consumer never resets offsets by itself.
     """
 
-    def __init__(self, settings: Settings, interval: float = 10.0) -> None:
+    def __init__(
+        self, settings: Settings, admin: AdminClient, expected: str | None, interval: float = 10.0
+    ) -> None:
         self.settings = settings
         self.interval = interval
-        self._admin = AdminClient(admin_config(settings))
-        self.expected = topic_id(settings, settings.topic_commands, self._admin)
+        self._admin = admin
+        self.expected = expected  # the id the assignment was checked against
         self._at = time.monotonic()
         self._pending: Future[Any] | None = None
 
