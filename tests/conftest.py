@@ -142,10 +142,11 @@ def topic_prefix() -> str:
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # type: ignore[no-untyped-def]
-    """Settings pointing at the real services, with this test's own topics, group and database."""
+    """Settings pointing at the real services, with this test's own topics, group and database;
+    the test's topics are deleted afterwards."""
     from ledger.settings import load_settings, prefixed_names
 
-    return load_settings(
+    yield load_settings(
         kafka_bootstrap=kafka_bootstrap,
         database_url=database_url,
         **prefixed_names(topic_prefix),
@@ -153,3 +154,18 @@ def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # typ
         batch_max_ms=20,
         session_timeout_ms=6_000,
     )
+    _delete_topics(kafka_bootstrap, topic_prefix)
+
+
+def _delete_topics(bootstrap: str, prefix: str) -> None:
+    # Every test makes its own topics (4 x 4 partitions and more): kept, they pile up run after
+    # run on the shared broker until its heap is exhausted (15,000 partitions took 512 MB).
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{prefix}.")]
+        for future in admin.delete_topics(names, operation_timeout=10).values() if names else ():
+            future.result(timeout=15)
+    except Exception as exc:  # cleanup only: a broker a test left down must not fail the test
+        print(f"could not delete the topics of {prefix}: {exc}")

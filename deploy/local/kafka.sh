@@ -19,7 +19,7 @@
 #   LEDGER_KAFKA_VERSION     Kafka version to resolve (default: the pin below)
 #   LEDGER_CACHE_DIR         jar cache root (default ~/.cache/budget-ledger)
 #   LEDGER_STATE_DIR         config/data/log/pid root (default ~/.local/state/budget-ledger)
-#   LEDGER_KAFKA_HEAP_OPTS   JVM heap flags (default "-Xms256m -Xmx512m")
+#   LEDGER_KAFKA_HEAP_OPTS   JVM heap flags (default "-Xms256m -Xmx1g")
 #   LEDGER_KAFKA_START_TIMEOUT  seconds to wait for the broker to answer (default 90)
 #   LEDGER_KAFKA_CLUSTER_PORT   first client port of the cluster (default 19092; node i: +2(i-1))
 #   LEDGER_KAFKA_CLUSTER_HEAP_OPTS  heap of each cluster node (default "-Xms128m -Xmx384m")
@@ -43,7 +43,7 @@ BOOTSTRAP="${HOST}:${PORT}"
 CACHE_ROOT="${LEDGER_CACHE_DIR:-$HOME/.cache/budget-ledger}"
 STATE_ROOT="${LEDGER_STATE_DIR:-$HOME/.local/state/budget-ledger}"
 STATE_DIR="${STATE_ROOT}/kafka-${PORT}"
-HEAP_OPTS="${LEDGER_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+HEAP_OPTS="${LEDGER_KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
 START_TIMEOUT="${LEDGER_KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT=30
 JAVA="${JAVA:-java}"
