@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 
 import orjson
 
-from ledger.budget import BudgetState, apply
+from ledger.budget import BudgetState
+from ledger.history import ReplayFailed
 from ledger.idempotency import classify, fingerprint
-from ledger.store import ReplayFailed
+from ledger.record import record
 from projections.rows import BalanceRow, ReservationRow, balance_row, reservation_row
 from schemas.commands import Command, CommandInvalid, message_too_large, parse_command
-from schemas.events import alert_to_wire, event_to_wire
 from schemas.limits import MAX_MESSAGE_BYTES
 
 BudgetKey = tuple[str, str]
@@ -127,7 +127,6 @@ def process_batch(
     Step 5: collect the projection rows of every budget and reservation the batch touched.
     """
     now = now or datetime.now(UTC)
-    recorded_at = now.isoformat().replace("+00:00", "Z")
     out = BatchOutput()
 
     # Step 1
@@ -217,18 +216,15 @@ def process_batch(
         # Everything this message produces is built before any of it is kept, so a failure
         # at any step leaves the batch as if the message had not been there.
         try:
-            new_state, event, alerts = apply(state, command, now, ctx.currencies)
-            # The budget's own digits (from its budget_opened), never today's table.
-            text = orjson.dumps(event_to_wire(event, new_state.digits)).decode()
+            done = record(state, command, now, ctx.currencies)
+            event, new_state, text = done.event, done.state, done.text
             row = (
                 event.tenant_id, event.budget_id, event.sequence, event.type, event.command_id,
                 fp, event.ref_id, event.currency, event.amount, event.funded, event.reserved,
                 event.charged, event.available, ctx.topic, msg.partition, msg.offset, text,
                 event.recorded_at, event.prev_hash, event.hash,
             )  # fmt: skip
-            alert_rows = [
-                (ctx.alerts_topic, msg.key, orjson.dumps(alert_to_wire(a)), None) for a in alerts
-            ]
+            alerts = [(ctx.alerts_topic, msg.key, orjson.dumps(a), None) for a in done.alert_wires]
         except Exception as exc:  # a bug in the rules must not stop every other budget
             _reject(out, msg, ctx, INTERNAL_ERROR, _failure("decide this command", exc), command)
             continue
@@ -238,7 +234,7 @@ def process_batch(
             touched[bkey][2] if bkey in touched else state.sequence,
         )
         out.ledger_rows.append(row)
-        out.outbox_rows.extend(alert_rows)
+        out.outbox_rows.extend(alerts)
         prior[ckey] = (fp, text)
         out.outcomes[(command.type, event.reason or "accepted")] += 1
 
@@ -248,7 +244,7 @@ def process_batch(
             out.new_states.setdefault(homes[bkey], {})[bkey] = loaded_state
     for bkey, (partition, state, _) in touched.items():
         out.new_states.setdefault(partition, {})[bkey] = state
-        out.balance_rows.append(balance_row(state, recorded_at))
+        out.balance_rows.append(balance_row(state, now))
     _collect_reservation_rows(out, touched, valid)
     return out
 

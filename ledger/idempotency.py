@@ -13,9 +13,9 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from ledger.hashing import canonical
 from schemas.commands import AMOUNT_FIELDS, Command, ConfigureBudget
 from schemas.events import rfc3339_utc
+from schemas.hashing import canonical
 from schemas.money import normalize_decimal
 
 Verdict = Literal["new", "duplicate", "conflict"]

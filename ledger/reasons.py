@@ -35,7 +35,7 @@ class Reason(StrEnum):
     - ``period_not_ended``: ``close_period`` whose ``period_end`` lies in the future.
     - ``as_of_in_future``: ``expire_reservations`` whose ``as_of`` lies in the future.
     - ``amount_out_of_range``: an amount, or a balance it would produce (funded, committed,
-      a cap or allowance), above ``schemas.money.MAX_MINOR`` (10**18 minor units): what the
+      a cap or allowance), above ``ledger.state.MAX_MINOR`` (10**18 minor units): what the
       ledger's bigint columns are guaranteed to hold.
 
     Dead-letter reasons (no ledger row; the message goes to the DLQ with this in its headers):

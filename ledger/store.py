@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
-import orjson
 import psycopg
 
-from ledger.budget import BudgetState, evolve, initial_state
+from ledger.budget import BudgetState, initial_state
+from ledger.history import ReplayFailed, replay
 from ledger.sql import load_queries
-from schemas.events import event_from_wire, opened_digits
 
 BudgetKey = tuple[str, str]
 CommandKey = tuple[str, str]
@@ -90,42 +88,13 @@ def lookup_prior(
     return {(t, c): (fp, ev) for t, c, fp, ev in rows}
 
 
-@dataclass(frozen=True, slots=True)
-class ReplayFailed:
-    """A budget whose stored history could not be folded back into a state (an evolver bug or
-    a corrupt event): its commands are dead-lettered until the cause is fixed, never applied
-    to a stale state."""
-
-    tenant_id: str
-    budget_id: str
-    sequence: int
-    reason: str
-
-
-def replay_digits(state: BudgetState, wire: Mapping[str, Any]) -> int:
-    """Minor digits to decode `wire`, the next stored event of `state`'s budget, with.
-
-    The budget's own digits (recorded by its `budget_opened`), never the currency table: a
-    change of `LEDGER_CURRENCIES` must not rescale history.
-    """
-    if state.opened:
-        return state.digits
-    if wire.get("type") == "budget_opened":
-        return opened_digits(wire)
-    return 0  # events of a budget not opened yet carry no currency and only zero balances
-
-
 def load_budgets(
     conn: psycopg.Connection,
     keys: list[BudgetKey],
 ) -> dict[BudgetKey, BudgetState | ReplayFailed]:
-    """Rebuild the state of each budget by replaying its ledger events through `evolve`.
-
-    A budget whose history fails to replay is returned as `ReplayFailed` (the others load).
-    Digits come from each budget's own history, never from the currency table.
-    """
+    """The state of each budget, replayed from its ledger events (`ledger.history.replay`); a
+    budget without events is new. One whose history fails to replay is a `ReplayFailed`."""
     out: dict[BudgetKey, BudgetState | ReplayFailed] = {}
-    states = {key: initial_state(*key) for key in keys}
     if not keys:
         return out
     with conn.cursor() as cur:
@@ -133,23 +102,10 @@ def load_budgets(
             queries()["select_budget_events"],
             {"tenants": [k[0] for k in keys], "budgets": [k[1] for k in keys]},
         )
-        for tenant_id, budget_id, text in cur:
-            key = (tenant_id, budget_id)
-            if key in out:
-                continue  # already failed: skip the rest of its history
-            state = states[key]
-            try:
-                wire = orjson.loads(text)
-                states[key] = evolve(state, event_from_wire(wire, replay_digits(state, wire)))
-            except Exception as exc:  # one budget's broken history must not stop the others
-                out[key] = ReplayFailed(
-                    tenant_id,
-                    budget_id,
-                    state.sequence + 1,
-                    f"replaying event {state.sequence + 1} raised {type(exc).__name__}: {exc}",
-                )
-    for key, state in states.items():
-        out.setdefault(key, state)
+        for result in replay(cur):
+            out[(result.tenant_id, result.budget_id)] = result
+    for key in keys:
+        out.setdefault(key, initial_state(*key))
     return out
 
 

@@ -8,20 +8,13 @@ after them), replay the ledger through `evolve`, DELETE and COPY the projections
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-import orjson
 import psycopg
 import structlog
 
-from ledger.budget import BudgetState, evolve, initial_state
 from ledger.db import copy_rows
-from ledger.store import replay_digits
-from projections.decode import decode_event
+from ledger.history import ReplayFailed, replay
 from projections.rows import balance_row, reservation_row
 from projections.store import queries
-from schemas.events import rfc3339_utc
 
 log = structlog.get_logger("rebuild")
 
@@ -47,7 +40,7 @@ def rebuild(
     with conn.transaction():
         # The lock comes first so the replay's snapshot already includes every committed batch.
         conn.execute(q["lock_projections"])
-        updated_at = rfc3339_utc(conn.execute("SELECT now()").fetchone()[0])  # type: ignore[index]
+        updated_at = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         # Two COPYs cannot interleave on one connection, so the rows (the size of the
         # projections, not of the ledger) are collected first; the ledger itself is streamed.
         balances: list[tuple[object, ...]] = []
@@ -55,7 +48,12 @@ def rebuild(
         with conn.cursor(name="rebuild_stream") as src:
             src.itersize = 20_000
             src.execute(q["rebuild_stream"], params)
-            for state in _replay(src):
+            for state in replay(src):
+                if isinstance(state, ReplayFailed):
+                    raise RebuildFailed(
+                        f"budget {state.tenant_id}:{state.budget_id}: event {state.sequence} does"
+                        f" not replay ({state.reason}); run reconcile for details"
+                    )
                 balances.append(balance_row(state, updated_at))
                 reservations.extend(reservation_row(state, r) for r in state.reservations.values())
         conn.execute(q["delete_balances"], params)
@@ -70,23 +68,3 @@ def rebuild(
         budget=budget,
     )
     return len(balances), len(reservations)
-
-
-def _replay(src: psycopg.Cursor[Any]) -> Iterator[BudgetState]:
-    """Yield each budget's final state, replaying its events in sequence order."""
-    state: BudgetState | None = None
-    for tenant_id, budget_id, text in src:
-        if state is None or state.budget_id != budget_id or state.tenant_id != tenant_id:
-            if state is not None:
-                yield state
-            state = initial_state(tenant_id, budget_id)
-        try:
-            wire = orjson.loads(text)
-            state = evolve(state, decode_event(wire, replay_digits(state, wire)))
-        except Exception as exc:
-            raise RebuildFailed(
-                f"budget {tenant_id}:{budget_id}: event {state.sequence + 1} does not replay "
-                f"({type(exc).__name__}: {exc}); run reconcile for details"
-            ) from exc
-    if state is not None:
-        yield state

@@ -3,8 +3,8 @@ projections, check that the relay published everything, and raise `drift_detecte
 
 This module composes the run; each concern has its own module:
 
-- `projections.decode` — stored wire events into `LedgerEvent`s (fast money path);
-- `projections.replay` — the ordered replay of one budget and its chain verification;
+- `projections.replay` — the ordered replay of one budget and its chain verification (each
+  event decoded and folded by `ledger.history.fold`, like every other read of history);
 - `projections.drift` — the replayed state against the projection rows;
 - `projections.shard` — one shard's scan of ledger and projections in one snapshot;
 - `projections.parallel` — the sharded multiprocessing driver;
@@ -26,7 +26,6 @@ import psycopg
 import structlog
 
 from ledger.db import connect
-from projections.decode import ReplayEvent, decode_event, replay_event
 from projections.drift import BALANCE_FIELDS, RESERVATION_FIELDS, Drift
 from projections.drift_alerts import publish_alerts
 from projections.parallel import replay_all
@@ -44,17 +43,14 @@ __all__ = [
     "Drift",
     "ReconcileOptions",
     "ReconcileReport",
-    "ReplayEvent",
     "ShardResult",
     "Unpublished",
     "check_unpublished",
-    "decode_event",
     "estimate_events",
     "iter_lines",
     "publish_alerts",
     "reconcile",
     "replay_all",
-    "replay_event",
     "replay_shard",
     "to_json",
 ]
@@ -96,7 +92,7 @@ def reconcile(
         if kafka_check is not None:
             report.kafka = kafka_check()
             for t, b in report.kafka.drifting_budgets():
-                report.drifting.setdefault((t, b), (0, "0.00"))
+                report.drifting.setdefault((t, b), (0, 0))
         if alerts_topic is not None:
             report.alerts_published = publish_alerts(conn, report, alerts_topic)
     log.info(

@@ -20,7 +20,7 @@ class ReconcileReport:
     seconds: float = 0.0
     drifts: list[Drift] = field(default_factory=list)
     broken: list[BrokenLink] = field(default_factory=list)
-    drifting: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    drifting: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     unpublished: list[Unpublished] = field(default_factory=list)
     kafka: Any = None  # projections.kafka_check.KafkaReport when --source kafka
     alerts_published: int = 0

@@ -2,7 +2,7 @@
 
 A `BudgetReplay` is fed the budget's ledger rows in physical order and applies them strictly in
 sequence order; each applied row's link is checked (sequence, `prev_hash`, the hash recomputed
-through `ledger.hashing.chain_hash`, the row's columns against the hashed event and the replayed
+through `schemas.hashing.chain_hash`, the row's columns against the hashed event and the replayed
 balances). Only the first broken link of a budget is kept. An event that `evolve` cannot fold
 (an evolver raising) is a broken link of that budget, never the end of the whole replay.
 """
@@ -14,10 +14,9 @@ from typing import Any
 
 import orjson
 
-from ledger.budget import BudgetState, evolve, initial_state
-from ledger.hashing import chain_hash
-from ledger.store import replay_digits
-from projections.decode import replay_event
+from ledger.budget import BudgetState, initial_state
+from ledger.history import fold
+from schemas.hashing import chain_hash
 
 # Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
 _SEQ, _TYPE, _FUNDED, _RESERVED, _CHARGED, _AVAILABLE, _BODY = 2, 3, 4, 5, 6, 7, 8
@@ -124,24 +123,18 @@ class BudgetReplay:
                 self._break(seq, problem)
         d["hash"] = stored_hash
         try:
-            # The budget's own digits, from its budget_opened: never today's currency table.
-            event = replay_event(d, replay_digits(s, d))
-        except (KeyError, ValueError, TypeError):
-            self._break(seq, "event does not decode")
-            return
-        try:
-            self.state = s = evolve(s, event)
-        except Exception as exc:  # any evolver failure is a finding of this budget
+            self.state = s = fold(s, d)
+        except Exception as exc:  # an event that does not decode or fold: a finding
             # Tolerance belongs to the replay only (live consumption fails loudly): the event
             # is a broken link of this budget and the replay goes on with the others.
-            self._break(seq, f"evolve failed: {type(exc).__name__}: {exc}")
+            self._break(seq, f"event does not replay: {type(exc).__name__}: {exc}")
             return
         # The row's balance columns must say what the replay says (a column edited behind the
         # event's back, or decide/evolve disagreeing, shows up here).
         if self.broken is None and (
-            row[_FUNDED] != s.funded
-            or row[_RESERVED] != s.reserved
-            or row[_CHARGED] != s.charged
+            row[_FUNDED] != s.funded_in_period
+            or row[_RESERVED] != s.reserved_total
+            or row[_CHARGED] != s.charged_in_period
             or row[_AVAILABLE] != s.available
         ):
             self._break(seq, _column_problem(s, row))
@@ -168,9 +161,9 @@ def _link_problem(
 
 def _column_problem(s: BudgetState, row: tuple[Any, ...]) -> str:
     cols = {
-        "funded": (row[_FUNDED], s.funded),
-        "reserved": (row[_RESERVED], s.reserved),
-        "charged": (row[_CHARGED], s.charged),
+        "funded": (row[_FUNDED], s.funded_in_period),
+        "reserved": (row[_RESERVED], s.reserved_total),
+        "charged": (row[_CHARGED], s.charged_in_period),
         "available": (row[_AVAILABLE], s.available),
     }
     bad = ", ".join(f"{k} {a} (replay {e})" for k, (a, e) in cols.items() if a != e)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import orjson
 
 from ledger.budget import BudgetConfig, BudgetState, Reservation
+from schemas.codec import pct_text, time_text
+from schemas.events import rfc3339_utc
 
 BalanceRow = tuple[object, ...]
 ReservationRow = tuple[object, ...]
@@ -24,8 +28,9 @@ def _config_json(config: BudgetConfig) -> str:
     return text
 
 
-def balance_row(state: BudgetState, updated_at: str) -> BalanceRow:
-    """The `budget_balances` row of a budget, in `copy_staging_balances` column order."""
+def balance_row(state: BudgetState, updated_at: datetime | None) -> BalanceRow:
+    """The `budget_balances` row of a budget, in `copy_staging_balances` column order (times
+    as the RFC 3339 text the reconciler reads back; ``updated_at`` None only for comparing)."""
     # orjson writes a dataclass exactly as its asdict() (flat fields, in order), without the
     # deep copy; the config object is shared by every state of a budget, so cache by identity.
     config = _config_json(state.config) if state.config is not None else None
@@ -34,15 +39,15 @@ def balance_row(state: BudgetState, updated_at: str) -> BalanceRow:
         state.budget_id,
         state.currency,
         state.opened,
-        state.funded,
-        state.reserved,
-        state.charged,
+        state.funded_in_period,
+        state.reserved_total,
+        state.charged_in_period,
         state.available,
         state.limit,
-        state.utilization_pct,
+        pct_text(state.utilization_bp),
         state.sequence,
         state.last_hash,
-        state.period_start,
+        None if state.period_start is None else time_text(state.period_start),
         config,
         updated_at,
     )
@@ -54,10 +59,10 @@ def reservation_row(state: BudgetState, reservation: Reservation) -> Reservation
         state.tenant_id,
         state.budget_id,
         reservation.ref_id,
-        reservation.status,
-        reservation.amount,
-        reservation.charged,
-        reservation.expires_at,
+        reservation.status.value,
+        reservation.reserved_amount,
+        reservation.charged_amount,
+        None if reservation.expires_at is None else rfc3339_utc(reservation.expires_at),
         reservation.command_id,
         reservation.created_seq,
         reservation.updated_seq,

@@ -32,8 +32,8 @@ class ShardResult:
     budgets: int = 0
     drifts: list[Drift] = field(default_factory=list)
     broken: list[BrokenLink] = field(default_factory=list)
-    # (tenant, budget) -> (sequence, utilization_pct) of the replayed state, for the alerts.
-    drifting: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    # (tenant, budget) -> (sequence, utilization in basis points) of the replay, for the alerts.
+    drifting: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     def merge(self, other: ShardResult) -> None:
         """Add another shard's findings to this one."""
@@ -118,4 +118,4 @@ def _finish(budget: BudgetReplay, result: ShardResult) -> None:
     if drifts or budget.broken is not None:
         s = budget.state
         result.drifts.extend(drifts)
-        result.drifting[(s.tenant_id, s.budget_id)] = (s.sequence, s.utilization_pct)
+        result.drifting[(s.tenant_id, s.budget_id)] = (s.sequence, s.utilization_bp)

@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ledger.state import MAX_MINOR
 from schemas.limits import (
     MAX_ID_LENGTH,
     MAX_MESSAGE_BYTES,
@@ -44,7 +45,6 @@ from schemas.limits import (
 )
 from schemas.money import (
     DEFAULT_CURRENCIES,
-    MAX_MINOR,
     SIGNED_AMOUNT_PATTERN,
     UNSIGNED_AMOUNT_PATTERN,
     fraction_digits,

@@ -6,7 +6,7 @@ characters written as themselves (not ``\\u`` escapes). Only ``str``, ``int``, `
 unchanged, so the reconciler can recompute a hash from the stored JSONB. Floats are refused.
 
 ``hash = sha256(prev_hash.encode("ascii") + canonical(wire_event_without_hash)).hexdigest()``
-with ``prev_hash = GENESIS_HASH`` for a budget's first event.
+with ``prev_hash = GENESIS_HASH`` (`ledger.events`) for a budget's first event.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any, Final
 
 import orjson
 
-GENESIS_HASH: Final = "0" * 64
 _OPTS: Final = orjson.OPT_SORT_KEYS
 _SCALARS: Final = (str, int, bool, type(None))
 

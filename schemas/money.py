@@ -18,11 +18,6 @@ DEFAULT_CURRENCIES: Final[Mapping[str, int]] = MappingProxyType({"USD": 2, "ZWG"
 #: minor units always fit a Postgres bigint (15 + up to 3 minor digits < 9.2e18).
 UNSIGNED_AMOUNT_PATTERN: Final = r"^(0|[1-9][0-9]{0,14})(\.[0-9]+)?$"
 SIGNED_AMOUNT_PATTERN: Final = r"^-?(0|[1-9][0-9]{0,14})(\.[0-9]+)?$"
-#: Largest amount or balance the ledger stores, in minor units, whatever the currency: every
-#: bigint column (amounts, funded, reserved, charged, available, limit) stays at or below it, and
-#: so does committed (reserved + charged). 10**18 is a round figure well under bigint's 9.22e18,
-#: leaving room for a sum of two such values (allowance + rollover, reserved + charged).
-MAX_MINOR: Final = 10**18
 # Wire text of balances is not bounded like command input (sums can grow past 15 digits).
 #: Powers of ten by minor digits (a table: `10**n` is typed Any and is slower).
 POW10: Final[tuple[int, ...]] = tuple(10**n for n in range(19))

@@ -8,8 +8,9 @@ import orjson
 import psycopg
 import pytest
 
-from ledger.hashing import GENESIS_HASH, chain_hash
+from ledger.events import GENESIS_HASH
 from ledger.settings import Settings
+from schemas.hashing import chain_hash
 from tests.integration.support import ledger_count, produce, read_topic, running_consumer, wait_for
 
 pytestmark = pytest.mark.integration

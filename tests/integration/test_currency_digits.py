@@ -93,7 +93,7 @@ def test_a_wider_table_does_not_rescale_history(settings: Settings) -> None:
     with psycopg.connect(three.database_url, autocommit=True) as conn:
         loaded = store.load_budgets(conn, [("acme", "b1")])[("acme", "b1")]
     assert isinstance(loaded, BudgetState)
-    assert (loaded.digits, loaded.funded, loaded.reserved) == (2, 1050, 225)
+    assert (loaded.digits, loaded.funded_in_period, loaded.reserved_total) == (2, 1050, 225)
 
     later = [
         fund("acme", "b1", "fund-2", "1.25"),

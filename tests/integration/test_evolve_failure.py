@@ -1,6 +1,6 @@
 """An evolver that raises during live consumption dead-letters the command; nothing stale is kept.
 
-`evolve` no longer swallows exceptions: the consumer's guard around `apply` dead-letters the
+`evolve` no longer swallows exceptions: the consumer's guard around `record` dead-letters the
 command (`internal_error`), the budget keeps the state from before it, and its later commands
 see the right balances with gap-free sequences. A budget whose stored history fails to replay
 when first loaded has its commands dead-lettered, while other budgets carry on.
@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
-import ledger.budget as budget
+import ledger.evolve as evolve_mod
+from ledger.budget import BudgetState
 from ledger.settings import Settings
 from projections.rebuild import RebuildFailed, rebuild
 from tests.integration.support import (
@@ -53,14 +54,14 @@ def _balance(settings: Settings, budget_id: str) -> tuple[int, int]:
 
 
 def _buggy_funded(monkeypatch: pytest.MonkeyPatch, amount: int) -> None:
-    real = budget._EVOLVERS["budget_funded"]
+    real = evolve_mod._EVOLVERS["budget_funded"]
 
-    def evolver(s: budget.BudgetState, e: Any) -> budget.BudgetState:
+    def evolver(s: BudgetState, e: Any) -> BudgetState:
         if e.amount == amount:
             raise RuntimeError("a bug in the budget_funded evolver")
         return real(s, e)
 
-    monkeypatch.setitem(budget._EVOLVERS, "budget_funded", evolver)
+    monkeypatch.setitem(evolve_mod._EVOLVERS, "budget_funded", evolver)
 
 
 def _settled(settings: Settings, expected: int) -> None:

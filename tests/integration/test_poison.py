@@ -9,7 +9,7 @@ import orjson
 import psycopg
 import pytest
 
-import consumers.processor as processor
+import ledger.record as record_mod
 from ledger import store
 from ledger.budget import BudgetState
 from ledger.settings import Settings
@@ -178,14 +178,14 @@ def test_each_kind_of_poison_fails_alone(settings: Settings) -> None:
 def test_a_failure_in_the_rules_dead_letters_only_that_command(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_apply = processor.apply
+    real_decide = record_mod.decide
 
-    def apply(state: BudgetState, command: Any, now: Any, currencies: Any) -> Any:
+    def decide(state: BudgetState, command: Any, now: Any) -> Any:
         if command.command_id == "fund-bug":
             raise KeyError("a bug in the rules")
-        return real_apply(state, command, now, currencies)
+        return real_decide(state, command, now)
 
-    monkeypatch.setattr(processor, "apply", apply)
+    monkeypatch.setattr(record_mod, "decide", decide)
     buggy = fund("acme", "b1", "fund-bug", "5.00")
     commands = [
         open_budget("acme", "b1", "open-1"),

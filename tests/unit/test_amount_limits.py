@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import reduce
 from itertools import count
 from typing import Any
@@ -13,11 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
-from ledger.budget import BudgetState, apply, evolve, initial_state
+from ledger.budget import BudgetState, LedgerEvent, evolve, initial_state
+from ledger.reasons import Reason
+from ledger.record import record
+from ledger.state import MAX_MINOR
+from schemas.codec import detail_text, event_from_wire, event_to_wire, pct_text
 from schemas.commands import Command, parse_command
-from schemas.events import event_from_wire, event_to_wire
-from schemas.money import MAX_MINOR
-from schemas.reasons import Reason
 
 pytestmark = pytest.mark.unit
 
@@ -41,19 +41,24 @@ def unchecked(type_: str, **fields: Any) -> Command:
     return getattr(sc, model).model_construct(**body)  # type: ignore[no-any-return]
 
 
-def run(state: BudgetState, *commands: Command) -> tuple[BudgetState, list[Any]]:
+def run(state: BudgetState, *commands: Command) -> tuple[BudgetState, list[LedgerEvent]]:
     events = []
     for c in commands:
-        state, ev, _ = apply(state, c, NOW, TABLE)
-        events.append(ev)
+        done = record(state, c, NOW, TABLE)
+        state = done.state
+        events.append(done.event)
     return state, events
 
 
-def assert_stored_range(state: BudgetState, events: list[Any], digits: int) -> None:
+def detail(ev: LedgerEvent) -> str:
+    """The refusal detail as the ledger writes it."""
+    return detail_text(ev.data["detail"])
+
+
+def assert_stored_range(state: BudgetState, events: list[LedgerEvent], digits: int) -> None:
     for s in (state,):
-        assert 0 <= s.funded <= MAX_MINOR and 0 <= s.reserved + s.charged <= MAX_MINOR
+        assert 0 <= s.funded_in_period <= MAX_MINOR and 0 <= s.committed <= MAX_MINOR
         assert 0 <= s.available <= s.limit <= MAX_MINOR
-        assert Decimal(s.utilization_pct).is_finite()
     for ev in events:
         assert ev.amount is None or abs(ev.amount) <= MAX_MINOR
         for v in (ev.funded, ev.reserved, ev.charged, ev.available):
@@ -74,9 +79,9 @@ def test_93_funds_of_the_largest_usd_amount() -> None:
     assert len(refused) == 83 and {e.reason for e in refused} == {Reason.AMOUNT_OUT_OF_RANGE}
     assert (
         "funded would be 10999999999999999.89, above the ledger's maximum 10000000000000000.00"
-        in refused[0].data["detail"]
+        in detail(refused[0])
     )
-    assert state.funded == 10 * (10**17 - 1)
+    assert state.funded_in_period == 10 * (10**17 - 1)
     assert_stored_range(state, events + funds, 2)
 
 
@@ -85,11 +90,11 @@ def test_one_fund_of_15_digits_in_a_4_digit_currency() -> None:
     # The schema refuses the amount; the domain refuses it too if it gets there another way.
     state, evs = run(state, unchecked("fund", amount="999999999999999.9999", currency="CLF"))
     assert (evs[0].type, evs[0].reason) == ("command_rejected", Reason.AMOUNT_OUT_OF_RANGE)
-    assert "exceeds the ledger's maximum amount 100000000000000.0000" in evs[0].data["detail"]
+    assert "exceeds the ledger's maximum amount 100000000000000.0000" in detail(evs[0])
     state, more = run(state, cmd("fund", amount="100000000000000", currency="CLF"),
                       cmd("fund", amount="0.0001", currency="CLF"))  # fmt: skip
     assert [e.type for e in more] == ["budget_funded", "command_rejected"]
-    assert state.funded == MAX_MINOR
+    assert state.funded_in_period == MAX_MINOR
     assert_stored_range(state, events + evs + more, 4)
 
 
@@ -120,20 +125,20 @@ def test_amounts_without_a_currency_are_range_checked_by_the_domain(
                         cmd("reserve", amount="1", currency="CLF", ref_id="r1"))  # fmt: skip
     after, evs = run(state, command())
     assert (evs[0].type, evs[0].reason) == (etype, Reason.AMOUNT_OUT_OF_RANGE)
-    assert (after.funded, after.reserved, after.config) == (state.funded, state.reserved,
-                                                            state.config)  # fmt: skip
+    assert (after.funded_in_period, after.reserved_total, after.config) == (
+        state.funded_in_period, state.reserved_total, state.config)  # fmt: skip
     assert_stored_range(after, events + evs, 4)
 
 
 def test_a_budget_already_above_the_maximum_may_shrink_but_not_grow() -> None:
     # A state written before this rule existed (only reachable by replaying an old ledger).
     state, _ = run(initial_state(T, B), cmd("open_budget", currency="USD", period="monthly"))
-    legacy = dataclasses.replace(state, funded=2 * MAX_MINOR)
+    legacy = dataclasses.replace(state, funded_in_period=2 * MAX_MINOR)
     _, evs = run(legacy, cmd("fund", amount="1", currency="USD"),
                  cmd("adjust", amount="-1", reason="x", operator="o"))  # fmt: skip
     assert [(e.type, e.reason) for e in evs[:1]] == [("command_rejected", "amount_out_of_range")]
     after, evs = run(legacy, cmd("adjust", amount="-1", reason="x", operator="o"))
-    assert evs[0].type == "budget_adjusted" and after.funded == 2 * MAX_MINOR - 100
+    assert evs[0].type == "budget_adjusted" and after.funded_in_period == 2 * MAX_MINOR - 100
 
 
 def test_freezing_a_budget_with_a_tiny_cap_keeps_utilization_finite() -> None:
@@ -143,12 +148,12 @@ def test_freezing_a_budget_with_a_tiny_cap_keeps_utilization_finite() -> None:
                         cmd("reserve", amount="1000", currency="USD", ref_id="r1"),
                         cmd("configure_budget", hard_cap="0.01"))  # fmt: skip
     assert events[-1].type == "budget_configured"
-    assert state.utilization_pct == "10000000.00"
-    assert Decimal(state.utilization_pct) == Decimal(100_000 * 100)
+    assert state.utilization_bp == 100_000 * 100 * 100
+    assert pct_text(state.utilization_bp) == "10000000.00"
     # The largest utilization the domain can produce: MAX_MINOR committed against a 1-unit limit.
     big, evs = run(initial_state(T, B), cmd("open_budget", currency="CLF", period="rolling"),
                    cmd("fund", amount="100000000000000", currency="CLF"),
                    cmd("reserve", amount="100000000000000", currency="CLF", ref_id="r"),
                    cmd("configure_budget", hard_cap="0.0001"))  # fmt: skip
-    assert big.utilization_pct == "100000000000000000000.00"
+    assert pct_text(big.utilization_bp) == "100000000000000000000.00"
     assert_stored_range(big, evs, 4)

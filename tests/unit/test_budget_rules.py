@@ -1,12 +1,13 @@
 """The budget rules as a readable spec: one case per rule and per refusal reason.
 
 Each case is: commands that set the scene, then one command, and what its single event must be.
-Amounts in ``expect`` are minor units (cents).
+Amounts in ``expect`` are minor units (cents), utilization is in basis points and times are
+``datetime``: the rules speak integers. Commands go through `ledger.record.record`, exactly as
+the consumer runs them (translated with the budget's digits, decided, sealed, folded).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
@@ -15,29 +16,39 @@ import orjson
 import pytest
 
 from ledger.budget import (
+    GENESIS_HASH,
     RESERVATION_EDGES,
+    Alert,
     BudgetState,
-    apply,
+    LedgerEvent,
     decide,
     evolve,
     initial_state,
 )
-from ledger.hashing import GENESIS_HASH, chain_hash
+from ledger.reasons import Reason
+from ledger.record import Recorded, record
+from schemas.codec import event_to_wire
 from schemas.commands import Command, parse_command
-from schemas.events import Alert, LedgerEvent, event_to_wire
-from schemas.reasons import Reason
+from schemas.hashing import chain_hash
+from schemas.to_domain import domain_command
 
 pytestmark = pytest.mark.unit
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T, B = "acme", "b-1"
 _ids = count()
+CURRENCIES = {"USD": 2, "ZWG": 2, "EUR": 2}
 
 
 def cmd(type_: str, **fields: Any) -> Command:
     """A parsed command for budget acme:b-1 with a fresh command_id."""
     body = {"type": type_, "command_id": f"c{next(_ids)}", "tenant_id": T, "budget_id": B, **fields}
-    return parse_command(orjson.dumps(body), {"USD": 2, "ZWG": 2, "EUR": 2})
+    return parse_command(orjson.dumps(body), CURRENCIES)
+
+
+def apply(state: BudgetState, command: Command, now: datetime) -> Recorded:
+    """``command`` applied as the consumer applies it (the test table has no EUR: see open)."""
+    return record(state, command, now, {"USD": 2, "ZWG": 2})
 
 
 def run(
@@ -48,10 +59,16 @@ def run(
     events: list[LedgerEvent] = []
     alerts: list[Alert] = []
     for c in commands:
-        state, ev, al = apply(state, c, now)
-        events.append(ev)
-        alerts.extend(al)
+        done = apply(state, c, now)
+        state = done.state
+        events.append(done.event)
+        alerts.extend(done.alerts)
     return state, events, alerts
+
+
+def utc(text: str) -> datetime:
+    """An aware datetime from ISO text (the tests' times)."""
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 OPEN = {"currency": "USD", "period": "monthly"}
@@ -109,9 +126,9 @@ CASES: list[tuple[str, list[Command], Command, str, str | None, dict[str, Any]]]
      "command_rejected", Reason.CURRENCY_MISMATCH, {"funded": 0}),
     # --- reserve ---
     ("reserve holds funds", [open_(), fund("100")], reserve("r1", "30"), "funds_reserved", None,
-     {"reserved": 3000, "available": 7000, "utilization_pct": "30.00", "ref_id": "r1"}),
+     {"reserved": 3000, "available": 7000, "utilization_bp": 3000, "ref_id": "r1"}),
     ("reserve may use exactly everything", [open_(), fund("100")], reserve("r1", "100"),
-     "funds_reserved", None, {"available": 0, "utilization_pct": "100.00"}),
+     "funds_reserved", None, {"available": 0, "utilization_bp": 10000}),
     ("reserve beyond the funds: insufficient_funds", [open_(), fund("100")],
      reserve("r1", "100.01"), "reservation_rejected", Reason.INSUFFICIENT_FUNDS,
      {"reserved": 0, "amount": None}),
@@ -131,10 +148,10 @@ CASES: list[tuple[str, list[Command], Command, str, str | None, dict[str, Any]]]
      reserve("r1", "1", expires_at=PAST), "reservation_rejected", Reason.EXPIRES_IN_PAST, {}),
     ("reserve keeps an explicit expires_at (in UTC)", [open_(), fund("100")],
      reserve("r1", "1", expires_at="2026-11-25T15:00:00+02:00"), "funds_reserved", None,
-     {"data": {"expires_at": "2026-11-25T13:00:00.000000Z"}}),
+     {"data": {"expires_at": utc("2026-11-25T13:00:00Z")}}),
     ("reserve inherits the budget's TTL", [open_(reservation_ttl_seconds=60), fund("100")],
      reserve("r1", "1"), "funds_reserved", None,
-     {"data": {"expires_at": "2026-11-25T12:01:00.000000Z"}}),
+     {"data": {"expires_at": utc("2026-11-25T12:01:00Z")}}),
     # --- charge ---
     ("charge without amount charges all", [open_(), fund("100"), reserve("r1", "30")],
      cmd("charge", ref_id="r1"), "reservation_charged", None,
@@ -173,11 +190,11 @@ CASES: list[tuple[str, list[Command], Command, str, str | None, dict[str, Any]]]
       reserve("b", "2", expires_at="2026-11-25T12:00:30Z"),
       reserve("a", "1", expires_at="2026-11-25T12:00:20Z"), reserve("never", "3")],
      cmd("expire_reservations", as_of="2026-11-25T12:00:40Z"), "reservations_expired", None,
-     {"amount": 300, "reserved": 800, "data": {"as_of": "2026-11-25T12:00:40.000000Z",
+     {"amount": 300, "reserved": 800, "data": {"as_of": utc("2026-11-25T12:00:40Z"),
                                                "expired": [["a", 100], ["b", 200]]}}),
     ("expire with nothing due is still an event", [open_()],
      cmd("expire_reservations", as_of=NOW.isoformat()), "reservations_expired", None,
-     {"amount": 0, "data": {"as_of": "2026-11-25T12:00:00.000000Z", "expired": []}}),
+     {"amount": 0, "data": {"as_of": NOW, "expired": []}}),
     ("expire as of the future: as_of_in_future", [open_()],
      cmd("expire_reservations", as_of=FUTURE), "command_rejected", Reason.AS_OF_IN_FUTURE, {}),
     # --- periods ---
@@ -186,8 +203,8 @@ CASES: list[tuple[str, list[Command], Command, str, str | None, dict[str, Any]]]
       cmd("charge", ref_id="r1")],
      cmd("close_period", period_end="2026-11-25T12:00:00.5Z"), "period_closed", None,
      {"funded": 10000, "charged": 0, "reserved": 2000, "available": 8000,
-      "data": {"period_start": "2026-11-25T11:00:00.000000Z",
-               "period_end": "2026-11-25T12:00:00.500000Z", "closed_funded": 10000,
+      "data": {"period_start": utc("2026-11-25T11:00:00Z"),
+               "period_end": utc("2026-11-25T12:00:00.5Z"), "closed_funded": 10000,
                "closed_reserved": 2000, "closed_charged": 3000, "unspent": 7000,
                "rolled_over": 0, "allowance": 10000}}),
     ("close with rollover carries the unspent amount",
@@ -219,7 +236,7 @@ CASES: list[tuple[str, list[Command], Command, str, str | None, dict[str, Any]]]
     ("lowering funds below commitments leaves available at zero, never negative",
      [open_(), fund("100"), reserve("r1", "80")],
      cmd("adjust", amount="-50", reason="x", operator="o"), "budget_adjusted", None,
-     {"available": 0, "utilization_pct": "160.00"}),
+     {"available": 0, "utilization_bp": 16000}),
     # --- the stored range: nothing may pass 10**18 minor units ---
     ("fund up to the maximum is accepted", [open_(), *[fund(BIG)] * 9], fund(BIG),
      "budget_funded", None, {"funded": 10 * BIG_CENTS}),
@@ -241,7 +258,7 @@ CASES: list[tuple[str, list[Command], Command, str, str | None, dict[str, Any]]]
      {"funded": 10 * BIG_CENTS}),
     ("a hard cap of 0.01 under 1,000.00 reserved: utilization stays a finite number",
      [open_(), fund("1000"), reserve("r1", "1000")], cmd("configure_budget", hard_cap="0.01"),
-     "budget_configured", None, {"available": 0, "utilization_pct": "10000000.00"}),
+     "budget_configured", None, {"available": 0, "utilization_bp": 1000000000}),
 ]  # fmt: skip
 
 
@@ -260,8 +277,9 @@ def test_rule(
     opened_at = NOW - timedelta(hours=1) if command.type == "close_period" else NOW
     state = initial_state(T, B)
     for c in scene:
-        state, _, _ = apply(state, c, opened_at if c.type == "open_budget" else NOW)
-    after, ev, _ = apply(state, command, NOW)
+        state = apply(state, c, opened_at if c.type == "open_budget" else NOW).state
+    done = apply(state, command, NOW)
+    after, ev = done.state, done.event
     assert (ev.type, ev.reason) == (etype, reason)
     assert ev.sequence == state.sequence + 1
     assert ev.command_id == command.command_id
@@ -269,9 +287,9 @@ def test_rule(
         assert getattr(ev, field) == value, field
     # Balances on the event are the state after it.
     assert (ev.funded, ev.reserved, ev.charged, ev.available) == (
-        after.funded,
-        after.reserved,
-        after.charged,
+        after.funded_in_period,
+        after.reserved_total,
+        after.charged_in_period,
         after.available,
     )
 
@@ -291,17 +309,17 @@ def test_tenant_mismatch_is_refused_on_the_routed_budgets_chain() -> None:
     state, _, _ = run(open_())
     body = {"type": "fund", "command_id": "x", "tenant_id": "evil", "budget_id": B,
             "amount": "1", "currency": "USD"}  # fmt: skip
-    foreign = parse_command(orjson.dumps(body))
+    foreign = domain_command(parse_command(orjson.dumps(body)), state.digits, CURRENCIES)
     ev = decide(state, foreign, NOW)
     assert (ev.type, ev.reason) == ("command_rejected", Reason.TENANT_MISMATCH)
     assert (ev.tenant_id, ev.budget_id, ev.sequence) == (T, B, 2)
-    assert evolve(state, ev).funded == 0
+    assert evolve(state, ev).funded_in_period == 0
 
 
 def test_rejections_only_advance_the_chain() -> None:
     state, events, _ = run(open_(), fund("10"), reserve("r1", "50"))
     assert events[-1].type == "reservation_rejected"
-    assert (state.funded, state.reserved, state.sequence) == (1000, 0, 3)
+    assert (state.funded_in_period, state.reserved_total, state.sequence) == (1000, 0, 3)
     assert state.last_hash == events[-1].hash
 
 
@@ -309,11 +327,11 @@ def test_reservation_lifecycle_edges() -> None:
     state, _, _ = run(open_(), fund("100"), reserve("a", "1"), reserve("b", "2"),
                       reserve("c", "3", expires_at="2026-11-25T12:00:01Z"),
                       cmd("charge", ref_id="a"), cmd("release", ref_id="b"))  # fmt: skip
-    state, _, _ = apply(state, cmd("expire_reservations", as_of="2026-11-25T12:00:02Z"),
-                        NOW + timedelta(seconds=5))  # fmt: skip
+    state = apply(state, cmd("expire_reservations", as_of="2026-11-25T12:00:02Z"),
+                  NOW + timedelta(seconds=5)).state  # fmt: skip
     statuses = {ref: r.status for ref, r in state.reservations.items()}
     assert statuses == {"a": "charged", "b": "released", "c": "expired"}
-    assert state.reservations["a"].charged == 100
+    assert state.reservations["a"].charged_amount == 100
     assert all(("reserved", s) in RESERVATION_EDGES for s in ("charged", "released", "expired"))
     assert not state.expiring
 
@@ -328,19 +346,18 @@ def test_hash_chain_links_every_event() -> None:
                        cmd("charge", ref_id="r"))  # fmt: skip
     prev = GENESIS_HASH
     for ev in events:
-        # A copy is a different object, so event_to_wire rebuilds the wire form from scratch
-        # rather than reusing the one the domain remembered when it hashed the event.
-        wire = event_to_wire(dataclasses.replace(ev), 2)
+        wire = event_to_wire(ev, 2)
         del wire["hash"]
         assert ev.prev_hash == prev
         assert chain_hash(prev, wire) == ev.hash
         prev = ev.hash
 
 
-def test_decide_is_deterministic() -> None:
-    c = fund("1")
+def test_decide_is_deterministic_and_does_not_hash() -> None:
     state, _, _ = run(open_())
+    c = domain_command(fund("1"), state.digits, CURRENCIES)
     assert decide(state, c, NOW) == decide(state, c, NOW)
+    assert decide(state, c, NOW).hash == ""  # sealing is the writer's job, at the edge
 
 
 def test_evolve_advances_over_an_unknown_event_type() -> None:
@@ -348,7 +365,7 @@ def test_evolve_advances_over_an_unknown_event_type() -> None:
     martian = LedgerEvent(**{**_fields(events[-1]), "type": "martian", "sequence": 3, "hash": "h"})
     after = evolve(state, martian)
     assert (after.sequence, after.last_hash) == (3, "h")
-    assert (after.funded, after.reserved, after.charged) == (1000, 0, 0)
+    assert (after.funded_in_period, after.reserved_total, after.charged_in_period) == (1000, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -387,16 +404,16 @@ def test_soft_threshold_fires_once_per_crossing_and_rearms_below() -> None:
     soft = [a for a in alerts if a.type == "soft_cap_exceeded"]
     assert [a.sequence for a in soft] == [3, 6]
     assert soft[0].severity == "warning"
-    assert (soft[0].threshold, soft[0].utilization_pct) == ("80.00", "80.00")
-    assert soft[0].data["threshold_amount"] == "80.00"
+    assert (soft[0].threshold_bp, soft[0].utilization_bp) == (8000, 8000)
+    assert soft[0].data["threshold_amount"] == 8000
 
 
 def test_soft_cap_amount_takes_precedence_over_percent() -> None:
     _, _, alerts = run(
         open_(soft_cap="20"), fund("100"), reserve("a", "19.99"), reserve("b", "0.01")
     )
-    assert [(a.type, a.sequence, a.threshold) for a in alerts] == [
-        ("soft_cap_exceeded", 4, "20.00")
+    assert [(a.type, a.sequence, a.threshold_bp) for a in alerts] == [
+        ("soft_cap_exceeded", 4, 2000)
     ]
 
 
@@ -404,7 +421,7 @@ def test_hard_threshold_is_critical_at_its_percent() -> None:
     _, _, alerts = run(open_(), fund("100"), reserve("a", "94.99"), reserve("b", "0.01"))
     assert _types(alerts) == ["soft_cap_exceeded", "hard_cap_approaching"]
     hard = alerts[-1]
-    assert (hard.severity, hard.threshold, hard.sequence) == ("critical", "95.00", 4)
+    assert (hard.severity, hard.threshold_bp, hard.sequence) == ("critical", 9500, 4)
 
 
 def test_both_thresholds_in_one_step_fire_together() -> None:
@@ -425,13 +442,27 @@ def test_period_close_rearms_alerts() -> None:
     state, _, alerts = run(open_(period_allowance="100"), reserve("a", "90"),
                            now=NOW - timedelta(hours=1))  # fmt: skip
     assert _types(alerts) == ["soft_cap_exceeded"]
-    _, _, again = apply(state, cmd("close_period", period_end=NOW.isoformat()), NOW)
+    again = apply(state, cmd("close_period", period_end=NOW.isoformat()), NOW).alerts
     assert _types(list(again)) == ["soft_cap_exceeded"]  # still above in the new period
 
 
 def test_alert_ids_are_stable_and_distinct() -> None:
-    _, _, a1 = run(open_(), fund("100"), reserve("a", "99"))
-    _, _, a2 = run(open_(), fund("100"), reserve("a", "99"))
-    assert [a.alert_id for a in a1] == [a.alert_id for a in a2]
-    assert len({a.alert_id for a in a1}) == len(a1)
-    assert all(len(a.alert_id) == 32 for a in a1)
+    state = initial_state(T, B)
+    for c in (open_(), fund("100")):
+        state = apply(state, c, NOW).state
+    c = reserve("a", "99")
+    a1 = [a["alert_id"] for a in apply(state, c, NOW).alert_wires]
+    a2 = [a["alert_id"] for a in apply(state, c, NOW).alert_wires]
+    assert a1 == a2
+    assert len(set(a1)) == len(a1) == 2
+
+
+def test_alert_wire_form_renders_money_and_percent() -> None:
+    state = initial_state(T, B)
+    for c in (open_(), fund("100")):
+        state = apply(state, c, NOW).state
+    soft = apply(state, reserve("a", "80"), NOW).alert_wires[0]
+    assert (soft["threshold"], soft["utilization_pct"]) == ("80.00", "80.00")
+    assert soft["data"]["threshold_amount"] == "80.00"
+    assert soft["recorded_at"] == "2026-11-25T12:00:00.000000Z"
+    assert len(soft["alert_id"]) == 32

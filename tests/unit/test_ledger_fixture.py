@@ -17,10 +17,11 @@ from typing import Any
 import orjson
 import pytest
 
-from ledger.budget import BudgetState, evolve, initial_state
-from ledger.hashing import GENESIS_HASH, chain_hash
-from ledger.store import replay_digits
-from schemas.events import EVENT_TYPES, LedgerEvent, event_from_wire, event_to_wire
+from ledger.budget import GENESIS_HASH, BudgetState, LedgerEvent, evolve, initial_state
+from ledger.history import replay_digits
+from schemas.codec import event_from_wire, event_to_wire, pct_text
+from schemas.events import EVENT_TYPES
+from schemas.hashing import chain_hash
 
 pytestmark = pytest.mark.unit
 
@@ -66,12 +67,14 @@ def event_columns(event: LedgerEvent) -> tuple[int | None, int, int, int, int]:
 
 def event_balances(event: LedgerEvent) -> tuple[int, int, int, int, str]:
     """The balances an event recorded."""
-    return (event.funded, event.reserved, event.charged, event.available, event.utilization_pct)
+    return (event.funded, event.reserved, event.charged, event.available,
+            pct_text(event.utilization_bp))  # fmt: skip
 
 
 def state_balances(state: BudgetState) -> tuple[int, int, int, int, str]:
     """The balances of a folded state, comparable with `event_balances`."""
-    return (state.funded, state.reserved, state.charged, state.available, state.utilization_pct)
+    return (state.funded_in_period, state.reserved_total, state.charged_in_period,
+            state.available, pct_text(state.utilization_bp))  # fmt: skip
 
 
 # --- the fixture -----------------------------------------------------------------------------

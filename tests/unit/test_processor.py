@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 import consumers.processor as processor
+import ledger.record as record_mod
 from consumers.processor import BatchContext, Incoming, PartitionState, process_batch
 from ledger.budget import BudgetState, initial_state
 
@@ -73,14 +74,14 @@ def test_messages_before_the_stored_position_are_skipped() -> None:
 def test_a_failure_in_the_rules_dead_letters_that_command_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real_apply = processor.apply
+    real_decide = record_mod.decide
 
-    def flaky_apply(state: BudgetState, command: Any, now: datetime, cur: Any) -> Any:
+    def flaky_decide(state: BudgetState, command: Any, now: datetime) -> Any:
         if command.command_id == "c2":
             raise ZeroDivisionError("boom")
-        return real_apply(state, command, now, cur)
+        return real_decide(state, command, now)
 
-    monkeypatch.setattr(processor, "apply", flaky_apply)
+    monkeypatch.setattr(record_mod, "decide", flaky_decide)
     out = _run(
         [_msg(0, OPEN), _msg(1, FUND), _msg(2, _cmd("c3", "fund", amount="1.00", currency="USD"))]
     )
@@ -116,14 +117,14 @@ def test_a_failing_fingerprint_dead_letters_that_command_only(
 def test_a_failing_event_encoding_leaves_no_trace_of_the_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = processor.event_to_wire
+    real = record_mod.seal
 
-    def event_to_wire(event: Any, digits: int) -> Any:
+    def seal(event: Any, digits: int) -> Any:
         if event.command_id == "c2":
             raise ValueError("cannot encode")
         return real(event, digits)
 
-    monkeypatch.setattr(processor, "event_to_wire", event_to_wire)
+    monkeypatch.setattr(record_mod, "seal", seal)
     out = _run([_msg(0, OPEN), _msg(1, FUND), _msg(2, {**FUND, "command_id": "c3"})])
     assert [(r[4], r[2]) for r in out.ledger_rows] == [("c1", 1), ("c3", 2)]
     assert out.balance_rows[0][4] == 1000  # one fund of 10.00 applied, not two

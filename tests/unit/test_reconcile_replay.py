@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-import projections.replay as replay_mod
+import ledger.history as history_mod
 from bench.replay_bench import build_rows, command_stream
-from ledger.budget import BudgetState, evolve
+from ledger.budget import BudgetState, LedgerEvent, evolve
 from projections.reconcile_report import ReconcileReport, iter_lines
 from projections.replay import BudgetReplay
-from schemas.events import LedgerEvent
 
 CURRENCIES = {"USD": 2, "ZWG": 2}
 Key = tuple[str, str]
@@ -70,14 +69,14 @@ def test_an_evolve_exception_is_a_broken_link_and_the_other_budgets_still_verify
             raise ZeroDivisionError("evolver bug")
         return evolve(state, event)
 
-    monkeypatch.setattr(replay_mod, "evolve", failing_evolve)
+    monkeypatch.setattr(history_mod, "evolve", failing_evolve)
     budgets = _replay(rows)
 
     broken = {k: b.broken for k, b in budgets.items() if b.broken is not None}
     assert list(broken) == [victim]
     link = broken[victim]
     assert link is not None and link.sequence == seq
-    assert link.problem == "evolve failed: ZeroDivisionError: evolver bug"
+    assert link.problem == "event does not replay: ZeroDivisionError: evolver bug"
     # The replay went on: every row was read, every other budget replayed to the same state.
     assert sum(b.events for b in budgets.values()) == len(rows)
     for key, budget in budgets.items():
@@ -86,8 +85,9 @@ def test_an_evolve_exception_is_a_broken_link_and_the_other_budgets_still_verify
     # The run names the budget and is not clean (the CLI exits 1 on it).
     report = ReconcileReport(events=len(rows), budgets=len(budgets), broken=[link])
     assert not report.clean
-    assert f"BROKEN LINK {victim[0]}:{victim[1]} sequence {seq}: evolve failed" in "\n".join(
-        iter_lines(report)
+    assert (
+        f"BROKEN LINK {victim[0]}:{victim[1]} sequence {seq}: event does not replay"
+        in "\n".join(iter_lines(report))
     )
 
 

@@ -3,7 +3,9 @@ canonical encoding, idempotency fingerprints, and the exported JSON Schemas."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +15,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.hashing import GENESIS_HASH, canonical, chain_hash
+from ledger.events import GENESIS_HASH, Alert, LedgerEvent, Money
 from ledger.idempotency import classify, fingerprint
-from schemas.commands import CommandInvalid, Reserve, parse_command
-from schemas.events import (
-    Alert,
-    LedgerEvent,
+from schemas.codec import (
     alert_from_wire,
     alert_to_wire,
     event_from_wire,
     event_to_wire,
-    json_schemas,
     make_alert_id,
-    rfc3339_utc,
+    seal,
 )
+from schemas.commands import CommandInvalid, Reserve, parse_command
+from schemas.events import json_schemas, rfc3339_utc
+from schemas.hashing import canonical, chain_hash
 from schemas.limits import id_problem
 from schemas.money import normalize_decimal, to_decimal_str, to_minor
 
@@ -168,14 +169,17 @@ def test_decimal_rendering() -> None:
 # --- events and alerts on the wire ----------------------------------------------------------
 
 
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
 def _event(**over: Any) -> LedgerEvent:
     base: dict[str, Any] = dict(
         type="reservations_expired", tenant_id="acme", budget_id="b-1", sequence=7,
         command_id="c-7", command_type="expire_reservations", ref_id=None, currency="USD",
         amount=350, reason=None,
-        data={"as_of": "2026-11-25T12:00:00.000000Z", "expired": [["a", 100], ["b", 250]]},
-        funded=100000, reserved=0, charged=2500, available=97500, utilization_pct="2.50",
-        recorded_at="2026-11-25T12:00:00.000000Z", metadata={"k": ["v", 1, True, None]},
+        data={"as_of": T0, "expired": [["a", 100], ["b", 250]]},
+        funded=100000, reserved=0, charged=2500, available=97500, utilization_bp=250,
+        recorded_at=T0, metadata={"k": ["v", 1, True, None]},
         prev_hash="a" * 64, hash="b" * 64,
     )  # fmt: skip
     return LedgerEvent(**{**base, **over})
@@ -193,7 +197,9 @@ def _event(**over: Any) -> LedgerEvent:
                                                         "rolled_over": 0, "allowance": 10}),
         _event(type="command_rejected", currency=None, amount=None, reason="unknown_budget",
                data={"detail": "x"}, funded=0, reserved=0, charged=0, available=0,
-               utilization_pct="0.00", metadata=None),
+               utilization_bp=0, metadata=None),
+        _event(type="funds_reserved", amount=5, ref_id="r",
+               data={"expires_at": T0 + timedelta(microseconds=1)}),
     ],
 )  # fmt: skip
 def test_event_wire_round_trip(ev: LedgerEvent) -> None:
@@ -207,16 +213,27 @@ def test_money_in_event_data_is_never_a_number_on_the_wire() -> None:
     wire = event_to_wire(_event(), 2)
     assert wire["data"]["expired"] == [["a", "1.00"], ["b", "2.50"]]
     assert wire["amount"] == "3.50" and wire["funded"] == "1000.00"
+    assert wire["data"]["as_of"] == wire["recorded_at"] == "2026-11-25T12:00:00.000000Z"
+    assert wire["utilization_pct"] == "2.50"
+
+
+def test_a_refusal_detail_is_rendered_with_the_budgets_digits() -> None:
+    detail = ("available ", Money(105, 2), " of ", Money(7, 0), " as of ", T0)
+    wire = event_to_wire(_event(type="command_rejected", data={"detail": detail}), 2)
+    assert wire["data"]["detail"] == "available 1.05 of 7 as of 2026-11-25T12:00:00.000000Z"
 
 
 def test_alert_wire_round_trip_and_stable_id() -> None:
-    a = Alert(alert_id=make_alert_id("acme", "b-1", "drift_detected", 9), type="drift_detected",
-              severity="critical", tenant_id="acme", budget_id="b-1", utilization_pct="10.00",
-              threshold="0.00", sequence=9, recorded_at="2026-11-25T12:00:00.000000Z",
-              data={"field": "funded", "expected": "1.00", "actual": "2.00"})  # fmt: skip
-    assert alert_from_wire(orjson.loads(orjson.dumps(alert_to_wire(a)))) == a
-    assert a.alert_id == make_alert_id("acme", "b-1", "drift_detected", 9)
-    assert re.fullmatch(r"[0-9a-f]{32}", a.alert_id)
+    a = Alert(type="soft_cap_exceeded", severity="warning", tenant_id="acme", budget_id="b-1",
+              utilization_bp=1000, threshold_bp=800, sequence=9, recorded_at=T0,
+              data={"currency": "USD", "limit": 1000, "committed": 100, "available": 900,
+                    "threshold_amount": 80})  # fmt: skip
+    wire = alert_to_wire(a, 2)
+    assert (wire["utilization_pct"], wire["threshold"]) == ("10.00", "8.00")
+    assert wire["data"]["limit"] == "10.00" and wire["data"]["threshold_amount"] == "0.80"
+    assert alert_from_wire(orjson.loads(orjson.dumps(wire)), 2) == a
+    assert wire["alert_id"] == make_alert_id("acme", "b-1", "soft_cap_exceeded", 9)
+    assert re.fullmatch(r"[0-9a-f]{32}", wire["alert_id"])
 
 
 def test_rfc3339_utc_is_fixed_width_utc() -> None:
@@ -328,3 +345,12 @@ def test_any_valid_reserve_round_trips_through_its_fingerprint(cents: int, ref: 
     c1 = parse_command(_raw(amount=amount, ref_id=ref))
     c2 = parse_command(orjson.dumps(c1.model_dump(mode="json")))
     assert fingerprint(c1) == fingerprint(c2)
+
+
+def test_seal_changes_only_the_hash_and_the_hash_covers_the_wire() -> None:
+    ev = dataclasses.replace(_event(), hash="")
+    sealed, wire = seal(ev, 2)
+    assert sealed == dataclasses.replace(ev, hash=sealed.hash)  # every other field kept
+    assert wire == event_to_wire(sealed, 2)
+    body = {k: v for k, v in wire.items() if k != "hash"}
+    assert chain_hash(ev.prev_hash, body) == sealed.hash

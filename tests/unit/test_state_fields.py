@@ -16,14 +16,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.budget import BudgetState, evolve
+from ledger.events import LedgerEvent
 from schemas.commands import Command
-from schemas.events import LedgerEvent
 from tests.unit.test_budget_rules import cmd, fund, open_, reserve, run
 
 pytestmark = pytest.mark.unit
 
 _CHAIN = {"sequence", "last_hash"}
-_BALANCES = {"config", "funded", "reserved", "charged", "cap_reached_alerted"}
+_BALANCES = {
+    "config",
+    "funded_in_period",
+    "reserved_total",
+    "charged_in_period",
+    "cap_reached_alerted",
+}
 _ALERT_ARMING = {"above_soft", "above_hard"}
 
 

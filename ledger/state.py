@@ -1,0 +1,173 @@
+"""A budget's state, its reservations and limits, and the balance arithmetic (integers only).
+
+Names keep three kinds of money apart: ``funded_in_period`` and ``charged_in_period`` are totals
+of the current period (a period close resets them), ``reserved_total`` is what open reservations
+hold right now, and a `Reservation` has a ``reserved_amount``, a ``charged_amount`` and a
+``status`` (one of `ReservationStatus`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+import immutables
+
+from ledger.events import GENESIS_HASH
+
+
+class ReservationStatus(StrEnum):
+    """Where a reservation is in its life; only ``RESERVED`` moves, and only once."""
+
+    RESERVED = "reserved"
+    CHARGED = "charged"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+#: The only moves a reservation can make (docs/domain.md: nothing else moves them).
+RESERVATION_EDGES: Final = frozenset(
+    {
+        (ReservationStatus.RESERVED, ReservationStatus.CHARGED),
+        (ReservationStatus.RESERVED, ReservationStatus.RELEASED),
+        (ReservationStatus.RESERVED, ReservationStatus.EXPIRED),
+    }
+)
+
+#: Largest amount or balance the ledger stores, in minor units, whatever the currency: every
+#: bigint column (amounts, funded, reserved, charged, available, limit) stays at or below it, and
+#: so does committed (reserved + charged). 10**18 is a round figure well under bigint's 9.22e18,
+#: leaving room for a sum of two such values (allowance + rollover, reserved + charged).
+MAX_MINOR: Final = 10**18
+
+_NO_EXPIRIES: Final[immutables.Map[str, datetime]] = immutables.Map()  # immutable: safe to share
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One reserve, by ``ref_id``, with its current status."""
+
+    ref_id: str
+    reserved_amount: int
+    status: ReservationStatus
+    charged_amount: int
+    expires_at: datetime | None
+    command_id: str
+    created_seq: int
+    updated_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    """Limits of a budget; money in minor units."""
+
+    period: str
+    hard_cap: int | None = None
+    soft_cap: int | None = None
+    soft_threshold_pct: int = 80
+    hard_threshold_pct: int = 95
+    period_allowance: int | None = None
+    rollover: bool = False
+    timezone: str = "UTC"
+    reservation_ttl_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """Everything the rules need about one budget; rebuilt exactly by folding its events."""
+
+    tenant_id: str
+    budget_id: str
+    opened: bool
+    currency: str | None
+    config: BudgetConfig | None
+    funded_in_period: int
+    reserved_total: int
+    charged_in_period: int
+    sequence: int
+    last_hash: str
+    period_start: datetime | None
+    reservations: immutables.Map[str, Reservation]  # every ref_id ever reserved
+    cap_reached_alerted: bool = False
+    # Minor digits of the currency, as recorded in budget_opened (0 before open).
+    digits: int = 0
+    # Reservations still "reserved" that carry an expiry: ref_id -> expires_at. Lets the
+    # sweeper's command touch only what can expire instead of every reservation ever made.
+    expiring: immutables.Map[str, datetime] = _NO_EXPIRIES
+    # Whether utilization was at/above each threshold after the last accepted event; an alert
+    # fires on the False -> True edge, so falling back below re-arms it.
+    above_soft: bool = False
+    above_hard: bool = False
+
+    @property
+    def limit(self) -> int:
+        """``funded_in_period`` capped by ``hard_cap`` when set."""
+        return limit_of(self.config, self.funded_in_period)
+
+    @property
+    def committed(self) -> int:
+        """``reserved_total + charged_in_period``."""
+        return self.reserved_total + self.charged_in_period
+
+    @property
+    def available(self) -> int:
+        """``limit - committed``, never negative."""
+        return max(0, self.limit - self.reserved_total - self.charged_in_period)
+
+    @property
+    def utilization_bp(self) -> int:
+        """``committed / limit`` in basis points (see `utilization_bp`)."""
+        return utilization_bp(self.reserved_total + self.charged_in_period, self.limit)
+
+
+def initial_state(tenant_id: str, budget_id: str) -> BudgetState:
+    """The state of a budget before its first event: unopened, sequence 0, genesis hash."""
+    return BudgetState(
+        tenant_id=tenant_id,
+        budget_id=budget_id,
+        opened=False,
+        currency=None,
+        config=None,
+        funded_in_period=0,
+        reserved_total=0,
+        charged_in_period=0,
+        sequence=0,
+        last_hash=GENESIS_HASH,
+        period_start=None,
+        reservations=immutables.Map(),
+    )
+
+
+def limit_of(config: BudgetConfig | None, funded: int) -> int:
+    """What may be committed: ``funded``, or ``hard_cap`` when that is lower."""
+    if config is None or config.hard_cap is None or config.hard_cap >= funded:
+        return funded
+    return config.hard_cap
+
+
+def utilization_bp(committed: int, limit: int) -> int:
+    """``committed / limit`` in basis points, floored (8000 is 80.00 %): 0 when nothing is
+    committed, 10000 when something is committed against a zero limit."""
+    if committed <= 0:
+        return 0
+    if limit <= 0:
+        return 10000
+    return committed * 10000 // limit  # floor: never shows 100.00 before the limit is reached
+
+
+def above_soft(config: BudgetConfig | None, limit: int, committed: int) -> bool:
+    """Whether ``committed`` is at or above the soft threshold (``soft_cap`` or its percent)."""
+    if config is None or committed <= 0:
+        return False
+    if config.soft_cap is not None:
+        return committed >= config.soft_cap
+    return limit > 0 and committed * 100 >= config.soft_threshold_pct * limit
+
+
+def above_hard(config: BudgetConfig | None, limit: int, committed: int) -> bool:
+    """Whether ``committed`` is at or above the hard threshold percent of ``limit``."""
+    if config is None or committed <= 0 or limit <= 0:
+        return False
+    return committed * 100 >= config.hard_threshold_pct * limit
