@@ -8,7 +8,6 @@ clock is the ``now`` the consumer passes, and nothing is rendered or hashed here
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final
@@ -34,6 +33,7 @@ from ledger.state import (
     BudgetState,
     Reservation,
     ReservationStatus,
+    config_data,
     limit_of,
     utilization_bp,
 )
@@ -175,7 +175,7 @@ def _decide_open(s: BudgetState, c: OpenBudget, now: datetime) -> LedgerEvent:
         return _reject(s, c, Reason.INVALID_CONFIG, now, problem)
     # Opening starts the first period, so the allowance is funded right away.
     funded = cfg.period_allowance or 0
-    data = {**asdict(cfg), "minor_units": c.digits, "period_start": now}
+    data = {**config_data(cfg), "minor_units": c.digits, "period_start": now}
     return _event(
         s,
         c,
@@ -196,7 +196,7 @@ def _decide_configure(s: BudgetState, c: ConfigureBudget, now: datetime) -> Ledg
     values = config_values(c.changes, s.digits)
     if isinstance(values, tuple):
         return _reject(s, c, values[0], now, values[1])
-    merged = {**asdict(s.config), **values}
+    merged = {**config_data(s.config), **values}
     cfg = BudgetConfig(**merged)
     problem = config_invalid(cfg)
     if problem:

@@ -122,6 +122,22 @@ class BudgetState:
         return utilization_bp(self.reserved_total + self.charged_in_period, self.limit)
 
 
+def config_data(config: BudgetConfig) -> dict[str, object]:
+    """The fields of ``config`` as a new dict (what opened/configured events record)."""
+    # By hand, not dataclasses.asdict: that deep-copies every value and costs ~100 us.
+    return {
+        "period": config.period,
+        "hard_cap": config.hard_cap,
+        "soft_cap": config.soft_cap,
+        "soft_threshold_pct": config.soft_threshold_pct,
+        "hard_threshold_pct": config.hard_threshold_pct,
+        "period_allowance": config.period_allowance,
+        "rollover": config.rollover,
+        "timezone": config.timezone,
+        "reservation_ttl_seconds": config.reservation_ttl_seconds,
+    }
+
+
 def initial_state(tenant_id: str, budget_id: str) -> BudgetState:
     """The state of a budget before its first event: unopened, sequence 0, genesis hash."""
     return BudgetState(

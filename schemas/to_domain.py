@@ -15,6 +15,8 @@ def scaled(text: str, digits: int) -> dc.Amount:
     """``text`` (already pattern-checked by the schema) in minor units at ``digits``; ``minor``
     is None when it has more decimals than that."""
     whole, _, frac = text.partition(".")
+    if len(frac) == digits and digits and whole[0] != "-":
+        return dc.Amount(int(whole + frac), text)  # the common spelling, "12.50" in cents
     if len(frac) > digits:
         return dc.Amount(None, text)
     negative = whole.startswith("-")

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.budget import BudgetState, evolve
+from ledger.budget import BudgetConfig, BudgetState, evolve
 from ledger.events import LedgerEvent
+from ledger.state import config_data
 from schemas.commands import Command
 from tests.unit.test_budget_rules import cmd, fund, open_, reserve, run
 
@@ -103,3 +104,10 @@ def test_evolve_is_not_tolerant(ref: str, etype: str) -> None:
     )
     with pytest.raises(KeyError):
         evolve(state, bad)
+
+
+def test_config_data_names_every_config_field() -> None:
+    config = BudgetConfig(period="monthly", hard_cap=5, soft_cap=4, period_allowance=3)
+    data = config_data(config)
+    assert set(data) == {f.name for f in fields(BudgetConfig)}
+    assert BudgetConfig(**data) == config  # type: ignore[arg-type]
