@@ -12,9 +12,16 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final
 
-from ledger.amounts import above_max, amount_refusal, config_invalid, config_values, range_problem
-from ledger.commands import (
+from budget_ledger.ledger.amounts import (
+    above_max,
+    amount_refusal,
+    config_invalid,
+    config_values,
+    range_problem,
+)
+from budget_ledger.ledger.commands import (
     Adjust,
+    Amount,
     Charge,
     ClosePeriod,
     Command,
@@ -25,9 +32,9 @@ from ledger.commands import (
     Release,
     Reserve,
 )
-from ledger.events import Detail, LedgerEvent, Money
-from ledger.reasons import Reason
-from ledger.state import (
+from budget_ledger.ledger.events import Detail, LedgerEvent, Money
+from budget_ledger.ledger.reasons import Reason
+from budget_ledger.ledger.state import (
     MAX_MINOR,
     BudgetConfig,
     BudgetState,
@@ -205,15 +212,27 @@ def _decide_configure(s: BudgetState, c: ConfigureBudget, now: datetime) -> Ledg
     return _event(s, c, "budget_configured", now, data=merged, config=cfg)
 
 
-def _decide_fund(s: BudgetState, c: Fund, now: datetime) -> LedgerEvent:
+def _usable(s: BudgetState, c: Command, amount: Amount, now: datetime) -> int | LedgerEvent:
+    """``amount`` in minor units, or the refusal of ``c`` if it is too precise or too large."""
+    refusal = amount_refusal("amount", amount, s.digits)
+    if refusal is not None:
+        return _reject(s, c, refusal[0], now, refusal[1])
+    assert amount.minor is not None  # amount_refusal refuses an inexact amount
+    return amount.minor
+
+
+def _money_in(s: BudgetState, c: Fund | Reserve, now: datetime) -> int | LedgerEvent:
+    """The amount a fund or reserve brings, or its refusal (other currency, unusable amount)."""
     if c.currency != s.currency:
         detail = f"budget is in {s.currency}, not {c.currency}"
         return _reject(s, c, Reason.CURRENCY_MISMATCH, now, detail)
-    refusal = amount_refusal("amount", c.amount, s.digits)
-    if refusal is not None:
-        return _reject(s, c, refusal[0], now, refusal[1])
-    amount = c.amount.minor
-    assert amount is not None  # _amount_refusal refuses an inexact amount
+    return _usable(s, c, c.amount, now)
+
+
+def _decide_fund(s: BudgetState, c: Fund, now: datetime) -> LedgerEvent:
+    amount = _money_in(s, c, now)
+    if isinstance(amount, LedgerEvent):
+        return amount
     funded = s.funded_in_period + amount
     if funded > MAX_MINOR:
         return _reject(s, c, Reason.AMOUNT_OUT_OF_RANGE, now, above_max("funded", funded, s.digits))
@@ -233,14 +252,9 @@ def _expiry(s: BudgetState, c: Reserve, now: datetime) -> datetime | None:
 def _decide_reserve(s: BudgetState, c: Reserve, now: datetime) -> LedgerEvent:
     cfg = s.config
     assert cfg is not None
-    if c.currency != s.currency:
-        detail = f"budget is in {s.currency}, not {c.currency}"
-        return _reject(s, c, Reason.CURRENCY_MISMATCH, now, detail)
-    refusal = amount_refusal("amount", c.amount, s.digits)
-    if refusal is not None:
-        return _reject(s, c, refusal[0], now, refusal[1])
-    amount = c.amount.minor
-    assert amount is not None
+    amount = _money_in(s, c, now)
+    if isinstance(amount, LedgerEvent):
+        return amount
     if c.ref_id in s.reservations:
         return _reject(s, c, Reason.DUPLICATE_REF, now, f"ref_id {c.ref_id} already reserved")
     expires = _expiry(s, c, now)
@@ -287,11 +301,10 @@ def _decide_charge(s: BudgetState, c: Charge, now: datetime) -> LedgerEvent:
     if c.amount is None:
         amount = res.reserved_amount
     else:
-        refusal = amount_refusal("amount", c.amount, s.digits)
-        if refusal is not None:
-            return _reject(s, c, refusal[0], now, refusal[1])
-        assert c.amount.minor is not None
-        amount = c.amount.minor
+        usable = _usable(s, c, c.amount, now)
+        if isinstance(usable, LedgerEvent):
+            return usable
+        amount = usable
         if amount > res.reserved_amount:
             detail = ("reserved ", Money(res.reserved_amount, s.digits))
             return _reject(s, c, Reason.AMOUNT_EXCEEDS_RESERVATION, now, detail)
@@ -379,11 +392,9 @@ def _decide_close(s: BudgetState, c: ClosePeriod, now: datetime) -> LedgerEvent:
 
 
 def _decide_adjust(s: BudgetState, c: Adjust, now: datetime) -> LedgerEvent:
-    refusal = amount_refusal("amount", c.amount, s.digits)
-    if refusal is not None:
-        return _reject(s, c, refusal[0], now, refusal[1])
-    delta = c.amount.minor
-    assert delta is not None
+    delta = _usable(s, c, c.amount, now)
+    if isinstance(delta, LedgerEvent):
+        return delta
     funded = s.funded_in_period + delta
     if delta > 0 and funded > MAX_MINOR:
         return _reject(s, c, Reason.AMOUNT_OUT_OF_RANGE, now, above_max("funded", funded, s.digits))
