@@ -5,7 +5,8 @@
         --latency-rate 500 --latency-seconds 2 --json
 
 Three phases, each on a fresh database (created next to LEDGER_DATABASE_URL, dropped afterwards)
-and fresh topics, with the consumers as real `python -m entrypoints.cli consume` child processes:
+and fresh topics, with the consumers as real `python -m budget_ledger.entrypoints.cli consume`
+child processes:
 
 - throughput: `--commands` commands over `--budgets` budgets, produced unpaced;
 - baseline: the same consumer with one command per transaction (`--batch-max-messages 1`), on a
@@ -43,7 +44,7 @@ from psycopg import sql
 
 from bench import workload
 from bench.procstat import CpuSampler, vm_hwm_kb
-from consumers.timings import read_timings
+from budget_ledger.consumers.timings import read_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -81,7 +82,7 @@ def _with_db(dsn: str, name: str) -> str:
 
 
 def create_database(admin_dsn: str) -> str:
-    from ledger.migrate import migrate
+    from budget_ledger.ledger.migrate import migrate
 
     name = f"bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -109,7 +110,7 @@ class Phase:
     """Fresh topics + database, consumers as child processes, producer as a child process."""
 
     def __init__(self, args: argparse.Namespace, mode: str, workdir: Path) -> None:
-        from ledger.settings import load_settings, prefixed_names
+        from budget_ledger.ledger.settings import load_settings, prefixed_names
 
         self.args = args
         self.mode = mode
@@ -122,7 +123,7 @@ class Phase:
             **prefixed_names(prefix),
             topic_partitions=args.partitions,
         )
-        from consumers.topics import create_topics
+        from budget_ledger.consumers.topics import create_topics
 
         create_topics(self.settings, partitions=args.partitions)
         self.consumers: list[subprocess.Popen[bytes]] = []
@@ -158,7 +159,7 @@ class Phase:
             self.timing_files.append(timings)
             self.consumers.append(
                 subprocess.Popen(
-                    [PY, "-m", "entrypoints.cli", "consume", *extra],
+                    [PY, "-m", "budget_ledger.entrypoints.cli", "consume", *extra],
                     cwd=ROOT,
                     env=env,
                     stdout=subprocess.DEVNULL,
@@ -317,7 +318,7 @@ def verify(phase: Phase, expected: int) -> tuple[list[str], dict[str, int]]:
             )
         }
     try:
-        from projections import reconcile as rec
+        from budget_ledger.projections import reconcile as rec
     except ImportError:
         rec = None  # type: ignore[assignment]
     if rec is not None:
@@ -598,7 +599,7 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ledger.logs import configure_logging
+    from budget_ledger.ledger.logs import configure_logging
 
     configure_logging("console", "warning")  # logs go to stderr; stdout is the table or JSON
     started = time.time()

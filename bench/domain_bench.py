@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 
 import orjson
 
-from ledger.budget import BudgetState, apply, initial_state
-from ledger.commands import Command
-from ledger.record import record
-from schemas.commands import parse_command
-from schemas.money import DEFAULT_CURRENCIES
-from schemas.to_domain import domain_command
+from budget_ledger.ledger.budget import BudgetState, apply, initial_state
+from budget_ledger.ledger.commands import Command
+from budget_ledger.ledger.record import record
+from budget_ledger.schemas.commands import parse_command
+from budget_ledger.schemas.money import DEFAULT_CURRENCIES
+from budget_ledger.schemas.to_domain import domain_command
 
 TENANT = "bench"
 

@@ -25,9 +25,9 @@ import psycopg
 from confluent_kafka import Producer
 
 from bench.__main__ import add_service_arguments, create_database, drop_database
-from consumers.kafka_config import producer_config
-from consumers.topics import create_topics
-from ledger.settings import load_settings, prefixed_names
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import load_settings, prefixed_names
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         env.update({"LEDGER_KAFKA_BOOTSTRAP": args.kafka_bootstrap, "LEDGER_DATABASE_URL": url,
                     "LEDGER_LOG_LEVEL": "error"})  # fmt: skip
         consumer = subprocess.Popen(
-            [sys.executable, "-m", "entrypoints.cli", "consume"], env=env, stdout=subprocess.DEVNULL
+            [sys.executable, "-m", "budget_ledger.entrypoints.cli", "consume"],
+            env=env,
+            stdout=subprocess.DEVNULL,
         )
         started = time.monotonic()
         expected = 1 + args.normal

@@ -22,11 +22,11 @@ import psycopg
 from confluent_kafka import Producer
 
 from bench.__main__ import add_service_arguments, create_database, drop_database
-from consumers import metrics
-from consumers.command_consumer import CommandConsumer
-from consumers.kafka_config import producer_config
-from consumers.topics import create_topics
-from ledger.settings import load_settings, prefixed_names
+from budget_ledger.consumers import metrics
+from budget_ledger.consumers.command_consumer import CommandConsumer
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import load_settings, prefixed_names
 
 
 def _commands(n: int, poison: int) -> list[dict[str, Any]]:

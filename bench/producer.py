@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from consumers.kafka_config import PARTITIONER
+from budget_ledger.consumers.kafka_config import PARTITIONER
 
 
 def _now_ms() -> int:

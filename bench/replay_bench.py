@@ -29,7 +29,7 @@ import orjson
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consumers.processor import (
+from budget_ledger.consumers.processor import (
     BatchContext,
     BatchOutput,
     Incoming,
@@ -37,7 +37,7 @@ from consumers.processor import (
     merge_states,
     process_batch,
 )
-from ledger.budget import initial_state
+from budget_ledger.ledger.budget import initial_state
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -180,9 +180,9 @@ def hash_partition(key: bytes, partitions: int) -> int:
 
 def fill(dsn: str, n: int, budgets: int, seed: int) -> int:
     """Write the ledger and projections of `n` commands into the database; returns events."""
-    from ledger import store
-    from ledger.db import connect, copy_rows
-    from projections.store import upsert_projections
+    from budget_ledger.ledger import store
+    from budget_ledger.ledger.db import connect, copy_rows
+    from budget_ledger.projections.store import upsert_projections
 
     total = 0
     last: dict[tuple[object, object], object] = {}
@@ -210,7 +210,7 @@ def _scratch(dsn: str) -> str:
     import psycopg
     from psycopg import sql
 
-    from ledger.migrate import migrate
+    from budget_ledger.ledger.migrate import migrate
 
     name = f"ledger_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -240,8 +240,8 @@ def _client_cpu() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Fill (unless --no-fill), then time one full reconcile and print events/s."""
-    from ledger.settings import load_settings
-    from projections.reconcile import ReconcileOptions, reconcile
+    from budget_ledger.ledger.settings import load_settings
+    from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -3,10 +3,11 @@
     .venv/bin/python -m bench.static_membership            # the four scenarios below
     .venv/bin/python -m bench.static_membership --scenarios static-restart --rate 100
 
-Each scenario gets a fresh database and topics, starts two `python -m entrypoints.cli consume`
-processes, offers a steady load of `fund` commands over many budgets (so every partition gets
-work all the time), SIGKILLs consumer 0, and optionally restarts it at once with the same
-environment (so the same LEDGER_GROUP_INSTANCE_ID). The stall is, per partition, the time from
+Each scenario gets a fresh database and topics, starts two
+`python -m budget_ledger.entrypoints.cli consume` processes, offers a steady load of `fund`
+commands over many budgets (so every partition gets work all the time), SIGKILLs consumer 0,
+and optionally restarts it at once with the same environment (so the same
+LEDGER_GROUP_INSTANCE_ID). The stall is, per partition, the time from
 the kill to the first ledger row recorded after it; the dead member's partitions have the long
 ones, and the figure reported is the longest. Every command is then checked to be applied once.
 """
@@ -30,9 +31,9 @@ import psycopg
 from confluent_kafka import Producer
 
 from bench.__main__ import add_service_arguments, create_database, drop_database
-from consumers.kafka_config import producer_config
-from consumers.topics import create_topics
-from ledger.settings import Settings, load_settings, prefixed_names
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import Settings, load_settings, prefixed_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = {
@@ -64,7 +65,7 @@ def _env(settings: Settings, instance_id: str, session_ms: int) -> dict[str, str
 
 def _consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "entrypoints.cli", "consume"],
+        [sys.executable, "-m", "budget_ledger.entrypoints.cli", "consume"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

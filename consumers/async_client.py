@@ -19,8 +19,14 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from consumers.client import CommandRef, LedgerClient, Outcome, OutcomeTimeout, wire_command
-from ledger.settings import Settings
+from budget_ledger.consumers.client import (
+    CommandRef,
+    LedgerClient,
+    Outcome,
+    OutcomeTimeout,
+    wire_command,
+)
+from budget_ledger.ledger.settings import Settings
 
 
 class AsyncLedgerClient:

@@ -33,9 +33,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consumers.kafka_config import producer_config
-from ledger.settings import Settings
-from schemas.commands import Command, parse_command
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.schemas.commands import Command, parse_command
 
 log = structlog.get_logger("client")
 

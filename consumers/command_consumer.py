@@ -22,11 +22,11 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumers import metrics, poison
-from consumers.health import ConsumerHealth
-from consumers.kafka_config import admin_config, command_consumer_config
-from consumers.positions import PositionRefused, TopicWatch, topic_id, verify
-from consumers.processor import (
+from budget_ledger.consumers import metrics, poison
+from budget_ledger.consumers.health import ConsumerHealth
+from budget_ledger.consumers.kafka_config import admin_config, command_consumer_config
+from budget_ledger.consumers.positions import PositionRefused, TopicWatch, topic_id, verify
+from budget_ledger.consumers.processor import (
     LEDGER_ROW_OFFSET,
     LEDGER_ROW_PARTITION,
     BatchContext,
@@ -37,11 +37,11 @@ from consumers.processor import (
     merge_states,
     process_batch,
 )
-from consumers.timings import CommitTimings
-from ledger import store
-from ledger.db import connect, copy_rows
-from ledger.settings import Settings
-from projections.store import prepare_session, upsert_projections
+from budget_ledger.consumers.timings import CommitTimings
+from budget_ledger.ledger import store
+from budget_ledger.ledger.db import connect, copy_rows
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.store import prepare_session, upsert_projections
 
 log = structlog.get_logger("consumer")
 T = TypeVar("T")

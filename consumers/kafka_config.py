@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger.settings import Settings
+from budget_ledger.ledger.settings import Settings
 
 # Java clients (the rules engine, most upstream services) hash keys with murmur2; using the same
 # partitioner here keeps every command of one budget on one partition whoever produced it.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
-    from consumers.processor import BatchOutput
+    from budget_ledger.consumers.processor import BatchOutput
 
 COMMANDS = Counter(
     "ledger_commands_total", "Commands applied, by type and outcome", ["type", "outcome"]

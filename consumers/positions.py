@@ -21,9 +21,9 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumers.kafka_config import admin_config
-from ledger import store
-from ledger.settings import Settings
+from budget_ledger.consumers.kafka_config import admin_config
+from budget_ledger.ledger import store
+from budget_ledger.ledger.settings import Settings
 
 log = structlog.get_logger("positions")
 

@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 
 import orjson
 
-from ledger.budget import BudgetState
-from ledger.history import ReplayFailed
-from ledger.idempotency import classify, fingerprint
-from ledger.record import record
-from projections.rows import BalanceRow, ReservationRow, balance_row, reservation_row
-from schemas.commands import Command, CommandInvalid, message_too_large, parse_command
-from schemas.limits import MAX_MESSAGE_BYTES
+from budget_ledger.ledger.budget import BudgetState
+from budget_ledger.ledger.history import ReplayFailed
+from budget_ledger.ledger.idempotency import classify, fingerprint
+from budget_ledger.ledger.record import record
+from budget_ledger.projections.rows import BalanceRow, ReservationRow, balance_row, reservation_row
+from budget_ledger.schemas.commands import Command, CommandInvalid, message_too_large, parse_command
+from budget_ledger.schemas.limits import MAX_MESSAGE_BYTES
 
 BudgetKey = tuple[str, str]
 CommandKey = tuple[str, str]

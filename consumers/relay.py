@@ -34,11 +34,11 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from consumers import metrics
-from consumers.kafka_config import admin_config, producer_config
-from ledger.db import connect
-from ledger.settings import Settings
-from ledger.store import queries
+from budget_ledger.consumers import metrics
+from budget_ledger.consumers.kafka_config import admin_config, producer_config
+from budget_ledger.ledger.db import connect
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.ledger.store import queries
 
 log = structlog.get_logger("relay")
 

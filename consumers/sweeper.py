@@ -26,12 +26,12 @@ import psycopg
 import structlog
 from confluent_kafka import Producer
 
-from consumers.kafka_config import producer_config
-from ledger.db import connect
-from ledger.periods import period_end
-from ledger.settings import Settings
-from ledger.sql import load_queries
-from schemas.events import rfc3339_utc
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.ledger.db import connect
+from budget_ledger.ledger.periods import period_end
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.ledger.sql import load_queries
+from budget_ledger.schemas.events import rfc3339_utc
 
 log = structlog.get_logger("sweeper")
 
@@ -39,7 +39,7 @@ log = structlog.get_logger("sweeper")
 @cache
 def queries() -> dict[str, str]:
     """The schedulers' named queries (`consumers/queries.sql`)."""
-    return load_queries("consumers")
+    return load_queries("budget_ledger.consumers")
 
 
 def _iso(dt: datetime) -> str:

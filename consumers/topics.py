@@ -5,8 +5,8 @@ from __future__ import annotations
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from consumers.kafka_config import admin_config
-from ledger.settings import Settings
+from budget_ledger.consumers.kafka_config import admin_config
+from budget_ledger.ledger.settings import Settings
 
 
 def create_topics(

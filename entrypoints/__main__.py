@@ -1,5 +1,5 @@
-"""`python -m entrypoints`: the same as the `budget-ledger` console script."""
+"""`python -m budget_ledger.entrypoints`: the same as the `budget-ledger` console script."""
 
-from entrypoints.cli import main
+from budget_ledger.entrypoints.cli import main
 
 raise SystemExit(main())

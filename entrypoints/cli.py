@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from entrypoints import (
+from budget_ledger.entrypoints import (
     demo,
     positions_commands,
     projection_commands,
@@ -15,7 +15,7 @@ from entrypoints import (
     setup_commands,
     worker_commands,
 )
-from entrypoints.errors import (
+from budget_ledger.entrypoints.errors import (
     EXIT_DRIFT,
     EXIT_OK,
     EXIT_POSITION_REFUSED,
@@ -23,7 +23,7 @@ from entrypoints.errors import (
     EXIT_USAGE,
     CliError,
 )
-from ledger.settings import Settings, SettingsError, load_settings
+from budget_ledger.ledger.settings import Settings, SettingsError, load_settings
 
 __all__ = [
     "EXIT_DRIFT",
@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
     except SettingsError as exc:
         _fail(str(exc))
-    from ledger.db import DatabaseUnavailable
-    from ledger.logs import configure_logging
+    from budget_ledger.ledger.db import DatabaseUnavailable
+    from budget_ledger.ledger.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     handler: Handler = args.handler

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from ledger.settings import Settings
+from budget_ledger.ledger.settings import Settings
 
 
 def _show(step: str, event: Mapping[str, Any]) -> None:
@@ -28,7 +28,7 @@ def _show(step: str, event: Mapping[str, Any]) -> None:
 
 def _reconcile(settings: Settings, tenant: str, budget: str) -> int:
     """Replay the demo budget's ledger and compare it with its projections."""
-    from projections.reconcile import ReconcileOptions, iter_lines, reconcile
+    from budget_ledger.projections.reconcile import ReconcileOptions, iter_lines, reconcile
 
     opts = ReconcileOptions(tenant=tenant, budget=budget, role=settings.database_role)
     report = reconcile(settings.database_url, opts)
@@ -39,11 +39,11 @@ def _reconcile(settings: Settings, tenant: str, budget: str) -> int:
 def run_demo(settings: Settings) -> int:
     """Run the scripted flow against the configured Kafka and Postgres; return an exit code."""
     # Imported here, not at the top: every `budget-ledger` start imports this module.
-    from consumers.client import LedgerClient
-    from consumers.command_consumer import CommandConsumer
-    from consumers.relay import Relay
-    from consumers.topics import create_topics
-    from ledger.migrate import migrate
+    from budget_ledger.consumers.client import LedgerClient
+    from budget_ledger.consumers.command_consumer import CommandConsumer
+    from budget_ledger.consumers.relay import Relay
+    from budget_ledger.consumers.topics import create_topics
+    from budget_ledger.ledger.migrate import migrate
 
     migrate(settings.database_url)
     create_topics(settings)

@@ -8,9 +8,14 @@ from typing import Any
 
 import orjson
 
-from consumers.client import CommandDeadLettered, CommandNotDelivered, LedgerClient, Refused
-from ledger.settings import Settings
-from schemas.commands import CommandInvalid
+from budget_ledger.consumers.client import (
+    CommandDeadLettered,
+    CommandNotDelivered,
+    LedgerClient,
+    Refused,
+)
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.schemas.commands import CommandInvalid
 
 EXIT_APPLIED = 0
 EXIT_REFUSED = 1

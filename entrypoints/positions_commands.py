@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from entrypoints.errors import CliError
-from ledger.settings import Settings
+from budget_ledger.entrypoints.errors import CliError
+from budget_ledger.ledger.settings import Settings
 
 
 def cmd_positions_show(args: argparse.Namespace, settings: Settings) -> int:
     """Show stored consumer positions next to each partition's log and topic id."""
     from confluent_kafka import KafkaException
 
-    from consumers import positions as pos
-    from ledger import store
-    from ledger.db import connect
+    from budget_ledger.consumers import positions as pos
+    from budget_ledger.ledger import store
+    from budget_ledger.ledger.db import connect
 
     with connect(settings.database_url, role=settings.database_role, autocommit=True) as conn:
         rows = conn.execute(
@@ -49,8 +49,8 @@ def cmd_positions_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_positions_realign(args: argparse.Namespace, settings: Settings) -> int:
     """Move stored positions deliberately (audited); stop the consumers first."""
-    from consumers import positions as pos
-    from ledger.db import connect
+    from budget_ledger.consumers import positions as pos
+    from budget_ledger.ledger.db import connect
 
     target = "start" if args.to_start else "end" if args.to_end else "offset"
     try:

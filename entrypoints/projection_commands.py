@@ -13,9 +13,9 @@ import orjson
 import psycopg
 import structlog
 
-from entrypoints.errors import EXIT_DRIFT, EXIT_OK, CliError, database_unreachable
-from ledger.db import DatabaseUnavailable, connect
-from ledger.settings import Settings
+from budget_ledger.entrypoints.errors import EXIT_DRIFT, EXIT_OK, CliError, database_unreachable
+from budget_ledger.ledger.db import DatabaseUnavailable, connect
+from budget_ledger.ledger.settings import Settings
 
 log = structlog.get_logger("reconcile")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -32,8 +32,8 @@ def parse_duration(text: str) -> float:
 
 
 def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
-    from projections import reconcile as rec
-    from projections.progress import Progress
+    from budget_ledger.projections import reconcile as rec
+    from budget_ledger.projections.progress import Progress
 
     opts = rec.ReconcileOptions(
         tenant=args.tenant,
@@ -44,7 +44,7 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
     )
     kafka_check = None
     if args.source == "kafka":
-        from projections.kafka_check import compare
+        from budget_ledger.projections.kafka_check import compare
 
         def kafka_check() -> Any:
             with connect(settings.database_url, role=settings.database_role) as conn:
@@ -89,7 +89,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     """Rebuild the balance and reservation projections from the ledger, atomically; safe while
     the consumer runs (it waits for the swap, then applies its batch on top)."""
-    from projections.rebuild import RebuildFailed, rebuild
+    from budget_ledger.projections.rebuild import RebuildFailed, rebuild
 
     try:
         # The owner role: rebuilding deletes projection rows, which the application role cannot.

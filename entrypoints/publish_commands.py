@@ -6,21 +6,21 @@ import argparse
 import sys
 import uuid
 
-from entrypoints.errors import EXIT_OK, CliError
-from ledger.settings import Settings
+from budget_ledger.entrypoints.errors import EXIT_OK, CliError
+from budget_ledger.ledger.settings import Settings
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     """Publish one command (JSON from the argument or stdin), keyed `tenant_id:budget_id`;
     with --wait, print the ledger's answer and exit 1 when it refused the command."""
-    from consumers.client import send_raw_command
-    from schemas.commands import CommandInvalid
+    from budget_ledger.consumers.client import send_raw_command
+    from budget_ledger.schemas.commands import CommandInvalid
 
     raw = args.json if args.json not in (None, "-") else sys.stdin.read()
     try:
         if args.wait:
-            from consumers.client import OutcomeTimeout
-            from entrypoints.outcome import parse_object, send_and_wait
+            from budget_ledger.consumers.client import OutcomeTimeout
+            from budget_ledger.entrypoints.outcome import parse_object, send_and_wait
 
             try:
                 return send_and_wait(settings, parse_object(raw.encode("utf-8")), args.timeout)
@@ -37,9 +37,9 @@ def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
     """Publish an audited `adjust` command (signed amount, reason, operator) for one budget and
     wait for the ledger's answer: exit 0 when applied (the new balances are printed), 1 when
     refused or dead-lettered (the reason is printed), 2 when no answer came in time."""
-    from consumers.client import LedgerClient, OutcomeTimeout
-    from entrypoints.outcome import send_and_wait
-    from schemas.commands import CommandInvalid
+    from budget_ledger.consumers.client import LedgerClient, OutcomeTimeout
+    from budget_ledger.entrypoints.outcome import send_and_wait
+    from budget_ledger.schemas.commands import CommandInvalid
 
     command = {
         "type": "adjust",

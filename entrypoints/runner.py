@@ -8,9 +8,9 @@ from http.server import ThreadingHTTPServer
 
 import structlog
 
-from consumers import metrics
-from consumers.health import ConsumerHealth
-from ledger.settings import Settings
+from budget_ledger.consumers import metrics
+from budget_ledger.consumers.health import ConsumerHealth
+from budget_ledger.ledger.settings import Settings
 
 log = structlog.get_logger("runner")
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from entrypoints.errors import CliError
-from ledger.settings import Settings
+from budget_ledger.entrypoints.errors import CliError
+from budget_ledger.ledger.settings import Settings
 
 
 def cmd_set_aside_list(args: argparse.Namespace, settings: Settings) -> int:
     """List held budgets and the rows the relay set aside (pending ones; --all for every row)."""
-    from ledger import store
-    from ledger.db import connect
+    from budget_ledger.ledger import store
+    from budget_ledger.ledger.db import connect
 
     q = store.queries()
     with connect(settings.database_url, role=settings.database_role, autocommit=True) as conn:
@@ -34,8 +34,8 @@ def cmd_set_aside_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_set_aside_release(args: argparse.Namespace, settings: Settings) -> int:
     """Release a held budget (the relay publishes its events in order) or one outbox row."""
-    from ledger import store
-    from ledger.db import connect
+    from budget_ledger.ledger import store
+    from budget_ledger.ledger.db import connect
 
     q = store.queries()
     action = args.set_aside_command

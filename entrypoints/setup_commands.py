@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from entrypoints.errors import EXIT_OK, database_unreachable
-from ledger.settings import Settings
+from budget_ledger.entrypoints.errors import EXIT_OK, database_unreachable
+from budget_ledger.ledger.settings import Settings
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Apply pending SQL migrations."""
     import psycopg
 
-    from ledger.migrate import migrate
+    from budget_ledger.ledger.migrate import migrate
 
     try:
         applied = migrate(settings.database_url)
@@ -25,7 +25,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
     """Create the command, events, alerts and DLQ topics (idempotent)."""
-    from consumers.topics import create_topics
+    from budget_ledger.consumers.topics import create_topics
 
     created = create_topics(
         settings, partitions=args.partitions, replication=args.replication_factor
@@ -40,7 +40,7 @@ def cmd_schemas_export(args: argparse.Namespace, settings: Settings) -> int:
     import json
     from pathlib import Path
 
-    from schemas.events import json_schemas
+    from budget_ledger.schemas.events import json_schemas
 
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)

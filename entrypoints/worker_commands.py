@@ -7,19 +7,19 @@ import threading
 
 import structlog
 
-from entrypoints import set_aside_commands
-from entrypoints.errors import EXIT_OK, EXIT_POSITION_REFUSED, EXIT_RELAY_DIED
-from ledger.settings import Settings
+from budget_ledger.entrypoints import set_aside_commands
+from budget_ledger.entrypoints.errors import EXIT_OK, EXIT_POSITION_REFUSED, EXIT_RELAY_DIED
+from budget_ledger.ledger.settings import Settings
 
 log = structlog.get_logger("commands")
 
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     """Run one member of the command consumer group until SIGTERM/SIGINT."""
-    from consumers.command_consumer import CommandConsumer, ConsumerOptions
-    from consumers.positions import PositionRefused
-    from consumers.relay import Relay
-    from entrypoints.runner import serve_health, stop_on_signals
+    from budget_ledger.consumers.command_consumer import CommandConsumer, ConsumerOptions
+    from budget_ledger.consumers.positions import PositionRefused
+    from budget_ledger.consumers.relay import Relay
+    from budget_ledger.entrypoints.runner import serve_health, stop_on_signals
 
     stop = stop_on_signals()
     options = ConsumerOptions(
@@ -60,8 +60,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     """Publish committed ledger events and outbox rows to Kafka until SIGTERM/SIGINT."""
-    from consumers.relay import Relay
-    from entrypoints.runner import serve_health, stop_on_signals
+    from budget_ledger.consumers.relay import Relay
+    from budget_ledger.entrypoints.runner import serve_health, stop_on_signals
 
     stop = stop_on_signals()
     ready = threading.Event()
@@ -73,9 +73,9 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
     """Publish expire_reservations and close_period commands when due (the ledger's schedulers)."""
-    from consumers import sweeper
-    from consumers.kafka_config import producer_config
-    from entrypoints.runner import serve_health, stop_on_signals
+    from budget_ledger.consumers import sweeper
+    from budget_ledger.consumers.kafka_config import producer_config
+    from budget_ledger.entrypoints.runner import serve_health, stop_on_signals
 
     if args.once:
         from confluent_kafka import Producer

@@ -11,9 +11,9 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from ledger.events import Alert, LedgerEvent
-from ledger.evolve import FUNDS_REASONS
-from ledger.state import BudgetState, utilization_bp
+from budget_ledger.ledger.events import Alert, LedgerEvent
+from budget_ledger.ledger.evolve import FUNDS_REASONS
+from budget_ledger.ledger.state import BudgetState, utilization_bp
 
 Severity = Literal["warning", "critical"]
 

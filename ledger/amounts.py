@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ledger.commands import Amount
-from ledger.events import Detail, LedgerEvent, Money
-from ledger.reasons import Reason
-from ledger.state import MAX_MINOR, BudgetConfig, BudgetState
+from budget_ledger.ledger.commands import Amount
+from budget_ledger.ledger.events import Detail, LedgerEvent, Money
+from budget_ledger.ledger.reasons import Reason
+from budget_ledger.ledger.state import MAX_MINOR, BudgetConfig, BudgetState
 
 #: Config fields that hold money (minor units).
 MONEY_CONFIG_FIELDS: Final = ("hard_cap", "soft_cap", "period_allowance")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ledger.alerts import ALERT_SEVERITY, alerts_for, drift_alert
-from ledger.commands import Command
-from ledger.decide import CLOCK_SKEW, decide
-from ledger.events import GENESIS_HASH, Alert, LedgerEvent
-from ledger.evolve import evolve
-from ledger.state import (
+from budget_ledger.ledger.alerts import ALERT_SEVERITY, alerts_for, drift_alert
+from budget_ledger.ledger.commands import Command
+from budget_ledger.ledger.decide import CLOCK_SKEW, decide
+from budget_ledger.ledger.events import GENESIS_HASH, Alert, LedgerEvent
+from budget_ledger.ledger.evolve import evolve
+from budget_ledger.ledger.state import (
     RESERVATION_EDGES,
     BudgetConfig,
     BudgetState,

@@ -14,9 +14,9 @@ from typing import Any, Final
 
 import immutables
 
-from ledger.events import LedgerEvent
-from ledger.reasons import Reason
-from ledger.state import (
+from budget_ledger.ledger.events import LedgerEvent
+from budget_ledger.ledger.reasons import Reason
+from budget_ledger.ledger.state import (
     BudgetConfig,
     BudgetState,
     Reservation,

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from ledger.budget import BudgetState, evolve, initial_state
-from schemas.codec import event_from_wire, opened_digits
+from budget_ledger.ledger.budget import BudgetState, evolve, initial_state
+from budget_ledger.schemas.codec import event_from_wire, opened_digits
 
 #: A stored event as the readers fetch it: (tenant_id, budget_id, event JSON text).
 StoredEvent = tuple[str, str, str]

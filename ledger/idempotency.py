@@ -13,10 +13,10 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from schemas.commands import AMOUNT_FIELDS, Command, ConfigureBudget
-from schemas.events import rfc3339_utc
-from schemas.hashing import canonical
-from schemas.money import normalize_decimal
+from budget_ledger.schemas.commands import AMOUNT_FIELDS, Command, ConfigureBudget
+from budget_ledger.schemas.events import rfc3339_utc
+from budget_ledger.schemas.hashing import canonical
+from budget_ledger.schemas.money import normalize_decimal
 
 Verdict = Literal["new", "duplicate", "conflict"]
 

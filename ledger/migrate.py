@@ -21,7 +21,7 @@ class Migration:
 
 def available_migrations() -> list[Migration]:
     """The migrations shipped in `ledger/migrations`, in file-name order."""
-    folder = resources.files("ledger") / "migrations"
+    folder = resources.files("budget_ledger.ledger") / "migrations"
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [Migration(version=f.name.removesuffix(".sql"), sql=f.read_text("utf-8")) for f in files]
 

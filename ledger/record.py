@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
-from ledger.budget import Alert, BudgetState, LedgerEvent, alerts_for, decide, evolve
-from schemas.codec import alert_to_wire, seal
-from schemas.commands import Command
-from schemas.to_domain import domain_command
+from budget_ledger.ledger.budget import Alert, BudgetState, LedgerEvent, alerts_for, decide, evolve
+from budget_ledger.schemas.codec import alert_to_wire, seal
+from budget_ledger.schemas.commands import Command
+from budget_ledger.schemas.to_domain import domain_command
 
 
 @dataclass(frozen=True, slots=True)

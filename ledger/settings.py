@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.money import DEFAULT_CURRENCIES
+from budget_ledger.schemas.money import DEFAULT_CURRENCIES
 
 
 class SettingsError(Exception):

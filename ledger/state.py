@@ -15,7 +15,7 @@ from typing import Final
 
 import immutables
 
-from ledger.events import GENESIS_HASH
+from budget_ledger.ledger.events import GENESIS_HASH
 
 
 class ReservationStatus(StrEnum):

@@ -8,9 +8,9 @@ from functools import cache
 
 import psycopg
 
-from ledger.budget import BudgetState, initial_state
-from ledger.history import ReplayFailed, replay
-from ledger.sql import load_queries
+from budget_ledger.ledger.budget import BudgetState, initial_state
+from budget_ledger.ledger.history import ReplayFailed, replay
+from budget_ledger.ledger.sql import load_queries
 
 BudgetKey = tuple[str, str]
 CommandKey = tuple[str, str]
@@ -23,7 +23,7 @@ class Fenced(Exception):
 @cache
 def queries() -> dict[str, str]:
     """The event store's named queries (`ledger/queries.sql`)."""
-    return load_queries("ledger")
+    return load_queries("budget_ledger.ledger")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from projections.replay import BudgetReplay
-from projections.rows import balance_row, reservation_row
+from budget_ledger.projections.replay import BudgetReplay
+from budget_ledger.projections.rows import balance_row, reservation_row
 
 BALANCE_FIELDS = (
     "tenant_id",

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 import orjson
 import psycopg
 
-from ledger.budget import drift_alert
-from projections.drift import Drift
-from projections.reconcile_report import ReconcileReport
-from projections.store import queries
-from schemas.codec import alert_to_wire
+from budget_ledger.ledger.budget import drift_alert
+from budget_ledger.projections.drift import Drift
+from budget_ledger.projections.reconcile_report import ReconcileReport
+from budget_ledger.projections.store import queries
+from budget_ledger.schemas.codec import alert_to_wire
 
 
 def publish_alerts(conn: psycopg.Connection, report: ReconcileReport, topic: str) -> int:

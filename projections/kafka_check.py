@@ -26,9 +26,9 @@ import orjson
 import psycopg
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 
-from ledger.partitioning import partition_for
-from ledger.settings import Settings
-from projections.store import queries
+from budget_ledger.ledger.partitioning import partition_for
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.store import queries
 
 BudgetKey = tuple[str, str]
 #: Allowance for clock skew between the consumer that records events and the relay's producer.

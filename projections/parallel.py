@@ -6,9 +6,9 @@ import multiprocessing as mp
 from collections.abc import Callable
 from typing import Any
 
-from ledger.db import connect
-from projections.reconcile_options import ReconcileOptions
-from projections.shard import ShardResult, replay_shard
+from budget_ledger.ledger.db import connect
+from budget_ledger.projections.reconcile_options import ReconcileOptions
+from budget_ledger.projections.shard import ShardResult, replay_shard
 
 
 def _worker(

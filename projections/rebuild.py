@@ -11,10 +11,10 @@ from __future__ import annotations
 import psycopg
 import structlog
 
-from ledger.db import copy_rows
-from ledger.history import ReplayFailed, replay
-from projections.rows import balance_row, reservation_row
-from projections.store import queries
+from budget_ledger.ledger.db import copy_rows
+from budget_ledger.ledger.history import ReplayFailed, replay
+from budget_ledger.projections.rows import balance_row, reservation_row
+from budget_ledger.projections.store import queries
 
 log = structlog.get_logger("rebuild")
 

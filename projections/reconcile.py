@@ -25,16 +25,16 @@ from typing import Any
 import psycopg
 import structlog
 
-from ledger.db import connect
-from projections.drift import BALANCE_FIELDS, RESERVATION_FIELDS, Drift
-from projections.drift_alerts import publish_alerts
-from projections.parallel import replay_all
-from projections.reconcile_options import ReconcileOptions
-from projections.reconcile_report import ReconcileReport, iter_lines, to_json
-from projections.relay_lag import Unpublished, check_unpublished
-from projections.replay import BrokenLink
-from projections.shard import ShardResult, replay_shard
-from projections.store import queries
+from budget_ledger.ledger.db import connect
+from budget_ledger.projections.drift import BALANCE_FIELDS, RESERVATION_FIELDS, Drift
+from budget_ledger.projections.drift_alerts import publish_alerts
+from budget_ledger.projections.parallel import replay_all
+from budget_ledger.projections.reconcile_options import ReconcileOptions
+from budget_ledger.projections.reconcile_report import ReconcileReport, iter_lines, to_json
+from budget_ledger.projections.relay_lag import Unpublished, check_unpublished
+from budget_ledger.projections.replay import BrokenLink
+from budget_ledger.projections.shard import ShardResult, replay_shard
+from budget_ledger.projections.store import queries
 
 __all__ = [
     "BALANCE_FIELDS",

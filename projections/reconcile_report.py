@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from projections.drift import Drift
-from projections.relay_lag import Unpublished
-from projections.replay import BrokenLink
+from budget_ledger.projections.drift import Drift
+from budget_ledger.projections.relay_lag import Unpublished
+from budget_ledger.projections.replay import BrokenLink
 
 
 @dataclass(slots=True)

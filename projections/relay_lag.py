@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from projections.store import queries
+from budget_ledger.projections.store import queries
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from ledger.budget import BudgetState, initial_state
-from ledger.history import fold
-from schemas.hashing import chain_hash
+from budget_ledger.ledger.budget import BudgetState, initial_state
+from budget_ledger.ledger.history import fold
+from budget_ledger.schemas.hashing import chain_hash
 
 # Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
 _SEQ, _TYPE, _FUNDED, _RESERVED, _CHARGED, _AVAILABLE, _BODY = 2, 3, 4, 5, 6, 7, 8

@@ -6,9 +6,9 @@ from datetime import datetime
 
 import orjson
 
-from ledger.budget import BudgetConfig, BudgetState, Reservation
-from schemas.codec import pct_text, time_text
-from schemas.events import rfc3339_utc
+from budget_ledger.ledger.budget import BudgetConfig, BudgetState, Reservation
+from budget_ledger.schemas.codec import pct_text, time_text
+from budget_ledger.schemas.events import rfc3339_utc
 
 BalanceRow = tuple[object, ...]
 ReservationRow = tuple[object, ...]

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import orjson
 import psycopg
 
-from projections.drift import Drift, balance_from_row, compare
-from projections.reconcile_options import ReconcileOptions
-from projections.replay import BrokenLink, BudgetReplay
-from projections.store import queries
+from budget_ledger.projections.drift import Drift, balance_from_row, compare
+from budget_ledger.projections.reconcile_options import ReconcileOptions
+from budget_ledger.projections.replay import BrokenLink, BudgetReplay
+from budget_ledger.projections.store import queries
 
 FETCH = 20_000
 _LOADS = orjson.loads

@@ -8,14 +8,14 @@ from functools import cache
 
 import psycopg
 
-from ledger.db import copy_rows
-from ledger.sql import load_queries
+from budget_ledger.ledger.db import copy_rows
+from budget_ledger.ledger.sql import load_queries
 
 
 @cache
 def queries() -> dict[str, str]:
     """The projections' named queries (`projections/queries.sql`)."""
-    return load_queries("projections")
+    return load_queries("budget_ledger.projections")
 
 
 # Sessions whose staging tables were created outside any transaction (see prepare_session).

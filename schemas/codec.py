@@ -14,11 +14,16 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from ledger.alerts import ALERT_MONEY_KEYS
-from ledger.events import Alert, LedgerEvent, Money
-from schemas.events import MONEY_DATA_KEYS, MONEY_PAIR_LIST_KEYS, TIME_DATA_KEYS, rfc3339_utc
-from schemas.hashing import chain_hash
-from schemas.money import fraction_digits, to_decimal_str, to_minor
+from budget_ledger.ledger.alerts import ALERT_MONEY_KEYS
+from budget_ledger.ledger.events import Alert, LedgerEvent, Money
+from budget_ledger.schemas.events import (
+    MONEY_DATA_KEYS,
+    MONEY_PAIR_LIST_KEYS,
+    TIME_DATA_KEYS,
+    rfc3339_utc,
+)
+from budget_ledger.schemas.hashing import chain_hash
+from budget_ledger.schemas.money import fraction_digits, to_decimal_str, to_minor
 
 _parse_time: Final = datetime.fromisoformat
 

@@ -31,8 +31,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ledger.state import MAX_MINOR
-from schemas.limits import (
+from budget_ledger.ledger.state import MAX_MINOR
+from budget_ledger.schemas.limits import (
     MAX_ID_LENGTH,
     MAX_MESSAGE_BYTES,
     MAX_TEXT_LENGTH,
@@ -43,7 +43,7 @@ from schemas.limits import (
     text_problem,
     timestamp_problem,
 )
-from schemas.money import (
+from budget_ledger.schemas.money import (
     DEFAULT_CURRENCIES,
     SIGNED_AMOUNT_PATTERN,
     UNSIGNED_AMOUNT_PATTERN,

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, create_model
 
-from ledger.alerts import Severity
-from schemas.commands import COMMAND_MODELS
+from budget_ledger.ledger.alerts import Severity
+from budget_ledger.schemas.commands import COMMAND_MODELS
 
 EventType = Literal[
     "budget_opened",
@@ -128,7 +128,7 @@ class _AlertWire(BaseModel):
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema per command type (``command.<type>``), event type (``event.<type>``) and
     alert type (``alert.<type>``), plus ``command`` for the whole discriminated union."""
-    from schemas.commands import COMMAND_ADAPTER
+    from budget_ledger.schemas.commands import COMMAND_ADAPTER
 
     out: dict[str, dict[str, Any]] = {"command": COMMAND_ADAPTER.json_schema()}
     for name, model in COMMAND_MODELS.items():

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from ledger import commands as dc
-from schemas import commands as wc
-from schemas.money import POW10
+from budget_ledger.ledger import commands as dc
+from budget_ledger.schemas import commands as wc
+from budget_ledger.schemas.money import POW10
 
 
 def scaled(text: str, digits: int) -> dc.Amount:

@@ -94,7 +94,7 @@ def _with_database(dsn: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def template_database(pg_admin_dsn: str) -> Iterator[str]:
     """A database migrated once per session, cloned by every test that needs Postgres."""
-    from ledger.migrate import migrate
+    from budget_ledger.ledger.migrate import migrate
 
     name = f"ledger_tpl_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
@@ -144,7 +144,7 @@ def topic_prefix() -> str:
 def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # type: ignore[no-untyped-def]
     """Settings pointing at the real services, with this test's own topics, group and database;
     the test's topics are deleted afterwards."""
-    from ledger.settings import load_settings, prefixed_names
+    from budget_ledger.ledger.settings import load_settings, prefixed_names
 
     yield load_settings(
         kafka_bootstrap=kafka_bootstrap,

@@ -19,8 +19,8 @@ if (($# == 0)) && [[ "${LEDGER_SKIP_STATIC:-0}" != 1 ]]; then
     # Markdown, where the docs align comments on purpose.
     echo "== ruff format --check (Python files)" >&2
     "$VENV/bin/ruff" format --check --exclude '*.md' .
-    echo "== mypy --strict ledger schemas consumers projections entrypoints" >&2
-    "$VENV/bin/mypy" ledger schemas consumers projections entrypoints
+    echo "== mypy --strict -p budget_ledger" >&2
+    bash "$HERE/typecheck.sh"
 fi
 
 source "$HERE/up.sh"

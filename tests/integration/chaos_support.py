@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from ledger.settings import Settings
+from budget_ledger.ledger.settings import Settings
 from tests.conftest import ROOT
 from tests.integration.support import cli_env
 
@@ -129,7 +129,7 @@ def _with_database(dsn: str, name: str) -> str:
 @contextmanager
 def fresh_database(admin_dsn: str) -> Iterator[str]:
     """A new migrated database on `admin_dsn`'s cluster for one test, dropped afterwards."""
-    from ledger.migrate import migrate
+    from budget_ledger.ledger.migrate import migrate
 
     name = f"ledger_chaos_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -297,7 +297,7 @@ class Processes:
         self.args[name] = list(args)
         with (self.logdir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "entrypoints.cli", *args],
+                [sys.executable, "-m", "budget_ledger.entrypoints.cli", *args],
                 env=cli_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,

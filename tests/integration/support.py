@@ -16,11 +16,11 @@ import orjson
 import psycopg
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from consumers.command_consumer import CommandConsumer
-from consumers.kafka_config import producer_config
-from consumers.relay import Relay
-from consumers.topics import create_topics
-from ledger.settings import Settings
+from budget_ledger.consumers.command_consumer import CommandConsumer
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.relay import Relay
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import Settings
 
 
 def produce(
@@ -129,7 +129,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
 def consumer_process(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
     """`budget-ledger consume` as a child process with this test's settings."""
     return subprocess.Popen(
-        [sys.executable, "-m", "entrypoints.cli", "consume", *extra],
+        [sys.executable, "-m", "budget_ledger.entrypoints.cli", "consume", *extra],
         env=cli_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -139,7 +139,7 @@ def consumer_process(settings: Settings, *extra: str) -> subprocess.Popen[bytes]
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `budget-ledger ARGS` with this test's settings; return the finished process."""
     return subprocess.run(
-        [sys.executable, "-m", "entrypoints.cli", *args],
+        [sys.executable, "-m", "budget_ledger.entrypoints.cli", *args],
         env=cli_env(settings),
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from ledger.settings import Settings
+from budget_ledger.ledger.settings import Settings
 from tests.integration.support import (
     cli,
     fund,

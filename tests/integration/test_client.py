@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 from confluent_kafka import Producer
 
-from consumers.async_client import AsyncLedgerClient
-from consumers.client import (
+from budget_ledger.consumers.async_client import AsyncLedgerClient
+from budget_ledger.consumers.client import (
     Accepted,
     Balances,
     CommandDeadLettered,
@@ -20,9 +20,9 @@ from consumers.client import (
     OutcomeTimeout,
     Refused,
 )
-from consumers.kafka_config import producer_config
-from consumers.topics import create_topics
-from ledger.settings import Settings
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import Settings
 from tests.integration.support import cli, produce, read_topic, running_consumer
 
 pytestmark = pytest.mark.integration
@@ -182,7 +182,7 @@ def _java_murmur2(data: bytes) -> int:
 
 
 def test_commands_land_where_a_java_producer_would_put_them(settings: Settings) -> None:
-    from ledger.partitioning import partition_for
+    from budget_ledger.ledger.partitioning import partition_for
 
     wide = settings.model_copy(update={"topic_partitions": 12})
     create_topics(wide)

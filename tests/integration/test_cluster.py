@@ -15,9 +15,9 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from consumers.kafka_config import producer_config
-from consumers.topics import create_topics
-from ledger.settings import Settings, load_settings, prefixed_names
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import Settings, load_settings, prefixed_names
 from tests.integration.chaos_support import (
     assert_events_topic_complete,
     assert_exactly_once,

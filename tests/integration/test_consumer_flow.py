@@ -8,9 +8,9 @@ import orjson
 import psycopg
 import pytest
 
-from ledger.events import GENESIS_HASH
-from ledger.settings import Settings
-from schemas.hashing import chain_hash
+from budget_ledger.ledger.events import GENESIS_HASH
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.schemas.hashing import chain_hash
 from tests.integration.support import ledger_count, produce, read_topic, running_consumer, wait_for
 
 pytestmark = pytest.mark.integration

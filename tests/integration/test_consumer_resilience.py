@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumers.topics import create_topics
-from ledger.settings import Settings
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import Settings
 from tests.integration.support import (
     assert_ledger_consistent,
     consumer_process,

@@ -12,11 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger import store
-from ledger.budget import BudgetState
-from ledger.settings import Settings
-from projections.rebuild import rebuild
-from projections.reconcile import ReconcileOptions, iter_lines, reconcile
+from budget_ledger.ledger import store
+from budget_ledger.ledger.budget import BudgetState
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.rebuild import rebuild
+from budget_ledger.projections.reconcile import ReconcileOptions, iter_lines, reconcile
 from tests.integration.support import (
     dead_letters,
     fund,

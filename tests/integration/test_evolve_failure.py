@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-import ledger.evolve as evolve_mod
-from ledger.budget import BudgetState
-from ledger.settings import Settings
-from projections.rebuild import RebuildFailed, rebuild
+import budget_ledger.ledger.evolve as evolve_mod
+from budget_ledger.ledger.budget import BudgetState
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.rebuild import RebuildFailed, rebuild
 from tests.integration.support import (
     dead_letters,
     fund,

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from consumers.kafka_config import producer_config
-from consumers.topics import create_topics
-from ledger.settings import Settings
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import Settings
 from tests.integration.chaos_support import Processes, consumed_messages, query, read_all
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from consumers.command_consumer import CommandConsumer
-from entrypoints.runner import serve_health
-from ledger.settings import Settings
+from budget_ledger.consumers.command_consumer import CommandConsumer
+from budget_ledger.entrypoints.runner import serve_health
+from budget_ledger.ledger.settings import Settings
 from tests.integration.support import (
     fund,
     ledger_count,

@@ -16,10 +16,10 @@ import orjson
 import psycopg
 import pytest
 
-from ledger.db import connect
-from projections.rebuild import rebuild
-from projections.reconcile import ReconcileOptions, iter_lines, reconcile
-from schemas.events import EVENT_TYPES
+from budget_ledger.ledger.db import connect
+from budget_ledger.projections.rebuild import rebuild
+from budget_ledger.projections.reconcile import ReconcileOptions, iter_lines, reconcile
+from budget_ledger.schemas.events import EVENT_TYPES
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,12 @@ import pytest
 from psycopg import sql
 
 from bench.replay_bench import build_rows, command_stream
-from entrypoints.cli import build_parser
-from ledger import store
-from ledger.db import copy_rows
-from ledger.migrate import migrate
-from ledger.settings import Settings
-from projections.store import upsert_projections
+from budget_ledger.entrypoints.cli import build_parser
+from budget_ledger.ledger import store
+from budget_ledger.ledger.db import copy_rows
+from budget_ledger.ledger.migrate import migrate
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.store import upsert_projections
 from tests.conftest import _with_database
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import orjson
 import psycopg
 import pytest
 
-import ledger.record as record_mod
-from ledger import store
-from ledger.budget import BudgetState
-from ledger.settings import Settings
+import budget_ledger.ledger.record as record_mod
+from budget_ledger.ledger import store
+from budget_ledger.ledger.budget import BudgetState
+from budget_ledger.ledger.settings import Settings
 from tests.integration.support import (
     assert_ledger_consistent,
     consumer_process,

@@ -14,12 +14,12 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from bench.replay_bench import build_rows, command_stream, fill
-from entrypoints.cli import build_parser
-from ledger.budget import BudgetState, evolve, initial_state
-from ledger.events import LedgerEvent
-from ledger.settings import Settings
-from projections.reconcile import ReconcileOptions, reconcile
-from schemas.codec import event_from_wire, event_to_wire
+from budget_ledger.entrypoints.cli import build_parser
+from budget_ledger.ledger.budget import BudgetState, evolve, initial_state
+from budget_ledger.ledger.events import LedgerEvent
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
+from budget_ledger.schemas.codec import event_from_wire, event_to_wire
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_altered_and_deleted_ledger_rows_name_the_first_broken_link(filled: Sett
 def test_an_evolve_exception_is_a_broken_link_and_the_replay_goes_on(
     filled: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ledger.history as history
+    import budget_ledger.ledger.history as history
 
     victim = ("tenant-1", "budget-4")
 
@@ -163,7 +163,7 @@ def test_rows_out_of_physical_order_are_replayed_in_sequence_order(
     filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int
 ) -> None:
     # max_pending=2 forces the ordered per-budget re-read instead of buffering.
-    import projections.replay as replay
+    import budget_ledger.projections.replay as replay
 
     monkeypatch.setattr(replay, "MAX_PENDING", max_pending)
     url = filled.database_url
@@ -184,7 +184,7 @@ def test_rows_out_of_physical_order_are_replayed_in_sequence_order(
 def test_gap_and_duplicate_are_found_whatever_the_physical_order(
     filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int
 ) -> None:
-    import projections.replay as replay
+    import budget_ledger.projections.replay as replay
 
     monkeypatch.setattr(replay, "MAX_PENDING", max_pending)
     url = filled.database_url
@@ -249,8 +249,8 @@ def test_what_the_consumer_writes_decodes_and_reencodes_to_the_same_wire() -> No
 
 
 def test_event_missing_from_the_topic_is_reported(settings: Settings) -> None:
-    from consumers.kafka_config import producer_config
-    from consumers.topics import create_topics
+    from budget_ledger.consumers.kafka_config import producer_config
+    from budget_ledger.consumers.topics import create_topics
 
     fill(settings.database_url, 400, 5, seed=3)
     _mark_published(settings.database_url)
@@ -267,7 +267,7 @@ def test_event_missing_from_the_topic_is_reported(settings: Settings) -> None:
             producer.produce(settings.topic_events, key=f"{t}:{b}".encode(), value=text.encode())
     assert producer.flush(30) == 0
     assert _run(settings, "reconcile", "--source", "kafka", "--no-alerts") == 1
-    from projections.kafka_check import compare
+    from budget_ledger.projections.kafka_check import compare
 
     with psycopg.connect(settings.database_url) as conn:
         found = compare(conn, settings)
@@ -281,8 +281,8 @@ def test_events_past_the_topics_retention_are_not_reported_missing(
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
-    from consumers.kafka_config import admin_config, producer_config
-    from consumers.topics import create_topics
+    from budget_ledger.consumers.kafka_config import admin_config, producer_config
+    from budget_ledger.consumers.topics import create_topics
 
     fill(settings.database_url, 400, 5, seed=3)
     _mark_published(settings.database_url)
@@ -327,7 +327,7 @@ def test_events_past_the_topics_retention_are_not_reported_missing(
         future.result(timeout=60)
     publish(new)
 
-    from projections.kafka_check import compare
+    from budget_ledger.projections.kafka_check import compare
 
     with psycopg.connect(settings.database_url) as conn:
         found = compare(conn, settings)

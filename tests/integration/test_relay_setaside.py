@@ -25,12 +25,12 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 from prometheus_client import REGISTRY
 
-from consumers.kafka_config import admin_config
-from consumers.relay import Relay
-from consumers.topics import create_topics
-from ledger.partitioning import partition_for
-from ledger.settings import Settings
-from projections.reconcile import check_unpublished
+from budget_ledger.consumers.kafka_config import admin_config
+from budget_ledger.consumers.relay import Relay
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.partitioning import partition_for
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.reconcile import check_unpublished
 from tests.integration.support import (
     cli,
     cli_env,
@@ -249,7 +249,7 @@ def test_consume_with_relay_exits_non_zero_when_the_relay_thread_dies(settings: 
         conn.execute("REVOKE SELECT, UPDATE, DELETE ON outbox FROM ledger_app")
     env = {**cli_env(settings), "LEDGER_HTTP_PORT": str(_free_port())}
     proc = subprocess.run(
-        [sys.executable, "-m", "entrypoints.cli", "consume", "--with-relay"],
+        [sys.executable, "-m", "budget_ledger.entrypoints.cli", "consume", "--with-relay"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]

@@ -8,9 +8,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from consumers.kafka_config import command_consumer_config, producer_config
-from consumers.topics import create_topics
-from ledger.settings import Settings
+from budget_ledger.consumers.kafka_config import command_consumer_config, producer_config
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
-from consumers.kafka_config import producer_config
-from consumers.sweeper import due_commands, sweep_once
-from ledger.settings import Settings
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.sweeper import due_commands, sweep_once
+from budget_ledger.ledger.settings import Settings
 from tests.integration.support import (
     fund,
     ledger_count,

@@ -13,11 +13,11 @@ import pytest
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from consumers.kafka_config import admin_config
-from consumers.positions import LogState, mismatch
-from consumers.topics import create_topics
-from ledger.settings import Settings
-from ledger.store import StoredPosition
+from budget_ledger.consumers.kafka_config import admin_config
+from budget_ledger.consumers.positions import LogState, mismatch
+from budget_ledger.consumers.topics import create_topics
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.ledger.store import StoredPosition
 from tests.integration.support import (
     cli,
     consumer_process,

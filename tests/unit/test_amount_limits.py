@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
-from ledger.budget import BudgetState, LedgerEvent, evolve, initial_state
-from ledger.reasons import Reason
-from ledger.record import record
-from ledger.state import MAX_MINOR
-from schemas.codec import detail_text, event_from_wire, event_to_wire, pct_text
-from schemas.commands import Command, parse_command
+from budget_ledger.ledger.budget import BudgetState, LedgerEvent, evolve, initial_state
+from budget_ledger.ledger.reasons import Reason
+from budget_ledger.ledger.record import record
+from budget_ledger.ledger.state import MAX_MINOR
+from budget_ledger.schemas.codec import detail_text, event_from_wire, event_to_wire, pct_text
+from budget_ledger.schemas.commands import Command, parse_command
 
 pytestmark = pytest.mark.unit
 
@@ -35,7 +35,7 @@ def cmd(type_: str, **fields: Any) -> Command:
 def unchecked(type_: str, **fields: Any) -> Command:
     """A command the schema would refuse, to reach the domain's own check (defence in depth)."""
     model = {"fund": "Fund", "reserve": "Reserve"}[type_]
-    import schemas.commands as sc
+    import budget_ledger.schemas.commands as sc
 
     body = {"type": type_, "command_id": f"c{next(_ids)}", "tenant_id": T, "budget_id": B, **fields}
     return getattr(sc, model).model_construct(**body)  # type: ignore[no-any-return]

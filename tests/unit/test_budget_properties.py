@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from ledger.budget import (
+from budget_ledger.ledger.budget import (
     GENESIS_HASH,
     RESERVATION_EDGES,
     BudgetState,
@@ -34,12 +34,12 @@ from ledger.budget import (
     evolve,
     initial_state,
 )
-from ledger.idempotency import classify, fingerprint
-from ledger.record import record
-from ledger.state import MAX_MINOR
-from schemas.codec import event_from_wire, event_to_wire
-from schemas.commands import CommandInvalid, parse_command
-from schemas.hashing import chain_hash
+from budget_ledger.ledger.idempotency import classify, fingerprint
+from budget_ledger.ledger.record import record
+from budget_ledger.ledger.state import MAX_MINOR
+from budget_ledger.schemas.codec import event_from_wire, event_to_wire
+from budget_ledger.schemas.commands import CommandInvalid, parse_command
+from budget_ledger.schemas.hashing import chain_hash
 
 pytestmark = pytest.mark.unit
 

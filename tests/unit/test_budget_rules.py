@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ledger.budget import (
+from budget_ledger.ledger.budget import (
     GENESIS_HASH,
     RESERVATION_EDGES,
     Alert,
@@ -25,12 +25,12 @@ from ledger.budget import (
     evolve,
     initial_state,
 )
-from ledger.reasons import Reason
-from ledger.record import Recorded, record
-from schemas.codec import event_to_wire
-from schemas.commands import Command, parse_command
-from schemas.hashing import chain_hash
-from schemas.to_domain import domain_command
+from budget_ledger.ledger.reasons import Reason
+from budget_ledger.ledger.record import Recorded, record
+from budget_ledger.schemas.codec import event_to_wire
+from budget_ledger.schemas.commands import Command, parse_command
+from budget_ledger.schemas.hashing import chain_hash
+from budget_ledger.schemas.to_domain import domain_command
 
 pytestmark = pytest.mark.unit
 

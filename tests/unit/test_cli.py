@@ -18,7 +18,7 @@ SUBCOMMANDS = [
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "entrypoints.cli", *args],
+        [sys.executable, "-m", "budget_ledger.entrypoints.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -8,8 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.client import Accepted, Refused, dead_letter_owner, outcome_from_event, wire_command
-from ledger.partitioning import murmur2, partition_for
+from budget_ledger.consumers.client import (
+    Accepted,
+    Refused,
+    dead_letter_owner,
+    outcome_from_event,
+    wire_command,
+)
+from budget_ledger.ledger.partitioning import murmur2, partition_for
 
 pytestmark = pytest.mark.unit
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import orjson
 
-from ledger.alerts import ALERT_SEVERITY, Severity, drift_alert
-from schemas.codec import alert_from_wire, alert_to_wire, make_alert_id
-from schemas.events import ALERT_TYPES
+from budget_ledger.ledger.alerts import ALERT_SEVERITY, Severity, drift_alert
+from budget_ledger.schemas.codec import alert_from_wire, alert_to_wire, make_alert_id
+from budget_ledger.schemas.events import ALERT_TYPES
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.idempotency import fingerprint, fingerprint_reference
-from schemas.commands import parse_command
-from schemas.limits import id_problem, text_problem
+from budget_ledger.ledger.idempotency import fingerprint, fingerprint_reference
+from budget_ledger.schemas.commands import parse_command
+from budget_ledger.schemas.limits import id_problem, text_problem
 
 pytestmark = pytest.mark.unit
 

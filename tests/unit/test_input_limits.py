@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.idempotency import fingerprint, fingerprint_reference
-from schemas.commands import CommandInvalid, Fund, parse_command
-from schemas.limits import (
+from budget_ledger.ledger.idempotency import fingerprint, fingerprint_reference
+from budget_ledger.schemas.commands import CommandInvalid, Fund, parse_command
+from budget_ledger.schemas.limits import (
     MAX_MESSAGE_BYTES,
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,

@@ -17,11 +17,17 @@ from typing import Any
 import orjson
 import pytest
 
-from ledger.budget import GENESIS_HASH, BudgetState, LedgerEvent, evolve, initial_state
-from ledger.history import replay_digits
-from schemas.codec import event_from_wire, event_to_wire, pct_text
-from schemas.events import EVENT_TYPES
-from schemas.hashing import chain_hash
+from budget_ledger.ledger.budget import (
+    GENESIS_HASH,
+    BudgetState,
+    LedgerEvent,
+    evolve,
+    initial_state,
+)
+from budget_ledger.ledger.history import replay_digits
+from budget_ledger.schemas.codec import event_from_wire, event_to_wire, pct_text
+from budget_ledger.schemas.events import EVENT_TYPES
+from budget_ledger.schemas.hashing import chain_hash
 
 pytestmark = pytest.mark.unit
 

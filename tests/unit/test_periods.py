@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ledger.periods import period_end
+from budget_ledger.ledger.periods import period_end
 
 pytestmark = pytest.mark.unit
 

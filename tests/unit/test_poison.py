@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.health import decide_live
-from consumers.poison import (
+from budget_ledger.consumers.health import decide_live
+from budget_ledger.consumers.poison import (
     copy_line,
     first_failing,
     is_data_error,

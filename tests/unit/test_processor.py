@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-import consumers.processor as processor
-import ledger.record as record_mod
-from consumers.processor import BatchContext, Incoming, PartitionState, process_batch
-from ledger.budget import BudgetState, initial_state
+import budget_ledger.consumers.processor as processor
+import budget_ledger.ledger.record as record_mod
+from budget_ledger.consumers.processor import BatchContext, Incoming, PartitionState, process_batch
+from budget_ledger.ledger.budget import BudgetState, initial_state
 
 pytestmark = pytest.mark.unit
 
@@ -190,7 +190,7 @@ def test_dead_letter_headers_never_carry_a_nul() -> None:
 
 
 def test_an_oversized_message_is_cut_on_arrival_and_dead_lettered_with_its_size() -> None:
-    from schemas.limits import MAX_MESSAGE_BYTES
+    from budget_ledger.schemas.limits import MAX_MESSAGE_BYTES
 
     huge = orjson.dumps({**FUND, "command_id": "huge", "metadata": {"blob": "x" * 10_000_000}})
     incoming = Incoming.bounded(0, 1, b"t:b", huge, 0)

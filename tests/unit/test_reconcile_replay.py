@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-import ledger.history as history_mod
+import budget_ledger.ledger.history as history_mod
 from bench.replay_bench import build_rows, command_stream
-from ledger.budget import BudgetState, LedgerEvent, evolve
-from projections.reconcile_report import ReconcileReport, iter_lines
-from projections.replay import BudgetReplay
+from budget_ledger.ledger.budget import BudgetState, LedgerEvent, evolve
+from budget_ledger.projections.reconcile_report import ReconcileReport, iter_lines
+from budget_ledger.projections.replay import BudgetReplay
 
 CURRENCIES = {"USD": 2, "ZWG": 2}
 Key = tuple[str, str]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.relay import record_size, truncate_for
+from budget_ledger.consumers.relay import record_size, truncate_for
 
 headers_st = st.lists(
     st.tuples(st.text(min_size=1, max_size=20), st.binary(max_size=200)), max_size=5

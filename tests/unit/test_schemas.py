@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.events import GENESIS_HASH, Alert, LedgerEvent, Money
-from ledger.idempotency import classify, fingerprint
-from schemas.codec import (
+from budget_ledger.ledger.events import GENESIS_HASH, Alert, LedgerEvent, Money
+from budget_ledger.ledger.idempotency import classify, fingerprint
+from budget_ledger.schemas.codec import (
     alert_from_wire,
     alert_to_wire,
     event_from_wire,
@@ -25,11 +25,11 @@ from schemas.codec import (
     make_alert_id,
     seal,
 )
-from schemas.commands import CommandInvalid, Reserve, parse_command
-from schemas.events import json_schemas, rfc3339_utc
-from schemas.hashing import canonical, chain_hash
-from schemas.limits import id_problem
-from schemas.money import normalize_decimal, to_decimal_str, to_minor
+from budget_ledger.schemas.commands import CommandInvalid, Reserve, parse_command
+from budget_ledger.schemas.events import json_schemas, rfc3339_utc
+from budget_ledger.schemas.hashing import canonical, chain_hash
+from budget_ledger.schemas.limits import id_problem
+from budget_ledger.schemas.money import normalize_decimal, to_decimal_str, to_minor
 
 pytestmark = pytest.mark.unit
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.budget import BudgetConfig, BudgetState, evolve
-from ledger.events import LedgerEvent
-from ledger.state import config_data
-from schemas.commands import Command
+from budget_ledger.ledger.budget import BudgetConfig, BudgetState, evolve
+from budget_ledger.ledger.events import LedgerEvent
+from budget_ledger.ledger.state import config_data
+from budget_ledger.schemas.commands import Command
 from tests.unit.test_budget_rules import cmd, fund, open_, reserve, run
 
 pytestmark = pytest.mark.unit
