@@ -18,8 +18,15 @@ from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.idempotency import classify, fingerprint
 from budget_ledger.ledger.record import record
 from budget_ledger.projections.rows import BalanceRow, ReservationRow, balance_row, reservation_row
-from budget_ledger.schemas.commands import Command, CommandInvalid, message_too_large, parse_command
+from budget_ledger.schemas.commands import (
+    Adjust,
+    Command,
+    CommandInvalid,
+    message_too_large,
+    parse_command,
+)
 from budget_ledger.schemas.limits import MAX_MESSAGE_BYTES
+from budget_ledger.schemas.signing import PRIVILEGED, Refusal, verify
 
 BudgetKey = tuple[str, str]
 CommandKey = tuple[str, str]
@@ -32,6 +39,8 @@ OutboxRow = tuple[str, bytes | None, bytes, str | None]
 MessageKey = tuple[int, int]
 
 INTERNAL_ERROR = "internal_error"
+# A privileged command without a valid signature (the `check` header names the failed check).
+UNAUTHORIZED = "unauthorized"
 # Postgres refused a row this message produced (found by bisecting the batch; see poison.py).
 STORAGE_REFUSED = "storage_refused"
 MAX_REASON_CHARS = 1_000
@@ -54,15 +63,23 @@ class Incoming:
     # Size of a value cut to MAX_MESSAGE_BYTES on arrival (0: the value is whole). Such a
     # message is refused unread, and only the cut copy is held and dead-lettered.
     original_size: int = 0
+    # Kafka headers (name, value); the signature of a privileged command travels here.
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
     @classmethod
     def bounded(
-        cls, partition: int, offset: int, key: bytes | None, value: bytes | None, ts: int
+        cls,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        ts: int,
+        headers: tuple[tuple[str, bytes | None], ...] = (),
     ) -> Incoming:
         """An incoming message whose value is cut to MAX_MESSAGE_BYTES if it is larger."""
         if value is not None and len(value) > MAX_MESSAGE_BYTES:
-            return cls(partition, offset, key, value[:MAX_MESSAGE_BYTES], ts, len(value))
-        return cls(partition, offset, key, value, ts)
+            return cls(partition, offset, key, value[:MAX_MESSAGE_BYTES], ts, len(value), headers)
+        return cls(partition, offset, key, value, ts, 0, headers)
 
 
 @dataclass(slots=True)
@@ -103,6 +120,10 @@ class BatchContext:
     alerts_topic: str
     dlq_topic: str
     currencies: Mapping[str, int]
+    # Active signing keys (key id -> secret) for privileged commands. None: signatures are not
+    # checked, for trusted in-process input only (replay bench, fixture builder); the consumer
+    # always passes its configured keys, so with none configured every privileged one is refused.
+    signing_keys: Mapping[str, bytes] | None = None
 
 
 def process_batch(
@@ -120,7 +141,8 @@ def process_batch(
     message only. `poisoned` names (partition, offset) of messages Postgres refused in an earlier
     attempt of this batch: they are dead-lettered (`storage_refused`) without being applied.
 
-    Step 1: validate every message (JSON, schema, key) — invalid ones become dead letters.
+    Step 1: validate every message (JSON, schema, key, the signature of a privileged command)
+    — invalid ones become dead letters.
     Step 2: look up the prior outcome of every command id in the ledger (one query).
     Step 3: load the budgets this consumer has not seen yet (one query, replayed with evolve).
     Step 4: decide every command in partition order against the in-memory state.
@@ -147,6 +169,12 @@ def process_batch(
         except Exception as exc:  # a parser bug must not stop the partition
             _reject(out, msg, ctx, INTERNAL_ERROR, _failure("parse this message", exc))
             continue
+        if ctx.signing_keys is not None and command.type in PRIVILEGED:
+            checked = _authorize(msg, command, ctx.signing_keys)
+            if isinstance(checked, Refusal):
+                _reject(out, msg, ctx, UNAUTHORIZED, checked.reason, command, checked.check)
+                continue
+            command = checked
         if poisoned and (msg.partition, msg.offset) in poisoned:
             reason = poisoned[(msg.partition, msg.offset)]
             _reject(out, msg, ctx, STORAGE_REFUSED, reason, command)
@@ -294,6 +322,17 @@ def _validate(msg: Incoming, ctx: BatchContext) -> Command:
     return command
 
 
+def _authorize(msg: Incoming, command: Command, keys: Mapping[str, bytes]) -> Command | Refusal:
+    """The command when its signature holds; an adjust then names the signed principal as its
+    operator (the ledger records who signed, not the free-text field)."""
+    verified = verify(msg.headers, msg.key, msg.value or b"", keys, command.tenant_id)
+    if isinstance(verified, Refusal):
+        return verified
+    if isinstance(command, Adjust) and command.operator != verified.principal:
+        return command.model_copy(update={"operator": verified.principal})
+    return command
+
+
 def _headers(*pairs: tuple[str, str]) -> str:
     return orjson.dumps([list(p) for p in pairs]).decode()
 
@@ -309,9 +348,10 @@ def _reject(
     error_class: str,
     reason: str,
     command: Command | None = None,
+    check: str | None = None,
 ) -> None:
     ids = (command.tenant_id, command.command_id) if command is not None else _raw_ids(msg)
-    out.outbox_rows.append(_dead_letter(msg, ctx, error_class, reason, ids))
+    out.outbox_rows.append(_dead_letter(msg, ctx, error_class, reason, ids, check))
     out.dead_letters += 1
     out.dead_letter_classes[error_class] += 1
     if command is not None:
@@ -338,6 +378,7 @@ def _dead_letter(
     error_class: str,
     reason: str,
     ids: tuple[str, str] | None = None,
+    check: str | None = None,
 ) -> OutboxRow:
     pairs = [
         ("error_class", error_class),
@@ -351,6 +392,8 @@ def _dead_letter(
         pairs += [("tenant_id", ids[0]), ("command_id", ids[1])]
     if msg.original_size:
         pairs += [("truncated", "true"), ("original_size", str(msg.original_size))]
+    if check is not None:
+        pairs.append(("check", check))
     # The headers are stored as jsonb, which refuses U+0000: the dead letter of a message
     # refused for a NUL must not be refused for the same NUL.
     headers = _headers(*((k, v.replace("\x00", "\ufffd")) for k, v in pairs))

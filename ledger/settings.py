@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from budget_ledger.schemas.money import DEFAULT_CURRENCIES
@@ -62,6 +63,15 @@ class Settings(BaseSettings):
     # /healthz fails when messages wait and the consumer committed nothing for this long.
     liveness_stall_seconds: float = Field(default=60.0, gt=0, le=3_600)
 
+    # Signed privileged commands (schemas/signing.py, docs/security.md): the active HMAC keys,
+    # key id -> secret, e.g. LEDGER_SIGNING_KEYS='{"k2026": "..."}'. The consumer accepts a
+    # signature under any of them (rotation: add the new key, move signers, remove the old one);
+    # a process that signs (CLI, sweeper) uses LEDGER_SIGNING_KEY_ID, as LEDGER_SIGNING_PRINCIPAL
+    # (empty: the login name).
+    signing_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    signing_key_id: str = ""
+    signing_principal: str = Field(default="", max_length=128, pattern=r"^\S*$")
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: str) -> str:
@@ -77,6 +87,22 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port...], got {value!r}")
         return value
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _signing_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key_id, secret in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", key_id):
+                raise ValueError(f"key id {key_id!r}: 1-64 characters of A-Z a-z 0-9 . _ -")
+            if len(secret.get_secret_value()) < 32:
+                raise ValueError(f"the secret of key {key_id!r} is shorter than 32 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _signing_key_id(self) -> Settings:
+        if self.signing_key_id and self.signing_key_id not in self.signing_keys:
+            raise ValueError("LEDGER_SIGNING_KEY_ID names no key of LEDGER_SIGNING_KEYS")
+        return self
 
     @field_validator("currencies")
     @classmethod
