@@ -12,6 +12,7 @@ from budget_ledger.entrypoints import (
     positions_commands,
     projection_commands,
     publish_commands,
+    reader_commands,
     setup_commands,
     worker_commands,
 )
@@ -53,6 +54,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     projection_commands.add_reconcile,
     projection_commands.add_rebuild,
     publish_commands.add_adjust,
+    reader_commands.add_readers,
 )
 
 

@@ -173,3 +173,26 @@ FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(cutoffs)s::timestamptz[]
 JOIN ledger l ON l.tenant_id = c.tenant_id AND l.budget_id = c.budget_id
              AND l.recorded_at < c.cutoff
 GROUP BY c.tenant_id, c.budget_id
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Per-tenant SQL readers (projections/readers.py, `budget-ledger readers create`; run as owner).
+-- {role} is an identifier and {verifier} a SCRAM verifier (never the password), composed by
+-- psycopg.sql: role DDL takes no bound parameters.
+
+-- name: reader_mapping
+SELECT r.tenant_id, m.rolname IS NOT NULL
+FROM (SELECT %(role)s::name AS role) AS q
+LEFT JOIN tenant_readers r ON r.role = q.role
+LEFT JOIN pg_roles m ON m.rolname = q.role
+
+-- name: create_reader_role
+CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION
+    INHERIT PASSWORD {verifier} IN ROLE ledger_tenant_reader
+
+-- name: reset_reader_password
+ALTER ROLE {role} PASSWORD {verifier}
+
+-- name: insert_reader_mapping
+INSERT INTO tenant_readers (role, tenant_id) VALUES (%(role)s, %(tenant)s)
+ON CONFLICT (role) DO NOTHING

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 
 SUBCOMMANDS = [
     ["migrate"], ["topics", "create"], ["send"], ["schemas", "export"], ["consume"], ["relay"],
-    ["sweep"], ["demo"], ["reconcile"], ["rebuild"], ["adjust"],
+    ["sweep"], ["demo"], ["reconcile"], ["rebuild"], ["adjust"], ["readers", "create"],
 ]  # fmt: skip
 
 
