@@ -173,7 +173,9 @@ class Phase:
         from confluent_kafka import ConsumerGroupState
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+        from budget_ledger.consumers.kafka_config import admin_config
+
+        admin = AdminClient(admin_config(self.settings))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
@@ -280,8 +282,10 @@ class Phase:
         try:
             from confluent_kafka.admin import AdminClient
 
+            from budget_ledger.consumers.kafka_config import admin_config
+
             s = self.settings
-            admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+            admin = AdminClient(admin_config(s))
             for f in admin.delete_topics(
                 [s.topic_commands, s.topic_events, s.topic_alerts, s.topic_dlq]
             ).values():

@@ -19,7 +19,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from budget_ledger.consumers.kafka_config import PARTITIONER
+from budget_ledger.consumers.kafka_config import PARTITIONER, client_config
+from budget_ledger.ledger.settings import load_settings
 
 
 def _now_ms() -> int:
@@ -48,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     messages = [
         tuple(line.split(b"\t", 1)) for line in Path(args.file).read_bytes().splitlines() if line
     ]
+    # The benchmark's producer speaks the ledger's transport security (LEDGER_KAFKA_* settings).
     producer = Producer(
         {
-            "bootstrap.servers": args.bootstrap,
+            **client_config(load_settings(kafka_bootstrap=args.bootstrap)),
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": PARTITIONER,

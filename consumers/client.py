@@ -33,7 +33,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.kafka_config import producer_config, reader_config
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.schemas.commands import Command, parse_command
 
@@ -359,10 +359,7 @@ class LedgerClient:
         """
         if self._listener is not None:
             return
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
-                             "group.id": f"ledger-client-{uuid.uuid4()}",
-                             "enable.auto.commit": False,
-                             "enable.partition.eof": False})  # fmt: skip
+        consumer = Consumer(reader_config(self.settings, f"ledger-client-{uuid.uuid4()}"))
         assignment = []
         for topic in (self.settings.topic_events, self.settings.topic_dlq):
             meta = consumer.list_topics(topic, timeout=10).topics[topic]

@@ -1,20 +1,41 @@
-"""librdkafka configurations of the ledger's Kafka clients, in one place."""
+"""librdkafka configurations of the ledger's Kafka clients, in one place.
+
+Every client the project makes starts from `client_config`, so the transport security settings
+(`LEDGER_KAFKA_SECURITY_PROTOCOL`, SASL, TLS, `LEDGER_KAFKA_EXTRA`) reach all of them; the
+mapping itself is `ledger.settings.kafka_security_properties`, on the floor below, so that the
+reconciler's topic reader (projections/) uses it too. The dicts returned hold secrets in clear
+text (librdkafka needs them): never log or print them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from budget_ledger.ledger.settings import Settings
+from budget_ledger.ledger.settings import Settings, kafka_security_properties
 
 # Java clients (the rules engine, most upstream services) hash keys with murmur2; using the same
 # partitioner here keeps every command of one budget on one partition whoever produced it.
 PARTITIONER = "murmur2_random"
 
 
+def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """The base of every Kafka client: bootstrap servers and transport security."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
+    config.update(kafka_security_properties(settings))
+    config.update(overrides)
+    return config
+
+
+def reader_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """A consumer that only assigns partitions and reads (never commits): probes, listeners."""
+    reader = {"group.id": group_id, "enable.auto.commit": False, "enable.partition.eof": False}
+    return client_config(settings, **{**reader, **overrides})
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """An idempotent, ordered producer (acks=all, no reordering on retry)."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **client_config(settings),
         "enable.idempotence": True,
         "acks": "all",
         "partitioner": PARTITIONER,
@@ -28,7 +49,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 def command_consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """The command consumer: positions live in Postgres, so Kafka commits are informational."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **client_config(settings),
         "group.id": settings.consumer_group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -56,4 +77,4 @@ def command_consumer_config(settings: Settings, **overrides: Any) -> dict[str, A
 
 def admin_config(settings: Settings) -> dict[str, Any]:
     """Admin client configuration."""
-    return {"bootstrap.servers": settings.kafka_bootstrap}
+    return client_config(settings)

@@ -21,7 +21,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from budget_ledger.consumers.kafka_config import admin_config
+from budget_ledger.consumers.kafka_config import admin_config, reader_config
 from budget_ledger.ledger import store
 from budget_ledger.ledger.settings import Settings
 
@@ -243,13 +243,7 @@ class RealignError(Exception):
 
 def probe_consumer(settings: Settings) -> Consumer:
     """A consumer only to read watermarks and metadata: never subscribes, never commits."""
-    return Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"{settings.consumer_group}.positions",
-            "enable.auto.commit": False,
-        }
-    )
+    return Consumer(reader_config(settings, f"{settings.consumer_group}.positions"))
 
 
 def partitions_of(settings: Settings, topic: str) -> list[int]:

@@ -15,6 +15,30 @@ class SettingsError(Exception):
     """Raised when the environment does not describe a valid configuration."""
 
 
+# librdkafka properties that LEDGER_KAFKA_EXTRA may not set: the settings own them, or the
+# ledger's ordering and exactly-once guarantees depend on them.
+KAFKA_RESERVED_PROPERTIES = frozenset(
+    {
+        "bootstrap.servers",
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
+        "enable.idempotence",
+        "acks",
+        "partitioner",
+        "isolation.level",
+        "group.id",
+        "group.instance.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "transactional.id",
+    }
+)
+
+
 class Settings(BaseSettings):
     """Everything the ledger's processes read from their environment."""
 
@@ -28,6 +52,21 @@ class Settings(BaseSettings):
     )
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Transport security of every Kafka client the ledger makes (consumers/kafka_config.py
+    # maps these to librdkafka properties; docs/security.md). PEM settings take a file path
+    # or the PEM text itself (a value containing "-----BEGIN").
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN", "OAUTHBEARER"] = (
+        "SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str = Field(default="", max_length=256)
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_ca_pem: str = ""
+    kafka_ssl_cert_pem: str = ""
+    kafka_ssl_key_pem: SecretStr = SecretStr("")
+    # Other librdkafka properties (e.g. OAUTHBEARER's sasl.oauthbearer.*), as JSON; values are
+    # masked like secrets because some are (client secrets).
+    kafka_extra: dict[str, SecretStr] = Field(default_factory=dict)
     database_url: str = "postgresql://ledger_owner:ledger@127.0.0.1:5432/ledger"
     # The consumer and relay `SET ROLE` to this role so that they hold INSERT/SELECT only.
     database_role: str = "ledger_app"
@@ -88,6 +127,40 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port...], got {value!r}")
         return value
 
+    @field_validator("kafka_extra")
+    @classmethod
+    def _kafka_extra(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # Properties the ledger's guarantees rest on (ordering, exactly-once, positions) or that
+        # the settings above own cannot be changed through the pass-through.
+        for key in value:
+            if key in KAFKA_RESERVED_PROPERTIES:
+                raise ValueError(f"{key} cannot be set through LEDGER_KAFKA_EXTRA")
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        password_based = self.kafka_sasl_mechanism != "OAUTHBEARER"
+        has_secret = bool(self.kafka_sasl_password.get_secret_value())
+        if sasl and password_based and not (self.kafka_sasl_username and has_secret):
+            raise ValueError(
+                f"{self.kafka_sasl_mechanism} needs LEDGER_KAFKA_SASL_USERNAME and "
+                "LEDGER_KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and (self.kafka_sasl_username or has_secret):
+            raise ValueError(
+                "SASL credentials are set but LEDGER_KAFKA_SECURITY_PROTOCOL has no SASL"
+            )
+        if "SSL" not in self.kafka_security_protocol and (
+            self.kafka_ssl_ca_pem
+            or self.kafka_ssl_cert_pem
+            or self.kafka_ssl_key_pem.get_secret_value()
+        ):
+            raise ValueError("TLS files are set but LEDGER_KAFKA_SECURITY_PROTOCOL has no SSL")
+        if bool(self.kafka_ssl_cert_pem) != bool(self.kafka_ssl_key_pem.get_secret_value()):
+            raise ValueError("a TLS client certificate needs its key, and a key its certificate")
+        return self
+
     @field_validator("signing_keys")
     @classmethod
     def _signing_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
@@ -115,6 +188,37 @@ class Settings(BaseSettings):
         return value
 
 
+# A PEM setting whose value contains this is the PEM text itself; otherwise it is a file path.
+PEM_MARKER = "-----BEGIN"
+
+
+def kafka_security_properties(settings: Settings) -> dict[str, str]:
+    """librdkafka properties of the transport security settings and LEDGER_KAFKA_EXTRA.
+
+    The result holds the secrets in clear text (librdkafka needs them): never log it."""
+    protocol = settings.kafka_security_protocol
+    props = {"security.protocol": protocol.lower()}
+    if protocol.startswith("SASL_"):
+        props["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        if settings.kafka_sasl_username:
+            props["sasl.username"] = settings.kafka_sasl_username
+            props["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if "SSL" in protocol:
+        pems = {
+            "ca": settings.kafka_ssl_ca_pem,
+            "certificate": settings.kafka_ssl_cert_pem,
+            "key": settings.kafka_ssl_key_pem.get_secret_value(),
+        }
+        for name, value in pems.items():
+            # librdkafka takes PEM inline (ssl.<name>.pem) or from a file (ssl.<name>.location).
+            if value:
+                kind = "pem" if PEM_MARKER in value else "location"
+                props[f"ssl.{name}.{kind}"] = value
+    for key, secret in settings.kafka_extra.items():
+        props[key] = secret.get_secret_value()
+    return props
+
+
 def prefixed_names(prefix: str) -> dict[str, str]:
     """Topic and group names under `prefix`, for runs side by side on one broker (tests, bench)."""
     return {
@@ -133,6 +237,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            problems.append(f"LEDGER_{field.upper()}: {err['msg']}")
+            # A check across several settings (no loc) names its variables in its message.
+            if err["loc"]:
+                problems.append(f"LEDGER_{str(err['loc'][0]).upper()}: {err['msg']}")
+            else:
+                problems.append(str(err["msg"]))
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

@@ -27,7 +27,7 @@ import psycopg
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 
 from budget_ledger.ledger.partitioning import partition_for
-from budget_ledger.ledger.settings import Settings
+from budget_ledger.ledger.settings import Settings, kafka_security_properties
 from budget_ledger.projections.store import queries
 
 BudgetKey = tuple[str, str]
@@ -116,6 +116,7 @@ def read_topic(
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_security_properties(settings),
             "group.id": f"reconcile-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "enable.partition.eof": False,

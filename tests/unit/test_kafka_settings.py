@@ -1,0 +1,183 @@
+"""Kafka transport security settings: validation, the librdkafka mapping, hidden secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from budget_ledger.consumers.kafka_config import (
+    admin_config,
+    client_config,
+    command_consumer_config,
+    producer_config,
+    reader_config,
+)
+from budget_ledger.ledger.settings import (
+    Settings,
+    SettingsError,
+    kafka_security_properties,
+    load_settings,
+)
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "pw-Zq81-never-shown"
+KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIIEv-secret-key-material\n-----END PRIVATE KEY-----\n"
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB-ca\n-----END CERTIFICATE-----\n"
+
+
+def _sasl_ssl(**extra: object) -> Settings:
+    return load_settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="ledger",
+        kafka_sasl_password=PASSWORD,
+        kafka_ssl_ca_pem="/etc/ledger/ca.pem",
+        **extra,
+    )
+
+
+def test_default_is_plaintext_without_credentials() -> None:
+    assert kafka_security_properties(load_settings()) == {"security.protocol": "plaintext"}
+
+
+def test_sasl_ssl_maps_to_librdkafka_properties_with_scram_sha_512_by_default() -> None:
+    props = kafka_security_properties(_sasl_ssl())
+    assert props == {
+        "security.protocol": "sasl_ssl",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "ledger",
+        "sasl.password": PASSWORD,
+        "ssl.ca.location": "/etc/ledger/ca.pem",
+    }
+
+
+def test_pem_text_goes_inline_and_paths_go_to_locations() -> None:
+    settings = load_settings(
+        kafka_security_protocol="SSL",
+        kafka_ssl_ca_pem=CA_PEM,
+        kafka_ssl_cert_pem="/run/secrets/client.pem",
+        kafka_ssl_key_pem=KEY_PEM,
+    )
+    assert kafka_security_properties(settings) == {
+        "security.protocol": "ssl",
+        "ssl.ca.pem": CA_PEM,
+        "ssl.certificate.location": "/run/secrets/client.pem",
+        "ssl.key.pem": KEY_PEM,
+    }
+
+
+def test_oauthbearer_needs_no_password_and_takes_its_properties_from_extra() -> None:
+    settings = load_settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="OAUTHBEARER",
+        kafka_extra={
+            "sasl.oauthbearer.method": "oidc",
+            "sasl.oauthbearer.client.secret": "oidc-secret-xyz",
+        },
+    )
+    props = kafka_security_properties(settings)
+    assert props["sasl.mechanism"] == "OAUTHBEARER"
+    assert props["sasl.oauthbearer.client.secret"] == "oidc-secret-xyz"
+    assert "sasl.username" not in props
+    assert "oidc-secret-xyz" not in repr(settings)
+
+
+def test_every_client_config_carries_the_security_properties() -> None:
+    settings = _sasl_ssl(kafka_extra={"client.id": "ledger-1"})
+    configs = [
+        producer_config(settings),
+        command_consumer_config(settings),
+        admin_config(settings),
+        reader_config(settings, "probe"),
+        client_config(settings),
+    ]
+    for config in configs:
+        assert config["security.protocol"] == "sasl_ssl"
+        assert config["sasl.password"] == PASSWORD
+        assert config["client.id"] == "ledger-1"
+    # The ledger's own properties are still there.
+    assert configs[0]["enable.idempotence"] is True
+    assert configs[1]["isolation.level"] == "read_committed"
+
+
+def test_no_other_module_builds_a_kafka_configuration_by_hand() -> None:
+    # Every client goes through consumers/kafka_config.py (or, on the projections floor, puts
+    # kafka_security_properties next to its bootstrap servers), so none can miss the security.
+    allowed = {"consumers/kafka_config.py", "projections/kafka_check.py", "ledger/settings.py"}
+    offenders = []
+    for folder in ("consumers", "projections", "entrypoints", "ledger", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel not in allowed and '"bootstrap.servers"' in path.read_text():
+                offenders.append(rel)
+    assert offenders == []
+    text = (ROOT / "projections" / "kafka_check.py").read_text()
+    assert text.count('"bootstrap.servers"') == text.count("**kafka_security_properties(")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"kafka_security_protocol": "SASL_SSL"}, "LEDGER_KAFKA_SASL_USERNAME"),
+        (
+            {"kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "ledger"},
+            "LEDGER_KAFKA_SASL_PASSWORD",
+        ),
+        ({"kafka_sasl_username": "ledger", "kafka_sasl_password": PASSWORD}, "has no SASL"),
+        ({"kafka_ssl_ca_pem": "/ca.pem"}, "has no SSL"),
+        (
+            {"kafka_security_protocol": "SSL", "kafka_ssl_key_pem": KEY_PEM},
+            "needs its key",
+        ),
+        ({"kafka_extra": {"acks": "1"}}, "LEDGER_KAFKA_EXTRA"),
+        ({"kafka_extra": {"sasl.password": PASSWORD}}, "LEDGER_KAFKA_EXTRA"),
+        ({"kafka_security_protocol": "SASL_SSL_X"}, "LEDGER_KAFKA_SECURITY_PROTOCOL"),
+    ],
+)
+def test_inconsistent_security_settings_are_refused_without_showing_secrets(
+    overrides: dict[str, object], names: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    assert names in str(caught.value)
+    assert PASSWORD not in str(caught.value)
+    assert "secret-key-material" not in str(caught.value)
+
+
+def test_secrets_are_masked_in_repr_str_and_dumps() -> None:
+    settings = _sasl_ssl(
+        kafka_ssl_cert_pem="/c.pem",
+        kafka_ssl_key_pem=KEY_PEM,
+        kafka_extra={"sasl.oauthbearer.client.secret": "extra-secret"},
+    )
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        assert PASSWORD not in text
+        assert "secret-key-material" not in text
+        assert "extra-secret" not in text
+
+
+def test_password_from_the_environment_is_not_in_help_or_errors() -> None:
+    env = {
+        **os.environ,
+        "LEDGER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "LEDGER_KAFKA_SASL_USERNAME": "ledger",
+        "LEDGER_KAFKA_SASL_PASSWORD": PASSWORD,
+    }
+    cli = [sys.executable, "-m", "budget_ledger.entrypoints.cli"]
+    for args in (["--help"], ["consume", "--help"], ["send", "--help"]):
+        result = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0, result.stderr
+        assert PASSWORD not in result.stdout + result.stderr
+    # A configuration error with the password set: one line, no password.
+    bad = {**env, "LEDGER_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    result = subprocess.run(
+        [*cli, "topics", "create"], capture_output=True, text=True, timeout=60, env=bad
+    )
+    assert result.returncode == 2
+    assert "has no SASL" in result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
