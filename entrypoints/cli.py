@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from budget_ledger.entrypoints import (
+    acl_commands,
     demo,
     positions_commands,
     projection_commands,
@@ -44,6 +45,7 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     setup_commands.add_migrate,
     setup_commands.add_topics,
+    acl_commands.add_acls,
     publish_commands.add_send,
     setup_commands.add_schemas,
     worker_commands.add_consume,

@@ -181,3 +181,36 @@ def test_password_from_the_environment_is_not_in_help_or_errors() -> None:
     assert result.returncode == 2
     assert "has no SASL" in result.stderr
     assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_grants_table_gives_upstreams_commands_in_and_outcomes_out_only() -> None:
+    from budget_ledger.consumers.acls import Principals, grants
+
+    settings = load_settings()
+    table = grants(settings, Principals(upstreams=("User:rules-engine",)))
+    topic_ops = {(g.principal, g.name, g.operation) for g in table if g.resource == "topic"}
+    engine = {(name, op) for p, name, op in topic_ops if p == "User:rules-engine"}
+    assert engine == {
+        ("budget.commands", "WRITE"),
+        ("budget.events", "READ"),
+        ("budget.commands.dlq", "READ"),
+    }
+    alerts = {(name, op) for p, name, op in topic_ops if p == "User:alerts-reader"}
+    assert alerts == {("budget.alerts", "READ")}
+    ledger = {(name, op) for p, name, op in topic_ops if p == "User:ledger"}
+    assert {("budget.commands", "READ"), ("budget.events", "WRITE")} <= ledger
+    assert {("budget.alerts", "WRITE"), ("budget.commands.dlq", "WRITE")} <= ledger
+    # Prefixed grants only on consumer groups, never on topics.
+    assert {g.resource for g in table if g.pattern == "prefixed"} == {"group"}
+
+
+def test_acls_apply_dry_run_prints_the_table_for_the_given_principals() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "budget_ledger.entrypoints.cli", "acls", "apply", "--dry-run",
+         "--upstream", "loyalty-bot", "--alerts-reader", "User:pager"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "User:loyalty-bot\tWRITE\ttopic\tliteral\tbudget.commands" in result.stdout
+    assert "User:pager\tREAD\ttopic\tliteral\tbudget.alerts" in result.stdout
+    assert "rules-engine" not in result.stdout
