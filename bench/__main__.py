@@ -45,6 +45,7 @@ from psycopg import sql
 from bench import workload
 from bench.procstat import CpuSampler, vm_hwm_kb
 from budget_ledger.consumers.timings import read_timings
+from budget_ledger.schemas.signing import Signer
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -109,7 +110,13 @@ def drop_database(admin_dsn: str, url: str) -> None:
 class Phase:
     """Fresh topics + database, consumers as child processes, producer as a child process."""
 
-    def __init__(self, args: argparse.Namespace, mode: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        mode: str,
+        workdir: Path,
+        signing: dict[str, Any] | None = None,
+    ) -> None:
         from budget_ledger.ledger.settings import load_settings, prefixed_names
 
         self.args = args
@@ -122,6 +129,7 @@ class Phase:
             database_url=self.database_url,
             **prefixed_names(prefix),
             topic_partitions=args.partitions,
+            **(signing or {}),
         )
         from budget_ledger.consumers.topics import create_topics
 
@@ -146,6 +154,7 @@ class Phase:
                 "LEDGER_TOPIC_PARTITIONS": str(self.args.partitions),
                 "LEDGER_LOG_LEVEL": "warning",
                 "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+                **workload.signing_env(s),
             }
         )
         return env
@@ -366,9 +375,16 @@ def run_phase(
     prefix = f"{mode}-"
     prep_file = workdir / f"{mode}.prepare.msgs"
     timed_file = workdir / f"{mode}.timed.msgs"
-    n_prep = workload.write(prep_file, workload.prepare(budgets, prefix))
+    # Opens and funds are privileged: signed with a key made for this phase, as an operator would.
+    signing = workload.signing_settings()
+    signer = Signer(
+        signing["signing_key_id"],
+        signing["signing_keys"][signing["signing_key_id"]].encode(),
+        signing["signing_principal"],
+    )
+    n_prep = workload.write(prep_file, workload.prepare(budgets, prefix), signer)
     n_all = workload.write(
-        timed_file, workload.mix(warmup + commands, budgets, prefix, seed=args.seed)
+        timed_file, workload.mix(warmup + commands, budgets, prefix, seed=args.seed), signer
     )
     n_timed = n_all - warmup
     result = PhaseResult(mode, n_timed, budgets, consumers, batch_max_messages or 0, rate or None)
@@ -380,7 +396,7 @@ def run_phase(
         f"{budgets:,} budgets, {consumers} consumer(s), batch "
         f"{batch_max_messages or 'default'}" + (f", {rate:,.0f}/s offered" if rate else ""),
     )
-    phase = Phase(args, mode, workdir)
+    phase = Phase(args, mode, workdir, signing)
     try:
         phase.start_consumers(consumers, batch_max_messages)
         prep = phase.produce(prep_file)

@@ -24,7 +24,9 @@ import orjson
 import psycopg
 from confluent_kafka import Producer
 
+from bench import workload
 from bench.__main__ import add_service_arguments, create_database, drop_database
+from budget_ledger.consumers.client import settings_signer
 from budget_ledger.consumers.kafka_config import producer_config
 from budget_ledger.consumers.topics import create_topics
 from budget_ledger.ledger.settings import load_settings, prefixed_names
@@ -53,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     url = create_database(args.database_url)
     names = prefixed_names(f"rss{uuid.uuid4().hex[:8]}")
     settings = load_settings(
-        kafka_bootstrap=args.kafka_bootstrap, database_url=url, **names, topic_partitions=1
+        kafka_bootstrap=args.kafka_bootstrap,
+        database_url=url,
+        **names,
+        topic_partitions=1,
+        **workload.signing_settings(),
     )
     consumer = None
     try:
@@ -70,14 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         send += [
             _command(f"f{i}", "fund", amount="1.00", currency="USD") for i in range(args.normal)
         ]
+        signer = settings_signer(settings)
         for command in send:
-            producer.produce(settings.topic_commands, key=key, value=orjson.dumps(command))
+            value = orjson.dumps(command)
+            headers = workload.headers_for(signer, command, key, value)
+            producer.produce(settings.topic_commands, key=key, value=value, headers=headers)
             producer.poll(0)
         assert producer.flush(120) == 0, "Kafka did not take every command"
         env = dict(os.environ)
         env.update({f"LEDGER_{k.upper()}": v for k, v in names.items()})
         env.update({"LEDGER_KAFKA_BOOTSTRAP": args.kafka_bootstrap, "LEDGER_DATABASE_URL": url,
-                    "LEDGER_LOG_LEVEL": "error"})  # fmt: skip
+                    "LEDGER_LOG_LEVEL": "error", **workload.signing_env(settings)})  # fmt: skip
         consumer = subprocess.Popen(
             [sys.executable, "-m", "budget_ledger.entrypoints.cli", "consume"],
             env=env,

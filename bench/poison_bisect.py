@@ -21,8 +21,10 @@ import orjson
 import psycopg
 from confluent_kafka import Producer
 
+from bench import workload
 from bench.__main__ import add_service_arguments, create_database, drop_database
 from budget_ledger.consumers import metrics
+from budget_ledger.consumers.client import settings_signer
 from budget_ledger.consumers.command_consumer import CommandConsumer
 from budget_ledger.consumers.kafka_config import producer_config
 from budget_ledger.consumers.topics import create_topics
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         topic_partitions=1,
         batch_max_messages=args.batch_max_messages,
         log_level="warning",
+        **workload.signing_settings(),
     )
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -69,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         create_topics(settings, partitions=1)
         commands = _commands(args.messages, args.poison)
         producer = Producer(producer_config(settings))
+        signer = settings_signer(settings)
         for c in commands:
-            key = f"{c['tenant_id']}:{c['budget_id']}".encode()
-            producer.produce(settings.topic_commands, key=key, value=orjson.dumps(c))
+            key, value = f"{c['tenant_id']}:{c['budget_id']}".encode(), orjson.dumps(c)
+            headers = workload.headers_for(signer, c, key, value)
+            producer.produce(settings.topic_commands, key=key, value=value, headers=headers)
             producer.poll(0)
         producer.flush(60)
         probes0 = metrics.BISECT_PROBES._value.get()

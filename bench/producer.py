@@ -23,6 +23,13 @@ from budget_ledger.consumers.kafka_config import PARTITIONER, client_config
 from budget_ledger.ledger.settings import load_settings
 
 
+def _message(line: bytes) -> tuple[bytes, bytes, list[tuple[str, bytes]] | None]:
+    # key TAB value [TAB headers]: a signed (privileged) command carries its headers as JSON.
+    key, value, *rest = line.split(b"\t", 2)
+    headers = [(k, v.encode()) for k, v in orjson.loads(rest[0])] if rest else None
+    return key, value, headers
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -46,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    messages = [
-        tuple(line.split(b"\t", 1)) for line in Path(args.file).read_bytes().splitlines() if line
-    ]
+    messages = [_message(line) for line in Path(args.file).read_bytes().splitlines() if line]
     # The benchmark's producer speaks the ledger's transport security (LEDGER_KAFKA_* settings).
     producer = Producer(
         {
@@ -72,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     first = _now_ms()
     mark = first
     if args.rate <= 0:
-        for key, value in messages:
+        for key, value, headers in messages:
             try:
-                produce(topic, value, key)
+                produce(topic, value, key, headers=headers)
             except BufferError:
                 poll(0.01)
-                produce(topic, value, key)
+                produce(topic, value, key, headers=headers)
         poll(0)
     else:
         start = time.perf_counter()
@@ -88,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             while sent < due:
                 if sent == args.mark and sent:
                     mark = _now_ms()
-                key, value = messages[sent]
-                produce(topic, value, key)
+                key, value, headers = messages[sent]
+                produce(topic, value, key, headers=headers)
                 sent += 1
             poll(0)
             time.sleep(0.001)

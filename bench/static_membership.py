@@ -30,7 +30,9 @@ import orjson
 import psycopg
 from confluent_kafka import Producer
 
+from bench import workload
 from bench.__main__ import add_service_arguments, create_database, drop_database
+from budget_ledger.consumers.client import settings_signer
 from budget_ledger.consumers.kafka_config import producer_config
 from budget_ledger.consumers.topics import create_topics
 from budget_ledger.ledger.settings import Settings, load_settings, prefixed_names
@@ -58,6 +60,7 @@ def _env(settings: Settings, instance_id: str, session_ms: int) -> dict[str, str
         "LEDGER_SESSION_TIMEOUT_MS": str(session_ms),
         "LEDGER_GROUP_INSTANCE_ID": instance_id,
         "LEDGER_LOG_LEVEL": "warning",
+        **workload.signing_env(settings),
         "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
     })  # fmt: skip
     return env
@@ -97,11 +100,16 @@ class Load:
         self.sent = 0
         self.stop = threading.Event()
         self.producer = Producer(producer_config(settings))
+        self.signer = settings_signer(settings)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _send(self, command: dict[str, Any]) -> None:
-        key = f"{command['tenant_id']}:{command['budget_id']}".encode()
-        self.producer.produce(self.settings.topic_commands, key=key, value=orjson.dumps(command))
+        key, value = (
+            f"{command['tenant_id']}:{command['budget_id']}".encode(),
+            orjson.dumps(command),
+        )
+        headers = workload.headers_for(self.signer, command, key, value)
+        self.producer.produce(self.settings.topic_commands, key=key, value=value, headers=headers)
         self.producer.poll(0)
         self.sent += 1
 
@@ -135,6 +143,7 @@ def run_scenario(args: argparse.Namespace, name: str, workdir: Path) -> dict[str
         database_url=url,
         **prefixed_names(prefix),
         topic_partitions=args.partitions,
+        **workload.signing_settings(),
     )
     create_topics(settings, partitions=args.partitions)
     envs = [_env(settings, f"{prefix}-m{i}" if static else "", args.session_ms) for i in range(2)]

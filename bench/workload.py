@@ -4,20 +4,53 @@
 15% release, 5% fund over uniformly chosen budgets, including refusals (reserves beyond the
 available funds, charges of unknown or already-settled reservations, partial charges beyond the
 reserved amount). Every command id is unique, so every message must become exactly one ledger
-event. The file holds one message per line, ``key TAB value``; JSON values never contain a raw
-newline or tab.
+event. The file holds one message per line, ``key TAB value``, and for a privileged command
+(open, fund) ``key TAB value TAB headers`` with its signature headers as a JSON list of
+``[name, value]`` pairs; JSON values never contain a raw newline or tab.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from budget_ledger.schemas.signing import PRIVILEGED, KafkaHeaders, Signer
+
 TENANTS = 10
+
+
+def signing_settings() -> dict[str, Any]:
+    """Settings of a signing key made for one benchmark run: its privileged commands are signed,
+    as the ledger requires (the key is never written anywhere but the consumers' environment)."""
+    return {
+        "signing_keys": {"bench-run": secrets.token_hex(32)},
+        "signing_key_id": "bench-run",
+        "signing_principal": "bench-operator",
+    }
+
+
+def signing_env(settings: Any) -> dict[str, str]:
+    """The LEDGER_SIGNING_* variables of `settings`, for a child process."""
+    keys = {k: v.get_secret_value() for k, v in settings.signing_keys.items()}
+    return {
+        "LEDGER_SIGNING_KEYS": orjson.dumps(keys).decode(),
+        "LEDGER_SIGNING_KEY_ID": settings.signing_key_id,
+        "LEDGER_SIGNING_PRINCIPAL": settings.signing_principal,
+    }
+
+
+def headers_for(
+    signer: Signer | None, command: dict[str, Any], key: bytes, value: bytes
+) -> KafkaHeaders | None:
+    """The signature headers of a privileged command (None for the others or without a signer)."""
+    if signer is None or command.get("type") not in PRIVILEGED:
+        return None
+    return signer.headers(key, value)
 
 
 def budget_key(b: int) -> tuple[str, str]:
@@ -95,13 +128,23 @@ def mix(n: int, budgets: int, prefix: str, seed: int = 6) -> Iterator[dict[str, 
         yield cmd
 
 
-def write(path: Path, commands: Iterator[dict[str, Any]]) -> int:
-    """Write commands as `key TAB json` lines; return how many."""
+def write(path: Path, commands: Iterator[dict[str, Any]], signer: Signer | None = None) -> int:
+    """Write commands as `key TAB json [TAB headers]` lines (privileged ones signed by `signer`);
+    return how many."""
     n = 0
     with open(path, "wb") as f:
         for cmd in commands:
-            f.write(f"{cmd['tenant_id']}:{cmd['budget_id']}\t".encode())
-            f.write(orjson.dumps(cmd))
+            key = f"{cmd['tenant_id']}:{cmd['budget_id']}".encode()
+            value = orjson.dumps(cmd)
+            f.write(key + b"\t" + value)
+            headers = headers_for(signer, cmd, key, value)
+            if headers is not None:
+                f.write(
+                    b"\t"
+                    + orjson.dumps(
+                        [[k, v.decode() if isinstance(v, bytes) else v] for k, v in headers]
+                    )
+                )
             f.write(b"\n")
             n += 1
     return n

@@ -13,6 +13,7 @@ dead-letters raises :class:`CommandDeadLettered` with the reason instead of timi
 
 from __future__ import annotations
 
+import getpass
 import threading
 import time
 import uuid
@@ -36,6 +37,7 @@ from confluent_kafka import (
 from budget_ledger.consumers.kafka_config import producer_config, reader_config
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.schemas.commands import Command, parse_command
+from budget_ledger.schemas.signing import ANY_TENANT, PRIVILEGED, KafkaHeaders, Signer
 
 log = structlog.get_logger("client")
 
@@ -47,13 +49,59 @@ def command_key(command: Command) -> bytes:
     return f"{command.tenant_id}:{command.budget_id}".encode()
 
 
-def send_raw_command(settings: Settings, raw: bytes, producer: Producer | None = None) -> str:
-    """Validate raw JSON as a command and publish it with its key; return the key."""
+class SigningUnavailable(Exception):
+    """A privileged command is to be signed but no signing key is configured."""
+
+
+def settings_signer(
+    settings: Settings, principal: str | None = None, tenant: str = ANY_TENANT
+) -> Signer | None:
+    """The signer of this process (LEDGER_SIGNING_KEY_ID), acting as `principal` (default
+    LEDGER_SIGNING_PRINCIPAL, else the login name); None when no signing key is configured."""
+    key_id = settings.signing_key_id
+    if not key_id:
+        return None
+    secret = settings.signing_keys[key_id].get_secret_value().encode()
+    return Signer(key_id, secret, principal or settings.signing_principal or _login(), tenant)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (e.g. a container's arbitrary uid)
+        return "unknown-operator"
+
+
+def signature_headers(
+    signer: Signer | None, command: Command, key: bytes, raw: bytes
+) -> KafkaHeaders | None:
+    """The signature headers `command` needs (None for reserve/charge/release); raises
+    SigningUnavailable for a privileged command without a signer."""
+    if command.type not in PRIVILEGED:
+        return None
+    if signer is None:
+        raise SigningUnavailable(
+            f"{command.type} must be signed: set LEDGER_SIGNING_KEYS and LEDGER_SIGNING_KEY_ID"
+        )
+    return signer.headers(key, raw)
+
+
+def send_raw_command(
+    settings: Settings,
+    raw: bytes,
+    producer: Producer | None = None,
+    signer: Signer | None = None,
+) -> str:
+    """Validate raw JSON as a command and publish it with its key, signed by `signer` (default:
+    this process's signing key) when it is privileged; return the key."""
     command = parse_command(raw, settings.currencies)
+    headers = signature_headers(
+        signer or settings_signer(settings), command, command_key(command), raw
+    )
     own = producer is None
     producer = producer or Producer(producer_config(settings))
     key = command_key(command)
-    producer.produce(settings.topic_commands, key=key, value=raw)
+    producer.produce(settings.topic_commands, key=key, value=raw, headers=headers)
     if own and producer.flush(30):
         raise TimeoutError("Kafka did not acknowledge the command within 30 s")
     return key.decode()
@@ -236,9 +284,16 @@ class LedgerClient:
     """
 
     def __init__(
-        self, settings: Settings, producer: Producer | None = None, max_tracked: int = 100_000
+        self,
+        settings: Settings,
+        producer: Producer | None = None,
+        max_tracked: int = 100_000,
+        signer: Signer | None = None,
     ) -> None:
         self.settings = settings
+        # Signs privileged commands (fund, adjust, ...): by default with this process's signing
+        # key when it has one; upstream services hold none and send reserve/charge/release only.
+        self.signer = signer or settings_signer(settings)
         self.max_tracked = max_tracked
         self._producer = producer or Producer(producer_config(settings))
         self._listener: Consumer | None = None
@@ -255,20 +310,28 @@ class LedgerClient:
         """Validate and queue one command (a mapping of wire fields, left unchanged); a missing
         `command_id` gets a new UUID. Raises `CommandInvalid` before anything is sent.
 
-        `track=False` is fire-and-forget: no outcome is kept (and no listener is started)."""
+        `track=False` is fire-and-forget: no outcome is kept (and no listener is started).
+        A privileged command is signed; without a signer it raises SigningUnavailable."""
         fields = dict(command)
         fields.setdefault("command_id", str(uuid.uuid4()))
         raw = orjson.dumps(fields)
         parsed = parse_command(raw, self.settings.currencies)
         ref = CommandRef(parsed.tenant_id, parsed.budget_id, parsed.command_id)
         key = command_key(parsed)
+        headers = signature_headers(self.signer, parsed, key, raw)
         if track:
             self.listen()
             self.watch(ref)
-        self._produce(key, raw, ref.key)
+        self._produce(key, raw, ref.key, headers)
         return ref
 
-    def _produce(self, key: bytes, raw: bytes, ckey: CommandKey) -> None:
+    def _produce(
+        self,
+        key: bytes,
+        raw: bytes,
+        ckey: CommandKey,
+        headers: KafkaHeaders | None = None,
+    ) -> None:
         def delivered(err: KafkaError | None, msg: Message) -> None:
             with self._lock:
                 if ckey not in self._pending:
@@ -283,7 +346,11 @@ class LedgerClient:
         while True:
             try:
                 self._producer.produce(
-                    self.settings.topic_commands, key=key, value=raw, on_delivery=delivered
+                    self.settings.topic_commands,
+                    key=key,
+                    value=raw,
+                    headers=headers,
+                    on_delivery=delivered,
                 )
                 break
             except BufferError:  # the local queue is full: let librdkafka deliver some first

@@ -90,6 +90,9 @@ class CommandConsumer:
             alerts_topic=settings.topic_alerts,
             dlq_topic=settings.topic_dlq,
             currencies=settings.currencies,
+            signing_keys={
+                k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()
+            },
         )
         self._conn: psycopg.Connection | None = None
         self._consumer: Consumer | None = None
@@ -256,6 +259,7 @@ class CommandConsumer:
                     msg.key(),
                     msg.value(),
                     msg.timestamp()[1],
+                    tuple(msg.headers() or ()),  # type: ignore[arg-type]
                 )
             )
         return batch

@@ -26,6 +26,7 @@ import psycopg
 import structlog
 from confluent_kafka import Producer
 
+from budget_ledger.consumers.client import settings_signer
 from budget_ledger.consumers.kafka_config import producer_config
 from budget_ledger.ledger.db import connect
 from budget_ledger.ledger.periods import period_end
@@ -34,6 +35,9 @@ from budget_ledger.ledger.sql import load_queries
 from budget_ledger.schemas.events import rfc3339_utc
 
 log = structlog.get_logger("sweeper")
+
+#: The principal the ledger's own schedulers sign as (their commands are privileged).
+SWEEPER_PRINCIPAL = "ledger-sweeper"
 
 
 @cache
@@ -75,13 +79,20 @@ def due_commands(conn: psycopg.Connection, now: datetime) -> Iterator[dict[str, 
 
 
 def sweep_once(settings: Settings, producer: Producer, now: datetime | None = None) -> int:
-    """Publish every command due now; return how many were sent."""
+    """Publish every command due now, signed as `ledger-sweeper`; return how many were sent."""
     now = now or datetime.now(UTC)
+    signer = settings_signer(settings, SWEEPER_PRINCIPAL)
     with connect(settings.database_url, role=settings.database_role, autocommit=True) as conn:
         commands = list(due_commands(conn, now))
+    if commands and signer is None:
+        # Sent anyway: the consumer dead-letters them (`unauthorized`), where they are visible.
+        log.warning("sweep_unsigned", commands=len(commands),
+                    hint="set LEDGER_SIGNING_KEYS and LEDGER_SIGNING_KEY_ID")  # fmt: skip
     for command in commands:
         key = f"{command['tenant_id']}:{command['budget_id']}".encode()
-        producer.produce(settings.topic_commands, key=key, value=orjson.dumps(command))
+        value = orjson.dumps(command)
+        headers = signer.headers(key, value) if signer is not None else None
+        producer.produce(settings.topic_commands, key=key, value=value, headers=headers)
     if producer.flush(30):
         raise TimeoutError("Kafka did not acknowledge the scheduler's commands within 30 s")
     if commands:

@@ -7,12 +7,14 @@ for lack of funds, and prints each outcome as the ledger published it, then the 
 from __future__ import annotations
 
 import argparse
+import secrets
 import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from pydantic import SecretStr
 
 from budget_ledger.ledger.settings import Settings
 
@@ -36,8 +38,24 @@ def _reconcile(settings: Settings, tenant: str, budget: str) -> int:
     return 0 if report.clean else 1
 
 
+def with_signing_key(settings: Settings) -> Settings:
+    """`settings` with a signing key: the configured one, else a throw-away key for this run
+    (the demo's consumer and client share it; nothing outside the process ever holds it)."""
+    if settings.signing_key_id:
+        return settings
+    print("no LEDGER_SIGNING_KEY_ID: the demo signs with a throw-away key of its own")
+    return settings.model_copy(
+        update={
+            "signing_keys": {"demo-ephemeral": SecretStr(secrets.token_hex(32))},
+            "signing_key_id": "demo-ephemeral",
+            "signing_principal": settings.signing_principal or "demo-operator",
+        }
+    )
+
+
 def run_demo(settings: Settings) -> int:
-    """Run the scripted flow against the configured Kafka and Postgres; return an exit code."""
+    """Run the scripted flow against the configured Kafka and Postgres; return an exit code.
+    Opening and funding the budget are privileged commands: the client signs them."""
     # Imported here, not at the top: every `budget-ledger` start imports this module.
     from budget_ledger.consumers.client import LedgerClient
     from budget_ledger.consumers.command_consumer import CommandConsumer
@@ -45,6 +63,7 @@ def run_demo(settings: Settings) -> int:
     from budget_ledger.consumers.topics import create_topics
     from budget_ledger.ledger.migrate import migrate
 
+    settings = with_signing_key(settings)
     migrate(settings.database_url)
     create_topics(settings)
     stop = threading.Event()

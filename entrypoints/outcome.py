@@ -16,6 +16,7 @@ from budget_ledger.consumers.client import (
 )
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.schemas.commands import CommandInvalid
+from budget_ledger.schemas.signing import Signer
 
 EXIT_APPLIED = 0
 EXIT_REFUSED = 1
@@ -32,10 +33,13 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return fields
 
 
-def send_and_wait(settings: Settings, command: Mapping[str, Any], timeout: float) -> int:
-    """Publish `command`, wait for its outcome and print it; return 0 when applied, 1 when
-    refused or dead-lettered. Raises CommandInvalid before sending, OutcomeTimeout after."""
-    with LedgerClient(settings) as client:
+def send_and_wait(
+    settings: Settings, command: Mapping[str, Any], timeout: float, signer: Signer | None = None
+) -> int:
+    """Publish `command` (a privileged one signed by `signer`, default this process's key), wait
+    for its outcome and print it; return 0 when applied, 1 when refused or dead-lettered.
+    Raises CommandInvalid before sending, OutcomeTimeout after."""
+    with LedgerClient(settings, signer=signer) as client:
         ref = client.send(command)
         where = f"{ref.command_id} ({ref.tenant_id}:{ref.budget_id})"
         try:

@@ -13,34 +13,51 @@ from budget_ledger.ledger.settings import Settings
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     """Publish one command (JSON from the argument or stdin), keyed `tenant_id:budget_id`;
     with --wait, print the ledger's answer and exit 1 when it refused the command."""
-    from budget_ledger.consumers.client import send_raw_command
+    from budget_ledger.consumers.client import (
+        SigningUnavailable,
+        send_raw_command,
+        settings_signer,
+    )
     from budget_ledger.schemas.commands import CommandInvalid
 
     raw = args.json if args.json not in (None, "-") else sys.stdin.read()
+    signer = settings_signer(settings, args.principal, args.tenant_scope)
     try:
         if args.wait:
             from budget_ledger.consumers.client import OutcomeTimeout
             from budget_ledger.entrypoints.outcome import parse_object, send_and_wait
 
             try:
-                return send_and_wait(settings, parse_object(raw.encode("utf-8")), args.timeout)
+                fields = parse_object(raw.encode("utf-8"))
+                return send_and_wait(settings, fields, args.timeout, signer)
             except (OutcomeTimeout, TimeoutError) as exc:
                 raise CliError(f"{exc}; is the consumer (and relay) running?") from None
-        key = send_raw_command(settings, raw.encode("utf-8"))
+        key = send_raw_command(settings, raw.encode("utf-8"), signer=signer)
     except CommandInvalid as exc:
         raise CliError(f"invalid command ({exc.error_class}): {exc.reason}") from None
+    except SigningUnavailable as exc:
+        raise CliError(str(exc)) from None
     print(f"sent to {settings.topic_commands} key={key}")
     return EXIT_OK
 
 
 def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
-    """Publish an audited `adjust` command (signed amount, reason, operator) for one budget and
-    wait for the ledger's answer: exit 0 when applied (the new balances are printed), 1 when
-    refused or dead-lettered (the reason is printed), 2 when no answer came in time."""
-    from budget_ledger.consumers.client import LedgerClient, OutcomeTimeout
+    """Publish an audited `adjust` command (signed amount, reason) for one budget, signed as the
+    operator, and wait for the ledger's answer: exit 0 when applied (the new balances are
+    printed), 1 when refused or dead-lettered (the reason is printed), 2 when no answer came in
+    time. The ledger records the signed principal as the operator."""
+    from budget_ledger.consumers.client import (
+        LedgerClient,
+        OutcomeTimeout,
+        SigningUnavailable,
+        settings_signer,
+    )
     from budget_ledger.entrypoints.outcome import send_and_wait
     from budget_ledger.schemas.commands import CommandInvalid
 
+    signer = settings_signer(settings, args.operator, args.tenant_scope)
+    if signer is None:
+        raise CliError("adjust must be signed: set LEDGER_SIGNING_KEYS and LEDGER_SIGNING_KEY_ID")
     command = {
         "type": "adjust",
         "command_id": args.command_id or f"adjust-{uuid.uuid4()}",
@@ -48,16 +65,18 @@ def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
         "budget_id": args.budget,
         "amount": args.amount,
         "reason": args.reason,
-        "operator": args.operator,
+        "operator": signer.principal,
     }
     try:
         if args.wait:
-            return send_and_wait(settings, command, args.timeout)
-        with LedgerClient(settings) as client:
+            return send_and_wait(settings, command, args.timeout, signer)
+        with LedgerClient(settings, signer=signer) as client:
             client.send(command, track=False)
             client.flush()
     except CommandInvalid as exc:
         raise CliError(f"invalid adjust ({exc.error_class}): {exc.reason}") from None
+    except SigningUnavailable as exc:
+        raise CliError(str(exc)) from None
     except (OutcomeTimeout, TimeoutError) as exc:
         raise CliError(
             f"{exc}; the adjustment {command['command_id']} may still be applied later - "
@@ -78,7 +97,21 @@ def add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--wait", action="store_true", help="wait for the ledger's answer")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    _add_signing_arguments(p, "--principal")
     p.set_defaults(handler=cmd_send)
+
+
+def _add_signing_arguments(p: argparse.ArgumentParser, flag: str) -> None:
+    p.add_argument(
+        flag,
+        default=None,
+        help="who signs a privileged command (default LEDGER_SIGNING_PRINCIPAL, else the login)",
+    )
+    p.add_argument(
+        "--tenant-scope",
+        default="*",
+        help="the tenant the signature is limited to (default '*': any tenant)",
+    )
 
 
 def add_adjust(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,8 +123,8 @@ def add_adjust(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--budget", required=True)
     p.add_argument("--amount", required=True, help="signed decimal, e.g. 12.50 or -3.00")
     p.add_argument("--reason", required=True)
-    p.add_argument("--operator", required=True)
     p.add_argument("--command-id", default=None, help="idempotency key (default: a new UUID)")
+    _add_signing_arguments(p, "--operator")
     p.add_argument(
         "--no-wait",
         dest="wait",

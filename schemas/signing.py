@@ -48,6 +48,8 @@ CHECK_MAC: Final = "signature_mismatch"
 CHECK_TENANT: Final = "tenant_scope"
 
 Headers = Iterable[tuple[str, bytes | str | None]]
+#: Headers as confluent-kafka's `produce(headers=...)` takes them.
+KafkaHeaders = list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,7 @@ def sign(
     secret: bytes,
     principal: str,
     tenant: str = ANY_TENANT,
-) -> list[tuple[str, bytes]]:
+) -> KafkaHeaders:
     """The four signature headers of a message, ready for `Producer.produce(headers=...)`."""
     if not KEY_ID_PATTERN.fullmatch(key_id):
         raise ValueError("a key id is 1-64 characters of A-Z a-z 0-9 . _ -")
@@ -125,7 +127,7 @@ class Signer:
     principal: str
     tenant: str = ANY_TENANT
 
-    def headers(self, key: bytes, value: bytes) -> list[tuple[str, bytes]]:
+    def headers(self, key: bytes, value: bytes) -> KafkaHeaders:
         """The signature headers of one message."""
         return sign(
             key,

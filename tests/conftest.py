@@ -142,9 +142,10 @@ def topic_prefix() -> str:
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # type: ignore[no-untyped-def]
-    """Settings pointing at the real services, with this test's own topics, group and database;
-    the test's topics are deleted afterwards."""
+    """Settings pointing at the real services, with this test's own topics, group, database and
+    signing key; the test's topics are deleted afterwards."""
     from budget_ledger.ledger.settings import load_settings, prefixed_names
+    from tests.integration.support import TEST_SIGNING
 
     yield load_settings(
         kafka_bootstrap=kafka_bootstrap,
@@ -153,6 +154,8 @@ def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # typ
         topic_partitions=4,
         batch_max_ms=20,
         session_timeout_ms=6_000,
+        # The session's own signing key: the helpers sign privileged commands with it.
+        **TEST_SIGNING,
     )
     _delete_topics(kafka_bootstrap, topic_prefix)
 

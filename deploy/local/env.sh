@@ -3,3 +3,9 @@ export LEDGER_KAFKA_PORT="${LEDGER_KAFKA_PORT:-9092}"
 export LEDGER_PG_PORT="${LEDGER_PG_PORT:-5432}"
 export LEDGER_KAFKA_BOOTSTRAP="${LEDGER_KAFKA_BOOTSTRAP:-127.0.0.1:${LEDGER_KAFKA_PORT}}"
 export LEDGER_DATABASE_URL="${LEDGER_DATABASE_URL:-postgresql://ledger_owner:ledger@127.0.0.1:${LEDGER_PG_PORT}/ledger}"
+# A DEVELOPMENT signing key for privileged commands (fund, open_budget, adjust, ...; see
+# docs/security.md): public in this repository, so for local runs only, never a real ledger.
+if [ -z "${LEDGER_SIGNING_KEYS:-}" ]; then
+  export LEDGER_SIGNING_KEYS='{"dev-local": "development-only-signing-key-not-a-secret"}'
+  export LEDGER_SIGNING_KEY_ID="${LEDGER_SIGNING_KEY_ID:-dev-local}"
+fi

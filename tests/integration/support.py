@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,17 +17,43 @@ import orjson
 import psycopg
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from budget_ledger.consumers.client import settings_signer
 from budget_ledger.consumers.command_consumer import CommandConsumer
 from budget_ledger.consumers.kafka_config import producer_config
 from budget_ledger.consumers.relay import Relay
 from budget_ledger.consumers.topics import create_topics
 from budget_ledger.ledger.settings import Settings
+from budget_ledger.schemas.signing import PRIVILEGED, KafkaHeaders
+
+# Settings of a signing key made for this test session only (docs/security.md, "Signed
+# privileged commands"): the `settings` fixture and the tests that build their own use it.
+TEST_SIGNING: dict[str, Any] = {
+    "signing_keys": {"test-session": uuid.uuid4().hex + uuid.uuid4().hex},
+    "signing_key_id": "test-session",
+    "signing_principal": "test-operator",
+}
+
+
+def signed_headers(settings: Settings, key: bytes | None, value: bytes) -> KafkaHeaders | None:
+    """The signature headers of a message whose JSON is a privileged command, signed with the
+    settings' key as its principal (None for any other message, or without a key)."""
+    signer = settings_signer(settings)
+    if signer is None or not value.startswith(b"{"):
+        return None
+    try:
+        kind = orjson.loads(value).get("type")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return signer.headers(key or b"", value) if kind in PRIVILEGED else None
 
 
 def produce(
-    settings: Settings, commands: Iterable[dict[str, Any] | tuple[bytes | None, bytes]]
+    settings: Settings,
+    commands: Iterable[dict[str, Any] | tuple[bytes | None, bytes]],
+    sign: bool = True,
 ) -> int:
-    """Publish commands (dicts, keyed tenant:budget) or raw (key, value) pairs; return count."""
+    """Publish commands (dicts, keyed tenant:budget) or raw (key, value) pairs; return count.
+    Privileged commands are signed with the settings' key unless `sign` is False."""
     producer = Producer(producer_config(settings))
     n = 0
     for item in commands:
@@ -35,7 +62,8 @@ def produce(
             value = orjson.dumps(item)
         else:
             key, value = item
-        producer.produce(settings.topic_commands, key=key, value=value)
+        headers = signed_headers(settings, key, value) if sign else None
+        producer.produce(settings.topic_commands, key=key, value=value, headers=headers)
         producer.poll(0)
         n += 1
     assert producer.flush(60) == 0
@@ -122,6 +150,11 @@ def cli_env(settings: Settings) -> dict[str, str]:
         "LEDGER_BATCH_MAX_MS": str(settings.batch_max_ms),
         "LEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
         "LEDGER_LOG_LEVEL": "warning",
+        "LEDGER_SIGNING_KEYS": orjson.dumps(
+            {k: v.get_secret_value() for k, v in settings.signing_keys.items()}
+        ).decode(),
+        "LEDGER_SIGNING_KEY_ID": settings.signing_key_id,
+        "LEDGER_SIGNING_PRINCIPAL": settings.signing_principal,
     })  # fmt: skip
     return env
 

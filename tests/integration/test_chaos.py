@@ -44,7 +44,7 @@ from tests.integration.chaos_support import (
     terminate_backends,
 )
 from tests.integration.rules_model import Workload
-from tests.integration.support import cli, wait_for
+from tests.integration.support import TEST_SIGNING, cli, signed_headers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +73,7 @@ def chaos_settings(kafka_cluster: str, chaos_pg_dsn: str, topic_prefix: str) -> 
             topic_replication=3,
             batch_max_ms=20,
             session_timeout_ms=6_000,
+            **TEST_SIGNING,
         )
 
 
@@ -102,10 +103,12 @@ class Stream(threading.Thread):
         started = time.monotonic()
         while not self.halt.is_set():
             c = self.workload.next()
+            key, value = f"{c['tenant_id']}:{c['budget_id']}".encode(), orjson.dumps(c)
             producer.produce(
                 self.settings.topic_commands,
-                key=f"{c['tenant_id']}:{c['budget_id']}".encode(),
-                value=orjson.dumps(c),
+                key=key,
+                value=value,
+                headers=signed_headers(self.settings, key, value),
                 on_delivery=self._report,
             )
             producer.poll(0)

@@ -30,10 +30,12 @@ from tests.integration.chaos_support import (
     start_brokers,
 )
 from tests.integration.support import (
+    TEST_SIGNING,
     cli,
     ledger_count,
     random_stream,
     running_consumer,
+    signed_headers,
     wait_for,
 )
 
@@ -55,6 +57,7 @@ def cluster_settings(kafka_cluster: str, database_url: str, topic_prefix: str) -
         topic_replication=3,
         batch_max_ms=20,
         session_timeout_ms=6_000,
+        **TEST_SIGNING,
     )
 
 
@@ -79,9 +82,13 @@ def _stream(
     step = max(1, RATE // 20)
     started = time.monotonic()
     for i, c in enumerate(commands):
-        key = f"{c['tenant_id']}:{c['budget_id']}".encode()
+        key, value = f"{c['tenant_id']}:{c['budget_id']}".encode(), orjson.dumps(c)
         producer.produce(
-            settings.topic_commands, key=key, value=orjson.dumps(c), on_delivery=report
+            settings.topic_commands,
+            key=key,
+            value=value,
+            headers=signed_headers(settings, key, value),
+            on_delivery=report,
         )
         producer.poll(0)
         if (i + 1) % step == 0:

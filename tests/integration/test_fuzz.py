@@ -27,6 +27,7 @@ from budget_ledger.consumers.kafka_config import producer_config
 from budget_ledger.consumers.topics import create_topics
 from budget_ledger.ledger.settings import Settings
 from tests.integration.chaos_support import Processes, consumed_messages, query, read_all
+from tests.integration.support import signed_headers
 
 pytestmark = pytest.mark.integration
 
@@ -224,6 +225,7 @@ class Sender:
     def __init__(self, settings: Settings) -> None:
         self.producer = Producer(producer_config(settings, **{"message.max.bytes": 2_000_000}))
         self.topic = settings.topic_commands
+        self.settings = settings
         self.landed: dict[tuple[int, int], Message] = {}
 
     def send(self, messages: list[Message]) -> list[tuple[int, int]]:
@@ -238,7 +240,10 @@ class Sender:
             return cb
 
         for i, (key, value, _cid) in enumerate(messages):
-            self.producer.produce(self.topic, key=key, value=value, on_delivery=report(i))
+            headers = signed_headers(self.settings, key, value)
+            self.producer.produce(
+                self.topic, key=key, value=value, headers=headers, on_delivery=report(i)
+            )
             self.producer.poll(0)
         assert self.producer.flush(60) == 0
         done = [c for c in coords if c is not None]
