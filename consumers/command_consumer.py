@@ -90,6 +90,7 @@ class CommandConsumer:
             alerts_topic=settings.topic_alerts,
             dlq_topic=settings.topic_dlq,
             currencies=settings.currencies,
+            chain_key=settings.chain_key(),
             signing_keys={
                 k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()
             },
@@ -142,7 +143,7 @@ class CommandConsumer:
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = connect(
-                self.settings.database_url, role=self.settings.database_role, autocommit=True
+                self.settings.app_dsn(), role=self.settings.database_role, autocommit=True
             )
             prepare_session(self._conn)
         return self._conn
@@ -179,7 +180,8 @@ class CommandConsumer:
             conn, self.settings.consumer_group, self.settings.topic_commands, out.positions
         )
         if out.ledger_rows:
-            copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
+            copy = "copy_ledger_mac" if self.ctx.chain_key is not None else "copy_ledger"
+            copy_rows(conn, store.queries()[copy], out.ledger_rows)
         upsert_projections(conn, out.balance_rows, out.reservation_rows)
         if out.outbox_rows:
             copy_rows(conn, store.queries()["copy_outbox"], out.outbox_rows)

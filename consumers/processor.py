@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import orjson
 
 from budget_ledger.ledger.budget import BudgetState
+from budget_ledger.ledger.chain_mac import ChainKey, event_mac
 from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.idempotency import classify, fingerprint
 from budget_ledger.ledger.record import record
@@ -124,6 +125,9 @@ class BatchContext:
     # checked, for trusted in-process input only (replay bench, fixture builder); the consumer
     # always passes its configured keys, so with none configured every privileged one is refused.
     signing_keys: Mapping[str, bytes] | None = None
+    # The keyed chain's current key: each ledger row gets (mac, mac_key_id) appended (COPY it
+    # with `copy_ledger_mac`). None: rows without a MAC, for `copy_ledger`.
+    chain_key: ChainKey | None = None
 
 
 def process_batch(
@@ -246,12 +250,14 @@ def process_batch(
         try:
             done = record(state, command, now, ctx.currencies)
             event, new_state, text = done.event, done.state, done.text
-            row = (
+            row: tuple[object, ...] = (
                 event.tenant_id, event.budget_id, event.sequence, event.type, event.command_id,
                 fp, event.ref_id, event.currency, event.amount, event.funded, event.reserved,
                 event.charged, event.available, ctx.topic, msg.partition, msg.offset, text,
                 event.recorded_at, event.prev_hash, event.hash,
             )  # fmt: skip
+            if ctx.chain_key is not None:
+                row = (*row, event_mac(ctx.chain_key, event.hash), ctx.chain_key.key_id)
             alerts = [(ctx.alerts_topic, msg.key, orjson.dumps(a), None) for a in done.alert_wires]
         except Exception as exc:  # a bug in the rules must not stop every other budget
             _reject(out, msg, ctx, INTERNAL_ERROR, _failure("decide this command", exc), command)

@@ -57,6 +57,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     projection_commands.add_rebuild,
     publish_commands.add_adjust,
     reader_commands.add_readers,
+    reader_commands.add_ledger,
 )
 
 

@@ -41,6 +41,7 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
         workers=args.workers,
         role=settings.database_role,
         unpublished_grace_seconds=args.grace,
+        chain_keys=settings.chain_keyring(),
     )
     kafka_check = None
     if args.source == "kafka":

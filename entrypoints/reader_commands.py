@@ -1,4 +1,5 @@
-"""Sub-command `readers create`: a SQL login that reads one tenant only (owner credentials)."""
+"""Owner-only SQL sub-commands: `readers create` (a login that reads one tenant only) and
+`ledger seal-legacy` (the keyed chain's cut-over for rows written before the key)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,40 @@ def add_readers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("--tenant", required=True, help="the tenant this role may read")
     c.add_argument("--role", required=True, help="the login role to create")
     c.set_defaults(handler=cmd_readers_create)
+
+
+def cmd_seal_legacy(args: argparse.Namespace, settings: Settings) -> int:
+    """Seal every budget's rows written without a MAC (before LEDGER_CHAIN_KEY_ID was set) with
+    the current chain key, so that `reconcile` accepts them and refuses any unkeyed row after."""
+    import psycopg
+
+    from budget_ledger.ledger.db import DatabaseUnavailable, connect
+    from budget_ledger.projections.chain_seal import seal_legacy
+
+    key = settings.chain_key()
+    if key is None:
+        raise CliError("no chain key: set LEDGER_CHAIN_KEYS and LEDGER_CHAIN_KEY_ID")
+    try:
+        with connect(settings.database_url) as conn:  # the owner: the seals are its table
+            sealed = seal_legacy(conn, key)
+    except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+        raise database_unreachable(exc) from None
+    print(f"sealed the unkeyed rows of {sealed} budget(s) with chain key {key.key_id}")
+    return EXIT_OK
+
+
+def add_ledger(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `ledger seal-legacy`."""
+    p = sub.add_parser(
+        "ledger",
+        help="administration of the ledger table (owner credentials)",
+        description="Administration of the ledger table (with the owner's LEDGER_DATABASE_URL).",
+    )
+    area = p.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    c = area.add_parser(
+        "seal-legacy",
+        help="vouch for the rows written before the chain key (key cut-over)",
+        description=cmd_seal_legacy.__doc__,
+        epilog="Run `reconcile` first: a seal vouches for what the ledger holds when it is made.",
+    )
+    c.set_defaults(handler=cmd_seal_legacy)

@@ -86,6 +86,13 @@ COPY ledger (tenant_id, budget_id, sequence, type, command_id, command_fingerpri
              kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash)
 FROM STDIN
 
+-- name: copy_ledger_mac
+-- copy_ledger with the keyed chain's columns (a consumer that holds LEDGER_CHAIN_KEY_ID).
+COPY ledger (tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id,
+             currency, amount, funded, reserved, charged, available, kafka_topic,
+             kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash, mac, mac_key_id)
+FROM STDIN
+
 -- name: copy_outbox
 COPY outbox (topic, key, payload, headers) FROM STDIN
 

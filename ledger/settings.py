@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from budget_ledger.ledger.chain_mac import ChainKey, ChainKeyring
 from budget_ledger.schemas.money import DEFAULT_CURRENCIES
 
 
@@ -111,6 +112,17 @@ class Settings(BaseSettings):
     signing_key_id: str = ""
     signing_principal: str = Field(default="", max_length=128, pattern=r"^\S*$")
 
+    # The keyed chain (ledger/chain_mac.py, docs/security.md): key id -> secret, e.g.
+    # LEDGER_CHAIN_KEYS='{"c2026": "..."}', held by the consumers and the reconciler, never by the
+    # database. The consumer MACs new rows with LEDGER_CHAIN_KEY_ID; reconcile verifies with all.
+    chain_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    chain_key_id: str = ""
+    # The processes' own login (consume, relay, sweep, reconcile...), e.g.
+    # postgresql://ledger_app:...@host/ledger. Empty: LEDGER_DATABASE_URL (the owner) with
+    # SET ROLE, which any code path could RESET. The owner's URL is for migrate, rebuild and
+    # readers create.
+    app_database_url: SecretStr = SecretStr("")
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: str) -> str:
@@ -176,6 +188,48 @@ class Settings(BaseSettings):
         if self.signing_key_id and self.signing_key_id not in self.signing_keys:
             raise ValueError("LEDGER_SIGNING_KEY_ID names no key of LEDGER_SIGNING_KEYS")
         return self
+
+    @field_validator("chain_keys")
+    @classmethod
+    def _chain_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key_id, secret in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", key_id):
+                raise ValueError(f"key id {key_id!r}: 1-64 characters of A-Z a-z 0-9 . _ -")
+            if len(secret.get_secret_value()) < 32:
+                raise ValueError(f"the secret of key {key_id!r} is shorter than 32 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _chain_key_id(self) -> Settings:
+        if self.chain_key_id and self.chain_key_id not in self.chain_keys:
+            raise ValueError("LEDGER_CHAIN_KEY_ID names no key of LEDGER_CHAIN_KEYS")
+        return self
+
+    @field_validator("app_database_url")
+    @classmethod
+    def _app_url(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    def app_dsn(self) -> str:
+        """The DSN the processes log in with: their own role when configured, else the owner's."""
+        return self.app_database_url.get_secret_value() or self.database_url
+
+    def chain_key(self) -> ChainKey | None:
+        """The key new ledger rows are MACed with (None: LEDGER_CHAIN_KEY_ID is not set)."""
+        if not self.chain_key_id:
+            return None
+        secret = self.chain_keys[self.chain_key_id].get_secret_value().encode()
+        return ChainKey(self.chain_key_id, secret)
+
+    def chain_keyring(self) -> ChainKeyring | None:
+        """Every key reconcile verifies MACs with (None: no LEDGER_CHAIN_KEYS, MACs unchecked)."""
+        if not self.chain_keys:
+            return None
+        return ChainKeyring({k: v.get_secret_value().encode() for k, v in self.chain_keys.items()})
 
     @field_validator("currencies")
     @classmethod

@@ -45,7 +45,8 @@ ON CONFLICT (tenant_id, budget_id, ref_id) DO UPDATE SET
 -- verifies that row by row and buffers (or re-reads in order, `reconcile_budget_events`) any
 -- budget whose rows arrive out of order. Run with max_parallel_workers_per_gather = 0: a Gather
 -- would interleave the rows of parallel workers. Shards split budgets by hash.
-SELECT tenant_id, budget_id, sequence, type, funded, reserved, charged, available, event::text
+SELECT tenant_id, budget_id, sequence, type, funded, reserved, charged, available, event::text,
+       mac, mac_key_id
 FROM ledger
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
@@ -54,7 +55,8 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 -- name: reconcile_budget_events
 -- The fallback for one budget whose rows were not in sequence order physically (or repeated a
 -- sequence): its ledger rows by sequence, same columns as reconcile_ledger_scan.
-SELECT tenant_id, budget_id, sequence, type, funded, reserved, charged, available, event::text
+SELECT tenant_id, budget_id, sequence, type, funded, reserved, charged, available, event::text,
+       mac, mac_key_id
 FROM ledger
 WHERE tenant_id = %(tenant)s AND budget_id = %(budget)s
 ORDER BY sequence
@@ -196,3 +198,28 @@ ALTER ROLE {role} PASSWORD {verifier}
 -- name: insert_reader_mapping
 INSERT INTO tenant_readers (role, tenant_id) VALUES (%(role)s, %(tenant)s)
 ON CONFLICT (role) DO NOTHING
+
+
+-- ---------------------------------------------------------------------------------------------
+-- The keyed chain's legacy cut-over (projections/chain_seal.py, projections/shard.py).
+
+-- name: reconcile_legacy_seals
+SELECT tenant_id, budget_id, sequence, hash, mac, mac_key_id
+FROM chain_legacy_seals
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+  AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+
+-- name: unkeyed_chain_heads
+-- Per budget, its last row without a MAC: what `ledger seal-legacy` vouches for.
+SELECT DISTINCT ON (tenant_id, budget_id) tenant_id, budget_id, sequence, hash
+FROM ledger
+WHERE mac IS NULL
+ORDER BY tenant_id, budget_id, sequence DESC
+
+-- name: upsert_legacy_seal
+INSERT INTO chain_legacy_seals (tenant_id, budget_id, sequence, hash, mac, mac_key_id)
+VALUES (%(tenant)s, %(budget)s, %(sequence)s, %(hash)s, %(mac)s, %(key_id)s)
+ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
+    sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, mac = EXCLUDED.mac,
+    mac_key_id = EXCLUDED.mac_key_id, sealed_by = current_user, sealed_at = now()

@@ -3,7 +3,9 @@ and the run itself)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from budget_ledger.ledger.chain_mac import ChainKeyring
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,3 +19,6 @@ class ReconcileOptions:
     role: str | None = "ledger_app"
     # Events the relay has not published are a note until they are this old, then drift.
     unpublished_grace_seconds: float = 300.0
+    # The keys of the keyed chain (settings.chain_keyring()): with them every row must carry a
+    # valid MAC or be covered by its budget's legacy seal. None: MACs are not checked.
+    chain_keys: ChainKeyring | None = field(default=None, repr=False)

@@ -15,15 +15,27 @@ from typing import Any
 import orjson
 
 from budget_ledger.ledger.budget import BudgetState, initial_state
+from budget_ledger.ledger.chain_mac import ChainKeyring, mac_problem, seal_verifies
 from budget_ledger.ledger.history import fold
 from budget_ledger.schemas.hashing import chain_hash
 
 # Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
 _SEQ, _TYPE, _FUNDED, _RESERVED, _CHARGED, _AVAILABLE, _BODY = 2, 3, 4, 5, 6, 7, 8
+_MAC, _MAC_KEY_ID = 9, 10
 # A budget whose rows arrive out of sequence order buffers them until the missing one arrives;
 # past this many buffered rows it stops buffering and is re-read in order at the end instead.
 MAX_PENDING = 10_000
 _LOADS = orjson.loads
+
+
+@dataclass(frozen=True, slots=True)
+class LegacySeal:
+    """A budget's legacy seal: rows up to `sequence` (ending in `hash`) may lack a MAC."""
+
+    sequence: int
+    hash: str
+    mac: str
+    key_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +62,35 @@ class BudgetReplay:
         "balance",
         "broken",
         "events",
+        "keys",
         "last_seq",
+        "legacy_hash",
+        "legacy_through",
         "pending",
         "reread",
         "reservations",
         "state",
     )
 
-    def __init__(self, tenant_id: str, budget_id: str) -> None:
+    def __init__(
+        self,
+        tenant_id: str,
+        budget_id: str,
+        keys: ChainKeyring | None = None,
+        seal: LegacySeal | None = None,
+    ) -> None:
         self.state: BudgetState = initial_state(tenant_id, budget_id)
+        # With keys, every row needs a valid MAC except those up to a verified legacy seal.
+        self.keys = keys
+        self.legacy_through, self.legacy_hash = 0, ""
+        if (
+            keys is not None
+            and seal is not None
+            and seal_verifies(
+                keys, seal.key_id, seal.mac, tenant_id, budget_id, seal.sequence, seal.hash
+            )
+        ):
+            self.legacy_through, self.legacy_hash = seal.sequence, seal.hash
         self.broken: BrokenLink | None = None
         self.balance: tuple[Any, ...] | None = None
         self.reservations: dict[str, list[Any]] = {}
@@ -119,6 +151,8 @@ class BudgetReplay:
             return
         if self.broken is None:
             problem = _link_problem(s, seq, d, stored_hash, row)
+            if problem is None and self.keys is not None:
+                problem = self._mac_problem(seq, stored_hash, row)
             if problem:
                 self._break(seq, problem)
         d["hash"] = stored_hash
@@ -138,6 +172,17 @@ class BudgetReplay:
             or row[_AVAILABLE] != s.available
         ):
             self._break(seq, _column_problem(s, row))
+
+    def _mac_problem(self, seq: int, stored_hash: str, row: tuple[Any, ...]) -> str | None:
+        """The keyed chain: a valid MAC, or a row of the sealed legacy prefix."""
+        assert self.keys is not None
+        if row[_MAC] is not None:
+            return mac_problem(self.keys, row[_MAC_KEY_ID], row[_MAC], stored_hash)
+        if seq > self.legacy_through:
+            return "mac missing: the row was not written by a holder of the chain key"
+        if seq == self.legacy_through and stored_hash != self.legacy_hash:
+            return "legacy seal mismatch: the sealed row's hash changed"
+        return None
 
     def _break(self, seq: int, problem: str) -> None:
         if self.broken is None:

@@ -17,7 +17,7 @@ import psycopg
 
 from budget_ledger.projections.drift import Drift, balance_from_row, compare
 from budget_ledger.projections.reconcile_options import ReconcileOptions
-from budget_ledger.projections.replay import BrokenLink, BudgetReplay
+from budget_ledger.projections.replay import BrokenLink, BudgetReplay, LegacySeal
 from budget_ledger.projections.store import queries
 
 FETCH = 20_000
@@ -57,6 +57,12 @@ def replay_shard(
     params = {"tenant": opts.tenant, "budget": opts.budget, "shard": shard, "shards": shards}
     budgets: dict[tuple[str, str], BudgetReplay] = {}
     q = queries()
+    keys = opts.chain_keys
+    seals: dict[tuple[str, str], LegacySeal] = {}
+
+    def new(tenant: str, budget: str) -> BudgetReplay:
+        return BudgetReplay(tenant, budget, keys, seals.get((tenant, budget)))
+
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of short-lived, acyclic objects: the cyclic GC only costs time here
     try:
@@ -66,6 +72,9 @@ def replay_shard(
             conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")  # keep physical order
             conn.execute("SET LOCAL jit = off")
             get = budgets.get
+            if keys is not None:
+                for r in conn.execute(q["reconcile_legacy_seals"], params):
+                    seals[(r[0], r[1])] = LegacySeal(r[2], r[3], r[4], r[5])
             with conn.cursor(name=f"reconcile_{shard}") as cur:
                 cur.itersize = FETCH
                 cur.execute(q["reconcile_ledger_scan"], params)
@@ -73,7 +82,7 @@ def replay_shard(
                     for row in rows:
                         budget = get((row[0], row[1]))
                         if budget is None:
-                            budget = budgets[(row[0], row[1])] = BudgetReplay(row[0], row[1])
+                            budget = budgets[(row[0], row[1])] = new(row[0], row[1])
                         budget.feed(row)
                     if on_progress is not None:
                         on_progress(len(rows))
@@ -92,12 +101,12 @@ def replay_shard(
             for row in conn.execute(q["reconcile_balances"], params):
                 budget = get((row[0], row[1]))
                 if budget is None:
-                    budget = budgets[(row[0], row[1])] = BudgetReplay(row[0], row[1])
+                    budget = budgets[(row[0], row[1])] = new(row[0], row[1])
                 budget.balance = balance_from_row(row)
             for row in conn.execute(q["reconcile_reservations"], params):
                 budget = get((row[0], row[1]))
                 if budget is None:
-                    budget = budgets[(row[0], row[1])] = BudgetReplay(row[0], row[1])
+                    budget = budgets[(row[0], row[1])] = new(row[0], row[1])
                 res = _LOADS(row[2])
                 budget.reservations[res[0]] = res
     finally:

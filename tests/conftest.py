@@ -24,6 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCAL_KAFKA = "127.0.0.1:9092"
 LOCAL_PG = "postgresql://ledger_owner:ledger@127.0.0.1:5432/ledger"
 LOCAL_CLUSTER = "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
+# The processes' own login and the keyed chain's key, as deploy/local/env.sh sets them for
+# development (not secrets: test values only).
+APP_ROLE, APP_PASSWORD = "ledger_app", "ledger"
+CHAIN_KEYS = {"chain_keys": {"dev-chain-1": "dev-chain-key-for-tests-only-0123456789"},
+              "chain_key_id": "dev-chain-1"}  # fmt: skip
 
 
 def _docker_answers() -> bool:
@@ -91,6 +96,26 @@ def _with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def as_login(dsn: str, user: str, password: str) -> str:
+    """The same database under another login."""
+    parts = urlsplit(dsn)
+    netloc = f"{user}:{password}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture(scope="session")
+def app_login(pg_admin_dsn: str, template_database: str) -> tuple[str, str]:
+    """(user, password) the processes log in with: `ledger_app` (created by the migrations),
+    given its development password, as deploy/local/postgres.sh does."""
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(APP_ROLE), sql.Literal(APP_PASSWORD)
+            )
+        )
+    return APP_ROLE, APP_PASSWORD
+
+
 @pytest.fixture(scope="session")
 def template_database(pg_admin_dsn: str) -> Iterator[str]:
     """A database migrated once per session, cloned by every test that needs Postgres."""
@@ -141,7 +166,9 @@ def topic_prefix() -> str:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # type: ignore[no-untyped-def]
+def settings(  # type: ignore[no-untyped-def]
+    kafka_bootstrap: str, database_url: str, topic_prefix: str, app_login: tuple[str, str]
+):
     """Settings pointing at the real services, with this test's own topics, group, database and
     signing key; the test's topics are deleted afterwards."""
     from budget_ledger.ledger.settings import load_settings, prefixed_names
@@ -150,6 +177,9 @@ def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str):  # typ
     yield load_settings(
         kafka_bootstrap=kafka_bootstrap,
         database_url=database_url,
+        # The processes log in as ledger_app, not as the owner. (No chain key here: the bench's
+        # fill writes rows without MACs; tests of the keyed chain add CHAIN_KEYS.)
+        app_database_url=as_login(database_url, *app_login),
         **prefixed_names(topic_prefix),
         topic_partitions=4,
         batch_max_ms=20,

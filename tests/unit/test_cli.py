@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 SUBCOMMANDS = [
     ["migrate"], ["topics", "create"], ["send"], ["schemas", "export"], ["consume"], ["relay"],
     ["sweep"], ["demo"], ["reconcile"], ["rebuild"], ["adjust"], ["readers", "create"],
-    ["acls", "apply"],
+    ["ledger", "seal-legacy"], ["acls", "apply"],
 ]  # fmt: skip
 
 
