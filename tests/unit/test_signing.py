@@ -259,3 +259,39 @@ def test_without_configured_keys_every_privileged_command_is_refused() -> None:
     )
     assert out.ledger_rows == []
     assert [d["check"] for d in _dead(out)] == [CHECK_KEY]
+
+
+# -- settings and the process's signer --------------------------------------------------------
+
+
+def test_signing_settings_are_validated_and_never_show_the_secret() -> None:
+    from budget_ledger.consumers.client import (
+        SigningUnavailable,
+        settings_signer,
+        signature_headers,
+    )
+    from budget_ledger.ledger.settings import SettingsError, load_settings
+    from budget_ledger.schemas.commands import parse_command
+
+    secret = SECRET.decode()
+    s = load_settings(signing_keys={"k2": secret}, signing_key_id="k2", signing_principal="ops")
+    assert secret not in repr(s) and secret not in str(s.model_dump())
+    signer = settings_signer(s)
+    assert signer is not None and (signer.key_id, signer.principal) == ("k2", "ops")
+    assert settings_signer(s, "alice", "acme") == Signer("k2", SECRET, "alice", "acme")
+    with pytest.raises(SettingsError, match="shorter than 32"):
+        load_settings(signing_keys={"k2": "short"})
+    with pytest.raises(SettingsError, match="LEDGER_SIGNING_KEY_ID"):
+        load_settings(signing_keys={"k2": secret}, signing_key_id="k9")
+
+    unsigned = load_settings(signing_keys={}, signing_key_id="")
+    assert settings_signer(unsigned) is None
+    fund = parse_command(VALUE.replace(b"}", b',"amount":"1.00","currency":"USD"}'), {"USD": 2})
+    with pytest.raises(SigningUnavailable):
+        signature_headers(None, fund, KEY, VALUE)
+    reserve = parse_command(
+        b'{"command_id":"r","type":"reserve","tenant_id":"acme","budget_id":"b-1",'
+        b'"amount":"1.00","currency":"USD","ref_id":"x"}',
+        {"USD": 2},
+    )
+    assert signature_headers(None, reserve, KEY, VALUE) is None
