@@ -9,6 +9,7 @@ authorization error, never a silent widening.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,4 +163,15 @@ def apply_acls(
     if missing:
         for future in admin.create_acls([_binding(g) for g in missing]).values():
             future.result(timeout=30)
+        _wait_visible(admin, {g.key for g in wanted})
     return ApplyResult(missing, [g for g in wanted if g.key in have])
+
+
+def _wait_visible(admin: AdminClient, keys: set[tuple[str, str, str, str, str]]) -> None:
+    # The broker acknowledges new ACLs before its authorizer has them (they travel through the
+    # metadata log); a process started right after `acls apply` must not be refused.
+    deadline = time.monotonic() + 30
+    while not keys <= existing_acls(admin):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the broker did not show the new ACLs within 30 s")
+        time.sleep(0.2)

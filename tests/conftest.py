@@ -77,6 +77,18 @@ def kafka_cluster() -> str:
 
 
 @pytest.fixture(scope="session")
+def kafka_secure() -> dict[str, str]:
+    """The local SASL_SSL broker with ACLs (`deploy/local/kafka.sh secure`), started when needed:
+    LEDGER_KAFKA_SECURE_BOOTSTRAP, _CA (a PEM file) and _USERS_FILE (the dev passwords)."""
+    _start_local("kafka.sh", "secure")
+    env = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "local" / "kafka.sh"), "secure", "env"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    return dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="session")
 def pg_admin_dsn() -> Iterator[str]:
     """DSN of a role that may create databases (the owner role of the local cluster)."""
     if dsn := os.environ.get("LEDGER_DATABASE_URL"):

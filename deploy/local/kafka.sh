@@ -7,12 +7,19 @@
 #
 # Usage: deploy/local/kafka.sh start | stop | status | fetch | reset | logs
 #        deploy/local/kafka.sh cluster start [N] | stop | status | kill N | reset | logs N | bootstrap
+#        deploy/local/kafka.sh secure start | stop | status | reset | logs [N] | env
+#        (LEDGER_KAFKA_SECURE=1 deploy/local/kafka.sh start|stop|status|reset|logs is the same)
 #
 # The plain commands manage the single node on LEDGER_KAFKA_PORT (9092), the default for the demo
 # and the tests. `cluster ...` manages a separate three-node KRaft cluster (three combined
 # broker+controller nodes, controller quorum of 3, replication factor 3, min.insync.replicas 2) on
 # its own ports (19092/19094/19096, controllers on +1) and state directory, for the replication
 # and chaos tests; `cluster kill N` SIGKILLs node N and `cluster start N` brings it back.
+# `secure ...` manages a separate single node that only speaks SASL_SSL (SCRAM-SHA-512 users made
+# at format time, a self-signed dev CA and broker certificate made with openssl, the
+# StandardAuthorizer with allow.everyone.if.no.acl.found=false) on its own port (19192,
+# controller 19193, mutual TLS) and state directory; the users' dev passwords are written to
+# <state>/users.env, whose location (never its content) is printed.
 #
 # Environment:
 #   LEDGER_KAFKA_PORT        client port (default 9092); the controller listens on port+1
@@ -23,6 +30,9 @@
 #   LEDGER_KAFKA_START_TIMEOUT  seconds to wait for the broker to answer (default 90)
 #   LEDGER_KAFKA_CLUSTER_PORT   first client port of the cluster (default 19092; node i: +2(i-1))
 #   LEDGER_KAFKA_CLUSTER_HEAP_OPTS  heap of each cluster node (default "-Xms128m -Xmx384m")
+#   LEDGER_KAFKA_SECURE      1: the plain commands manage the secure node instead
+#   LEDGER_KAFKA_SECURE_PORT    client port of the secure node (default 19192; controller +1)
+#   LEDGER_KAFKA_SECURE_HEAP_OPTS  heap of the secure node (default "-Xms128m -Xmx512m")
 #   JAVA                     java binary (default: java on PATH)
 #   MVN                      maven binary (default: mvn on PATH)
 set -euo pipefail
@@ -62,6 +72,13 @@ CLUSTER_NODES=3
 CLUSTER_BASE_PORT="${LEDGER_KAFKA_CLUSTER_PORT:-19092}"
 CLUSTER_ROOT="${STATE_ROOT}/kafka-cluster-${CLUSTER_BASE_PORT}"
 CLUSTER_HEAP_OPTS="${LEDGER_KAFKA_CLUSTER_HEAP_OPTS:--Xms128m -Xmx384m}"
+
+# The secure single node (select_secure): SASL_SSL only, its own port and state directory.
+SECURE=0
+SECURE_PORT="${LEDGER_KAFKA_SECURE_PORT:-19192}"
+SECURE_HEAP_OPTS="${LEDGER_KAFKA_SECURE_HEAP_OPTS:--Xms128m -Xmx512m}"
+SECURE_USERS=(admin ledger rules-engine reward-service alerts-reader)
+SECURE_BROKER_CN="kafka-broker"
 
 set_paths() {
     PID_FILE="${STATE_DIR}/kafka.pid"
@@ -221,7 +238,8 @@ broker_answers() {
         -Dlog4j2.configurationFile="${TOOLS_LOG4J_CONF}" \
         -cp "${KAFKA_LIBS}/*" org.apache.kafka.tools.BrokerApiVersionsCommand \
         --bootstrap-server "$BOOTSTRAP" \
-        --command-config <(printf 'request.timeout.ms=%s\ndefault.api.timeout.ms=%s\n' "$timeout_ms" "$timeout_ms") \
+        --command-config <(printf 'request.timeout.ms=%s\ndefault.api.timeout.ms=%s\n' "$timeout_ms" "$timeout_ms"
+                           ((SECURE == 0)) || cat "$CLIENT_PROPS") \
         >/dev/null 2>&1
 }
 
@@ -233,11 +251,7 @@ write_config() {
 process.roles=broker,controller
 node.id=${NODE_ID}
 controller.quorum.voters=${VOTERS}
-listeners=PLAINTEXT://${HOST}:${PORT},CONTROLLER://${HOST}:${CTRL_PORT}
-advertised.listeners=PLAINTEXT://${HOST}:${PORT}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+$(listener_properties)
 log.dirs=${DATA_DIR}
 num.partitions=12
 default.replication.factor=${REPLICATION}
@@ -308,6 +322,42 @@ EOF
 EOF
 }
 
+# Listeners: PLAINTEXT for the single node and the cluster; SASL_SSL (and a mutual-TLS
+# controller listener) with the authorizer for the secure node.
+listener_properties() {
+    if ((SECURE == 0)); then
+        cat <<EOF
+listeners=PLAINTEXT://${HOST}:${PORT},CONTROLLER://${HOST}:${CTRL_PORT}
+advertised.listeners=PLAINTEXT://${HOST}:${PORT}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+        return 0
+    fi
+    cat <<EOF
+listeners=SASL_SSL://${HOST}:${PORT},CONTROLLER://${HOST}:${CTRL_PORT}
+advertised.listeners=SASL_SSL://${HOST}:${PORT}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(user_password admin)";
+ssl.keystore.type=PEM
+ssl.keystore.location=${STATE_DIR}/tls/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=${STATE_DIR}/tls/ca.pem
+# The controller listener takes only the broker's own certificate (mutual TLS); its CN is the
+# principal User:${SECURE_BROKER_CN}, a super user like admin.
+listener.name.controller.ssl.client.auth=required
+ssl.principal.mapping.rules=RULE:^CN=([a-zA-Z0-9.-]+).*\$/\$1/,DEFAULT
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:${SECURE_BROKER_CN}
+allow.everyone.if.no.acl.found=false
+EOF
+}
+
 # Extra broker settings of the three-node cluster (nothing for the single node).
 cluster_properties() {
     [[ "$NODE_ID" == 1 && "$REPLICATION" == 1 ]] && return 0
@@ -320,6 +370,7 @@ unclean.leader.election.enable=false
 EOF
 }
 
+FORMAT_ARGS=()
 format_storage() {
     local cluster_id_file="${CLUSTER_ID_FILE:-${STATE_DIR}/cluster.id}" cid out rc
     [[ -f "${DATA_DIR}/meta.properties" ]] && return 0
@@ -334,7 +385,8 @@ format_storage() {
     log "formatting storage (cluster id ${cid})"
     rc=0
     out="$("$JAVA" -Xmx256m -cp "${KAFKA_LIBS}/*" -Dlog4j2.configurationFile="${TOOLS_LOG4J_CONF}" \
-        kafka.tools.StorageTool format -t "$cid" -c "$PROPS" --ignore-formatted 2>&1)" || rc=$?
+        kafka.tools.StorageTool format -t "$cid" -c "$PROPS" --ignore-formatted \
+        "${FORMAT_ARGS[@]}" 2>&1)" || rc=$?
     [[ $rc -eq 0 ]] || { printf '%s\n' "$out" >&2; die "storage format failed"; }
 }
 
@@ -597,8 +649,123 @@ cmd_cluster() {
     esac
 }
 
+# ---- the secure single node ------------------------------------------------------------------
+# Points the globals at the secure node: its own port, state directory, heap and TLS/users files.
+select_secure() {
+    SECURE=1
+    CONFIG_TITLE="secure (SASL_SSL, SCRAM-SHA-512, ACLs) single-node"
+    PORT="$SECURE_PORT"
+    CTRL_PORT=$((PORT + 1))
+    BOOTSTRAP="${HOST}:${PORT}"
+    VOTERS="1@${HOST}:${CTRL_PORT}"
+    STATE_DIR="${STATE_ROOT}/kafka-secure-${PORT}"
+    HEAP_OPTS="$SECURE_HEAP_OPTS"
+    set_paths
+    TLS_DIR="${STATE_DIR}/tls"
+    USERS_FILE="${STATE_DIR}/users.env"
+    CLIENT_PROPS="${STATE_DIR}/admin-client.properties"
+}
+
+# users.env holds one line per user: LEDGER_KAFKA_PASSWORD_<USER, upper, - as _>=<password>.
+user_var() { local u="${1^^}"; printf 'LEDGER_KAFKA_PASSWORD_%s' "${u//-/_}"; }
+user_password() { sed -n "s/^$(user_var "$1")=//p" "$USERS_FILE"; }
+
+# Dev passwords, the CA and the broker certificate: made once, kept across restarts (the SCRAM
+# users live in the formatted storage, so the passwords must not change while it exists).
+secure_prepare() {
+    local u tmp
+    command -v openssl >/dev/null 2>&1 || die "openssl not found; install it (apt-get install -y openssl)"
+    mkdir -p "$STATE_DIR" "$TLS_DIR"
+    chmod 700 "$STATE_DIR" "$TLS_DIR"
+    if [[ ! -s "$USERS_FILE" ]]; then
+        [[ -f "${DATA_DIR}/meta.properties" ]] && die "storage exists but ${USERS_FILE} is gone; run: $0 secure reset"
+        tmp="$(mktemp "${STATE_DIR}/.users.XXXXXX")"
+        for u in "${SECURE_USERS[@]}"; do
+            printf '%s=%s\n' "$(user_var "$u")" "$(openssl rand -hex 24)" >>"$tmp"
+        done
+        chmod 600 "$tmp"
+        mv "$tmp" "$USERS_FILE"
+        log "dev passwords of ${SECURE_USERS[*]} written to ${USERS_FILE}"
+    fi
+    if [[ ! -s "${TLS_DIR}/broker-keystore.pem" ]]; then
+        log "making a dev CA and broker certificate (CN=${SECURE_BROKER_CN}, SAN 127.0.0.1, localhost)"
+        (
+            cd "$TLS_DIR"
+            umask 077
+            openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout ca.key -out ca.pem \
+                -subj "/CN=budget-ledger dev CA" \
+                -addext "basicConstraints=critical,CA:TRUE" \
+                -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+            openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr \
+                -subj "/CN=${SECURE_BROKER_CN}" 2>/dev/null
+            printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+                "extendedKeyUsage=serverAuth,clientAuth" "basicConstraints=CA:FALSE" \
+                "keyUsage=critical,digitalSignature,keyEncipherment" >broker.ext
+            openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                -days 825 -sha256 -extfile broker.ext -out broker.pem 2>/dev/null
+            # Kafka's PEM keystore: the (unencrypted PKCS#8) key, then the certificate chain.
+            cat broker.key broker.pem ca.pem >broker-keystore.pem.tmp
+            mv broker-keystore.pem.tmp broker-keystore.pem
+            chmod 644 ca.pem
+        ) || die "openssl could not make the certificates"
+    fi
+    umask 077
+    cat >"$CLIENT_PROPS" <<EOF
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(user_password admin)";
+ssl.truststore.type=PEM
+ssl.truststore.location=${TLS_DIR}/ca.pem
+EOF
+    FORMAT_ARGS=()
+    for u in "${SECURE_USERS[@]}"; do
+        FORMAT_ARGS+=(--add-scram "SCRAM-SHA-512=[name=${u},password=$(user_password "$u")]")
+    done
+}
+
+# What a client needs, never the passwords themselves: they stay in users.env.
+secure_env() {
+    echo "LEDGER_KAFKA_SECURE_BOOTSTRAP=${BOOTSTRAP}"
+    echo "LEDGER_KAFKA_SECURE_CA=${TLS_DIR}/ca.pem"
+    echo "LEDGER_KAFKA_SECURE_USERS_FILE=${USERS_FILE}"
+}
+
+cmd_secure() {
+    local sub="${1:-}"
+    shift || true
+    select_secure
+    case "$sub" in
+        start)
+            check_java
+            mkdir -p "$STATE_DIR"
+            exec 9>"${STATE_DIR}/.lock"
+            flock 9
+            ensure_libs
+            secure_prepare
+            launch_broker >/dev/null
+            [[ $LAUNCHED -eq 1 ]] && wait_broker
+            secure_env
+            ;;
+        stop) cmd_stop ;;
+        status) cmd_status ;;
+        reset) cmd_reset ;;
+        logs) tail -n "${1:-100}" "$SERVER_LOG" ;;
+        env) secure_env ;;
+        *)
+            echo "usage: $0 secure start | stop | status | reset | logs [N] | env" >&2
+            exit 2
+            ;;
+    esac
+}
+
+if [[ "${LEDGER_KAFKA_SECURE:-0}" == 1 && "${1:-}" =~ ^(start|stop|status|reset|logs)$ ]]; then
+    cmd_secure "$@"
+    exit $?
+fi
+
 case "${1:-}" in
     cluster) shift; cmd_cluster "$@" ;;
+    secure) shift; cmd_secure "$@" ;;
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
@@ -606,7 +773,7 @@ case "${1:-}" in
     reset) cmd_reset ;;
     logs) tail -n "${2:-100}" "$SERVER_LOG" ;;
     *)
-        echo "usage: $0 start | stop | status | fetch | reset | logs [N] | cluster ..." >&2
+        echo "usage: $0 start | stop | status | fetch | reset | logs [N] | cluster ... | secure ..." >&2
         exit 2
         ;;
 esac
