@@ -124,7 +124,7 @@ class Relay:
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = connect(
-                self.settings.database_url, role=self.settings.database_role, autocommit=True
+                self.settings.app_dsn(), role=self.settings.database_role, autocommit=True
             )
         return self._conn
 

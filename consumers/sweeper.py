@@ -82,7 +82,7 @@ def sweep_once(settings: Settings, producer: Producer, now: datetime | None = No
     """Publish every command due now, signed as `ledger-sweeper`; return how many were sent."""
     now = now or datetime.now(UTC)
     signer = settings_signer(settings, SWEEPER_PRINCIPAL)
-    with connect(settings.database_url, role=settings.database_role, autocommit=True) as conn:
+    with connect(settings.app_dsn(), role=settings.database_role, autocommit=True) as conn:
         commands = list(due_commands(conn, now))
     if commands and signer is None:
         # Sent anyway: the consumer dead-letters them (`unauthorized`), where they are visible.

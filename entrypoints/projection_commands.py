@@ -48,15 +48,15 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
         from budget_ledger.projections.kafka_check import compare
 
         def kafka_check() -> Any:
-            with connect(settings.database_url, role=settings.database_role) as conn:
+            with connect(settings.app_dsn(), role=settings.database_role) as conn:
                 return compare(conn, settings, args.tenant, args.budget)
 
     progress = None
     if not args.json:
-        with connect(settings.database_url, role=settings.database_role, autocommit=True) as conn:
+        with connect(settings.app_dsn(), role=settings.database_role, autocommit=True) as conn:
             progress = Progress(rec.estimate_events(conn, opts))
     report = rec.reconcile(
-        settings.database_url,
+        settings.app_dsn(),  # the processes' login: reconcile reads and writes alerts only
         opts,
         on_progress=progress,
         alerts_topic=None if args.no_alerts else settings.topic_alerts,

@@ -24,6 +24,8 @@ START_TIMEOUT="${LEDGER_PG_START_TIMEOUT:-60}"
 DB_NAME="ledger"
 OWNER_ROLE="ledger_owner"
 APP_ROLE="ledger_app"
+# The HTTP API's login: a member of ledger_reader only (tenant set with SET LOCAL per request).
+API_ROLE="ledger_api"
 PASSWORD="ledger"
 DSN="postgresql://${OWNER_ROLE}:${PASSWORD}@${HOST}:${PORT}/${DB_NAME}"
 APP_DSN="postgresql://${APP_ROLE}:${PASSWORD}@${HOST}:${PORT}/${DB_NAME}"
@@ -121,6 +123,9 @@ create_cluster() {
         --start-conf manual -- --auth-local peer --auth-host scram-sha-256 >/dev/null
 }
 
+# Who logs in as what (docs/security.md): ${OWNER_ROLE} for migrate, rebuild, readers create and
+# ledger seal-legacy; ${APP_ROLE} for the consumer, relay, sweeper and reconcile
+# (LEDGER_APP_DATABASE_URL); ${API_ROLE} for the HTTP API. None of them is a member of the owner.
 # ${APP_ROLE} is not the owner of anything: the migrations (run as ${OWNER_ROLE}) grant it
 # INSERT/SELECT on the ledger. It has BYPASSRLS (needs a superuser, hence here): it is the single
 # trusted writer across tenants and COPY is refused on tables with row-level security otherwise.
@@ -226,11 +231,20 @@ BEGIN
     ELSE
         ALTER ROLE ${APP_ROLE} LOGIN PASSWORD '${PASSWORD}' NOCREATEDB NOCREATEROLE BYPASSRLS;
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ledger_reader') THEN
+        CREATE ROLE ledger_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${API_ROLE}') THEN
+        CREATE ROLE ${API_ROLE} LOGIN PASSWORD '${PASSWORD}' NOCREATEDB NOCREATEROLE;
+    ELSE
+        ALTER ROLE ${API_ROLE} LOGIN PASSWORD '${PASSWORD}' NOCREATEDB NOCREATEROLE;
+    END IF;
 END
 \$\$;
 -- The processes connect as the owner and SET ROLE ${APP_ROLE}; ADMIN OPTION lets the owner
 -- re-grant it (PostgreSQL 16+ no longer lets CREATEROLE grant roles it does not administer).
 GRANT ${APP_ROLE} TO ${OWNER_ROLE} WITH ADMIN OPTION;
+GRANT ledger_reader TO ${API_ROLE};
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING %L TEMPLATE template0', '${DB_NAME}', '${OWNER_ROLE}', 'UTF8')
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '${DB_NAME}')
 \gexec
@@ -283,7 +297,7 @@ cmd_start() {
     fi
     ensure_roles_and_db
     log "ready: ${VERSION}/${CLUSTER} (data: $(cluster_line | awk '{print $6}'), log: ${LOG_FILE})"
-    log "app role DSN: ${APP_DSN}"
+    log "app role DSN (LEDGER_APP_DATABASE_URL): ${APP_DSN}"
     echo "LEDGER_DATABASE_URL=${DSN}"
 }
 

@@ -13,9 +13,11 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from confluent_kafka import Producer
 from psycopg import sql
 from pydantic import SecretStr
 
+from budget_ledger.consumers import sweeper
 from budget_ledger.consumers.command_consumer import CommandConsumer
 from budget_ledger.consumers.processor import (
     BatchContext,
@@ -24,6 +26,7 @@ from budget_ledger.consumers.processor import (
     PartitionState,
     process_batch,
 )
+from budget_ledger.consumers.relay import Relay
 from budget_ledger.ledger import store
 from budget_ledger.ledger.chain_mac import ChainKey, ChainKeyring
 from budget_ledger.ledger.db import connect, copy_rows
@@ -267,10 +270,9 @@ def test_seal_legacy_covers_the_rows_written_before_the_key(
     assert _reconcile(database_url, RING) == []
 
 
-def test_no_process_connection_can_become_the_owner(settings: Settings) -> None:
-    # The consumer's own connection (relay and sweeper log in the same way).
-    consumer = CommandConsumer(settings)
-    conn = consumer._db()
+@pytest.mark.parametrize("process", ["consumer", "relay"])
+def test_no_process_connection_can_become_the_owner(settings: Settings, process: str) -> None:
+    conn = CommandConsumer(settings)._db() if process == "consumer" else Relay(settings)._db()
     try:
         assert conn.execute("SELECT session_user").fetchone() == ("ledger_app",)
         conn.execute("RESET ROLE")
@@ -310,3 +312,17 @@ def test_the_consumer_macs_every_row_it_writes(settings: Settings) -> None:
         keys = conn.execute("SELECT DISTINCT mac_key_id, mac IS NULL FROM ledger").fetchall()
     assert keys == [(KEY.key_id, False)]
     assert _reconcile(settings.database_url, RING) == []
+
+
+def test_the_sweeper_logs_in_as_the_app_role(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    def spy(dsn: str, *args: Any, **kwargs: Any) -> psycopg.Connection:
+        seen.append(dsn)
+        return connect(dsn, *args, **kwargs)
+
+    monkeypatch.setattr(sweeper, "connect", spy)
+    assert sweeper.sweep_once(settings, Producer({"bootstrap.servers": "127.0.0.1:1"})) == 0
+    assert seen == [settings.app_dsn()] and seen[0] != settings.database_url
