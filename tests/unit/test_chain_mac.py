@@ -9,6 +9,7 @@ import pytest
 
 from bench.replay_bench import build_rows, command_stream
 from budget_ledger.ledger.chain_mac import ChainKey, ChainKeyring, event_mac, seal_mac
+from budget_ledger.ledger.settings import SettingsError, load_settings
 from budget_ledger.projections.replay import BudgetReplay, LegacySeal
 
 pytestmark = pytest.mark.unit
@@ -123,3 +124,24 @@ def test_a_forged_seal_vouches_for_nothing(plain: list[tuple[Any, ...]]) -> None
     forged = _seals(plain, 10**9, ChainKey("k1", b"f" * 32))
     broken = _broken(_replay(rows, forged))
     assert len(broken) == 3 and {seq for seq, _ in broken.values()} == {1}
+
+
+def test_chain_settings_are_validated_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LEDGER_CHAIN_KEYS", "LEDGER_CHAIN_KEY_ID", "LEDGER_APP_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    secret = "chain-secret-" + "x" * 32
+    app_url = "postgresql://ledger_app:app-pw-123@db/ledger"
+    s = load_settings(chain_keys={"c1": secret}, chain_key_id="c1", app_database_url=app_url)
+    key = s.chain_key()
+    assert key is not None and key.secret == secret.encode()
+    assert s.app_dsn() == app_url
+    ring = s.chain_keyring()
+    assert ring is not None and set(ring.keys) == {"c1"}
+    for shown in (repr(s), str(s), repr(key), repr(ring), s.model_dump_json()):
+        assert secret not in shown and "app-pw-123" not in shown
+    with pytest.raises(SettingsError, match="LEDGER_CHAIN_KEY_ID"):
+        load_settings(chain_keys={"c1": secret}, chain_key_id="c2")
+    with pytest.raises(SettingsError, match="shorter than 32"):
+        load_settings(chain_keys={"c1": "short"})
+    assert load_settings().chain_key() is None and load_settings().chain_keyring() is None
+    assert load_settings().app_dsn() == load_settings().database_url
