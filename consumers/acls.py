@@ -87,6 +87,14 @@ def grants(settings: Settings, principals: Principals) -> list[Grant]:
     add(led, "group", f"{s.consumer_group}.", "READ", "positions probes", "prefixed")
     add(led, "group", RECONCILE_GROUP_PREFIX, "READ", "reconcile's reader", "prefixed")
     add(led, "group", CLIENT_GROUP_PREFIX, "READ", "send --wait listener", "prefixed")
+    # A principal's own group prefix must not cover a group the ledger uses: an upstream named
+    # `budget` would otherwise be allowed to join `budget-ledger` and take its partitions.
+    ledger_groups = (s.consumer_group, RECONCILE_GROUP_PREFIX)
+    for other in (*principals.upstreams, *principals.alert_readers):
+        if any(group.startswith(_user(other)) for group in ledger_groups):
+            raise ValueError(
+                f"the group prefix of {other} ({_user(other)!r}) covers a group of the ledger"
+            )
     # Upstream services: commands in, outcomes out; nothing else.
     for up in principals.upstreams:
         add(up, "topic", s.topic_commands, "WRITE", "reserve, charge, release")

@@ -35,8 +35,12 @@ def cmd_acls_apply(args: argparse.Namespace, settings: Settings) -> int:
         upstreams=tuple(args.upstream or DEFAULT_UPSTREAMS),
         alert_readers=tuple(args.alerts_reader or DEFAULT_ALERT_READERS),
     )
+    try:
+        table = grants(settings, principals)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     if args.dry_run:
-        for g in grants(settings, principals):
+        for g in table:
             print(f"{g.principal}\t{g.operation}\t{g.resource}\t{g.pattern}\t{g.name}\t# {g.why}")
         return EXIT_OK
     try:

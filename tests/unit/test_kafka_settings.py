@@ -214,3 +214,13 @@ def test_acls_apply_dry_run_prints_the_table_for_the_given_principals() -> None:
     assert "User:loyalty-bot\tWRITE\ttopic\tliteral\tbudget.commands" in result.stdout
     assert "User:pager\tREAD\ttopic\tliteral\tbudget.alerts" in result.stdout
     assert "rules-engine" not in result.stdout
+
+
+def test_an_upstream_whose_group_prefix_covers_the_ledger_group_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "budget_ledger.entrypoints.cli", "acls", "apply", "--dry-run",
+         "--upstream", "budget"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "User:budget" in result.stderr and "covers a group of the ledger" in result.stderr
