@@ -1,11 +1,12 @@
 """No secret in any output: one full run of the CLI with every secret set to a distinctive value.
 
-The signing key, the chain key, the processes' database password (LEDGER_APP_DATABASE_URL, a
-login made for this test) and, on the secure broker, SASL passwords are set; the run migrates,
-creates topics, consumes with the relay, sends signed, unsigned and forged funds, adjusts,
-sweeps and reconciles with JSON logs at debug level; then every `--help` and deliberately failing
-invocations. No secret (nor its base64 or hex form, nor a 16-character prefix) may appear in
-anything written to stdout or stderr, and the run must have done what it should.
+The signing key, the chain key, the database passwords (LEDGER_APP_DATABASE_URL and
+LEDGER_DATABASE_URL, logins made for this test) and, on the secure broker, SASL passwords are
+set; the run migrates, creates topics, consumes with the relay, sends signed, unsigned and forged
+funds, adjusts, sweeps and reconciles with JSON logs at debug level; then every `--help` and
+deliberately failing invocations. No secret (nor its base64 or hex form, nor a 16-character
+prefix) may appear in anything written to stdout or stderr, and the run must have done what it
+should.
 """
 
 from __future__ import annotations
@@ -105,19 +106,23 @@ def _help_paths() -> list[list[str]]:
 
 
 @pytest.fixture
-def app_login_role(settings: Settings) -> Iterator[tuple[str, str]]:
-    """A login of its own for the processes with a distinctive password, dropped afterwards: a
-    member of ledger_app, which the processes SET ROLE to (its BYPASSRLS then applies)."""
-    role, password = f"leak_{uuid.uuid4().hex[:10]}", _secret("dbpw")
+def logins(settings: Settings) -> Iterator[dict[str, tuple[str, str]]]:
+    """Logins of this test with distinctive passwords, dropped afterwards: "app", a member of
+    ledger_app, which the processes SET ROLE to (its BYPASSRLS then applies), and "owner", a
+    member of ledger_owner (the test database is migrated already, so it creates nothing)."""
+    made = {kind: (f"leak_{kind}_{uuid.uuid4().hex[:8]}", _secret(f"{kind}pw"))
+            for kind in ("app", "owner")}  # fmt: skip
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE ledger_app").format(
-                sql.Identifier(role), sql.Literal(password)
+        for kind, (role, password) in made.items():
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                    sql.Identifier(role), sql.Literal(password), sql.Identifier(f"ledger_{kind}")
+                )
             )
-        )
-    yield role, password
+    yield made
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        for role, _ in made.values():
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 def _secure_env(
@@ -137,14 +142,15 @@ def _admin_password(kafka_secure: dict[str, str]) -> str:
 
 def test_no_secret_in_any_output_of_a_full_run(
     settings: Settings,
-    app_login_role: tuple[str, str],
+    logins: dict[str, tuple[str, str]],
     kafka_secure: dict[str, str],
     tmp_path: Path,
 ) -> None:
     sign, forged, short = _secret("sig"), _secret("forged"), _secret("short")[:24]
     chain, wrong_db, wrong_sasl = _secret("chain"), _secret("wrongdb"), _secret("wrongsasl")
     stray_sasl = _secret("saslx")
-    role, db_password = app_login_role
+    role, db_password = logins["app"]
+    owner, owner_password = logins["owner"]
     admin_sasl = _admin_password(kafka_secure)
     app_url = as_login(settings.database_url, role, db_password)
     env = {
@@ -156,6 +162,7 @@ def test_no_secret_in_any_output_of_a_full_run(
         "LEDGER_SIGNING_PRINCIPAL": "leak-operator",
         "LEDGER_CHAIN_KEYS": orjson.dumps({"leak-c1": chain}).decode(),
         "LEDGER_CHAIN_KEY_ID": "leak-c1",
+        "LEDGER_DATABASE_URL": as_login(settings.database_url, owner, owner_password),
         "LEDGER_APP_DATABASE_URL": app_url,
     }
     t = Transcript()
@@ -174,7 +181,8 @@ def test_no_secret_in_any_output_of_a_full_run(
     )  # fmt: skip
 
     # The full run on the plain broker: the app login, the signing and chain keys.
-    assert t.run("migrate", env, "migrate").returncode == 0
+    migrated = t.run("migrate", env, "migrate")  # as the owner-level login: nothing pending
+    assert migrated.returncode == 0 and "applied 0 migration(s)" in migrated.stdout, migrated.stderr
     assert t.run("topics create", env, "topics", "create").returncode == 0
     consumer_out, consumer_err = tmp_path / "consume.out", tmp_path / "consume.err"
     with consumer_out.open("w") as out, consumer_err.open("w") as err:
@@ -272,6 +280,10 @@ def test_no_secret_in_any_output_of_a_full_run(
             {"LEDGER_APP_DATABASE_URL": as_login(settings.database_url, role, wrong_db)},
             ["sweep", "--once"],
         ),
+        "wrong owner password (migrate)": (
+            {"LEDGER_DATABASE_URL": as_login(settings.database_url, owner, wrong_db)},
+            ["migrate"],
+        ),
         "app url not postgres": (
             {"LEDGER_APP_DATABASE_URL": f"mysql://{role}:{db_password}@127.0.0.1/x"},
             ["reconcile"],
@@ -308,7 +320,8 @@ def test_no_secret_in_any_output_of_a_full_run(
 
     leaks = t.leaks({
         "signing key": sign, "forged signing key": forged, "short signing key": short,
-        "chain key": chain, "app DB password": db_password, "wrong DB password": wrong_db,
+        "chain key": chain, "app DB password": db_password, "owner DB password": owner_password,
+        "wrong DB password": wrong_db,
         "SASL admin password": admin_sasl, "wrong SASL password": wrong_sasl,
         "stray SASL password": stray_sasl,
     })  # fmt: skip
