@@ -96,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         _fail(str(exc))
     except DatabaseUnavailable as exc:
-        _fail(f"cannot reach the database (LEDGER_DATABASE_URL): {exc}")
+        # Processes and reconcile log in with the app URL when it is set; migrate, rebuild and
+        # the other owner commands with LEDGER_DATABASE_URL.
+        _fail(f"cannot reach the database (LEDGER_APP_DATABASE_URL or LEDGER_DATABASE_URL): {exc}")
     except KeyboardInterrupt:
         return 130
 

@@ -32,7 +32,12 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
                 return send_and_wait(settings, fields, args.timeout, signer)
             except (OutcomeTimeout, TimeoutError) as exc:
                 raise CliError(f"{exc}; is the consumer (and relay) running?") from None
-        key = send_raw_command(settings, raw.encode("utf-8"), signer=signer)
+        try:
+            key = send_raw_command(settings, raw.encode("utf-8"), signer=signer)
+        except TimeoutError as exc:
+            raise CliError(
+                f"{exc}; check LEDGER_KAFKA_BOOTSTRAP and the Kafka credentials"
+            ) from None
     except CommandInvalid as exc:
         raise CliError(f"invalid command ({exc.error_class}): {exc.reason}") from None
     except SigningUnavailable as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+import pydantic_settings
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -288,6 +289,10 @@ def load_settings(**overrides: object) -> Settings:
     """Read and validate settings; raise SettingsError naming the offending variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except pydantic_settings.SettingsError as exc:
+        # A value that is not JSON (e.g. LEDGER_SIGNING_KEYS): the message names the field,
+        # never the value, which may be a secret.
+        raise SettingsError(f"invalid configuration: {exc}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -224,3 +224,15 @@ def test_an_upstream_whose_group_prefix_covers_the_ledger_group_is_refused() -> 
     )  # fmt: skip
     assert result.returncode == 2
     assert "User:budget" in result.stderr and "covers a group of the ledger" in result.stderr
+
+
+def test_a_json_setting_that_does_not_parse_is_a_one_line_error_without_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from budget_ledger.ledger.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("LEDGER_SIGNING_KEYS", '{"k1": "s3cret-not-json')
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "signing_keys" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
