@@ -9,6 +9,7 @@ refused by the broker.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclBindingFilter,
     AclOperation,
@@ -44,6 +46,7 @@ from budget_ledger.consumers.kafka_config import (
 from budget_ledger.consumers.relay import Relay
 from budget_ledger.consumers.topics import create_topics
 from budget_ledger.ledger.settings import Settings
+from budget_ledger.schemas.signing import sign
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +238,88 @@ def test_unknown_user_and_wrong_password_are_refused_by_the_broker(
     wrong = _authentication_error(principal("ledger", "not-the-password"))
     assert wrong is not None
     assert "not-the-password" not in wrong.str()
+
+
+def _dead_letters(settings: Settings, expect: int) -> list[dict[str, str]]:
+    """The headers of `expect` dead letters, read from the DLQ topic as `settings`' principal."""
+    group = f"{settings.kafka_sasl_username}-{uuid.uuid4().hex}"
+    consumer = Consumer(reader_config(settings, group))
+    topic = settings.topic_dlq
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    out: list[dict[str, str]] = []
+    deadline = time.monotonic() + 90
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            for m in consumer.consume(100, 0.5):
+                if m.error() is None:
+                    out.append({k: (v or b"").decode() for k, v in (m.headers() or [])})
+    finally:
+        consumer.close()
+    assert len(out) == expect, f"expected {expect} dead letters, got {len(out)}"
+    return out
+
+
+def test_an_upstream_principal_cannot_fund_adjust_open_or_close(
+    principal: Callable[..., Settings],
+) -> None:
+    """The rules engine reaches the commands topic (its ACL), but every privileged command it
+    sends without the ledger's signature (unsigned, forged, retired key, a genuine signature
+    lifted onto another payload) is dead-lettered `unauthorized` and changes nothing."""
+    admin, ledger = principal("admin"), principal("ledger")
+    # The upstream holds no signing key (it is not given one in a real deployment).
+    engine = principal("rules-engine").model_copy(update={"signing_keys": {}, "signing_key_id": ""})
+    apply_acls(admin, Principals())
+    tenant, budget = "acme", f"b-{uuid.uuid4().hex[:8]}"
+    key = f"{tenant}:{budget}".encode()
+
+    def body(kind: str, **fields: object) -> bytes:
+        cid = f"up-{uuid.uuid4().hex[:12]}"
+        return json.dumps({"type": kind, "command_id": cid, "tenant_id": tenant,
+                           "budget_id": budget, **fields}).encode()  # fmt: skip
+
+    real_id = ledger.signing_key_id
+    real = ledger.signing_keys[real_id].get_secret_value().encode()
+    fund = body("fund", amount="1000.00", currency="USD")
+    genuine = sign(key, body("fund", amount="1.00", currency="USD"), key_id=real_id,
+                   secret=real, principal="test-operator")  # fmt: skip
+    attempts = [
+        (fund, None),  # unsigned
+        (body("adjust", amount="500.00", reason="x", operator="ops"), None),
+        (body("open_budget", currency="USD", period="monthly"), None),
+        (body("close_period", period_end="2026-01-01T00:00:00Z"), None),
+        (fund, sign(key, fund, key_id=real_id, secret=b"f" * 64, principal="rules-engine")),
+        (fund, sign(key, fund, key_id="retired-2025", secret=real, principal="rules-engine")),
+        (fund, genuine),  # a real signature of another payload
+    ]
+    with _ledger_running(ledger), LedgerClient(ledger) as operator:
+        opened = operator.send({"type": "open_budget", "tenant_id": tenant, "budget_id": budget,
+                                "currency": "USD", "period": "rolling"})  # fmt: skip
+        assert operator.await_outcome(opened, 60).accepted
+        assert operator.await_outcome(operator.fund(tenant, budget, "100.00", "USD"), 60).accepted
+        producer = Producer(producer_config(engine))
+        for value, headers in attempts:
+            producer.produce(engine.topic_commands, key=key, value=value, headers=headers)
+        assert producer.flush(30) == 0
+        letters = _dead_letters(engine, len(attempts))
+        # Still authorized for its own job: a reserve goes through unsigned.
+        with LedgerClient(engine) as upstream:
+            held = upstream.reserve(tenant, budget, "30.00", "USD", "rw-1")
+            assert upstream.await_outcome(held, 60).accepted
+
+    assert {d["error_class"] for d in letters} == {"unauthorized"}
+    assert sorted(d["check"] for d in letters) == sorted(
+        ["signature_missing"] * 4 + ["signature_mismatch", "key_unknown", "signature_mismatch"]
+    )
+    with psycopg.connect(ledger.database_url) as conn:
+        rows = conn.execute(
+            "SELECT sequence, type FROM ledger WHERE tenant_id = %s AND budget_id = %s"
+            " ORDER BY sequence",
+            (tenant, budget),
+        ).fetchall()
+        funded = conn.execute(
+            "SELECT funded FROM budget_balances WHERE tenant_id = %s AND budget_id = %s",
+            (tenant, budget),
+        ).fetchone()
+    assert rows == [(1, "budget_opened"), (2, "budget_funded"), (3, "funds_reserved")]
+    assert funded == (10000,)
