@@ -12,7 +12,7 @@ import functools
 import gc
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -31,15 +31,19 @@ from budget_ledger.consumers.processor import (
     LEDGER_ROW_PARTITION,
     BatchContext,
     BatchOutput,
+    BudgetKey,
     Incoming,
     MessageKey,
     PartitionState,
     merge_states,
     process_batch,
 )
+from budget_ledger.consumers.state_cache import StateCache
 from budget_ledger.consumers.timings import CommitTimings
 from budget_ledger.ledger import store
+from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.db import connect, copy_rows
+from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections.store import prepare_session, upsert_projections
 
@@ -84,6 +88,8 @@ class CommandConsumer:
         )
         self.stop = stop or threading.Event()
         self.partitions: dict[int, PartitionState] = {}
+        # One LRU of budget states for all owned partitions: the bound is per process.
+        self.cache = StateCache(settings.state_cache_budgets)
         self.ctx = BatchContext(
             topic=settings.topic_commands,
             events_topic=settings.topic_events,
@@ -117,7 +123,9 @@ class CommandConsumer:
         positions = self._verified_positions(consumer, numbers)
         for tp in partitions:
             tp.offset = positions[tp.partition]
-            self.partitions[tp.partition] = PartitionState(next_offset=tp.offset)
+            # Another member may have written this partition since we last owned it.
+            self.cache.drop_partition(tp.partition)
+            self.partitions[tp.partition] = PartitionState(tp.offset, self.cache)
         consumer.incremental_assign(partitions)
         log.info("partitions_assigned", partitions={p: positions[p] for p in numbers})
         self.ready.set()
@@ -135,6 +143,7 @@ class CommandConsumer:
     def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.partitions.pop(tp.partition, None)
+            self.cache.drop_partition(tp.partition)
             self._kafka_pending.pop(tp.partition, None)
         consumer.incremental_unassign(partitions)
 
@@ -295,7 +304,8 @@ class CommandConsumer:
         self.ready.progressed()
         if self.timings is not None:
             self.timings.record([m.timestamp_ms for m in batch])
-        merge_states(self.partitions, out)
+        metrics.STATE_EVICTIONS.inc(merge_states(self.partitions, out))
+        metrics.STATE_CACHED.set(len(self.cache))
         metrics.record_batch(out, len(batch), time.perf_counter() - started)
         self._log_dead_letters(out)
         self._observe_lag(out)
@@ -316,7 +326,7 @@ class CommandConsumer:
             self.partitions,
             self.ctx,
             lookup_prior=lambda keys: store.lookup_prior(conn, keys),
-            load_budgets=lambda keys: store.load_budgets(conn, keys),
+            load_budgets=lambda keys: _load_counted(conn, keys),
             poisoned=poisoned,
         )
 
@@ -530,12 +540,21 @@ class CommandConsumer:
         assert self._consumer is not None
         numbers = list(self.partitions)
         positions = self._verified_positions(self._consumer, numbers)
+        self.cache.clear()
         for p in numbers:
-            self.partitions[p] = PartitionState(next_offset=positions[p])
+            self.partitions[p] = PartitionState(positions[p], self.cache)
             try:
                 self._consumer.seek(TopicPartition(self.settings.topic_commands, p, positions[p]))
             except KafkaException as exc:
                 log.warning("seek_failed", partition=p, error=str(exc))
+
+
+def _load_counted(
+    conn: psycopg.Connection, keys: list[BudgetKey]
+) -> Mapping[BudgetKey, BudgetState | ReplayFailed]:
+    """The batch's one load of the budgets not in the state cache, counted in the metrics."""
+    metrics.STATE_LOADS.inc(len(keys))
+    return store.load_budgets(conn, keys)
 
 
 def _named_message(

@@ -38,6 +38,13 @@ BATCH_SECONDS = Histogram(
 )  # fmt: skip
 RELAYED = Counter("ledger_relayed_total", "Rows published by the relay", ["topic"])
 LAG = Gauge("ledger_consumer_lag", "Messages not yet applied, by partition", ["partition"])
+STATE_LOADS = Counter(
+    "ledger_state_loads_total", "Budget states loaded from Postgres (first use or after eviction)"
+)
+STATE_EVICTIONS = Counter(
+    "ledger_state_evictions_total", "Budget states evicted from the consumer's state cache"
+)
+STATE_CACHED = Gauge("ledger_state_cached_budgets", "Budget states held in the consumer's cache")
 
 
 def record_batch(out: BatchOutput, messages: int, seconds: float) -> None:

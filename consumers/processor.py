@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from budget_ledger.consumers.state_cache import StateCache
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.chain_mac import ChainKey, event_mac
 from budget_ledger.ledger.history import ReplayFailed
@@ -88,7 +89,8 @@ class PartitionState:
     """What the consumer knows of one owned partition: its next offset and its budgets' state."""
 
     next_offset: int
-    budgets: dict[BudgetKey, BudgetState] = field(default_factory=dict)
+    # The consumer shares one bounded cache between its partitions; the default is unbounded.
+    budgets: StateCache = field(default_factory=StateCache)
 
 
 @dataclass(slots=True)
@@ -148,7 +150,7 @@ def process_batch(
     Step 1: validate every message (JSON, schema, key, the signature of a privileged command)
     — invalid ones become dead letters.
     Step 2: look up the prior outcome of every command id in the ledger (one query).
-    Step 3: load the budgets this consumer has not seen yet (one query, replayed with evolve).
+    Step 3: load the budgets not in the state cache (never seen, or evicted; one query).
     Step 4: decide every command in partition order against the in-memory state.
     Step 5: collect the projection rows of every budget and reservation the batch touched.
     """
@@ -406,13 +408,18 @@ def _dead_letter(
     return (ctx.dlq_topic, msg.key, msg.value or b"", headers)
 
 
-def merge_states(partitions: MutableMapping[int, PartitionState], out: BatchOutput) -> None:
-    """After a successful commit: move positions on and keep the batch's final budget states."""
+def merge_states(partitions: MutableMapping[int, PartitionState], out: BatchOutput) -> int:
+    """After a successful commit: move positions on, keep the batch's final budget states, then
+    evict the coldest budgets beyond the cache bound; returns how many were evicted."""
     for partition, (_, new_offset) in out.positions.items():
         part = partitions.get(partition)
         if part is not None:
             part.next_offset = new_offset
+    caches: dict[int, StateCache] = {}  # partitions may share one cache: evict each once
     for partition, states in out.new_states.items():
         part = partitions.get(partition)
         if part is not None:
-            part.budgets.update(states)
+            for bkey, state in states.items():
+                part.budgets.put(partition, bkey, state)
+            caches[id(part.budgets)] = part.budgets
+    return sum(cache.evict() for cache in caches.values())

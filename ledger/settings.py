@@ -86,6 +86,9 @@ class Settings(BaseSettings):
 
     batch_max_messages: int = Field(default=2000, ge=1, le=100_000)
     batch_max_ms: int = Field(default=20, ge=1, le=60_000)
+    # Budget states one consumer keeps in memory (LRU; 0 = unbounded). Colder ones are evicted
+    # after a commit and reloaded by the next batch that needs them (docs/scaling.md).
+    state_cache_budgets: int = Field(default=100_000, ge=0, le=100_000_000)
     # How soon the group notices a dead consumer and hands its partitions to the others.
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     # Static group membership (Kafka group.instance.id), empty = off: a member restarted with
