@@ -42,6 +42,7 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
         role=settings.database_role,
         unpublished_grace_seconds=args.grace,
         chain_keys=settings.chain_keyring(),
+        incremental=not args.full,
     )
     kafka_check = None
     if args.source == "kafka":
@@ -61,6 +62,9 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
         on_progress=progress,
         alerts_topic=None if args.no_alerts else settings.topic_alerts,
         kafka_check=kafka_check,
+        # Checkpoints are written as ledger_reconciler, which ledger_app cannot become:
+        # LEDGER_DATABASE_URL is the owner locally, the reconcile job's own login in Kubernetes.
+        checkpoint_dsn=None if args.no_checkpoints else settings.database_url,
     )
     if progress is not None:
         progress.close()
@@ -132,6 +136,17 @@ def add_reconcile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="scheduled mode: reconcile every DURATION (e.g. 1h) until stopped",
     )
     p.add_argument("--no-alerts", action="store_true", help="do not publish drift_detected alerts")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="replay every budget from its first event (default: only budgets changed since "
+        "their checkpoint)",
+    )
+    p.add_argument(
+        "--no-checkpoints",
+        action="store_true",
+        help="do not advance the checkpoints of budgets that verified clean",
+    )
     p.set_defaults(handler=cmd_reconcile)
 
 

@@ -223,3 +223,88 @@ VALUES (%(tenant)s, %(budget)s, %(sequence)s, %(hash)s, %(mac)s, %(key_id)s)
 ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
     sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, mac = EXCLUDED.mac,
     mac_key_id = EXCLUDED.mac_key_id, sealed_by = current_user, sealed_at = now()
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Incremental reconcile (projections/checkpoints.py, projections/shard.py; migration 006).
+
+-- name: reconcile_checkpoints
+-- One shard's checkpoints: the last (sequence, hash) a run verified clean, per budget.
+SELECT tenant_id, budget_id, sequence, hash
+FROM reconcile_checkpoints
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+  AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+
+-- name: reconcile_touched_budgets
+-- One shard's budgets whose ledger moved since their checkpoint: a row after it, no checkpoint
+-- at all, or the checkpointed row gone or with another hash. The budgets come from the ledger
+-- itself (a loose index scan over UNIQUE (tenant_id, budget_id, sequence): one index probe per
+-- budget, never a table scan) and from the checkpoints (a budget whose rows all vanished);
+-- each test is one index probe. Nothing here trusts the projections, which ledger_app can edit.
+WITH RECURSIVE in_ledger AS (
+    (SELECT tenant_id, budget_id FROM ledger
+     WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+     ORDER BY tenant_id, budget_id LIMIT 1)
+    UNION ALL
+    SELECT n.tenant_id, n.budget_id FROM in_ledger p
+    CROSS JOIN LATERAL (SELECT tenant_id, budget_id FROM ledger
+                        WHERE (tenant_id, budget_id) > (p.tenant_id, p.budget_id)
+                          AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+                          AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+                        ORDER BY tenant_id, budget_id LIMIT 1) AS n
+), budgets AS (
+    SELECT tenant_id, budget_id FROM in_ledger
+    UNION
+    SELECT tenant_id, budget_id FROM reconcile_checkpoints
+    WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+      AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+)
+SELECT b.tenant_id, b.budget_id
+FROM budgets b
+LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
+WHERE (%(shards)s::int = 1 OR abs(hashtext(b.budget_id) %% %(shards)s::int) = %(shard)s::int)
+  AND (c.sequence IS NULL
+       OR EXISTS (SELECT 1 FROM ledger l
+                  WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                    AND l.sequence > c.sequence)
+       OR NOT EXISTS (SELECT 1 FROM ledger l
+                      WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                        AND l.sequence = c.sequence AND l.hash = c.hash))
+
+-- name: reconcile_events_of
+-- The ledger rows of the given budgets, each budget's in sequence order (an index range scan
+-- per budget), same columns as reconcile_ledger_scan.
+SELECT l.tenant_id, l.budget_id, l.sequence, l.type, l.funded, l.reserved, l.charged,
+       l.available, l.event::text, l.mac, l.mac_key_id
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
+CROSS JOIN LATERAL (SELECT * FROM ledger
+                    WHERE ledger.tenant_id = t.tenant_id AND ledger.budget_id = t.budget_id
+                    ORDER BY ledger.sequence) AS l
+
+-- name: reconcile_balances_of
+-- The balance projection rows of the given budgets, same columns as reconcile_balances.
+SELECT b.tenant_id, b.budget_id, b.funded, b.reserved, b.charged, b.available,
+       json_build_array(b.currency, b.opened, b.budget_limit, b.utilization_pct::text,
+                        b.sequence, b.last_hash, b.period_start, b.config)::text
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
+JOIN budget_balances b ON b.tenant_id = t.tenant_id AND b.budget_id = t.budget_id
+
+-- name: reconcile_reservations_of
+-- The reservation projection rows of the given budgets, same columns as reconcile_reservations.
+SELECT r.tenant_id, r.budget_id,
+       json_build_array(r.ref_id, r.status, r.amount, r.charged,
+                        to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                        r.command_id, r.created_seq, r.updated_seq)::text
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
+JOIN reservations r ON r.tenant_id = t.tenant_id AND r.budget_id = t.budget_id
+
+-- name: upsert_checkpoints
+-- Advance the checkpoints of budgets that verified clean (run as ledger_reconciler).
+INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash)
+SELECT * FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(sequences)s::bigint[],
+                     %(hashes)s::text[])
+ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
+    sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, verified_at = now(),
+    verified_by = current_user

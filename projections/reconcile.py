@@ -26,6 +26,7 @@ import psycopg
 import structlog
 
 from budget_ledger.ledger.db import connect
+from budget_ledger.projections.checkpoints import advance_checkpoints
 from budget_ledger.projections.drift import BALANCE_FIELDS, RESERVATION_FIELDS, Drift
 from budget_ledger.projections.drift_alerts import publish_alerts
 from budget_ledger.projections.parallel import replay_all
@@ -75,8 +76,10 @@ def reconcile(
     on_progress: Callable[[int], None] | None = None,
     alerts_topic: str | None = None,
     kafka_check: Callable[[], Any] | None = None,
+    checkpoint_dsn: str | None = None,
 ) -> ReconcileReport:
-    """Replay, verify and compare; with `alerts_topic`, publish drift alerts through the outbox."""
+    """Replay, verify and compare; with `alerts_topic`, publish drift alerts through the outbox;
+    with `checkpoint_dsn`, advance the checkpoints of the budgets that verified clean."""
     started = time.perf_counter()
     shard = replay_all(dsn, opts, on_progress)
     report = ReconcileReport(
@@ -85,6 +88,9 @@ def reconcile(
         drifts=shard.drifts,
         broken=shard.broken,
         drifting=shard.drifting,
+        mode="incremental" if opts.incremental else "full",
+        skipped_budgets=shard.skipped_budgets,
+        skipped_events=shard.skipped_events,
     )
     with connect(dsn, role=opts.role, autocommit=True) as conn:
         report.unpublished = check_unpublished(conn, opts.unpublished_grace_seconds)
@@ -95,9 +101,16 @@ def reconcile(
                 report.drifting.setdefault((t, b), (0, 0))
         if alerts_topic is not None:
             report.alerts_published = publish_alerts(conn, report, alerts_topic)
+    if checkpoint_dsn is not None:
+        # After the Kafka check: a budget with a Kafka finding does not advance either.
+        report.checkpoints_advanced = advance_checkpoints(
+            checkpoint_dsn, shard.verified, exclude=report.drifting
+        )
     log.info(
         "reconciled",
+        mode=report.mode,
         events=report.events,
+        skipped_events=report.skipped_events,
         budgets=report.budgets,
         drifts=len(report.drifts),
         broken=len(report.broken),

@@ -22,3 +22,6 @@ class ReconcileOptions:
     # The keys of the keyed chain (settings.chain_keyring()): with them every row must carry a
     # valid MAC or be covered by its budget's legacy seal. None: MACs are not checked.
     chain_keys: ChainKeyring | None = field(default=None, repr=False)
+    # Replay only the budgets whose ledger moved past their checkpoint (`reconcile` without
+    # --full); False replays every budget (`--full`, and what callers of the library get).
+    incremental: bool = False

@@ -24,6 +24,11 @@ class ReconcileReport:
     unpublished: list[Unpublished] = field(default_factory=list)
     kafka: Any = None  # projections.kafka_check.KafkaReport when --source kafka
     alerts_published: int = 0
+    # "full" replays every budget; "incremental" skips those unchanged since their checkpoint.
+    mode: str = "full"
+    skipped_budgets: int = 0
+    skipped_events: int = 0
+    checkpoints_advanced: int = 0
 
     @property
     def clean(self) -> bool:
@@ -42,8 +47,15 @@ def iter_lines(report: ReconcileReport) -> Iterator[str]:
     rate = report.events / report.seconds if report.seconds else 0.0
     yield (
         f"replayed {report.events:,} events of {report.budgets:,} budgets in "
-        f"{report.seconds:.2f} s ({rate:,.0f} events/s)"
+        f"{report.seconds:.2f} s ({rate:,.0f} events/s), {report.mode} run"
     )
+    if report.mode == "incremental":
+        yield (
+            f"skipped {report.skipped_events:,} events of {report.skipped_budgets:,} budgets "
+            "unchanged since their checkpoint (reconcile --full verifies them)"
+        )
+    if report.checkpoints_advanced:
+        yield f"checkpoints set for {report.checkpoints_advanced:,} budgets that verified clean"
     for b in report.broken:
         yield f"BROKEN LINK {b.tenant_id}:{b.budget_id} sequence {b.sequence}: {b.problem}"
     for d in report.drifts:
@@ -69,8 +81,12 @@ def to_json(report: ReconcileReport) -> dict[str, Any]:
     """The report as JSON-ready data (money stays integer minor units)."""
     return {
         "clean": report.clean,
+        "mode": report.mode,
         "events": report.events,
         "budgets": report.budgets,
+        "skipped_events": report.skipped_events,
+        "skipped_budgets": report.skipped_budgets,
+        "checkpoints_advanced": report.checkpoints_advanced,
         "seconds": round(report.seconds, 3),
         "broken_links": [
             {

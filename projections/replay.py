@@ -61,6 +61,7 @@ class BudgetReplay:
     __slots__ = (
         "balance",
         "broken",
+        "checkpoint",
         "events",
         "keys",
         "last_seq",
@@ -98,6 +99,8 @@ class BudgetReplay:
         self.last_seq = 0  # the sequence of the last row applied (not the state's: see apply)
         self.pending: dict[int, tuple[Any, ...]] | None = None
         self.reread = False
+        # (sequence, hash) a past run verified clean: that row must still carry that hash.
+        self.checkpoint: tuple[int, str] | None = None
 
     def feed(self, row: tuple[Any, ...]) -> None:
         """Take the next row in physical order; apply it (and any held successors) when it is
@@ -151,6 +154,9 @@ class BudgetReplay:
             return
         if self.broken is None:
             problem = _link_problem(s, seq, d, stored_hash, row)
+            cp = self.checkpoint
+            if problem is None and cp is not None and seq == cp[0] and stored_hash != cp[1]:
+                problem = "checkpoint mismatch: the verified row's hash changed"
             if problem is None and self.keys is not None:
                 problem = self._mac_problem(seq, stored_hash, row)
             if problem:
@@ -172,6 +178,16 @@ class BudgetReplay:
             or row[_AVAILABLE] != s.available
         ):
             self._break(seq, _column_problem(s, row))
+
+    def end_of_checkpoint(self) -> None:
+        """After the replay: a budget whose ledger ends before its checkpoint lost rows."""
+        cp = self.checkpoint
+        if cp is not None and self.state.sequence < cp[0]:
+            self._break(
+                cp[0],
+                f"checkpointed rows missing: the ledger ends at sequence "
+                f"{self.state.sequence}, {cp[0]} was verified",
+            )
 
     def _mac_problem(self, seq: int, stored_hash: str, row: tuple[Any, ...]) -> str | None:
         """The keyed chain: a valid MAC, or a row of the sealed legacy prefix."""

@@ -4,6 +4,10 @@ Each shard scans its part of the ledger in physical order (`reconcile_ledger_sca
 index walk), replaying all of its budgets side by side (`projections.replay`), re-reads in order
 the budgets that need it, then reads the projections in the same snapshot and compares
 (`projections.drift`). Shards split the budgets by hash of the budget id.
+
+Incremental mode (`ReconcileOptions.incremental`) reads only the budgets whose ledger moved past
+their checkpoint (`reconcile_touched_budgets`, index probes only), each budget's rows by index in
+sequence order, and those budgets' projection rows; the others are counted as skipped.
 """
 
 from __future__ import annotations
@@ -34,11 +38,19 @@ class ShardResult:
     broken: list[BrokenLink] = field(default_factory=list)
     # (tenant, budget) -> (sequence, utilization in basis points) of the replay, for the alerts.
     drifting: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    # Incremental mode: budgets unchanged since their checkpoint, and their events, not read.
+    skipped_budgets: int = 0
+    skipped_events: int = 0
+    # (tenant, budget, sequence, hash) of every budget that verified clean: the new checkpoints.
+    verified: list[tuple[str, str, int, str]] = field(default_factory=list)
 
     def merge(self, other: ShardResult) -> None:
         """Add another shard's findings to this one."""
         self.events += other.events
         self.budgets += other.budgets
+        self.skipped_budgets += other.skipped_budgets
+        self.skipped_events += other.skipped_events
+        self.verified.extend(other.verified)
         self.drifts.extend(other.drifts)
         self.broken.extend(other.broken)
         self.drifting.update(other.drifting)
@@ -59,9 +71,12 @@ def replay_shard(
     q = queries()
     keys = opts.chain_keys
     seals: dict[tuple[str, str], LegacySeal] = {}
+    checkpoints: dict[tuple[str, str], tuple[int, str]] = {}
 
     def new(tenant: str, budget: str) -> BudgetReplay:
-        return BudgetReplay(tenant, budget, keys, seals.get((tenant, budget)))
+        replay = BudgetReplay(tenant, budget, keys, seals.get((tenant, budget)))
+        replay.checkpoint = checkpoints.get((tenant, budget))
+        return replay
 
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of short-lived, acyclic objects: the cyclic GC only costs time here
@@ -75,9 +90,37 @@ def replay_shard(
             if keys is not None:
                 for r in conn.execute(q["reconcile_legacy_seals"], params):
                     seals[(r[0], r[1])] = LegacySeal(r[2], r[3], r[4], r[5])
+            for r in conn.execute(q["reconcile_checkpoints"], params):
+                checkpoints[(r[0], r[1])] = (int(r[2]), str(r[3]))
+            scan, balances, reservations = (
+                q["reconcile_ledger_scan"],
+                q["reconcile_balances"],
+                q["reconcile_reservations"],
+            )
+            scan_params: dict[str, object] = dict(params)
+            if opts.incremental:
+                touched = [
+                    (r[0], r[1]) for r in conn.execute(q["reconcile_touched_budgets"], params)
+                ]
+                for key in touched:
+                    budgets[key] = new(*key)
+                for key, (seq, _hash) in checkpoints.items():
+                    if key not in budgets:
+                        result.skipped_budgets += 1
+                        result.skipped_events += seq
+                # Only the touched budgets' rows and projections are read, by index.
+                scan_params = {
+                    "tenants": [k[0] for k in touched],
+                    "budgets": [k[1] for k in touched],
+                }
+                scan, balances, reservations = (
+                    q["reconcile_events_of"],
+                    q["reconcile_balances_of"],
+                    q["reconcile_reservations_of"],
+                )
             with conn.cursor(name=f"reconcile_{shard}") as cur:
                 cur.itersize = FETCH
-                cur.execute(q["reconcile_ledger_scan"], params)
+                cur.execute(scan, scan_params)
                 while rows := cur.fetchmany(FETCH):
                     for row in rows:
                         budget = get((row[0], row[1]))
@@ -98,12 +141,18 @@ def replay_shard(
                             budget.apply(row)
                 else:
                     budget.end_of_scan()
-            for row in conn.execute(q["reconcile_balances"], params):
+            for key in checkpoints:
+                budget = get(key)
+                if budget is None and not opts.incremental:
+                    budget = budgets[key] = new(*key)  # checkpointed, but no row left at all
+                if budget is not None:
+                    budget.end_of_checkpoint()
+            for row in conn.execute(balances, scan_params):
                 budget = get((row[0], row[1]))
                 if budget is None:
                     budget = budgets[(row[0], row[1])] = new(row[0], row[1])
                 budget.balance = balance_from_row(row)
-            for row in conn.execute(q["reconcile_reservations"], params):
+            for row in conn.execute(reservations, scan_params):
                 budget = get((row[0], row[1]))
                 if budget is None:
                     budget = budgets[(row[0], row[1])] = new(row[0], row[1])
@@ -124,7 +173,9 @@ def _finish(budget: BudgetReplay, result: ShardResult) -> None:
     drifts = compare(budget)
     if budget.broken is not None:
         result.broken.append(budget.broken)
+    s = budget.state
     if drifts or budget.broken is not None:
-        s = budget.state
         result.drifts.extend(drifts)
         result.drifting[(s.tenant_id, s.budget_id)] = (s.sequence, s.utilization_bp)
+    elif budget.events:
+        result.verified.append((s.tenant_id, s.budget_id, s.sequence, s.last_hash))

@@ -1,0 +1,245 @@
+"""Incremental reconcile against a real Postgres: per-budget checkpoints, what an incremental run
+reads and finds, what only `--full` finds, and who may write a checkpoint.
+
+Ledgers are filled by the consumer's own batch logic (the benchmark's filler, then
+`process_batch` for the appended events); tampering is done as the owner role.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from bench.replay_bench import fill
+from budget_ledger.consumers.processor import BatchContext, Incoming, PartitionState, process_batch
+from budget_ledger.entrypoints.cli import build_parser
+from budget_ledger.ledger import store
+from budget_ledger.ledger.chain_mac import ChainKey, ChainKeyring
+from budget_ledger.ledger.db import connect, copy_rows
+from budget_ledger.ledger.settings import Settings
+from budget_ledger.ledger.store import load_budgets
+from budget_ledger.projections.chain_seal import seal_legacy
+from budget_ledger.projections.reconcile import ReconcileOptions, ReconcileReport, reconcile
+from budget_ledger.projections.store import upsert_projections
+from tests.conftest import CHAIN_KEYS, as_login
+
+pytestmark = pytest.mark.integration
+
+KEY = ChainKey("dev-chain-1", CHAIN_KEYS["chain_keys"]["dev-chain-1"].encode())
+RING = ChainKeyring({KEY.key_id: KEY.secret})
+EVENTS, BUDGETS = 1200, 12
+HOT = ("tenant-1", "budget-1")  # the budget that gets new events
+COLD = ("tenant-2", "budget-5")  # a budget left alone after the checkpoint
+
+
+def _run(url: str, full: bool = False, keys: ChainKeyring | None = None) -> ReconcileReport:
+    opts = ReconcileOptions(progress=False, incremental=not full, chain_keys=keys)
+    return reconcile(url, opts, checkpoint_dsn=url)
+
+
+def _cli(settings: Settings, capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    args: argparse.Namespace = build_parser().parse_args(["reconcile", "--json", *argv])
+    code = int(args.handler(args, settings))
+    lines = capsys.readouterr().out.splitlines()  # the log line goes to stdout too
+    out: dict[str, Any] = orjson.loads(next(x for x in lines if x.startswith('{"clean"')))
+    assert code == (0 if out["clean"] else 1)
+    return out
+
+
+def _events_of(url: str, key: tuple[str, str]) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ledger WHERE tenant_id = %s AND budget_id = %s", key
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _checkpoint(url: str, key: tuple[str, str]) -> int | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT sequence FROM reconcile_checkpoints WHERE tenant_id = %s AND budget_id = %s",
+            key,
+        ).fetchone()
+    return int(row[0]) if row else None
+
+
+def _append(
+    url: str, key: tuple[str, str], n: int, offset: int, chain_key: ChainKey | None = None
+) -> None:
+    """`n` fund commands for one budget through the consumer's own batch logic, written with
+    the credentials of `url` (keyed rows when `chain_key` is given)."""
+    ctx = BatchContext("x.commands", "x.events", "x.alerts", "x.dlq", {"USD": 2, "ZWG": 2},
+                       chain_key=chain_key)  # fmt: skip
+    with connect(url) as conn:
+        currency = conn.execute(
+            "SELECT currency FROM budget_balances WHERE tenant_id = %s AND budget_id = %s", key
+        ).fetchone()
+        assert currency is not None
+        commands = [
+            {"tenant_id": key[0], "budget_id": key[1], "command_id": f"new-{offset + i}",
+             "type": "fund", "amount": "1.00", "currency": currency[0]}
+            for i in range(n)
+        ]  # fmt: skip
+        msgs = [
+            Incoming(99, offset + i, f"{key[0]}:{key[1]}".encode(), orjson.dumps(c))
+            for i, c in enumerate(commands)
+        ]
+        out = process_batch(
+            msgs,
+            {99: PartitionState(next_offset=offset)},
+            ctx,
+            lookup_prior=lambda keys: {},
+            load_budgets=lambda keys: load_budgets(conn, keys),
+        )
+        assert len(out.ledger_rows) == n and not out.dead_letters
+        with conn.transaction():
+            q = store.queries()["copy_ledger_mac" if chain_key else "copy_ledger"]
+            copy_rows(conn, q, out.ledger_rows)
+            upsert_projections(conn, out.balance_rows, out.reservation_rows)
+
+
+def _tamper(url: str, key: tuple[str, str], sequence: int) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        conn.execute(
+            "UPDATE ledger SET event = jsonb_set(event, '{command_id}', '\"forged\"') "
+            "WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
+            (*key, sequence),
+        )
+        conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+
+
+@pytest.fixture
+def checkpointed(settings: Settings) -> str:
+    """A ledger of EVENTS events over BUDGETS budgets, reconciled once: all checkpointed."""
+    url = settings.database_url
+    fill(url, EVENTS, BUDGETS, seed=5)
+    first = _run(url)
+    assert first.clean and first.mode == "incremental"
+    assert (first.events, first.skipped_events, first.checkpoints_advanced) == (EVENTS, 0, BUDGETS)
+    return url
+
+
+def test_a_second_run_reads_only_the_budgets_written_since(
+    checkpointed: str, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = checkpointed
+    again = _run(url)
+    assert again.clean and (again.events, again.budgets) == (0, 0)
+    assert (again.skipped_events, again.skipped_budgets) == (EVENTS, BUDGETS)
+
+    before = _events_of(url, HOT)
+    _append(url, HOT, 5, offset=10_000)
+    out = _cli(settings, capsys)
+    # The changed budget is replayed (its state is needed for the drift check); no other is read.
+    assert out["clean"] and out["mode"] == "incremental"
+    assert (out["events"], out["budgets"]) == (before + 5, 1)
+    assert (out["skipped_events"], out["skipped_budgets"]) == (EVENTS - before, BUDGETS - 1)
+    assert _checkpoint(url, HOT) == before + 5
+
+    full = _cli(settings, capsys, "--full")
+    assert full["clean"] and full["mode"] == "full"
+    assert (full["events"], full["skipped_events"]) == (EVENTS + 5, 0)
+
+
+def test_a_row_tampered_after_the_checkpoint_is_found_and_holds_the_checkpoint(
+    checkpointed: str,
+) -> None:
+    url = checkpointed
+    before = _events_of(url, HOT)
+    _append(url, HOT, 3, offset=10_000)
+    _tamper(url, HOT, before + 2)
+    for _ in range(2):  # the checkpoint did not move past it: the next run finds it again
+        report = _run(url)
+        assert [(b.tenant_id, b.budget_id, b.sequence) for b in report.broken] == [
+            (*HOT, before + 2)
+        ]
+        assert "hash mismatch" in report.broken[0].problem and not report.clean
+        assert _checkpoint(url, HOT) == before
+
+
+def test_a_row_tampered_before_the_checkpoint_is_found_only_by_full(
+    checkpointed: str, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = checkpointed
+    cold_seq = _checkpoint(url, COLD)
+    assert cold_seq is not None and cold_seq > 3
+    _tamper(url, COLD, 3)
+    incremental = _cli(settings, capsys)
+    assert incremental["clean"] and incremental["budgets"] == 0  # the documented blind spot
+
+    full = _cli(settings, capsys, "--full")
+    assert not full["clean"]
+    assert [(b["tenant_id"], b["budget_id"], b["sequence"]) for b in full["broken_links"]] == [
+        (*COLD, 3)
+    ]
+    assert _checkpoint(url, COLD) == cold_seq  # a budget that did not verify keeps its old one
+
+
+def test_checkpointed_rows_that_changed_or_vanished_mark_the_budget_touched(
+    checkpointed: str,
+) -> None:
+    url = checkpointed
+    seq = _checkpoint(url, COLD)
+    with psycopg.connect(url) as conn:  # the owner deletes the budget's last (verified) row
+        conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        conn.execute(
+            "DELETE FROM ledger WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
+            (*COLD, seq),
+        )
+        conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+    report = _run(url)
+    assert report.budgets == 1 and not report.clean
+    assert [(b.budget_id, b.sequence) for b in report.broken] == [(COLD[1], seq)]
+    assert "checkpointed rows missing" in report.broken[0].problem
+
+
+def test_a_row_forged_with_the_app_credentials_is_reported_by_an_incremental_run(
+    settings: Settings, app_login: tuple[str, str]
+) -> None:
+    url = settings.database_url
+    app_url = as_login(url, *app_login)
+    fill(url, EVENTS, BUDGETS, seed=5)
+    with connect(url) as conn:  # the owner vouches for the rows written before the key
+        assert seal_legacy(conn, KEY) == BUDGETS
+    assert _run(url, keys=RING).clean
+    before = _events_of(url, HOT)
+    _append(app_url, HOT, 2, offset=10_000, chain_key=KEY)  # the consumer, holding the key
+    _append(app_url, HOT, 1, offset=20_000)  # ledger_app credentials alone: no MAC
+    report = _run(url, keys=RING)
+    assert [(b.budget_id, b.sequence, b.problem) for b in report.broken] == [
+        (HOT[1], before + 3, "mac missing: the row was not written by a holder of the chain key")
+    ]
+    assert _checkpoint(url, HOT) == before
+    assert report.skipped_budgets == BUDGETS - 1
+
+
+def test_ledger_app_cannot_write_or_become_the_checkpoint_writer(
+    checkpointed: str, app_login: tuple[str, str]
+) -> None:
+    app_url = as_login(checkpointed, *app_login)
+    statements = (
+        "UPDATE reconcile_checkpoints SET sequence = sequence + 1000",
+        "DELETE FROM reconcile_checkpoints",
+        "INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash)"
+        " VALUES ('t', 'b', 1, 'h')",
+        "SET ROLE ledger_reconciler",
+        "TRUNCATE reconcile_checkpoints",
+    )
+    for statement in statements:
+        with psycopg.connect(app_url) as conn:
+            assert conn.execute("SELECT count(*) FROM reconcile_checkpoints").fetchone() == (
+                BUDGETS,
+            )
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    # And the reconciler's own role holds nothing but the checkpoints.
+    with (
+        connect(checkpointed, role="ledger_reconciler") as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT 1 FROM ledger LIMIT 1")
