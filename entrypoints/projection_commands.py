@@ -79,6 +79,8 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """Replay the ledger, verify hash chains, compare with the projections (and Kafka); exit 0
     when clean, 1 on drift, 2 on usage or connection errors."""
+    from budget_ledger.projections.checkpoints import CheckpointsRefused
+
     try:
         if args.every is None:
             return _reconcile_once(args, settings)
@@ -89,6 +91,8 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             time.sleep(max(0.0, args.every - (time.monotonic() - started)))
     except (DatabaseUnavailable, psycopg.OperationalError) as exc:
         raise database_unreachable(exc) from None
+    except CheckpointsRefused as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:

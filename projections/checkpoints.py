@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
+import psycopg
+
 from budget_ledger.ledger.db import connect
 from budget_ledger.projections.store import queries
 
 CHECKPOINT_ROLE = "ledger_reconciler"
+
+
+class CheckpointsRefused(Exception):
+    """The checkpoint writer's login may not act as `ledger_reconciler`."""
 
 
 def advance_checkpoints(
@@ -24,7 +30,14 @@ def advance_checkpoints(
     rows = [v for v in verified if (v[0], v[1]) not in exclude]
     if not rows:
         return 0
-    with connect(dsn, role=role) as conn, conn.transaction():
+    try:
+        conn = connect(dsn, role=role)
+    except psycopg.errors.InsufficientPrivilege:
+        raise CheckpointsRefused(
+            f"the login of LEDGER_DATABASE_URL cannot SET ROLE {role}: grant it that role "
+            "(migration 006), or run reconcile with --no-checkpoints"
+        ) from None
+    with conn, conn.transaction():
         conn.execute(
             queries()["upsert_checkpoints"],
             {

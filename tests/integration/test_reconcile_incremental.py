@@ -17,6 +17,7 @@ import pytest
 from bench.replay_bench import fill
 from budget_ledger.consumers.processor import BatchContext, Incoming, PartitionState, process_batch
 from budget_ledger.entrypoints.cli import build_parser
+from budget_ledger.entrypoints.errors import CliError
 from budget_ledger.ledger import store
 from budget_ledger.ledger.chain_mac import ChainKey, ChainKeyring
 from budget_ledger.ledger.db import connect, copy_rows
@@ -243,3 +244,14 @@ def test_ledger_app_cannot_write_or_become_the_checkpoint_writer(
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         conn.execute("SELECT 1 FROM ledger LIMIT 1")
+
+
+def test_a_login_that_cannot_write_checkpoints_is_a_one_line_error(
+    checkpointed: str, settings: Settings, app_login: tuple[str, str]
+) -> None:
+    as_app = settings.model_copy(update={"database_url": as_login(checkpointed, *app_login)})
+    args = build_parser().parse_args(["reconcile", "--full"])
+    with pytest.raises(CliError, match="cannot SET ROLE ledger_reconciler"):
+        args.handler(args, as_app)
+    args = build_parser().parse_args(["reconcile", "--full", "--no-checkpoints"])
+    assert args.handler(args, as_app) == 0

@@ -98,9 +98,17 @@ def test_processes_log_in_as_the_app_and_only_migrate_as_the_owner() -> None:
     for command in PROCESSES:
         env = BY_COMMAND[command]
         assert env[APP_URL] == ("budget-ledger-app", APP_URL), command
-        assert OWNER_URL not in env, command
+        assert env.get(OWNER_URL) in (None, ("budget-ledger-reconciler", OWNER_URL)), command
     owners = [(wl, c["name"]) for wl, c, env in CONTAINERS if OWNER_URL in env]
-    assert owners == [("budget-ledger-migrate", "migrate")]
+    assert owners == [("budget-ledger-migrate", "migrate")] + [
+        # reconcile writes its checkpoints with its own login (ledger_reconciler), not the owner's
+        (wl, "reconcile")
+        for wl in ("budget-ledger-reconcile", "budget-ledger-reconcile-full")
+    ]
+    for wl, container, env in CONTAINERS:
+        if wl.startswith("budget-ledger-reconcile"):
+            assert env[OWNER_URL] == ("budget-ledger-reconciler", OWNER_URL), wl
+            assert ("--full" in container["args"]) == wl.endswith("-full"), wl
     assert BY_COMMAND["migrate"][OWNER_URL] == ("budget-ledger-owner", OWNER_URL)
     assert APP_URL not in BY_COMMAND["migrate"]
     # The topics container creates topics as a Kafka admin and has no database URL at all.
