@@ -5,20 +5,23 @@
 The fill does not go through Kafka: a seeded random command stream runs through the consumer's
 own `process_batch` (the domain's `apply`, the same row layout) with in-process look-ups, and the
 ledger and projection rows are COPYed in. The timed part is `projections.reconcile.reconcile`,
-exactly what `budget-ledger reconcile` runs. The database in LEDGER_DATABASE_URL is used as is
-(`--fresh` creates and migrates a scratch database next to it and drops it afterwards).
+exactly what `budget-ledger reconcile` runs; `--incremental-after N` times an incremental against
+a full reconcile after N new events on a checkpointed ledger. The database in LEDGER_DATABASE_URL
+is used as is (`--fresh` creates and migrates a scratch database next to it and drops it
+afterwards).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import resource
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -180,6 +183,20 @@ def hash_partition(key: bytes, partitions: int) -> int:
 
 def fill(dsn: str, n: int, budgets: int, seed: int) -> int:
     """Write the ledger and projections of `n` commands into the database; returns events."""
+    return write_batches(dsn, build_rows(command_stream(n, budgets, seed)))
+
+
+def fill_split(dsn: str, n: int, budgets: int, seed: int, tail: int) -> tuple[int, list[Any]]:
+    """Like `fill`, but hold back the batches of the last `tail` commands or more (whole batches
+    of 5,000): returns the events written and the held batches, for `write_batches` later."""
+    batches = build_rows(command_stream(n, budgets, seed))
+    head = max(n - tail, 0) // 5000  # build_rows' batches hold 5,000 commands
+    written = write_batches(dsn, itertools.islice(batches, head))
+    return written, list(batches)
+
+
+def write_batches(dsn: str, batches: Iterable[BatchOutput]) -> int:
+    """COPY the batches' ledger and projection rows, mark them published; returns events."""
     from budget_ledger.ledger import store
     from budget_ledger.ledger.db import connect, copy_rows
     from budget_ledger.projections.store import upsert_projections
@@ -188,7 +205,7 @@ def fill(dsn: str, n: int, budgets: int, seed: int) -> int:
     last: dict[tuple[object, object], object] = {}
     # As the owner: COPY FROM is refused on tables with row-level security for ledger_app.
     with connect(dsn) as conn:
-        for out in build_rows(command_stream(n, budgets, seed)):
+        for out in batches:
             with conn.transaction():
                 copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
                 upsert_projections(conn, out.balance_rows, out.reservation_rows)
@@ -260,11 +277,22 @@ def main(argv: list[str] | None = None) -> int:
         "--no-fill", action="store_true", help="reuse the ledger already in the database"
     )
     p.add_argument("--runs", type=int, default=1, help="timed reconcile runs")
+    p.add_argument(
+        "--incremental-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fill all but the last N commands, reconcile (checkpoints), write the N, then time "
+        "an incremental and a full reconcile",
+    )
     args = p.parse_args(argv)
 
     settings = load_settings()
     dsn = _scratch(settings.database_url) if args.fresh else settings.database_url
     try:
+        if args.incremental_after:
+            _incremental_bench(dsn, args)
+            return 0
         if not args.no_fill:
             t0 = time.perf_counter()
             events = fill(dsn, args.events, args.budgets, args.seed)
@@ -288,6 +316,37 @@ def main(argv: list[str] | None = None) -> int:
         if args.fresh and not args.keep:
             _drop(settings.database_url, dsn)
     return 0
+
+
+def _incremental_bench(dsn: str, args: argparse.Namespace) -> None:
+    """Full vs incremental reconcile after `--incremental-after` new events."""
+    from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
+
+    t0 = time.perf_counter()
+    events, held = fill_split(dsn, args.events, args.budgets, args.seed, args.incremental_after)
+    print(f"filled {events:,} events in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    first = reconcile(dsn, ReconcileOptions(workers=args.workers, progress=False), None, None,
+                      None, checkpoint_dsn=dsn)  # fmt: skip
+    print(
+        f"full reconcile setting checkpoints: {first.events:,} events, "
+        f"{first.checkpoints_advanced:,} checkpoints in {time.perf_counter() - t0:.2f} s"
+    )
+    new = write_batches(dsn, held)
+    print(f"wrote {new:,} new events")
+    for run in range(args.runs):
+        for incremental in (True, False):
+            opts = ReconcileOptions(workers=args.workers, progress=False, incremental=incremental)
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            report = reconcile(dsn, opts)  # no checkpoint_dsn: every run sees the same ledger
+            took = time.perf_counter() - t0
+            print(
+                f"run {run + 1} {report.mode:>11}: {took:6.2f} s, replayed {report.events:,} "
+                f"events of {report.budgets:,} budgets, skipped {report.skipped_events:,} events "
+                f"of {report.skipped_budgets:,} budgets (clean={report.clean}, load before "
+                f"{load:.2f})"
+            )
 
 
 if __name__ == "__main__":
