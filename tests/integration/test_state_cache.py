@@ -6,6 +6,9 @@ unbounded in-process run gives, and the ledger must stay consistent.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from typing import Any
 
 import orjson
@@ -22,6 +25,7 @@ from budget_ledger.consumers.processor import (
 )
 from budget_ledger.ledger.budget import initial_state
 from budget_ledger.ledger.settings import Settings
+from tests.conftest import ROOT
 from tests.integration.support import (
     assert_ledger_consistent,
     ledger_count,
@@ -91,3 +95,27 @@ def test_a_two_budget_cache_over_many_budgets_keeps_the_ledger_right(settings: S
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         rows = conn.execute("SELECT command_id, type, event->>'reason' FROM ledger").fetchall()
     assert {cid: (kind, reason) for cid, kind, reason in rows} == expected
+
+
+def test_the_memory_bench_runs_and_bounds_the_cache(
+    pg_admin_dsn: str, kafka_bootstrap: str
+) -> None:
+    """Smoke run of bench/state_cache_rss.py at a tiny size (figures are not asserted)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "bench.state_cache_rss",
+        "--commands", "600", "--budgets", "150", "--cache", "10", "0",
+        "--metrics-port", str(port),
+        "--database-url", pg_admin_dsn, "--kafka-bootstrap", kafka_bootstrap,
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-4000:]
+    doc = orjson.loads(result.stdout)
+    bounded, unbounded = doc["runs"]
+    assert bounded["ledger_events"] == unbounded["ledger_events"] == 600
+    assert bounded["ledger_state_cached_budgets"] == 10
+    assert bounded["ledger_state_evictions_total"] > 0
+    assert unbounded["ledger_state_cached_budgets"] == 150
+    assert doc["bytes_per_cached_budget"] > 0
