@@ -237,11 +237,12 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
 
 -- name: reconcile_touched_budgets
--- One shard's budgets whose ledger moved since their checkpoint: a row after it, no checkpoint
--- at all, or the checkpointed row gone or with another hash. The budgets come from the ledger
--- itself (a loose index scan over UNIQUE (tenant_id, budget_id, sequence): one index probe per
--- budget, never a table scan) and from the checkpoints (a budget whose rows all vanished);
--- each test is one index probe. Nothing here trusts the projections, which ledger_app can edit.
+-- One shard's budgets whose ledger moved since their checkpoint: no checkpoint yet, or the
+-- budget's last row (sequence, hash) is not the checkpointed one (rows after it, or rows lost).
+-- The budgets come from the ledger itself (a loose index scan over
+-- UNIQUE (tenant_id, budget_id, sequence): one index probe per budget, never a table scan) and
+-- from the checkpoints (a budget whose rows all vanished); the last row is one backward index
+-- probe. Nothing here trusts the projections, which ledger_app can edit.
 WITH RECURSIVE in_ledger AS (
     (SELECT tenant_id, budget_id FROM ledger
      WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
@@ -264,14 +265,12 @@ WITH RECURSIVE in_ledger AS (
 SELECT b.tenant_id, b.budget_id
 FROM budgets b
 LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
+LEFT JOIN LATERAL (SELECT l.sequence, l.hash FROM ledger l
+                   WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                   ORDER BY l.sequence DESC LIMIT 1) AS head ON true
 WHERE (%(shards)s::int = 1 OR abs(hashtext(b.budget_id) %% %(shards)s::int) = %(shard)s::int)
-  AND (c.sequence IS NULL
-       OR EXISTS (SELECT 1 FROM ledger l
-                  WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
-                    AND l.sequence > c.sequence)
-       OR NOT EXISTS (SELECT 1 FROM ledger l
-                      WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
-                        AND l.sequence = c.sequence AND l.hash = c.hash))
+  AND (c.sequence IS NULL OR head.sequence IS NULL
+       OR (head.sequence, head.hash) <> (c.sequence, c.hash))
 
 -- name: reconcile_events_of
 -- The ledger rows of the given budgets, each budget's in sequence order (an index range scan
