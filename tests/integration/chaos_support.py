@@ -148,7 +148,9 @@ def fresh_database(admin_dsn: str) -> Iterator[str]:
                         )
                     )
                 break
-            except psycopg.OperationalError:
+            except (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege):
+                # The server restarting, or a session of a process still shutting down that the
+                # owner may not terminate (another login): both pass within seconds.
                 time.sleep(1)
 
 
