@@ -40,7 +40,7 @@ def test_every_command_type_through_kafka_and_postgres(settings: Settings) -> No
         _c("c08", "reserve", amount="70.00", currency="USD", ref_id="r3"),
         _c("c09", "adjust", amount="20.00", reason="late top-up", operator="ops@acme"),
         _c("c10", "reserve", amount="75.00", currency="USD", ref_id="r4",
-           expires_at=_iso(now + timedelta(seconds=1))),
+           expires_at=_iso(now + timedelta(seconds=30))),  # after the consumer sees it
         _c("c11", "expire_reservations", as_of=_iso(now + timedelta(seconds=60))),
         _c("c12", "close_period", period_end=_iso(now + timedelta(seconds=90))),
         _c("c13", "charge", ref_id="r1"),
