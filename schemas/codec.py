@@ -10,7 +10,7 @@ hash still verifies (tests/unit/test_ledger_fixture.py holds such a ledger).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
@@ -66,22 +66,35 @@ def detail_text(detail: Any) -> str:
     return "".join(parts)
 
 
-def _data_to_wire(data: Mapping[str, Any], digits: int) -> dict[str, Any]:
+def _convert_data(
+    data: Mapping[str, Any],
+    money: Callable[[Any], Any],
+    time: Callable[[Any], Any],
+    detail: Callable[[Any], Any],
+) -> dict[str, Any]:
+    """``data`` with each money, time and detail value converted (the one walk both ways);
+    None and every other key as they are."""
     out: dict[str, Any] = {}
     for k, v in data.items():
         if v is None:
             out[k] = v
         elif k in MONEY_DATA_KEYS:
-            out[k] = to_decimal_str(v, digits)
+            out[k] = money(v)
         elif k in TIME_DATA_KEYS:
-            out[k] = rfc3339_utc(v)
+            out[k] = time(v)
         elif k in MONEY_PAIR_LIST_KEYS:
-            out[k] = [[ref, to_decimal_str(amt, digits)] for ref, amt in v]
+            out[k] = [[ref, money(amt)] for ref, amt in v]
         elif k == "detail":
-            out[k] = detail_text(v)
+            out[k] = detail(v)
         else:
             out[k] = v
     return out
+
+
+def _data_to_wire(data: Mapping[str, Any], digits: int) -> dict[str, Any]:
+    return _convert_data(
+        data, lambda minor: to_decimal_str(minor, digits), rfc3339_utc, detail_text
+    )
 
 
 def _minor(text: str, digits: int) -> int:
@@ -95,19 +108,8 @@ def _minor(text: str, digits: int) -> int:
 def _data_from_wire(data: Mapping[str, Any], digits: int) -> Mapping[str, Any]:
     if not data:
         return data
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if v is None:
-            out[k] = v
-        elif k in MONEY_DATA_KEYS:
-            out[k] = _minor(v, digits)
-        elif k in TIME_DATA_KEYS:
-            out[k] = _parse_time(v)
-        elif k in MONEY_PAIR_LIST_KEYS:
-            out[k] = [[ref, _minor(amt, digits)] for ref, amt in v]
-        else:
-            out[k] = v
-    return out
+    # A stored detail is already its text: kept as it is.
+    return _convert_data(data, lambda text: _minor(text, digits), _parse_time, lambda v: v)
 
 
 def _wire_body(ev: LedgerEvent, digits: int) -> dict[str, Any]:
