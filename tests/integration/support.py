@@ -74,9 +74,13 @@ def produce(
 
 
 @contextmanager
-def running_consumer(settings: Settings, relay: bool = True) -> Iterator[CommandConsumer]:
-    """A consumer (and relay) in background threads for the duration of the block."""
-    create_topics(settings)
+def running_consumer(
+    settings: Settings, relay: bool = True, create: bool = True
+) -> Iterator[CommandConsumer]:
+    """A consumer (and relay) in background threads for the duration of the block; `create`
+    False when the topics exist already (a principal that may not create them)."""
+    if create:
+        create_topics(settings)
     stop = threading.Event()
     consumer = CommandConsumer(settings, stop=stop)
     threads = [threading.Thread(target=consumer.run, daemon=True)]

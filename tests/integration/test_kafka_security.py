@@ -13,11 +13,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -36,17 +34,16 @@ from pydantic import SecretStr
 
 from budget_ledger.consumers.acls import Principals, apply_acls, grants
 from budget_ledger.consumers.client import Accepted, LedgerClient
-from budget_ledger.consumers.command_consumer import CommandConsumer
 from budget_ledger.consumers.kafka_config import (
     admin_config,
     client_config,
     producer_config,
     reader_config,
 )
-from budget_ledger.consumers.relay import Relay
 from budget_ledger.consumers.topics import create_topics
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.schemas.signing import sign
+from tests.integration.support import running_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -103,26 +100,6 @@ def principal(
         future.result(timeout=15)
 
 
-@contextmanager
-def _ledger_running(settings: Settings) -> Iterator[CommandConsumer]:
-    # Like support.running_consumer, without its create_topics: the ledger may not create them.
-    stop = threading.Event()
-    consumer = CommandConsumer(settings, stop=stop)
-    threads = [
-        threading.Thread(target=consumer.run, daemon=True),
-        threading.Thread(target=Relay(settings, stop=stop).run, daemon=True),
-    ]
-    for t in threads:
-        t.start()
-    try:
-        assert consumer.ready.wait(60), "consumer got no partitions within 60 s"
-        yield consumer
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-
-
 def _produce_error(settings: Settings, topic: str) -> KafkaError | None:
     """Produce one message to `topic`; the delivery error (None when delivered)."""
     producer = Producer(producer_config(settings, **{"message.timeout.ms": 15_000}))
@@ -170,7 +147,7 @@ def test_full_flow_with_authenticated_principals_and_acls(
     assert again.created == [] and len(again.present) == len(grants(admin, Principals()))
 
     tenant, budget = "acme", f"b-{uuid.uuid4().hex[:8]}"
-    with _ledger_running(ledger), LedgerClient(ledger) as operator:
+    with running_consumer(ledger, create=False), LedgerClient(ledger) as operator:
         opened = operator.send({"type": "open_budget", "tenant_id": tenant, "budget_id": budget,
                                 "currency": "USD", "period": "rolling"})  # fmt: skip
         funded = operator.fund(tenant, budget, "100.00", "USD")
@@ -292,7 +269,7 @@ def test_an_upstream_principal_cannot_fund_adjust_open_or_close(
         (fund, sign(key, fund, key_id="retired-2025", secret=real, principal="rules-engine")),
         (fund, genuine),  # a real signature of another payload
     ]
-    with _ledger_running(ledger), LedgerClient(ledger) as operator:
+    with running_consumer(ledger, create=False), LedgerClient(ledger) as operator:
         opened = operator.send({"type": "open_budget", "tenant_id": tenant, "budget_id": budget,
                                 "currency": "USD", "period": "rolling"})  # fmt: skip
         assert operator.await_outcome(opened, 60).accepted
