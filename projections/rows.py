@@ -7,7 +7,7 @@ from datetime import datetime
 import orjson
 
 from budget_ledger.ledger.budget import BudgetConfig, BudgetState, Reservation
-from budget_ledger.schemas.codec import pct_text, time_text
+from budget_ledger.schemas.codec import pct_text
 from budget_ledger.schemas.events import rfc3339_utc
 
 BalanceRow = tuple[object, ...]
@@ -47,7 +47,7 @@ def balance_row(state: BudgetState, updated_at: datetime | None) -> BalanceRow:
         pct_text(state.utilization_bp),
         state.sequence,
         state.last_hash,
-        None if state.period_start is None else time_text(state.period_start),
+        None if state.period_start is None else rfc3339_utc(state.period_start),
         config,
         updated_at,
     )
