@@ -1,0 +1,333 @@
+"""Scaling benchmark: costs measured on ledgers of 1M and 20M events (docs/scaling.md).
+
+    .venv/bin/python -m bench.scaling fill --database bench_scale_1m --events 1000000 \\
+        --budgets 50000 --hot-events 500000
+    .venv/bin/python -m bench.scaling measure --database bench_scale_1m
+
+`fill` creates (or replaces) a database next to LEDGER_DATABASE_URL, migrates it and COPYs a
+history into it: one hot budget with `--hot-events` events and `--budgets` background budgets
+sharing the rest, spread over `--months` months of `recorded_at` ending now. Every event is made
+by the domain itself (decide, seal onto the budget's hash chain, evolve), so the chains, balances
+and projections are the real ones; only the wire parsing is skipped (commands are built as
+domain values) and the stored command fingerprints are digests of the command ids. Background
+workers run in parallel processes, one per `--workers`, plus one for the hot budget.
+
+`measure` times, on such a database, what issue 12 asks to be independent of history: the
+state load of the hot budget (cold, fresh connection), a ledger page of 50 entries of a budget
+by date range, and an incremental reconcile after new events; the end-to-end throughput and the
+first-command-after-restart figures use `python -m bench --template-database` and
+`bench.restart` against the same database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from budget_ledger.ledger.budget import BudgetState, decide, evolve, initial_state
+from budget_ledger.ledger.commands import (
+    Amount,
+    Charge,
+    Command,
+    Fund,
+    OpenBudget,
+    Release,
+    Reserve,
+)
+from budget_ledger.ledger.partitioning import partition_for
+from budget_ledger.schemas.codec import seal
+
+HOT = ("scale-hot", "hot-0")
+TOPIC = "scale.commands"
+PARTITIONS = 12
+CHUNK = 20_000
+
+
+def _with_db(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+@dataclass
+class _Writer:
+    """One worker's COPY buffers and Kafka coordinates (its own topic: offsets never clash)."""
+
+    conn: psycopg.Connection
+    topic: str
+    ledger_rows: list[tuple[object, ...]]
+    reservation_rows: list[tuple[object, ...]]
+    offsets: dict[int, int]
+    written: int = 0
+
+    def flush(self) -> None:
+        from budget_ledger.ledger import store
+        from budget_ledger.ledger.db import copy_rows
+        from budget_ledger.projections.store import upsert_projections
+
+        with self.conn.transaction():
+            copy_rows(self.conn, store.queries()["copy_ledger"], self.ledger_rows)
+            if self.reservation_rows:
+                upsert_projections(self.conn, [], self.reservation_rows)
+        self.written += len(self.ledger_rows)
+        self.ledger_rows.clear()
+        self.reservation_rows.clear()
+
+
+def _money(minor: int) -> Amount:
+    return Amount(minor, f"{minor // 100}.{minor % 100:02d}")
+
+
+def _base(key: tuple[str, str], n: int) -> dict[str, Any]:
+    return {
+        "command_id": f"{key[1]}-c{n}",
+        "tenant_id": key[0],
+        "budget_id": key[1],
+        "issued_at": None,
+        "metadata": None,
+    }
+
+
+def _open(key: tuple[str, str]) -> OpenBudget:
+    return OpenBudget(
+        **_base(key, 0),
+        currency="USD",
+        digits=2,
+        period="rolling",
+        hard_cap=None,
+        soft_cap=None,
+        soft_threshold_pct=80,
+        hard_threshold_pct=95,
+        period_allowance=None,
+        rollover=False,
+        timezone="UTC",
+        reservation_ttl_seconds=None,
+    )
+
+
+def budget_commands(key: tuple[str, str], n: int) -> Iterator[Command]:
+    """`n` commands for one budget: open, fund, then reserve/charge/release cycles (a refill
+    fund every 500 commands); the last two reservations stay open."""
+    yield _open(key)
+    yield Fund(**_base(key, 1), amount=_money(10**11), currency="USD")
+    i = 2
+    ref = 0
+    while i < n:
+        if i % 500 == 0:
+            yield Fund(**_base(key, i), amount=_money(10**9), currency="USD")
+        elif i % 2 == 0 or i >= n - 2:
+            ref += 1
+            yield Reserve(**_base(key, i), ref_id=f"r{ref}", amount=_money(500 + i % 97),
+                          currency="USD", expires_at=None)  # fmt: skip
+        elif i % 6 == 1:
+            yield Release(**_base(key, i), ref_id=f"r{ref}")
+        else:
+            yield Charge(**_base(key, i), ref_id=f"r{ref}", amount=None)
+        i += 1
+
+
+def _step(w: _Writer, state: BudgetState, command: Command, now: datetime) -> BudgetState:
+    """Decide, seal, fold one command (as `ledger.record` does, without the wire parsing);
+    buffer its ledger row and the projection row of a reservation it settled."""
+    from budget_ledger.projections.rows import reservation_row
+
+    unsealed = decide(state, command, now)
+    event, wire = seal(unsealed, state.digits if state.opened else 2)
+    after = evolve(state, event)
+    key = f"{state.tenant_id}:{state.budget_id}".encode()
+    part = partition_for(key, PARTITIONS)
+    offset = w.offsets.get(part, 0)
+    w.offsets[part] = offset + 1
+    w.ledger_rows.append(
+        (event.tenant_id, event.budget_id, event.sequence, event.type, event.command_id,
+         hashlib.sha256(event.command_id.encode()).hexdigest(), event.ref_id, event.currency,
+         event.amount, event.funded, event.reserved, event.charged, event.available, w.topic,
+         part, offset, orjson.dumps(wire).decode(), event.recorded_at, event.prev_hash,
+         event.hash)
+    )  # fmt: skip
+    ref = event.ref_id
+    if ref is not None and event.type in ("reservation_charged", "reservation_released"):
+        # Settled: its projection row is final; the state keeps only open reservations.
+        w.reservation_rows.append(reservation_row(after, after.reservations[ref]))
+        after = replace(after, reservations=after.reservations.delete(ref))
+    return after
+
+
+def _worker(
+    dsn: str,
+    keys: list[tuple[str, str]],
+    per_budget: int,
+    start: datetime,
+    span: timedelta,
+    topic: str,
+) -> tuple[int, dict[int, int]]:
+    """Write the histories of `keys` round-robin (all budgets advance together in time)."""
+    from budget_ledger.ledger.db import connect
+    from budget_ledger.projections.rows import balance_row, reservation_row
+    from budget_ledger.projections.store import upsert_projections
+
+    conn = connect(dsn)
+    w = _Writer(conn, topic, [], [], {})
+    streams = {k: budget_commands(k, per_budget) for k in keys}
+    states = {k: initial_state(*k) for k in keys}
+    total = per_budget * len(keys)
+    done = 0
+    rounds_per_budget = per_budget
+    # A single budget's stream goes in chunks; many budgets advance one command per round.
+    stride = max(1, CHUNK // len(keys)) if len(keys) < CHUNK else 1
+    for _ in range(0, rounds_per_budget, stride):
+        for k in keys:
+            stream = streams[k]
+            for _ in range(stride):
+                command = next(stream, None)
+                if command is None:
+                    break
+                now = start + span * (done / total)
+                states[k] = _step(w, states[k], command, now)
+                done += 1
+            if len(w.ledger_rows) >= CHUNK:
+                w.flush()
+    w.flush()
+    end = start + span
+    balances = [balance_row(s, end) for s in states.values()]
+    opened = [reservation_row(s, r) for s in states.values() for r in s.reservations.values()]
+    with conn.transaction():
+        for i in range(0, len(balances), CHUNK):
+            upsert_projections(conn, balances[i : i + CHUNK], [])
+        for i in range(0, len(opened), CHUNK):
+            upsert_projections(conn, [], opened[i : i + CHUNK])
+    conn.close()
+    return w.written, w.offsets
+
+
+def _run_worker(args: tuple[Any, ...]) -> tuple[str, int, dict[int, int]]:
+    written, offsets = _worker(*args)
+    return args[5], written, offsets
+
+
+def fill(args: argparse.Namespace) -> int:
+    """Create the database and write its history; prints what was written."""
+    from budget_ledger.ledger.migrate import migrate
+    from budget_ledger.ledger.settings import load_settings
+    from budget_ledger.ledger.store import queries
+
+    admin = load_settings().database_url
+    url = _with_db(admin, args.database)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.database))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.database)))
+    migrate(url)
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    span = timedelta(days=30 * args.months)
+    start = end - span
+    _prepare_partitions(url, start, end)
+
+    background = args.events - args.hot_events
+    per_budget = max(2, background // max(args.budgets, 1))
+    keys = [(f"scale-{i % 7}", f"b-{i}") for i in range(args.budgets)]
+    jobs: list[tuple[Any, ...]] = [
+        (url, keys[w :: args.workers], per_budget, start, span, f"{TOPIC}.w{w}")
+        for w in range(args.workers)
+    ]
+    if args.hot_events:
+        jobs.append((url, [HOT], args.hot_events, start, span, f"{TOPIC}.hot"))
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+        results = pool.map(_run_worker, jobs)
+    took = time.perf_counter() - t0
+    events = sum(r[1] for r in results)
+    with psycopg.connect(url, autocommit=True) as conn:
+        q = queries()
+        for topic, _, offsets in results:
+            for partition, next_offset in offsets.items():
+                cursor = {"topic": topic, "partition": partition}
+                conn.execute(q["ensure_relay_cursor"], cursor)
+                conn.execute(q["advance_relay_cursor"], {**cursor, "offset": next_offset - 1})
+        conn.execute("ANALYZE")
+    print(
+        f"filled {args.database}: {events:,} events ({args.hot_events:,} in {HOT[0]}:{HOT[1]}, "
+        f"{per_budget} in each of {args.budgets:,} budgets) from {start:%Y-%m-%d} to "
+        f"{end:%Y-%m-%d} in {took:.0f} s ({events / took:,.0f} events/s)"
+    )
+    return 0
+
+
+def _prepare_partitions(url: str, start: datetime, end: datetime) -> None:
+    """Monthly partitions for the whole filled span (history older than the migration's)."""
+    del url, start, end  # the ledger is one table until it is partitioned
+
+
+def _timed(fn: Any, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def _ms(samples: list[float]) -> str:
+    low, high = min(samples), max(samples)
+    return f"median {statistics.median(samples):.1f} ms (min {low:.1f}, max {high:.1f})"
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Time the per-budget costs on a filled database."""
+    from budget_ledger.ledger import store
+    from budget_ledger.ledger.db import connect
+    from budget_ledger.ledger.settings import load_settings
+
+    url = _with_db(load_settings().database_url, args.database)
+    with psycopg.connect(url) as conn:
+        events = conn.execute("SELECT count(*) FROM ledger").fetchone()
+        hot = conn.execute(
+            "SELECT sequence FROM budget_balances WHERE tenant_id = %s AND budget_id = %s", HOT
+        ).fetchone()
+    print(f"{args.database}: {events[0] if events else 0:,} events; hot budget sequence "
+          f"{hot[0] if hot else 0:,}")  # fmt: skip
+
+    def cold_load() -> None:
+        with connect(url) as conn:
+            state = store.load_budgets(conn, [HOT])[HOT]
+            assert isinstance(state, BudgetState) and state.sequence > 0, state
+
+    print(f"state load of {HOT[0]}:{HOT[1]}, cold (new connection each): "
+          f"{_ms(_timed(cold_load, args.runs))}")  # fmt: skip
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fill` or `measure`."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="what", required=True)
+    f = sub.add_parser("fill", help="create and fill a scaling database")
+    f.add_argument("--database", required=True)
+    f.add_argument("--events", type=int, default=1_000_000)
+    f.add_argument("--budgets", type=int, default=50_000)
+    f.add_argument("--hot-events", type=int, default=500_000)
+    f.add_argument("--months", type=int, default=24)
+    f.add_argument("--workers", type=int, default=2, help="background writer processes")
+    m = sub.add_parser("measure", help="time the per-budget costs on a filled database")
+    m.add_argument("--database", required=True)
+    m.add_argument("--runs", type=int, default=5)
+    args = p.parse_args(argv)
+    return fill(args) if args.what == "fill" else measure(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
