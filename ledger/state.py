@@ -8,7 +8,8 @@ hold right now, and a `Reservation` has a ``reserved_amount``, a ``charged_amoun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Final
@@ -89,7 +90,8 @@ class BudgetState:
     sequence: int
     last_hash: str
     period_start: datetime | None
-    reservations: immutables.Map[str, Reservation]  # every ref_id ever reserved
+    # Every ref_id reserved, or (a `compact` state, as the consumer caches) the open ones only.
+    reservations: immutables.Map[str, Reservation]
     cap_reached_alerted: bool = False
     # Minor digits of the currency, as recorded in budget_opened (0 before open).
     digits: int = 0
@@ -154,6 +156,27 @@ def initial_state(tenant_id: str, budget_id: str) -> BudgetState:
         period_start=None,
         reservations=immutables.Map(),
     )
+
+
+def compact(state: BudgetState, refs: Iterable[str] | None = None) -> BudgetState:
+    """``state`` without its settled (charged, released, expired) reservations; with ``refs``,
+    only those among them are checked (the rest are known open). Decides alike once the settled
+    records a command names are merged back (what the consumer's per-batch look-up does)."""
+    held = state.reservations
+    if refs is None:
+        gone = [ref for ref, res in held.items() if res.status is not ReservationStatus.RESERVED]
+    else:
+        gone = [
+            ref
+            for ref in set(refs)
+            if (res := held.get(ref)) is not None and res.status is not ReservationStatus.RESERVED
+        ]
+    if not gone:
+        return state
+    kept = held.mutate()
+    for ref in gone:
+        del kept[ref]
+    return replace(state, reservations=kept.finish())
 
 
 def limit_of(config: BudgetConfig | None, funded: int) -> int:
