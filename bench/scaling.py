@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -48,6 +48,7 @@ from budget_ledger.ledger.commands import (
     Reserve,
 )
 from budget_ledger.ledger.partitioning import partition_for
+from budget_ledger.ledger.state import compact
 from budget_ledger.schemas.codec import seal
 
 HOT = ("scale-hot", "hot-0")
@@ -160,7 +161,7 @@ def _step(w: _Writer, state: BudgetState, command: Command, now: datetime) -> Bu
     if ref is not None and event.type in ("reservation_charged", "reservation_released"):
         # Settled: its projection row is final; the state keeps only open reservations.
         w.reservation_rows.append(reservation_row(after, after.reservations[ref]))
-        after = replace(after, reservations=after.reservations.delete(ref))
+        after = compact(after, (ref,))
     return after
 
 
