@@ -40,7 +40,7 @@ from budget_ledger.consumers.processor import (
 )
 from budget_ledger.consumers.state_cache import StateCache
 from budget_ledger.consumers.timings import CommitTimings
-from budget_ledger.ledger import store
+from budget_ledger.ledger import store, table_partitions
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.db import connect, copy_rows
 from budget_ledger.ledger.history import ReplayFailed
@@ -199,6 +199,7 @@ class CommandConsumer:
 
     def run(self) -> None:
         """Consume until `stop` is set (SIGTERM/SIGINT), then leave the group cleanly."""
+        self._ensure_ledger_partitions()
         consumer = Consumer(command_consumer_config(self.settings, error_cb=self._on_kafka_error))
         self._consumer = consumer
         consumer.subscribe(
@@ -227,6 +228,18 @@ class CommandConsumer:
             if self.timings is not None:
                 self.timings.write()
             log.info("consumer_stopped")
+
+    def _ensure_ledger_partitions(self) -> None:
+        """Create the ledger's coming monthly partitions, best effort: a failure only logs, since
+        a row whose month has no partition lands in the DEFAULT partition (migration 008)."""
+        try:
+            months = table_partitions.ensure_partitions(self._db())
+        except psycopg.Error as exc:
+            log.warning("ledger_partitions_not_ensured", error=" ".join(str(exc).split()))
+            return
+        created = [m.name for m in months if m.outcome == "created"]
+        skipped = [m.name for m in months if m.outcome.startswith("skipped")]
+        log.info("ledger_partitions_ensured", created=created, skipped=skipped)
 
     def _poll_batch(self, consumer: Consumer) -> list[Message]:
         """Up to N messages: what is already fetched, at once; else wait up to T ms for more.

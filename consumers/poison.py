@@ -15,12 +15,15 @@ from psycopg import errors
 
 # Unique constraints that a concurrent writer can violate (another partition's consumer took the
 # same tenant command_id; a stale in-memory budget): replaying the batch resolves them.
+# Since migration 008 the command_id key is ledger_commands' (it kept the old name) and a
+# violated key of the partitioned ledger is named after its partition (ledger_y2026m11_...).
 RACE_CONSTRAINTS = frozenset(
     {"ledger_tenant_id_command_id_key", "ledger_tenant_id_budget_id_sequence_key"}
 )
 # The ledger's (partition, offset) key is fixed by the position, never by the message's content:
 # a violation means the stored positions are behind the ledger, which no dead letter can fix.
 POSITION_CONSTRAINTS = frozenset({"ledger_pkey"})
+_LEDGER_PARTITION_KEY = re.compile(r"ledger_(?:y\d{4}m\d{2}|default|legacy)_(pkey|sequence_key)")
 # e.g. 'COPY ledger, line 93, column funded: "9299999999999999907"'
 _COPY_CONTEXT = re.compile(r"COPY (\w+), line (\d+)")
 
@@ -32,14 +35,28 @@ def constraint_of(exc: BaseException) -> str | None:
     return None
 
 
+def _ledger_key(constraint: str | None) -> str | None:
+    """A ledger partition's key as the parent's name ("ledger_pkey"), else the name as is."""
+    match = _LEDGER_PARTITION_KEY.fullmatch(constraint or "")
+    if match is None:
+        return constraint
+    return "ledger_pkey" if match.group(1) == "pkey" else "ledger_tenant_id_budget_id_sequence_key"
+
+
 def is_race(exc: BaseException) -> bool:
     """A unique violation that replaying the batch resolves (the rewind-and-retry path)."""
-    return isinstance(exc, errors.UniqueViolation) and constraint_of(exc) in RACE_CONSTRAINTS
+    return (
+        isinstance(exc, errors.UniqueViolation)
+        and _ledger_key(constraint_of(exc)) in RACE_CONSTRAINTS
+    )
 
 
 def is_position_conflict(exc: BaseException) -> bool:
     """The ledger already holds a row for this (partition, offset): positions are behind it."""
-    return isinstance(exc, errors.UniqueViolation) and constraint_of(exc) in POSITION_CONSTRAINTS
+    return (
+        isinstance(exc, errors.UniqueViolation)
+        and _ledger_key(constraint_of(exc)) in POSITION_CONSTRAINTS
+    )
 
 
 def is_data_error(exc: BaseException) -> bool:

@@ -7,6 +7,7 @@ import argparse
 import getpass
 import os
 
+from budget_ledger.entrypoints import partition_commands
 from budget_ledger.entrypoints.errors import EXIT_OK, CliError, database_unreachable
 from budget_ledger.ledger.settings import Settings
 
@@ -92,7 +93,7 @@ def cmd_seal_legacy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_ledger(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `ledger seal-legacy`."""
+    """Register `ledger seal-legacy` and `ledger partitions ensure|list`."""
     p = sub.add_parser(
         "ledger",
         help="administration of the ledger table (owner credentials)",
@@ -106,3 +107,4 @@ def add_ledger(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog="Run `reconcile` first: a seal vouches for what the ledger holds when it is made.",
     )
     c.set_defaults(handler=cmd_seal_legacy)
+    partition_commands.add_partitions(area)

@@ -68,10 +68,14 @@ WHERE p.consumer_group = %(group)s AND p.topic = %(topic)s AND p.partition = c.p
 RETURNING p.partition
 
 -- name: select_prior_commands
-SELECT l.tenant_id, l.command_id, l.command_fingerprint, l.event::text
-FROM ledger l
-JOIN unnest(%(tenants)s::text[], %(command_ids)s::text[]) AS c(tenant_id, command_id)
-  ON l.tenant_id = c.tenant_id AND l.command_id = c.command_id
+-- The fingerprint from the idempotency guard (ledger_commands, one row per tenant command_id),
+-- the event from the ledger through its primary key with recorded_at, so only the partition of
+-- that month is probed (run-time pruning of the nested loop's inner side).
+SELECT g.tenant_id, g.command_id, g.command_fingerprint, l.event::text
+FROM unnest(%(tenants)s::text[], %(command_ids)s::text[]) AS c(tenant_id, command_id)
+JOIN ledger_commands g ON g.tenant_id = c.tenant_id AND g.command_id = c.command_id
+JOIN ledger l ON l.kafka_topic = g.kafka_topic AND l.kafka_partition = g.kafka_partition
+             AND l.kafka_offset = g.kafka_offset AND l.recorded_at = g.recorded_at
 
 -- name: select_budget_events
 SELECT l.tenant_id, l.budget_id, l.event::text
@@ -215,3 +219,46 @@ FROM relay_cursors c
 SELECT (SELECT count(*) FROM outbox),
        (SELECT count(*) FROM relay_set_aside WHERE state IN ('held', 'waiting')),
        (SELECT count(*) FROM relay_holds)
+
+
+-- ---------------------------------------------------------------------------------------------
+-- The partitioned ledger (migration 008, ledger/table_partitions.py, projections/ledger_pages.py).
+
+-- name: ensure_ledger_partitions
+-- Monthly partitions from the current UTC month to `ahead` months later (SECURITY DEFINER
+-- function, EXECUTE granted to ledger_app); one row per month with what was done.
+SELECT partition_name, range_from, range_to, outcome FROM ledger_ensure_partitions(%(ahead)s)
+
+-- name: list_ledger_partitions
+-- The partitions in bound order (legacy first, DEFAULT last): bounds, the planner's row
+-- estimate (NULL before the first ANALYZE), size, and whether the partition has its own
+-- UNIQUE (tenant_id, budget_id, sequence) (`partitions ensure` adds a missing one).
+SELECT c.relname, pg_get_expr(c.relpartbound, c.oid),
+       CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END,
+       pg_total_relation_size(c.oid),
+       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'u'
+               AND k.conname = c.relname || '_sequence_key')
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'ledger'::regclass
+ORDER BY pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT',
+         pg_get_expr(c.relpartbound, c.oid) NOT LIKE 'FOR VALUES FROM (MINVALUE)%%',
+         c.relname
+
+-- name: count_default_partition_rows
+-- Rows that found no monthly partition (exact: the DEFAULT partition is normally empty).
+SELECT count(*) FROM ledger_default
+
+-- name: ledger_page
+-- Entries of one budget recorded in [since, until), newest first, one page of a keyset walk on
+-- (recorded_at, sequence): the first page passes (until, 0), the next ones the last row's
+-- (recorded_at, sequence). The plain bounds on recorded_at prune the partitions; the index
+-- ledger_budget_pages (tenant_id, budget_id, recorded_at DESC, sequence DESC) serves the order.
+SELECT tenant_id, budget_id, sequence, type, command_id, ref_id, currency, amount, funded,
+       reserved, charged, available, recorded_at, hash, event::text
+FROM ledger
+WHERE tenant_id = %(tenant)s AND budget_id = %(budget)s
+  AND recorded_at >= %(since)s AND recorded_at <= %(before_at)s
+  AND (recorded_at, sequence) < (%(before_at)s, %(before_seq)s)
+ORDER BY recorded_at DESC, sequence DESC
+LIMIT %(limit)s

@@ -83,8 +83,12 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
 
 -- name: ledger_size_estimate
--- For the progress bar's ETA only: the planner's row estimate, free to read.
-SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'ledger'::regclass
+-- For the progress bar's ETA only: the planner's row estimate, free to read. The partitioned
+-- ledger (migration 008) has no estimate of its own: the sum of its partitions'.
+SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
+FROM pg_class c
+WHERE c.oid = 'ledger'::regclass
+   OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'ledger'::regclass)
 
 -- name: count_ledger_events
 SELECT count(*) FROM ledger

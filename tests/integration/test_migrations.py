@@ -90,7 +90,10 @@ def test_upgrade_keeps_every_row_and_hash_and_moves_cursors_to_topics(v001_url: 
         cursors = conn.execute(
             "SELECT topic, partition, last_offset FROM relay_cursors ORDER BY partition"
         ).fetchall()
-    assert key is not None and key[0] == ["kafka_topic", "kafka_partition", "kafka_offset"]
+    # 003's key; 008 adds recorded_at, the partition key, which every key of a partitioned
+    # table must include.
+    assert key is not None
+    assert key[0] == ["kafka_topic", "kafka_partition", "kafka_offset", "recorded_at"]
     # Every partition's cursor now names the ledger's topic; the empty partition's is gone.
     assert cursors == [(TOPIC, p, o) for p, o in sorted(last.items())]
     assert _reconcile(v001_url) == 0

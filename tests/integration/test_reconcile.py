@@ -199,8 +199,15 @@ def test_gap_and_duplicate_are_found_whatever_the_physical_order(
             "UPDATE ledger SET event = event WHERE tenant_id = 'tenant-0' "
             "AND budget_id = 'budget-3' AND sequence >= 6"
         )
-        # budget-2: sequence 5 appears twice (only possible without the unique constraint).
-        conn.execute("ALTER TABLE ledger DROP CONSTRAINT ledger_tenant_id_budget_id_sequence_key")
+        # budget-2: sequence 5 appears twice (only possible without the unique constraint, which
+        # each partition of the ledger holds as its own <partition>_sequence_key).
+        conn.execute(
+            "DO $$ DECLARE k record; BEGIN"
+            " FOR k IN SELECT conrelid::regclass AS rel, conname FROM pg_constraint"
+            "  WHERE contype = 'u' AND conname LIKE 'ledger%sequence_key' LOOP"
+            "  EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', k.rel, k.conname);"
+            " END LOOP; END $$"
+        )
         conn.execute(
             "INSERT INTO ledger (tenant_id, budget_id, sequence, type, command_id, "
             "command_fingerprint, ref_id, currency, amount, funded, reserved, charged, available, "

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.unit
 SUBCOMMANDS = [
     ["migrate"], ["topics", "create"], ["send"], ["schemas", "export"], ["consume"], ["relay"],
     ["sweep"], ["demo"], ["reconcile"], ["rebuild"], ["adjust"], ["readers", "create"],
-    ["ledger", "seal-legacy"], ["acls", "apply"],
+    ["ledger", "seal-legacy"], ["ledger", "partitions", "ensure"], ["ledger", "partitions", "list"],
+    ["acls", "apply"],
 ]  # fmt: skip
 
 

@@ -82,7 +82,7 @@ def test_the_kustomization_applies_no_secret() -> None:
     assert "secret.example.yaml" not in KUSTOMIZATION["resources"]
     assert not KUSTOMIZATION.get("secretGenerator")
     assert [doc["metadata"]["name"] for doc in RESOURCES if doc["kind"] == "Secret"] == []
-    assert set(BY_COMMAND) == PROCESSES | {"migrate", "topics"}
+    assert set(BY_COMMAND) == PROCESSES | {"migrate", "topics", "ledger"}
 
 
 def test_no_secret_in_a_configmap_or_a_literal_value() -> None:
@@ -118,6 +118,11 @@ def test_processes_log_in_as_the_app_and_only_migrate_as_the_owner() -> None:
         "LEDGER_KAFKA_SASL_PASSWORD",
     )
     assert not [k for k in topics if "DATABASE_URL" in k]
+    # The daily `ledger partitions ensure` runs as the app (EXECUTE on the ensure function only).
+    assert BY_COMMAND["ledger"] == {
+        "LEDGER_LOG_FORMAT": "json",
+        APP_URL: ("budget-ledger-app", APP_URL),
+    }
 
 
 def test_chain_and_signing_keys_go_only_where_they_are_used() -> None:
@@ -162,8 +167,10 @@ def test_each_container_environment_is_valid_settings(
             value = _valid(EXAMPLE_SECRETS[value[0]][value[1]])
         monkeypatch.setenv(name, value)
     settings = Settings(_env_file=None)
-    # Every container that talks to Kafka authenticates; migrate does not talk to Kafka.
-    assert settings.kafka_security_protocol == ("PLAINTEXT" if command == "migrate" else "SASL_SSL")
+    # Every container that talks to Kafka authenticates; migrate and `ledger partitions` do not.
+    assert settings.kafka_security_protocol == (
+        "PLAINTEXT" if command in ("migrate", "ledger") else "SASL_SSL"
+    )
     if command in PROCESSES:
         assert settings.app_dsn().startswith("postgresql://ledger_app:")
     if command in ("consume", "reconcile"):
