@@ -45,6 +45,7 @@ from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.db import connect, copy_rows
 from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections import state_loading
 from budget_ledger.projections.store import prepare_session, upsert_projections
 
 log = structlog.get_logger("consumer")
@@ -341,6 +342,7 @@ class CommandConsumer:
             lookup_prior=lambda keys: store.lookup_prior(conn, keys),
             load_budgets=lambda keys: _load_counted(conn, keys),
             poisoned=poisoned,
+            lookup_settled=lambda keys: state_loading.lookup_settled(conn, keys),
         )
 
     def _isolate(
@@ -565,9 +567,10 @@ class CommandConsumer:
 def _load_counted(
     conn: psycopg.Connection, keys: list[BudgetKey]
 ) -> Mapping[BudgetKey, BudgetState | ReplayFailed]:
-    """The batch's one load of the budgets not in the state cache, counted in the metrics."""
+    """The batch's one load of the budgets not in the state cache (from the projections, a
+    replay for rows without a snapshot), counted in the metrics."""
     metrics.STATE_LOADS.inc(len(keys))
-    return store.load_budgets(conn, keys)
+    return state_loading.load_states(conn, keys)
 
 
 def _named_message(

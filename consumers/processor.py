@@ -1,7 +1,7 @@
 """One micro-batch of commands: validate, de-duplicate, decide in order, and collect the writes.
 
-Pure apart from the two look-ups it is handed (prior outcomes and budget history), so the
-Kafka loop can retry a batch from scratch after a failed commit without side effects.
+Pure apart from the look-ups it is handed (prior outcomes, budget states, settled reservations),
+so the Kafka loop can retry a batch from scratch after a failed commit without side effects.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from budget_ledger.ledger.chain_mac import ChainKey, event_mac
 from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.idempotency import classify, fingerprint
 from budget_ledger.ledger.record import record
+from budget_ledger.ledger.state import Reservation, compact
 from budget_ledger.projections.rows import BalanceRow, ReservationRow, balance_row, reservation_row
+from budget_ledger.projections.state_loading import RefKey, with_settled
 from budget_ledger.schemas.commands import (
     Adjust,
     Command,
@@ -36,6 +38,7 @@ CommandKey = tuple[str, str]
 PriorOutcome = tuple[str, str]
 PriorLookup = Callable[[list[CommandKey]], Mapping[CommandKey, PriorOutcome]]
 BudgetLoader = Callable[[list[BudgetKey]], Mapping[BudgetKey, BudgetState | ReplayFailed]]
+SettledLookup = Callable[[list[RefKey]], Mapping[RefKey, Reservation]]
 OutboxRow = tuple[str, bytes | None, bytes, str | None]
 # (partition, offset) of one message.
 MessageKey = tuple[int, int]
@@ -140,6 +143,7 @@ def process_batch(
     load_budgets: BudgetLoader,
     now: datetime | None = None,
     poisoned: Mapping[MessageKey, str] | None = None,
+    lookup_settled: SettledLookup | None = None,
 ) -> BatchOutput:
     """Turn a batch of messages into the rows of one transaction; partitions are not mutated.
 
@@ -151,6 +155,10 @@ def process_batch(
     — invalid ones become dead letters.
     Step 2: look up the prior outcome of every command id in the ledger (one query).
     Step 3: load the budgets not in the state cache (never seen, or evicted; one query).
+    With `lookup_settled`, states hold open reservations only: the settled records of the refs
+    the commands name and memory lacks are fetched (one query) and merged in before deciding,
+    and the states kept after the batch are compacted again. Without it (in-process callers
+    that keep full states) nothing is compacted.
     Step 4: decide every command in partition order against the in-memory state.
     Step 5: collect the projection rows of every budget and reservation the batch touched.
     """
@@ -205,6 +213,11 @@ def process_batch(
     homes = {(c.tenant_id, c.budget_id): m.partition for m, c, _ in valid}
     missing = [k for k, p in homes.items() if k not in partitions[p].budgets]
     loaded = load_budgets(missing) if missing else {}
+    settled: dict[BudgetKey, list[Reservation]] = {}
+    if lookup_settled is not None:
+        wanted = _unknown_refs(valid, prior, partitions, homes, loaded)
+        for (tenant, budget, _), res in (lookup_settled(wanted) if wanted else {}).items():
+            settled.setdefault((tenant, budget), []).append(res)
 
     # Step 4
     touched: dict[BudgetKey, tuple[int, BudgetState, int]] = {}  # key -> (partition, state, seq0)
@@ -238,7 +251,7 @@ def process_batch(
                 reason = f"budget {bkey[0]}:{bkey[1]} cannot be loaded: {found.reason}"
                 _reject(out, msg, ctx, INTERNAL_ERROR, reason, command)
                 continue
-            state = found
+            state = with_settled(found, settled[bkey]) if bkey in settled else found
         if state.opened and state.currency not in ctx.currencies:
             # History still reads with the recorded digits; new commands wait for the table.
             reason = (
@@ -278,18 +291,44 @@ def process_batch(
     for bkey, loaded_state in loaded.items():
         if not isinstance(loaded_state, ReplayFailed):  # a failed one is tried again next time
             out.new_states.setdefault(homes[bkey], {})[bkey] = loaded_state
+    changed = _collect_reservation_rows(out, touched, valid)
     for bkey, (partition, state, _) in touched.items():
-        out.new_states.setdefault(partition, {})[bkey] = state
         out.balance_rows.append(balance_row(state, now))
-    _collect_reservation_rows(out, touched, valid)
+        if lookup_settled is not None:
+            # Only refs merged in or moved by this batch can be settled: the rest came open.
+            refs = changed.get(bkey, set()).union(r.ref_id for r in settled.get(bkey, ()))
+            state = compact(state, refs)
+        out.new_states.setdefault(partition, {})[bkey] = state
     return out
+
+
+def _unknown_refs(
+    valid: list[tuple[Incoming, Command, str]],
+    prior: Mapping[CommandKey, PriorOutcome],
+    partitions: Mapping[int, PartitionState],
+    homes: Mapping[BudgetKey, int],
+    loaded: Mapping[BudgetKey, BudgetState | ReplayFailed],
+) -> list[RefKey]:
+    """(tenant, budget, ref_id) named by the batch's reserve/charge/release commands that the
+    budget's state does not hold: the settled ones among them are looked up."""
+    wanted: dict[RefKey, None] = {}
+    for _, command, _ in valid:
+        ref = getattr(command, "ref_id", None)
+        if ref is None or (command.tenant_id, command.command_id) in prior:
+            continue  # no ref, or a repeated command id: it will not be decided
+        bkey = (command.tenant_id, command.budget_id)
+        state = partitions[homes[bkey]].budgets.get(bkey) or loaded.get(bkey)
+        if isinstance(state, BudgetState) and state.sequence and ref not in state.reservations:
+            wanted[(bkey[0], bkey[1], ref)] = None
+    return list(wanted)
 
 
 def _collect_reservation_rows(
     out: BatchOutput,
     touched: Mapping[BudgetKey, tuple[int, BudgetState, int]],
     valid: list[tuple[Incoming, Command, str]],
-) -> None:
+) -> dict[BudgetKey, set[str]]:
+    """Append the rows of the reservations the batch moved; returns their refs by budget."""
     seen: set[tuple[BudgetKey, str]] = set()
     scanned: set[BudgetKey] = set()
     for _, command, _ in valid:
@@ -312,6 +351,10 @@ def _collect_reservation_rows(
         if reservation is not None and reservation.updated_seq > seq0:
             seen.add((bkey, ref))
             out.reservation_rows.append(reservation_row(state, reservation))
+    changed: dict[BudgetKey, set[str]] = {}
+    for bkey, ref in seen:
+        changed.setdefault(bkey, set()).add(ref)
+    return changed
 
 
 def _validate(msg: Incoming, ctx: BatchContext) -> Command:

@@ -9,7 +9,8 @@ CREATE TEMP TABLE IF NOT EXISTS staging_reservations
 -- name: copy_staging_balances
 COPY staging_balances (tenant_id, budget_id, currency, opened, funded, reserved, charged,
                        available, budget_limit, utilization_pct, sequence, last_hash,
-                       period_start, config, updated_at)
+                       period_start, config, updated_at, digits, above_soft, above_hard,
+                       cap_reached_alerted, snapshot_seq)
 FROM STDIN
 
 -- name: merge_balances
@@ -20,7 +21,9 @@ ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
     budget_limit = EXCLUDED.budget_limit, utilization_pct = EXCLUDED.utilization_pct,
     sequence = EXCLUDED.sequence, last_hash = EXCLUDED.last_hash,
     period_start = EXCLUDED.period_start, config = EXCLUDED.config,
-    updated_at = EXCLUDED.updated_at
+    updated_at = EXCLUDED.updated_at, digits = EXCLUDED.digits,
+    above_soft = EXCLUDED.above_soft, above_hard = EXCLUDED.above_hard,
+    cap_reached_alerted = EXCLUDED.cap_reached_alerted, snapshot_seq = EXCLUDED.snapshot_seq
 
 -- name: copy_staging_reservations
 COPY staging_reservations (tenant_id, budget_id, ref_id, status, amount, charged, expires_at,
@@ -65,7 +68,8 @@ ORDER BY sequence
 -- One shard's balance projection rows (read in the same snapshot as the ledger scan).
 SELECT tenant_id, budget_id, funded, reserved, charged, available,
        json_build_array(currency, opened, budget_limit, utilization_pct::text, sequence,
-                        last_hash, period_start, config)::text
+                        last_hash, period_start, config, digits, above_soft, above_hard,
+                        cap_reached_alerted, snapshot_seq)::text
 FROM budget_balances
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
@@ -162,7 +166,8 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 -- name: copy_balances
 COPY budget_balances (tenant_id, budget_id, currency, opened, funded, reserved, charged,
                       available, budget_limit, utilization_pct, sequence, last_hash,
-                      period_start, config, updated_at)
+                      period_start, config, updated_at, digits, above_soft, above_hard,
+                      cap_reached_alerted, snapshot_seq)
 FROM STDIN
 
 -- name: copy_reservations
@@ -290,7 +295,8 @@ CROSS JOIN LATERAL (SELECT * FROM ledger
 -- The balance projection rows of the given budgets, same columns as reconcile_balances.
 SELECT b.tenant_id, b.budget_id, b.funded, b.reserved, b.charged, b.available,
        json_build_array(b.currency, b.opened, b.budget_limit, b.utilization_pct::text,
-                        b.sequence, b.last_hash, b.period_start, b.config)::text
+                        b.sequence, b.last_hash, b.period_start, b.config, b.digits,
+                        b.above_soft, b.above_hard, b.cap_reached_alerted, b.snapshot_seq)::text
 FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
 JOIN budget_balances b ON b.tenant_id = t.tenant_id AND b.budget_id = t.budget_id
 
@@ -311,3 +317,38 @@ SELECT * FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(sequences)s::bi
 ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
     sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, verified_at = now(),
     verified_by = current_user
+
+
+-- ---------------------------------------------------------------------------------------------
+-- State loaded from the projections (projections/state_loading.py; migration 007).
+
+-- name: load_budget_snapshots
+-- The balance rows of the given budgets, in `copy_staging_balances` column order, each with its
+-- OPEN reservations as one JSON array of `copy_staging_reservations` rows from ref_id on (times
+-- as the RFC 3339 text the consumer writes). One statement: one snapshot, one round trip. The
+-- reservations are read (through reservations_open_by_budget) only for a usable snapshot.
+SELECT b.tenant_id, b.budget_id, b.currency, b.opened, b.funded, b.reserved, b.charged,
+       b.available, b.budget_limit, b.utilization_pct::text, b.sequence, b.last_hash,
+       b.period_start, b.config::text, b.updated_at, b.digits, b.above_soft, b.above_hard,
+       b.cap_reached_alerted, b.snapshot_seq,
+       (SELECT json_agg(json_build_array(
+                   r.ref_id, r.status, r.amount, r.charged,
+                   to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                   r.command_id, r.created_seq, r.updated_seq))::text
+        FROM reservations r
+        WHERE r.tenant_id = b.tenant_id AND r.budget_id = b.budget_id
+          AND r.status = 'reserved' AND b.snapshot_seq = b.sequence)
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS k(tenant_id, budget_id)
+JOIN budget_balances b ON b.tenant_id = k.tenant_id AND b.budget_id = k.budget_id
+
+-- name: select_settled_reservations
+-- The settled (charged, released, expired) reservations among the given (tenant, budget,
+-- ref_id), by primary key: the consumer's once-per-batch look-up of refs not open in memory.
+SELECT r.tenant_id, r.budget_id, r.ref_id, r.status, r.amount, r.charged,
+       to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       r.command_id, r.created_seq, r.updated_seq
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(refs)s::text[])
+     AS k(tenant_id, budget_id, ref_id)
+JOIN reservations r
+  ON r.tenant_id = k.tenant_id AND r.budget_id = k.budget_id AND r.ref_id = k.ref_id
+WHERE r.status <> 'reserved'

@@ -30,7 +30,11 @@ def _config_json(config: BudgetConfig) -> str:
 
 def balance_row(state: BudgetState, updated_at: datetime | None) -> BalanceRow:
     """The `budget_balances` row of a budget, in `copy_staging_balances` column order (times
-    as the RFC 3339 text the reconciler reads back; ``updated_at`` None only for comparing)."""
+    as the RFC 3339 text the reconciler reads back; ``updated_at`` None only for comparing).
+
+    The last five columns (migration 007) are the rest of the state, so that
+    `projections.state_loading` can load it without a replay; ``snapshot_seq`` says at which
+    sequence they were written (always this row's own)."""
     # orjson writes a dataclass exactly as its asdict() (flat fields, in order), without the
     # deep copy; the config object is shared by every state of a budget, so cache by identity.
     config = _config_json(state.config) if state.config is not None else None
@@ -50,6 +54,11 @@ def balance_row(state: BudgetState, updated_at: datetime | None) -> BalanceRow:
         None if state.period_start is None else rfc3339_utc(state.period_start),
         config,
         updated_at,
+        state.digits,
+        state.above_soft,
+        state.above_hard,
+        state.cap_reached_alerted,
+        state.sequence,
     )
 
 

@@ -16,13 +16,19 @@ from budget_ledger.ledger import store
 from budget_ledger.ledger.db import copy_rows
 from budget_ledger.ledger.migrate import migrate
 from budget_ledger.ledger.settings import Settings
-from budget_ledger.projections.store import upsert_projections
+from budget_ledger.projections.store import queries as projection_queries
 from tests.conftest import _with_database
 
 pytestmark = pytest.mark.integration
 
 TOPIC = "budget.commands"
 EMPTY_PARTITION = 99  # a cursor of a partition without ledger rows: dropped by 003
+# The balance projection's columns before migration 007 added the state snapshot.
+BALANCES_001 = (
+    "COPY budget_balances (tenant_id, budget_id, currency, opened, funded, reserved, charged,"
+    " available, budget_limit, utilization_pct, sequence, last_hash, period_start, config,"
+    " updated_at) FROM STDIN"
+)
 
 
 @pytest.fixture
@@ -46,7 +52,9 @@ def _fill_001(url: str) -> dict[int, int]:
     with psycopg.connect(url) as conn:
         for out in build_rows(command_stream(1500, 30, 5), partitions=4, topic=TOPIC):
             copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
-            upsert_projections(conn, out.balance_rows, out.reservation_rows)
+            # One batch (1,500 < 5,000 commands): plain COPYs, in the 001 balance columns.
+            copy_rows(conn, BALANCES_001, [row[:15] for row in out.balance_rows])
+            copy_rows(conn, projection_queries()["copy_reservations"], out.reservation_rows)
             for row in out.ledger_rows:
                 last[int(row[14])] = int(row[15])  # type: ignore[call-overload]
         for partition, offset in [*last.items(), (EMPTY_PARTITION, -1)]:

@@ -1,5 +1,6 @@
 """The consumer's bounded state cache: LRU order, the bound, and identical decisions after a
-budget is evicted and reloaded from its history."""
+budget is evicted and reloaded (from its projection rows, or its history), with only open
+reservations kept in memory and settled ones looked up per batch."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from budget_ledger.consumers.processor import (
 from budget_ledger.consumers.state_cache import StateCache
 from budget_ledger.ledger.budget import BudgetState, initial_state
 from budget_ledger.ledger.history import ReplayFailed, replay
+from budget_ledger.ledger.state import Reservation, ReservationStatus, compact
+from budget_ledger.projections.state_loading import reservation_from_row, state_from_projection
 
 pytestmark = pytest.mark.unit
 
@@ -92,48 +95,93 @@ def test_merge_states_keeps_a_shared_cache_within_its_bound() -> None:
     assert (parts[0].next_offset, parts[1].next_offset) == (3, 2)
 
 
-class _Ledger:
-    """The rows committed so far, with the two look-ups the consumer runs against Postgres."""
+RefKey = tuple[str, str, str]
 
-    def __init__(self) -> None:
+
+class _Ledger:
+    """The rows committed so far, with the look-ups the consumer runs against Postgres: prior
+    outcomes, budget states from the projection rows (`compacted`; a row whose snapshot columns
+    are cleared, as before migration 007, is replayed) or replayed (not `compacted`), and the
+    settled reservations among the refs a batch names."""
+
+    def __init__(self, compacted: bool = False, no_snapshot: frozenset[Key] = frozenset()) -> None:
         self.events: dict[Key, list[str]] = {}
         self.prior: dict[Key, tuple[str, str]] = {}
-        self.loads = 0
+        self.balances: dict[Key, tuple[object, ...]] = {}
+        self.reservations: dict[RefKey, tuple[object, ...]] = {}
+        self.compacted, self.no_snapshot = compacted, no_snapshot
+        self.loads = self.settled_lookups = 0
 
     def commit(self, out: BatchOutput) -> None:
         for row in out.ledger_rows:
             tenant, budget, fp, text = str(row[0]), str(row[1]), str(row[5]), str(row[16])
             self.events.setdefault((tenant, budget), []).append(text)
             self.prior[(tenant, str(row[4]))] = (fp, text)
+        for row in out.balance_rows:
+            key = (str(row[0]), str(row[1]))
+            self.balances[key] = row[:-5] + (None,) * 5 if key in self.no_snapshot else row
+        for row in out.reservation_rows:
+            self.reservations[(str(row[0]), str(row[1]), str(row[2]))] = row
 
     def lookup_prior(self, keys: list[Key]) -> Mapping[Key, tuple[str, str]]:
         return {k: self.prior[k] for k in keys if k in self.prior}
 
     def load(self, keys: list[Key]) -> Mapping[Key, BudgetState | ReplayFailed]:
         self.loads += len(keys)
-        rows = [(t, b, text) for t, b in keys for text in self.events.get((t, b), [])]
-        out: dict[Key, BudgetState | ReplayFailed] = {
-            (r.tenant_id, r.budget_id): r for r in replay(rows)
+        found: dict[Key, BudgetState | ReplayFailed] = {}
+        for key in keys if self.compacted else ():
+            if key in self.balances:
+                opened = [
+                    r[2:] for (t, b, _), r in self.reservations.items()
+                    if (t, b) == key and r[3] == ReservationStatus.RESERVED.value
+                ]  # fmt: skip
+                state = state_from_projection(self.balances[key], opened)
+                if state is not None:
+                    found[key] = state
+        rows = [(t, b, text) for t, b in keys if (t, b) not in found
+                for text in self.events.get((t, b), [])]  # fmt: skip
+        for r in replay(rows):
+            found[(r.tenant_id, r.budget_id)] = r if isinstance(r, ReplayFailed) or not (
+                self.compacted) else compact(r)  # fmt: skip
+        return {k: found.get(k, initial_state(*k)) for k in keys}
+
+    def lookup_settled(self, keys: list[RefKey]) -> Mapping[RefKey, Reservation]:
+        self.settled_lookups += 1
+        rows = {k: self.reservations[k] for k in keys if k in self.reservations}
+        return {
+            k: reservation_from_row(r[2:])
+            for k, r in rows.items()
+            if r[3] != ReservationStatus.RESERVED.value
         }
-        return {k: out.get(k, initial_state(*k)) for k in keys}
 
 
 def _run(
-    messages: list[Incoming], batch: int, cache: StateCache, partitions: int
+    messages: list[Incoming],
+    batch: int,
+    cache: StateCache,
+    partitions: int,
+    ledger: _Ledger | None = None,
 ) -> tuple[list[BatchOutput], _Ledger]:
-    """The consumer's loop without Kafka or Postgres: decide, 'commit', merge, per batch."""
-    ledger = _Ledger()
+    """The consumer's loop without Kafka or Postgres: decide, 'commit', merge, per batch. A
+    `compacted` ledger runs as the consumer does (open reservations only, settled looked up)."""
+    ledger = ledger or _Ledger()
     parts = {p: PartitionState(0, cache) for p in range(partitions)}
     outs = []
     now = START
+    settled = ledger.lookup_settled if ledger.compacted else None
     for i in range(0, len(messages), batch):
         out = process_batch(
-            messages[i : i + batch], parts, CTX, ledger.lookup_prior, ledger.load, now
-        )
+            messages[i : i + batch], parts, CTX, ledger.lookup_prior, ledger.load, now,
+            lookup_settled=settled,
+        )  # fmt: skip
         ledger.commit(out)
         merge_states(parts, out)
         if cache.capacity is not None:
             assert len(cache) <= cache.capacity
+        if ledger.compacted:
+            for key in cache:
+                held = cache.get(key)
+                assert held is not None and held == compact(held)  # only open ones in memory
         outs.append(out)
         now += timedelta(seconds=1)
     return outs, ledger
@@ -165,6 +213,8 @@ def _written(outs: list[BatchOutput]) -> list[Any]:
     batch=st.integers(1, 40),
     partitions=st.integers(1, 3),
     redeliver=st.lists(st.integers(0, 249), max_size=8),
+    reuse=st.lists(st.integers(0, 249), max_size=12),
+    no_snapshot=st.sets(st.integers(0, 7), max_size=3),
 )
 def test_a_tiny_cache_decides_exactly_like_an_unbounded_one(
     seed: int,
@@ -174,12 +224,22 @@ def test_a_tiny_cache_decides_exactly_like_an_unbounded_one(
     batch: int,
     partitions: int,
     redeliver: list[int],
+    reuse: list[int],
+    no_snapshot: set[int],
 ) -> None:
     commands = list(command_stream(n, budgets, seed=seed, tenants=2))
     # Client retries of earlier commands, long after their budget may have been evicted.
     commands += [commands[i] for i in redeliver if i < len(commands)]
+    # New commands naming earlier refs (settled or open): duplicate_ref, reservation_not_active.
+    commands += [
+        {**commands[i], "command_id": f"reuse-{j}"}
+        for j, i in enumerate(reuse)
+        if i < len(commands) and "ref_id" in commands[i]
+    ]
     messages = _messages(commands, partitions)
-    tiny, tiny_ledger = _run(messages, batch, StateCache(capacity), partitions)
+    # Budgets whose balance rows lack the snapshot columns (written before migration 007).
+    old = frozenset((f"tenant-{i % 2}", f"budget-{i}") for i in no_snapshot)
+    tiny, tiny_ledger = _run(messages, batch, StateCache(capacity), partitions, _Ledger(True, old))
     full, full_ledger = _run(messages, batch, StateCache(), partitions)
     assert _written(tiny) == _written(full)
     assert tiny_ledger.events == full_ledger.events
