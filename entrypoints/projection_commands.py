@@ -43,6 +43,7 @@ def _reconcile_once(args: argparse.Namespace, settings: Settings) -> int:
         unpublished_grace_seconds=args.grace,
         chain_keys=settings.chain_keyring(),
         incremental=not args.full,
+        candidate_margin_seconds=settings.reconcile_margin_seconds,
     )
     kafka_check = None
     if args.source == "kafka":

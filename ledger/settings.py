@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     http_port: int = Field(default=0, ge=0, le=65535)
     # /healthz fails when messages wait and the consumer committed nothing for this long.
     liveness_stall_seconds: float = Field(default=60.0, gt=0, le=3_600)
+    # Incremental reconcile: budgets of ledger rows recorded since the last run began, minus this
+    # margin (batches that began before and committed after it, consumer clock skew), are the
+    # candidates (docs/reconciler.md).
+    reconcile_margin_seconds: float = Field(default=3_600.0, ge=0, le=31_536_000)
 
     # Signed privileged commands (schemas/signing.py, docs/security.md): the active HMAC keys,
     # key id -> secret, e.g. LEDGER_SIGNING_KEYS='{"k2026": "..."}'. The consumer accepts a

@@ -219,6 +219,12 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
   AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
 
+-- name: reconcile_legacy_seals_of
+-- The legacy seals of the given budgets (an incremental run's touched budgets).
+SELECT s.tenant_id, s.budget_id, s.sequence, s.hash, s.mac, s.mac_key_id
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
+JOIN chain_legacy_seals s ON s.tenant_id = t.tenant_id AND s.budget_id = t.budget_id
+
 -- name: unkeyed_chain_heads
 -- Per budget, its last row without a MAC: what `ledger seal-legacy` vouches for.
 SELECT DISTINCT ON (tenant_id, budget_id) tenant_id, budget_id, sequence, hash
@@ -246,12 +252,14 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
 
 -- name: reconcile_touched_budgets
--- One shard's budgets whose ledger moved since their checkpoint: no checkpoint yet, or the
--- budget's last row (sequence, hash) is not the checkpointed one (rows after it, or rows lost).
--- The budgets come from the ledger itself (a loose index scan over
+-- The first incremental run (no run recorded in reconcile_runs yet): one shard's budgets whose
+-- ledger moved since their checkpoint: no checkpoint yet, or the budget's last row (sequence,
+-- hash) is not the checkpointed one (rows after it, or rows lost), with the checkpoint and its
+-- stored state. The budgets come from the ledger itself (a loose index scan over
 -- UNIQUE (tenant_id, budget_id, sequence): one index probe per budget, never a table scan) and
 -- from the checkpoints (a budget whose rows all vanished); the last row is one backward index
--- probe. Nothing here trusts the projections, which ledger_app can edit.
+-- probe. Nothing here trusts the projections, which ledger_app can edit. Cost ∝ budgets:
+-- later runs use reconcile_touched_since.
 WITH RECURSIVE in_ledger AS (
     (SELECT tenant_id, budget_id FROM ledger
      WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
@@ -271,7 +279,7 @@ WITH RECURSIVE in_ledger AS (
     WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
 )
-SELECT b.tenant_id, b.budget_id
+SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text
 FROM budgets b
 LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
 LEFT JOIN LATERAL (SELECT l.sequence, l.hash FROM ledger l
@@ -281,14 +289,71 @@ WHERE (%(shards)s::int = 1 OR abs(hashtext(b.budget_id) %% %(shards)s::int) = %(
   AND (c.sequence IS NULL OR head.sequence IS NULL
        OR (head.sequence, head.hash) <> (c.sequence, c.hash))
 
+-- name: reconcile_last_run
+-- The last run that recorded itself (an unfiltered run that wrote checkpoints): when it began
+-- and the budgets it found drifting.
+SELECT started_at, drifting_tenants, drifting_budgets
+FROM reconcile_runs
+ORDER BY id DESC
+LIMIT 1
+
+-- name: reconcile_touched_since
+-- Later incremental runs: the candidates are the budgets of ledger rows recorded at or after
+-- %(since)s (the last run's start minus the margin; the BRIN index ledger_recorded_at_brin reads
+-- only the block ranges written since, so the cost follows the new rows, not the history), each
+-- kept when its last row is not its checkpoint (one backward index probe), plus the budgets the
+-- last run found drifting (always replayed: they are reported until fixed). Same columns as
+-- reconcile_touched_budgets. A row written with an old recorded_at is not a candidate: the
+-- periodic --full finds it (docs/reconciler.md).
+WITH candidates AS (
+    SELECT DISTINCT tenant_id, budget_id FROM ledger
+    WHERE recorded_at >= %(since)s
+      AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+      AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+      AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+), drifting AS (
+    SELECT DISTINCT tenant_id, budget_id
+    FROM unnest(%(drifting_tenants)s::text[], %(drifting_budgets)s::text[])
+         AS d(tenant_id, budget_id)
+    WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+      AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+      AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+)
+SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text
+FROM candidates b
+LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
+LEFT JOIN LATERAL (SELECT l.sequence, l.hash FROM ledger l
+                   WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                   ORDER BY l.sequence DESC LIMIT 1) AS head ON true
+WHERE (c.sequence IS NULL OR head.sequence IS NULL
+       OR (head.sequence, head.hash) <> (c.sequence, c.hash))
+  AND NOT EXISTS (SELECT 1 FROM drifting d
+                  WHERE d.tenant_id = b.tenant_id AND d.budget_id = b.budget_id)
+UNION ALL
+SELECT d.tenant_id, d.budget_id, c.sequence, c.hash, c.state::text
+FROM drifting d
+LEFT JOIN reconcile_checkpoints c ON c.tenant_id = d.tenant_id AND c.budget_id = d.budget_id
+
+-- name: reconcile_checkpoint_totals
+-- For the report: how many budgets carry a checkpoint and the events those cover (a scan of
+-- the checkpoints, narrow rows; the large states are stored out of line).
+SELECT count(*), coalesce(sum(sequence), 0)
+FROM reconcile_checkpoints
+WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
+
 -- name: reconcile_events_of
--- The ledger rows of the given budgets, each budget's in sequence order (an index range scan
--- per budget), same columns as reconcile_ledger_scan.
+-- The ledger rows of the given budgets from the given sequence on (1: the whole history; a
+-- checkpoint's sequence: the checkpointed row, checked against its hash, and the rows after
+-- it), each budget's in sequence order (an index range scan per budget), same columns as
+-- reconcile_ledger_scan.
 SELECT l.tenant_id, l.budget_id, l.sequence, l.type, l.funded, l.reserved, l.charged,
        l.available, l.event::text, l.mac, l.mac_key_id
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(froms)s::bigint[])
+     AS t(tenant_id, budget_id, from_seq)
 CROSS JOIN LATERAL (SELECT * FROM ledger
                     WHERE ledger.tenant_id = t.tenant_id AND ledger.budget_id = t.budget_id
+                      AND ledger.sequence >= t.from_seq
                     ORDER BY ledger.sequence) AS l
 
 -- name: reconcile_balances_of
@@ -301,22 +366,60 @@ FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
 JOIN budget_balances b ON b.tenant_id = t.tenant_id AND b.budget_id = t.budget_id
 
 -- name: reconcile_reservations_of
--- The reservation projection rows of the given budgets, same columns as reconcile_reservations.
+-- The reservation projection rows of the given budgets, same columns as reconcile_reservations:
+-- all of them for the budgets replayed whole (%(whole)s true), only the open ones (the partial
+-- index reservations_open_by_budget) for those replayed from their checkpoint's state, whose
+-- settled rows were verified by the run that wrote it (the ones settled since come from
+-- reconcile_reservations_by_ref).
 SELECT r.tenant_id, r.budget_id,
        json_build_array(r.ref_id, r.status, r.amount, r.charged,
                         to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                         r.command_id, r.created_seq, r.updated_seq)::text
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(whole)s::boolean[])
+     AS t(tenant_id, budget_id, whole)
 JOIN reservations r ON r.tenant_id = t.tenant_id AND r.budget_id = t.budget_id
+WHERE t.whole
+UNION ALL
+SELECT r.tenant_id, r.budget_id,
+       json_build_array(r.ref_id, r.status, r.amount, r.charged,
+                        to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                        r.command_id, r.created_seq, r.updated_seq)::text
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(whole)s::boolean[])
+     AS t(tenant_id, budget_id, whole)
+JOIN reservations r ON r.tenant_id = t.tenant_id AND r.budget_id = t.budget_id
+                   AND r.status = 'reserved'
+WHERE NOT t.whole
+
+-- name: reconcile_reservations_by_ref
+-- The settled reservation rows of the given (tenant, budget, ref_id), by primary key: for a
+-- budget replayed from its checkpoint, the reservations its new events settled.
+SELECT r.tenant_id, r.budget_id,
+       json_build_array(r.ref_id, r.status, r.amount, r.charged,
+                        to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                        r.command_id, r.created_seq, r.updated_seq)::text
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(refs)s::text[])
+     AS k(tenant_id, budget_id, ref_id)
+JOIN reservations r
+  ON r.tenant_id = k.tenant_id AND r.budget_id = k.budget_id AND r.ref_id = k.ref_id
+WHERE r.status <> 'reserved'
 
 -- name: upsert_checkpoints
--- Advance the checkpoints of budgets that verified clean (run as ledger_reconciler).
-INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash)
-SELECT * FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(sequences)s::bigint[],
-                     %(hashes)s::text[])
+-- Advance the checkpoints of budgets that verified clean, with their verified state (run as
+-- ledger_reconciler).
+INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash, state)
+SELECT t, b, s, h, st::jsonb
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(sequences)s::bigint[],
+            %(hashes)s::text[], %(states)s::text[]) AS v(t, b, s, h, st)
 ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
-    sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, verified_at = now(),
-    verified_by = current_user
+    sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, state = EXCLUDED.state,
+    verified_at = now(), verified_by = current_user
+
+-- name: insert_reconcile_run
+-- Record an unfiltered run that wrote checkpoints (as ledger_reconciler, with them).
+INSERT INTO reconcile_runs (mode, started_at, clean, events, budgets, drifting_tenants,
+                            drifting_budgets)
+VALUES (%(mode)s, %(started_at)s, %(clean)s, %(events)s, %(budgets)s,
+        %(drifting_tenants)s::text[], %(drifting_budgets)s::text[])
 
 
 -- ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import psycopg
 import structlog
 
 from budget_ledger.ledger.db import connect
-from budget_ledger.projections.checkpoints import advance_checkpoints
+from budget_ledger.projections.checkpoints import RunRecord, advance_checkpoints
 from budget_ledger.projections.drift import BALANCE_FIELDS, RESERVATION_FIELDS, Drift
 from budget_ledger.projections.drift_alerts import publish_alerts
 from budget_ledger.projections.parallel import replay_all
@@ -102,9 +102,20 @@ def reconcile(
         if alerts_topic is not None:
             report.alerts_published = publish_alerts(conn, report, alerts_topic)
     if checkpoint_dsn is not None:
+        # Only a run over every budget may say where the next incremental run starts looking.
+        run = None
+        if opts.tenant is None and opts.budget is None and shard.started_at is not None:
+            run = RunRecord(
+                report.mode,
+                shard.started_at,
+                report.clean,
+                report.events,
+                report.budgets,
+                report.drifting.keys(),
+            )
         # After the Kafka check: a budget with a Kafka finding does not advance either.
         report.checkpoints_advanced = advance_checkpoints(
-            checkpoint_dsn, shard.verified, exclude=report.drifting
+            checkpoint_dsn, shard.verified, exclude=report.drifting, run=run
         )
     log.info(
         "reconciled",

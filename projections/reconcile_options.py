@@ -25,3 +25,7 @@ class ReconcileOptions:
     # Replay only the budgets whose ledger moved past their checkpoint (`reconcile` without
     # --full); False replays every budget (`--full`, and what callers of the library get).
     incremental: bool = False
+    # Incremental runs after the first: candidates are the budgets of ledger rows recorded since
+    # the last recorded run began minus this margin (batches that began before it and committed
+    # after, consumer clock skew). settings.reconcile_margin_seconds.
+    candidate_margin_seconds: float = 3600.0

@@ -5,6 +5,12 @@ sequence order; each applied row's link is checked (sequence, `prev_hash`, the h
 through `schemas.hashing.chain_hash`, the row's columns against the hashed event and the replayed
 balances). Only the first broken link of a budget is kept. An event that `evolve` cannot fold
 (an evolver raising) is a broken link of that budget, never the end of the whole replay.
+
+A replay may start from a verified state at the budget's reconcile checkpoint
+(`BudgetReplay.start_at_checkpoint`, incremental runs): it is then fed the checkpointed row,
+which must still carry the checkpointed hash, and the rows after it. Anything else (the
+checkpointed row changed or gone) falls back to an ordered re-read of the whole history, which
+names the broken link exactly as a full run does.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ class BudgetReplay:
 
     __slots__ = (
         "balance",
+        "base",
+        "base_seen",
         "broken",
         "checkpoint",
         "events",
@@ -70,6 +78,7 @@ class BudgetReplay:
         "pending",
         "reread",
         "reservations",
+        "settled_after",
         "state",
     )
 
@@ -101,6 +110,20 @@ class BudgetReplay:
         self.reread = False
         # (sequence, hash) a past run verified clean: that row must still carry that hash.
         self.checkpoint: tuple[int, str] | None = None
+        # Started from the checkpoint's state: its sequence (0: replayed from the first event),
+        # and whether the checkpointed row was seen with its hash.
+        self.base = 0
+        self.base_seen = False
+        # Reservations settled at or before this sequence were verified by an earlier run: the
+        # drift check leaves them out (and their projection rows are not read).
+        self.settled_after = 0
+
+    def start_at_checkpoint(self, state: BudgetState) -> None:
+        """Replay from ``state``, verified at the checkpoint (its sequence and hash): the rows
+        fed must begin with the checkpointed row itself."""
+        self.state = state
+        self.last_seq = self.base = self.settled_after = state.sequence
+        self.checkpoint = (state.sequence, state.last_hash)
 
     def feed(self, row: tuple[Any, ...]) -> None:
         """Take the next row in physical order; apply it (and any held successors) when it is
@@ -114,16 +137,40 @@ class BudgetReplay:
                 while (nxt := self.last_seq + 1) in pending:
                     self.apply(pending.pop(nxt))
                     self.last_seq = nxt
+        elif seq == self.base and not self.base_seen and not self.reread:
+            self._check_base(row)
         elif not self.reread:
             pending = self.pending
             if pending is None:
                 pending = self.pending = {}
             if seq <= self.last_seq or seq in pending or len(pending) >= MAX_PENDING:
-                self.reread = True  # a repeated sequence, or too much to hold: re-read in order
-                self.pending = None
-                self.last_seq = -2  # nothing matches any more: every later row is ignored
+                self._reread()  # a repeated sequence, or too much to hold: re-read in order
             else:
                 pending[seq] = row
+
+    def _check_base(self, row: tuple[Any, ...]) -> None:
+        """The checkpointed row: still there with the checkpointed hash, else re-read whole."""
+        try:
+            same = _LOADS(row[_BODY]).get("hash") == self.state.last_hash
+        except (orjson.JSONDecodeError, AttributeError):
+            same = False
+        if same:
+            self.base_seen = True
+        else:
+            self._reread()
+
+    def _reread(self) -> None:
+        self.reread = True
+        self.pending = None
+        self.last_seq = -2  # nothing matches any more: every later row is ignored
+
+    def lost_base(self) -> bool:
+        """After the scan: started from a checkpoint whose row never came (deleted, or the
+        ledger ends before it); marks the budget for the ordered re-read."""
+        if self.base and not self.base_seen and not self.reread:
+            self._reread()
+            return True
+        return False
 
     def end_of_scan(self) -> None:
         """Rows still held follow a real gap: apply them in sequence order (the first tells)."""
@@ -134,12 +181,14 @@ class BudgetReplay:
             self.pending = None
 
     def restart(self) -> None:
-        """Forget the replay (keep the projection rows read): for the ordered re-read."""
+        """Forget the replay (keep the projection rows read): for the ordered re-read, which
+        starts from the first event even when the replay had started from a checkpoint."""
         st = self.state
         self.state = initial_state(st.tenant_id, st.budget_id)
         self.broken = None
         self.events = 0
         self.pending = None
+        self.base = 0
 
     def apply(self, row: tuple[Any, ...]) -> None:
         """Verify one ledger row's link and fold its event into the state."""

@@ -6,19 +6,32 @@ the budgets that need it, then reads the projections in the same snapshot and co
 (`projections.drift`). Shards split the budgets by hash of the budget id.
 
 Incremental mode (`ReconcileOptions.incremental`) reads only the budgets whose ledger moved past
-their checkpoint (`reconcile_touched_budgets`, index probes only), each budget's rows by index in
-sequence order, and those budgets' projection rows; the others are counted as skipped.
+their checkpoint: among the budgets of rows recorded since the last run began, minus a margin
+(`reconcile_touched_since`, a BRIN range of the ledger), plus those the last run found drifting;
+the first run ever probes every budget (`reconcile_touched_budgets`). A touched budget with a
+stored checkpoint state is replayed from it (its checkpointed row and the rows after it, by
+index), else from its first event; then its projection rows are compared (for one replayed from
+its checkpoint: the balance row, its open reservations and those its new events settled). The
+other budgets are counted as skipped, their rows never read.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import orjson
 import psycopg
 
+from budget_ledger.ledger.budget import BudgetState
+from budget_ledger.projections.checkpoint_state import (
+    StateUnreadable,
+    decode_state,
+    encode_state,
+    open_only,
+)
 from budget_ledger.projections.drift import Drift, balance_from_row, compare
 from budget_ledger.projections.reconcile_options import ReconcileOptions
 from budget_ledger.projections.replay import BrokenLink, BudgetReplay, LegacySeal
@@ -41,8 +54,12 @@ class ShardResult:
     # Incremental mode: budgets unchanged since their checkpoint, and their events, not read.
     skipped_budgets: int = 0
     skipped_events: int = 0
-    # (tenant, budget, sequence, hash) of every budget that verified clean: the new checkpoints.
-    verified: list[tuple[str, str, int, str]] = field(default_factory=list)
+    # (tenant, budget, sequence, hash, state JSON) of every budget that verified clean: the new
+    # checkpoints.
+    verified: list[tuple[str, str, int, str, str]] = field(default_factory=list)
+    # The database's clock at the start of the earliest shard's transaction (recorded with the
+    # run: the next incremental run looks at the rows recorded since, minus a margin).
+    started_at: datetime | None = None
 
     def merge(self, other: ShardResult) -> None:
         """Add another shard's findings to this one."""
@@ -54,6 +71,10 @@ class ShardResult:
         self.drifts.extend(other.drifts)
         self.broken.extend(other.broken)
         self.drifting.update(other.drifting)
+        if self.started_at is None or (
+            other.started_at is not None and other.started_at < self.started_at
+        ):
+            self.started_at = other.started_at
 
 
 def replay_shard(
@@ -87,36 +108,53 @@ def replay_shard(
             conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")  # keep physical order
             conn.execute("SET LOCAL jit = off")
             get = budgets.get
-            if keys is not None:
+            if keys is not None and not opts.incremental:
                 for r in conn.execute(q["reconcile_legacy_seals"], params):
                     seals[(r[0], r[1])] = LegacySeal(r[2], r[3], r[4], r[5])
-            for r in conn.execute(q["reconcile_checkpoints"], params):
-                checkpoints[(r[0], r[1])] = (int(r[2]), str(r[3]))
-            scan, balances, reservations = (
-                q["reconcile_ledger_scan"],
-                q["reconcile_balances"],
-                q["reconcile_reservations"],
-            )
+            now = conn.execute("SELECT now()").fetchone()
+            result.started_at = now[0] if now else None
             scan_params: dict[str, object] = dict(params)
             if opts.incremental:
-                touched = [
-                    (r[0], r[1]) for r in conn.execute(q["reconcile_touched_budgets"], params)
-                ]
-                for key in touched:
-                    budgets[key] = new(*key)
-                for key, (seq, _hash) in checkpoints.items():
-                    if key not in budgets:
-                        result.skipped_budgets += 1
-                        result.skipped_events += seq
+                touched = _touched(conn, opts, params, result)
+                if keys is not None:  # the legacy seals of the touched budgets only
+                    for r in conn.execute(
+                        q["reconcile_legacy_seals_of"],
+                        {"tenants": [k[0] for k in touched], "budgets": [k[1] for k in touched]},
+                    ):
+                        seals[(r[0], r[1])] = LegacySeal(r[2], r[3], r[4], r[5])
+                froms: list[int] = []
+                for t, b, seq, hash_, state in touched:
+                    replay = budgets[(t, b)] = new(t, b)
+                    froms.append(1)
+                    if seq is None:
+                        continue
+                    checkpoints[(t, b)] = (int(seq), str(hash_))
+                    replay.checkpoint = checkpoints[(t, b)]
+                    result.skipped_budgets -= 1  # counted in the totals, but replayed
+                    result.skipped_events -= int(seq)
+                    start = _checkpoint_state(state, t, b, int(seq), str(hash_))
+                    if start is not None:
+                        replay.start_at_checkpoint(start)
+                        froms[-1] = int(seq)
                 # Only the touched budgets' rows and projections are read, by index.
                 scan_params = {
                     "tenants": [k[0] for k in touched],
                     "budgets": [k[1] for k in touched],
+                    "froms": froms,
+                    "whole": [f == 1 for f in froms],
                 }
                 scan, balances, reservations = (
                     q["reconcile_events_of"],
                     q["reconcile_balances_of"],
                     q["reconcile_reservations_of"],
+                )
+            else:
+                for r in conn.execute(q["reconcile_checkpoints"], params):
+                    checkpoints[(r[0], r[1])] = (int(r[2]), str(r[3]))
+                scan, balances, reservations = (
+                    q["reconcile_ledger_scan"],
+                    q["reconcile_balances"],
+                    q["reconcile_reservations"],
                 )
             with conn.cursor(name=f"reconcile_{shard}") as cur:
                 cur.itersize = FETCH
@@ -130,7 +168,7 @@ def replay_shard(
                     if on_progress is not None:
                         on_progress(len(rows))
             for key, budget in budgets.items():
-                if budget.reread:
+                if budget.reread or budget.lost_base():
                     budget.restart()
                     with conn.cursor(name=f"reconcile_{shard}_reread") as cur:
                         cur.itersize = FETCH
@@ -158,6 +196,8 @@ def replay_shard(
                     budget = budgets[(row[0], row[1])] = new(row[0], row[1])
                 res = _LOADS(row[2])
                 budget.reservations[res[0]] = res
+            if opts.incremental:
+                _read_settled_since(conn, budgets)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -167,9 +207,82 @@ def replay_shard(
     return result
 
 
+def _touched(
+    conn: psycopg.Connection,
+    opts: ReconcileOptions,
+    params: Mapping[str, object],
+    result: ShardResult,
+) -> list[tuple[str, str, int | None, str | None, str | None]]:
+    """The shard's touched budgets, each with its checkpoint (sequence, hash, state) if any;
+    adds the checkpoint totals (shard 0) to the skipped counts, which the caller corrects."""
+    q = queries()
+    if params["shard"] == 0:
+        totals = conn.execute(q["reconcile_checkpoint_totals"], params).fetchone()
+        if totals is not None:
+            result.skipped_budgets += int(totals[0])
+            result.skipped_events += int(totals[1])
+    last = conn.execute(q["reconcile_last_run"]).fetchone()
+    if last is None:  # the first run: probe every budget
+        return list(conn.execute(q["reconcile_touched_budgets"], params))
+    since = last[0] - timedelta(seconds=opts.candidate_margin_seconds)
+    return list(
+        conn.execute(
+            q["reconcile_touched_since"],
+            {**params, "since": since, "drifting_tenants": last[1], "drifting_budgets": last[2]},
+        )
+    )
+
+
+def _checkpoint_state(
+    text: str | None, tenant: str, budget: str, sequence: int, hash_: str
+) -> BudgetState | None:
+    """The stored state to replay from, or None (no state, or not this checkpoint's): the budget
+    is then replayed from its first event."""
+    if text is None:
+        return None
+    try:
+        state = decode_state(text)
+    except StateUnreadable:
+        return None  # replayed whole; the clean run then stores a state it can read
+    if (state.tenant_id, state.budget_id, state.sequence, state.last_hash) != (
+        tenant,
+        budget,
+        sequence,
+        hash_,
+    ):
+        return None
+    return state
+
+
+def _read_settled_since(
+    conn: psycopg.Connection, budgets: dict[tuple[str, str], BudgetReplay]
+) -> None:
+    """For budgets replayed from a checkpoint: the projection rows of the reservations that
+    their new events settled (the open ones were read with the budget's)."""
+    keys: list[tuple[str, str, str]] = []
+    for (t, b), budget in budgets.items():
+        after = budget.settled_after
+        if after:
+            keys.extend(
+                (t, b, ref)
+                for ref, res in budget.state.reservations.items()
+                if res.updated_seq > after and res.status != "reserved"
+            )
+    if not keys:
+        return
+    for row in conn.execute(
+        queries()["reconcile_reservations_by_ref"],
+        {"tenants": [k[0] for k in keys], "budgets": [k[1] for k in keys],
+         "refs": [k[2] for k in keys]},
+    ):  # fmt: skip
+        res = _LOADS(row[2])
+        budgets[(row[0], row[1])].reservations[res[0]] = res
+
+
 def _finish(budget: BudgetReplay, result: ShardResult) -> None:
     result.budgets += 1
     result.events += budget.events
+    result.skipped_events += budget.base  # the events before its checkpoint, not replayed
     drifts = compare(budget)
     if budget.broken is not None:
         result.broken.append(budget.broken)
@@ -178,4 +291,6 @@ def _finish(budget: BudgetReplay, result: ShardResult) -> None:
         result.drifts.extend(drifts)
         result.drifting[(s.tenant_id, s.budget_id)] = (s.sequence, s.utilization_bp)
     elif budget.events:
-        result.verified.append((s.tenant_id, s.budget_id, s.sequence, s.last_hash))
+        result.verified.append(
+            (s.tenant_id, s.budget_id, s.sequence, s.last_hash, encode_state(open_only(s)))
+        )

@@ -1,5 +1,6 @@
-"""Incremental reconcile against a real Postgres: per-budget checkpoints, what an incremental run
-reads and finds, what only `--full` finds, and who may write a checkpoint.
+"""Incremental reconcile against a real Postgres: per-budget checkpoints with the verified state
+there, what an incremental run reads (only the new events of the budgets written since the last
+run) and finds, what only `--full` finds, and who may write a checkpoint.
 
 Ledgers are filled by the consumer's own batch logic (the benchmark's filler, then
 `process_batch` for the appended events); tampering is done as the owner role.
@@ -24,6 +25,7 @@ from budget_ledger.ledger.db import connect, copy_rows
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.ledger.store import load_budgets
 from budget_ledger.projections.chain_seal import seal_legacy
+from budget_ledger.projections.checkpoint_state import decode_state, open_only
 from budget_ledger.projections.reconcile import ReconcileOptions, ReconcileReport, reconcile
 from budget_ledger.projections.store import upsert_projections
 from tests.conftest import CHAIN_KEYS, as_login
@@ -125,10 +127,34 @@ def checkpointed(settings: Settings) -> str:
     return url
 
 
-def test_a_second_run_reads_only_the_budgets_written_since(
+def _state(url: str, key: tuple[str, str]) -> str | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT state::text FROM reconcile_checkpoints WHERE tenant_id = %s AND budget_id = %s",
+            key,
+        ).fetchone()
+    return None if row is None else row[0]
+
+
+def _sql(url: str, statement: str, *params: object) -> None:
+    """One statement as the owner, with the ledger's append-only trigger off (tampering)."""
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        conn.execute(statement, params)
+        conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+
+
+def test_a_second_run_replays_only_the_new_events(
     checkpointed: str, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = checkpointed
+    # Every checkpoint carries the budget's verified state there: the consumer's own state,
+    # open reservations only.
+    with connect(url) as conn:
+        loaded = load_budgets(conn, [HOT])[HOT]
+    stored = _state(url, HOT)
+    assert stored is not None and decode_state(stored) == open_only(loaded)
+
     again = _run(url)
     assert again.clean and (again.events, again.budgets) == (0, 0)
     assert (again.skipped_events, again.skipped_budgets) == (EVENTS, BUDGETS)
@@ -136,11 +162,16 @@ def test_a_second_run_reads_only_the_budgets_written_since(
     before = _events_of(url, HOT)
     _append(url, HOT, 5, offset=10_000)
     out = _cli(settings, capsys)
-    # The changed budget is replayed (its state is needed for the drift check); no other is read.
+    # Only the changed budget is read, and only its new events are replayed: from the state
+    # stored at its checkpoint.
     assert out["clean"] and out["mode"] == "incremental"
-    assert (out["events"], out["budgets"]) == (before + 5, 1)
-    assert (out["skipped_events"], out["skipped_budgets"]) == (EVENTS - before, BUDGETS - 1)
+    assert (out["events"], out["budgets"]) == (5, 1)
+    assert (out["skipped_events"], out["skipped_budgets"]) == (EVENTS, BUDGETS - 1)
     assert _checkpoint(url, HOT) == before + 5
+    with connect(url) as conn:
+        loaded = load_budgets(conn, [HOT])[HOT]
+    stored = _state(url, HOT)
+    assert stored is not None and decode_state(stored) == open_only(loaded)
 
     full = _cli(settings, capsys, "--full")
     assert full["clean"] and full["mode"] == "full"
@@ -181,22 +212,139 @@ def test_a_row_tampered_before_the_checkpoint_is_found_only_by_full(
     assert _checkpoint(url, COLD) == cold_seq  # a budget that did not verify keeps its old one
 
 
-def test_checkpointed_rows_that_changed_or_vanished_mark_the_budget_touched(
-    checkpointed: str,
-) -> None:
+def test_an_untouched_budget_is_not_even_read(checkpointed: str) -> None:
     url = checkpointed
     seq = _checkpoint(url, COLD)
-    with psycopg.connect(url) as conn:  # the owner deletes the budget's last (verified) row
-        conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
-        conn.execute(
-            "DELETE FROM ledger WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
-            (*COLD, seq),
-        )
-        conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+    # The owner deletes the budget's last (checkpointed) row: no new row was recorded, so an
+    # incremental run does not look at the budget at all (the first run, which probes every
+    # budget's last row, would: next test); --full finds it.
+    _sql(url, "DELETE FROM ledger WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
+         *COLD, seq)  # fmt: skip
+    report = _run(url)
+    assert report.clean and (report.events, report.budgets) == (0, 0)
+    full = _run(url, full=True)
+    assert [(b.budget_id, b.sequence) for b in full.broken] == [(COLD[1], seq)]
+    assert "checkpointed rows missing" in full.broken[0].problem
+
+
+def test_a_vanished_checkpointed_row_falls_back_to_a_whole_replay(checkpointed: str) -> None:
+    url = checkpointed
+    seq = _checkpoint(url, COLD)
+    assert seq is not None
+    _sql(url, "DELETE FROM ledger WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
+         *COLD, seq)  # fmt: skip
+    # A row recorded since the last run (its recorded_at moved to now): a candidate again.
+    _sql(url, "UPDATE ledger SET recorded_at = now() WHERE tenant_id = %s AND budget_id = %s"
+         " AND sequence = %s", *COLD, seq - 1)  # fmt: skip
+    report = _run(url)
+    # The checkpointed row is gone, so the replay cannot start from its state: the budget is
+    # replayed from its first event, and the lost row is named as a full run names it.
+    assert report.budgets == 1 and report.events == seq - 1 and not report.clean
+    assert [(b.budget_id, b.sequence) for b in report.broken] == [(COLD[1], seq)]
+    assert "checkpointed rows missing" in report.broken[0].problem
+    assert _checkpoint(url, COLD) == seq
+
+
+def test_the_first_run_probes_every_budget_and_finds_lost_rows(checkpointed: str) -> None:
+    url = checkpointed
+    seq = _checkpoint(url, COLD)
+    _sql(url, "DELETE FROM ledger WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
+         *COLD, seq)  # fmt: skip
+    _sql(url, "DELETE FROM reconcile_runs")  # as if no run had been recorded yet
     report = _run(url)
     assert report.budgets == 1 and not report.clean
     assert [(b.budget_id, b.sequence) for b in report.broken] == [(COLD[1], seq)]
     assert "checkpointed rows missing" in report.broken[0].problem
+
+
+def test_a_checkpoint_without_state_falls_back_to_a_whole_replay(checkpointed: str) -> None:
+    url = checkpointed
+    before = _events_of(url, HOT)
+    _sql(url, "UPDATE reconcile_checkpoints SET state = NULL WHERE tenant_id = %s"
+         " AND budget_id = %s", *HOT)  # fmt: skip
+    _append(url, HOT, 3, offset=10_000)
+    report = _run(url)
+    assert report.clean and (report.events, report.budgets) == (before + 3, 1)
+    assert _state(url, HOT) is not None  # written by that clean run
+    _append(url, HOT, 2, offset=20_000)
+    report = _run(url)
+    assert report.clean and (report.events, report.budgets) == (2, 1)
+
+
+def test_projection_drift_after_the_checkpoint_is_found_until_fixed(checkpointed: str) -> None:
+    url = checkpointed
+    before = _events_of(url, HOT)
+    _append(url, HOT, 2, offset=10_000)
+    _sql(url, "UPDATE budget_balances SET funded = funded + 1 WHERE tenant_id = %s"
+         " AND budget_id = %s", *HOT)  # fmt: skip
+    for _ in range(2):  # no new event before the second: HOT is replayed as last run's finding
+        report = _run(url)
+        assert [(d.budget_id, d.field, d.difference) for d in report.drifts] == [
+            (HOT[1], "funded", 1)
+        ]
+        assert report.events == 2 and _checkpoint(url, HOT) == before
+    _sql(url, "UPDATE budget_balances SET funded = funded - 1 WHERE tenant_id = %s"
+         " AND budget_id = %s", *HOT)  # fmt: skip
+    report = _run(url)
+    assert report.clean and _checkpoint(url, HOT) == before + 2
+    assert _run(url).budgets == 0  # fixed: no longer a finding to look at
+
+
+def test_reservation_drift_open_is_found_settled_before_the_checkpoint_only_by_full(
+    checkpointed: str,
+) -> None:
+    url = checkpointed
+    with psycopg.connect(url) as conn:
+        cp = _checkpoint(url, HOT)
+        open_ref, settled_ref = (
+            conn.execute(
+                "SELECT ref_id FROM reservations WHERE tenant_id = %s AND budget_id = %s"
+                f" AND status {op} 'reserved' AND updated_seq <= %s ORDER BY ref_id LIMIT 1",
+                (*HOT, cp),
+            ).fetchone()
+            or ("",)
+            for op in ("=", "<>")
+        )
+    assert open_ref[0] and settled_ref[0]
+    _append(url, HOT, 1, offset=10_000)
+    for ref in (open_ref[0], settled_ref[0]):
+        _sql(url, "UPDATE reservations SET amount = amount + 7 WHERE tenant_id = %s"
+             " AND budget_id = %s AND ref_id = %s", *HOT, ref)  # fmt: skip
+    report = _run(url)
+    assert report.events == 1
+    assert [(d.key, d.field, d.difference) for d in report.drifts] == [(open_ref[0], "amount", 7)]
+    full = _run(url, full=True)
+    assert sorted((d.key, d.field, d.difference) for d in full.drifts) == sorted(
+        [(open_ref[0], "amount", 7), (settled_ref[0], "amount", 7)]
+    )
+
+
+def test_the_candidate_query_reads_the_brin_index(checkpointed: str) -> None:
+    from budget_ledger.projections.store import queries
+
+    with psycopg.connect(checkpointed) as conn:
+        conn.execute("SET enable_seqscan = off")  # a 1,200-row table: the planner would scan
+        params = {"tenant": None, "budget": None, "shard": 0, "shards": 1,
+                  "since": "2026-01-01T00:00:00Z", "drifting_tenants": [],
+                  "drifting_budgets": []}  # fmt: skip
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN " + queries()["reconcile_touched_since"], params
+            ).fetchall()
+        )
+        used = {line.split(" on ")[1].split()[0] for line in plan.splitlines()
+                if "Bitmap Index Scan on" in line}  # fmt: skip
+        assert used, plan
+        kinds = {
+            r[0]
+            for r in conn.execute(
+                "SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam"
+                " WHERE c.relname = ANY(%s)",
+                (list(used),),
+            )
+        }
+        assert kinds == {"brin"}, plan
 
 
 def test_a_row_forged_with_the_app_credentials_is_reported_by_an_incremental_run(
