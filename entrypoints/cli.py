@@ -10,6 +10,7 @@ from typing import NoReturn
 from budget_ledger.entrypoints import (
     acl_commands,
     demo,
+    key_commands,
     positions_commands,
     projection_commands,
     publish_commands,
@@ -17,6 +18,7 @@ from budget_ledger.entrypoints import (
     setup_commands,
     worker_commands,
 )
+from budget_ledger.entrypoints.api import serve
 from budget_ledger.entrypoints.errors import (
     EXIT_DRIFT,
     EXIT_OK,
@@ -58,6 +60,8 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     publish_commands.add_adjust,
     reader_commands.add_readers,
     reader_commands.add_ledger,
+    key_commands.add_keys,
+    serve.add_serve,
 )
 
 

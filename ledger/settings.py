@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     # SET ROLE, which any code path could RESET. The owner's URL is for migrate, rebuild and
     # readers create.
     app_database_url: SecretStr = SecretStr("")
+    # The HTTP API (`budget-ledger serve`, docs/api.md) logs in with this URL, ideally a login
+    # that is only a member of ledger_reader. Empty: LEDGER_DATABASE_URL. Either way its sessions
+    # `SET ROLE` to api_database_role and run with the tenant of the verified key.
+    api_database_url: SecretStr = SecretStr("")
+    api_database_role: str = "ledger_reader"
+    api_pool_size: int = Field(default=8, ge=1, le=200)
 
     @field_validator("database_url")
     @classmethod
@@ -201,7 +207,7 @@ class Settings(BaseSettings):
             raise ValueError("LEDGER_CHAIN_KEY_ID names no key of LEDGER_CHAIN_KEYS")
         return self
 
-    @field_validator("app_database_url")
+    @field_validator("app_database_url", "api_database_url")
     @classmethod
     def _app_url(cls, value: SecretStr) -> SecretStr:
         if value.get_secret_value() and not value.get_secret_value().startswith(
@@ -213,6 +219,10 @@ class Settings(BaseSettings):
     def app_dsn(self) -> str:
         """The DSN the processes log in with: their own role when configured, else the owner's."""
         return self.app_database_url.get_secret_value() or self.database_url
+
+    def api_dsn(self) -> str:
+        """The DSN the HTTP API logs in with: its own login when configured, else the owner's."""
+        return self.api_database_url.get_secret_value() or self.database_url
 
     def chain_key(self) -> ChainKey | None:
         """The key new ledger rows are MACed with (None: LEDGER_CHAIN_KEY_ID is not set)."""

@@ -1,0 +1,61 @@
+"""The API's application factory: `create_app(settings)` (nothing is created at import)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+import budget_ledger
+from budget_ledger.entrypoints.api import budgets, commands
+from budget_ledger.ledger.db import pool as make_pool
+from budget_ledger.ledger.settings import Settings, load_settings
+
+DESCRIPTION = """Read side of the budget ledger. Every request carries an API key
+(`Authorization: Bearer <key>`, made with `budget-ledger keys create`); every query runs on the
+reader role with the key's tenant, under Postgres row-level security. Amounts are decimal text
+with the budget's currency digits, times RFC 3339 UTC."""
+
+
+def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAPI:
+    """The API; it opens its connection pool when it starts (or uses `pool`, left open)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = pool is None
+        app.state.pool = (
+            make_pool(settings.api_dsn(), settings.api_database_role, settings.api_pool_size)
+            if own
+            else pool
+        )
+        try:
+            yield
+        finally:
+            if own:
+                app.state.pool.close()
+
+    app = FastAPI(
+        title="Budget Ledger API",
+        version=budget_ledger.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.include_router(budgets.router)
+    app.include_router(commands.router)
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database is down or saturated: retryable, and nothing of the error is shown.
+        return JSONResponse({"detail": "the ledger database is unavailable"}, status_code=503)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The API configured from LEDGER_* variables (uvicorn's factory for `serve --workers N`)."""
+    return create_app(load_settings())

@@ -1,0 +1,88 @@
+"""Authentication and authorization of API requests: `Authorization: Bearer <key>`.
+
+401 for no key, a malformed, unknown or revoked key or a wrong secret (one answer for all, so
+a caller learns nothing about which); 403 for a tenant the key may not act for, or a missing
+scope (named). Only then is a tenant session opened (projections.api_reads.tenant_session).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import psycopg
+from fastapi import Depends, HTTPException, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import ConnectionPool
+
+from budget_ledger.entrypoints.api.keys import ApiKey, verify_key
+from budget_ledger.projections.api_reads import tenant_session
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `budget-ledger keys create`")
+
+# Ids in paths: the wire's own bounds (1-128 characters), and no control characters, which
+# Postgres text refuses (\x00) or which could forge log lines.
+ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+TenantId = Annotated[str, Path(pattern=ID_PATTERN, description="The tenant")]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A verified key acting for the tenant of the request's path."""
+
+    key: ApiKey
+    tenant_id: str
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(401, "missing, unknown or revoked API key", {"WWW-Authenticate": "Bearer"})
+
+
+def db_pool(request: Request) -> ConnectionPool:
+    """The app's connection pool (opened by its lifespan)."""
+    pool: ConnectionPool = request.app.state.pool
+    return pool
+
+
+def authenticate(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    pool: Annotated[ConnectionPool, Depends(db_pool)],
+) -> ApiKey:
+    """The active key of the request (401 otherwise)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise _unauthorized()
+    # The look-up runs on the reader role without a tenant: it can reach the key table only
+    # through the SECURITY DEFINER function ledger_api_key (migration 010).
+    with pool.connection() as conn, conn.transaction():
+        key = verify_key(conn, credentials.credentials)
+    if key is None:
+        raise _unauthorized()
+    return key
+
+
+def require(scope: str) -> Callable[..., Caller]:
+    """A dependency: the key must hold `scope` and may act for the path's tenant."""
+
+    def check(tid: TenantId, key: Annotated[ApiKey, Depends(authenticate)]) -> Caller:
+        # A tenant key on another tenant's path: refused before any query, so no data of that
+        # tenant can be in the answer. A platform key (no tenant) may act for any tenant.
+        if key.tenant_id is not None and key.tenant_id != tid:
+            raise HTTPException(403, "this API key may not act for this tenant")
+        if scope not in key.scopes:
+            raise HTTPException(403, f"this API key lacks the scope {scope!r}")
+        return Caller(key, tid)
+
+    return check
+
+
+def session(
+    caller: Annotated[Caller, Depends(require("read"))],
+    pool: Annotated[ConnectionPool, Depends(db_pool)],
+) -> Iterator[psycopg.Connection]:
+    """A read-only transaction bound to the caller's tenant, for one request."""
+    with tenant_session(pool, caller.tenant_id) as conn:
+        yield conn
+
+
+ReadSession = Annotated[psycopg.Connection, Depends(session)]

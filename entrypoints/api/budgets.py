@@ -1,0 +1,142 @@
+"""`/v1/tenants/{tid}/budgets...`: budgets, their utilization (now or at a time) and their
+reservations. Every handler reads through the request's tenant-bound session."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import psycopg
+from fastapi import APIRouter, HTTPException, Path, Query
+
+from budget_ledger.entrypoints.api.auth import ID_PATTERN, ReadSession, TenantId
+from budget_ledger.entrypoints.api.models import (
+    BudgetOut,
+    BudgetPage,
+    Problem,
+    ReservationOut,
+    ReservationPage,
+    UtilizationOut,
+)
+from budget_ledger.projections.api_reads import (
+    MAX_PAGE,
+    BudgetView,
+    balances_as_of,
+    get_budget,
+    list_budgets,
+    list_reservations,
+)
+
+router = APIRouter(
+    prefix="/v1/tenants/{tid}/budgets",
+    tags=["budgets"],
+    responses={
+        401: {"model": Problem, "description": "no, unknown or revoked API key"},
+        403: {"model": Problem, "description": "another tenant, or a missing scope"},
+    },
+)
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "no such budget of this tenant"}
+}
+
+BudgetId = Annotated[str, Path(pattern=ID_PATTERN, description="The budget")]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="entries per page")]
+Cursor = Annotated[
+    str | None, Query(max_length=400, description="`next_cursor` of the previous page")
+]
+
+
+def encode_cursor(last_id: str | None) -> str | None:
+    """An opaque page cursor for the last id of a page."""
+    if last_id is None:
+        return None
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str:
+    """The id a cursor stands for ("" for the first page); 400 when it is not a cursor."""
+    if not cursor:
+        return ""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise HTTPException(400, "cursor is not a cursor of this list") from None
+    if "\x00" in text or encode_cursor(text) != cursor:
+        raise HTTPException(400, "cursor is not a cursor of this list")
+    return text
+
+
+def _budget_or_404(conn: psycopg.Connection, tid: str, bid: str) -> BudgetView:
+    budget = get_budget(conn, tid, bid)
+    if budget is None:
+        raise HTTPException(404, "no such budget")
+    return budget
+
+
+@router.get("", response_model=BudgetPage, summary="the tenant's budgets, a page at a time")
+def budgets(
+    tid: TenantId, conn: ReadSession, limit: Limit = 100, cursor: Cursor = None
+) -> BudgetPage:
+    """Opened budgets with balances and utilization, in budget_id order (keyset pagination)."""
+    page, last = list_budgets(conn, tid, decode_cursor(cursor), limit)
+    return BudgetPage(budgets=[BudgetOut.of(b) for b in page], next_cursor=encode_cursor(last))
+
+
+@router.get("/{bid}", response_model=BudgetOut, responses=_NOT_FOUND, summary="one budget")
+def budget(tid: TenantId, bid: BudgetId, conn: ReadSession) -> BudgetOut:
+    """Balances, limits, currency, period start and `next_reset_at` (null for rolling)."""
+    return BudgetOut.of(_budget_or_404(conn, tid, bid))
+
+
+@router.get(
+    "/{bid}/utilization",
+    response_model=UtilizationOut,
+    responses=_NOT_FOUND,
+    summary="balances and cap flags, now or at a point in time",
+)
+def utilization(
+    tid: TenantId,
+    bid: BudgetId,
+    conn: ReadSession,
+    as_of: Annotated[
+        datetime | None,
+        Query(description="RFC 3339 with offset: the balances after the last event by then"),
+    ] = None,
+) -> UtilizationOut:
+    """With `as_of`, the balances in the budget's last ledger event recorded at or before it
+    (404 when it had none by then), with the cap flags of the limits in force then."""
+    budget = _budget_or_404(conn, tid, bid)
+    if as_of is None:
+        return UtilizationOut.current(budget)
+    if as_of.tzinfo is None:
+        raise HTTPException(422, "as_of needs a UTC offset, e.g. 2026-11-25T12:00:00Z")
+    at = balances_as_of(conn, budget, as_of)
+    if at is None:
+        raise HTTPException(404, "the budget has no ledger event at or before as_of")
+    return UtilizationOut.at(budget, at, as_of)
+
+
+@router.get(
+    "/{bid}/reservations",
+    response_model=ReservationPage,
+    responses=_NOT_FOUND,
+    summary="the budget's reservations, a page at a time",
+)
+def reservations(
+    tid: TenantId,
+    bid: BudgetId,
+    conn: ReadSession,
+    status: Annotated[Literal["reserved", "charged", "released", "expired"] | None, Query()] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> ReservationPage:
+    """Reservations in ref_id order (keyset pagination), optionally of one status."""
+    budget = _budget_or_404(conn, tid, bid)
+    page, last = list_reservations(conn, budget, status, decode_cursor(cursor), limit)
+    return ReservationPage(
+        reservations=[ReservationOut.of(r, budget.digits) for r in page],
+        next_cursor=encode_cursor(last),
+    )

@@ -1,0 +1,211 @@
+"""Response bodies of the API (they make the OpenAPI document): money as decimal text with the
+budget's own digits, times as RFC 3339 UTC text, exactly as on the wire."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from budget_ledger.projections.api_reads import BalancesAt, BudgetView, ReservationView
+from budget_ledger.schemas.events import rfc3339_utc
+from budget_ledger.schemas.money import to_decimal_str
+
+Money = str  # decimal text, e.g. "12.50"
+
+
+def _time(dt: datetime | None) -> str | None:
+    return None if dt is None else rfc3339_utc(dt)
+
+
+def _money(minor: int | None, digits: int) -> Money | None:
+    return None if minor is None else to_decimal_str(minor, digits)
+
+
+class BudgetConfigOut(BaseModel):
+    """Limits of a budget."""
+
+    period: str
+    hard_cap: Money | None
+    soft_cap: Money | None
+    soft_threshold_pct: int
+    hard_threshold_pct: int
+    period_allowance: Money | None
+    rollover: bool
+    timezone: str
+    reservation_ttl_seconds: int | None
+
+
+class BudgetOut(BaseModel):
+    """A budget's balances after its last event, its limits and its period."""
+
+    tenant_id: str
+    budget_id: str
+    currency: str
+    funded: Money
+    reserved: Money
+    charged: Money
+    available: Money
+    limit: Money
+    utilization_pct: str = Field(description="committed / limit, percent with 2 decimals")
+    soft_cap_exceeded: bool
+    hard_cap_approaching: bool
+    sequence: int
+    period_start: str | None
+    next_reset_at: str | None = Field(description="the next period boundary; null for rolling")
+    config: BudgetConfigOut
+    updated_at: str
+
+    @classmethod
+    def of(cls, b: BudgetView) -> BudgetOut:
+        """Render a budget."""
+        d, c = b.digits, b.config
+        return cls(
+            tenant_id=b.tenant_id,
+            budget_id=b.budget_id,
+            currency=b.currency,
+            funded=to_decimal_str(b.funded, d),
+            reserved=to_decimal_str(b.reserved, d),
+            charged=to_decimal_str(b.charged, d),
+            available=to_decimal_str(b.available, d),
+            limit=to_decimal_str(b.limit, d),
+            utilization_pct=b.utilization_pct,
+            soft_cap_exceeded=b.soft_cap_exceeded,
+            hard_cap_approaching=b.hard_cap_approaching,
+            sequence=b.sequence,
+            period_start=_time(b.period_start),
+            next_reset_at=_time(b.next_reset_at),
+            config=BudgetConfigOut(
+                period=c.period,
+                hard_cap=_money(c.hard_cap, d),
+                soft_cap=_money(c.soft_cap, d),
+                soft_threshold_pct=c.soft_threshold_pct,
+                hard_threshold_pct=c.hard_threshold_pct,
+                period_allowance=_money(c.period_allowance, d),
+                rollover=c.rollover,
+                timezone=c.timezone,
+                reservation_ttl_seconds=c.reservation_ttl_seconds,
+            ),
+            updated_at=rfc3339_utc(b.updated_at),
+        )
+
+
+class BudgetPage(BaseModel):
+    """One page of budgets; pass `next_cursor` as `cursor` for the next (null: the last)."""
+
+    budgets: list[BudgetOut]
+    next_cursor: str | None
+
+
+class UtilizationOut(BaseModel):
+    """Balances and cap flags after the budget's last event (or its last event at `as_of`)."""
+
+    tenant_id: str
+    budget_id: str
+    currency: str
+    funded: Money
+    reserved: Money
+    charged: Money
+    available: Money
+    limit: Money
+    utilization_pct: str
+    soft_cap_exceeded: bool
+    hard_cap_approaching: bool
+    sequence: int
+    as_of: str | None = Field(description="the requested time, null for the current balances")
+    recorded_at: str | None = Field(description="when the event of these balances was recorded")
+
+    @classmethod
+    def current(cls, b: BudgetView) -> UtilizationOut:
+        """The budget's balances now."""
+        d = b.digits
+        return cls(
+            tenant_id=b.tenant_id,
+            budget_id=b.budget_id,
+            currency=b.currency,
+            funded=to_decimal_str(b.funded, d),
+            reserved=to_decimal_str(b.reserved, d),
+            charged=to_decimal_str(b.charged, d),
+            available=to_decimal_str(b.available, d),
+            limit=to_decimal_str(b.limit, d),
+            utilization_pct=b.utilization_pct,
+            soft_cap_exceeded=b.soft_cap_exceeded,
+            hard_cap_approaching=b.hard_cap_approaching,
+            sequence=b.sequence,
+            as_of=None,
+            recorded_at=None,
+        )
+
+    @classmethod
+    def at(cls, b: BudgetView, at: BalancesAt, as_of: datetime) -> UtilizationOut:
+        """The budget's balances after its last event at or before `as_of`."""
+        d = b.digits
+        return cls(
+            tenant_id=b.tenant_id,
+            budget_id=b.budget_id,
+            currency=b.currency,
+            funded=to_decimal_str(at.funded, d),
+            reserved=to_decimal_str(at.reserved, d),
+            charged=to_decimal_str(at.charged, d),
+            available=to_decimal_str(at.available, d),
+            limit=to_decimal_str(at.limit, d),
+            utilization_pct=at.utilization_pct,
+            soft_cap_exceeded=at.soft_cap_exceeded,
+            hard_cap_approaching=at.hard_cap_approaching,
+            sequence=at.sequence,
+            as_of=rfc3339_utc(as_of),
+            recorded_at=rfc3339_utc(at.recorded_at),
+        )
+
+
+class ReservationOut(BaseModel):
+    """One reservation: reserved, then charged (fully or partly), released or expired."""
+
+    ref_id: str
+    status: str
+    amount: Money
+    charged: Money
+    expires_at: str | None
+    command_id: str
+    created_seq: int
+    updated_seq: int
+
+    @classmethod
+    def of(cls, r: ReservationView, digits: int) -> ReservationOut:
+        """Render a reservation with its budget's digits."""
+        return cls(
+            ref_id=r.ref_id,
+            status=r.status,
+            amount=to_decimal_str(r.amount, digits),
+            charged=to_decimal_str(r.charged, digits),
+            expires_at=_time(r.expires_at),
+            command_id=r.command_id,
+            created_seq=r.created_seq,
+            updated_seq=r.updated_seq,
+        )
+
+
+class ReservationPage(BaseModel):
+    """One page of reservations; pass `next_cursor` as `cursor` for the next (null: the last)."""
+
+    reservations: list[ReservationOut]
+    next_cursor: str | None
+
+
+class CommandOut(BaseModel):
+    """A command's outcome: `recorded` with its ledger event (accepted or refused), or
+    `pending` (not in the ledger yet, or dead-lettered: see docs/api.md)."""
+
+    command_id: str
+    status: Literal["recorded", "pending"]
+    budget_id: str | None = None
+    sequence: int | None = None
+    type: str | None = None
+    event: dict[str, Any] | None = Field(default=None, description="the event as on the wire")
+
+
+class Problem(BaseModel):
+    """An error: what went wrong, in one line."""
+
+    detail: str

@@ -1,0 +1,101 @@
+-- Named queries of the HTTP API's read side (projections/api_reads.py) and of its keys
+-- (entrypoints/api/keys.py). The reads run as ledger_reader with `ledger.tenant_id` set from the
+-- verified key, so row-level security limits them to that tenant; each also names its tenant,
+-- which lets the planner use the primary keys (tenant_id, budget_id, ...).
+
+-- name: list_budgets
+-- One page of a tenant's opened budgets in budget_id order, strictly after %(after)s. `opened`
+-- is what schemas.codec.opened_digits needs of the budget_opened event: the budget's own digits.
+SELECT b.tenant_id, b.budget_id, b.currency, b.funded, b.reserved, b.charged, b.available,
+       b.budget_limit, b.utilization_pct::text, b.sequence, b.period_start, b.config::text,
+       b.updated_at, o.opened
+FROM budget_balances b
+CROSS JOIN LATERAL (
+    SELECT jsonb_build_object('data', jsonb_build_object('minor_units',
+                                                         l.event -> 'data' -> 'minor_units'),
+                              'funded', l.event -> 'funded')::text AS opened
+    FROM ledger l
+    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id AND l.type = 'budget_opened'
+    ORDER BY l.sequence
+    LIMIT 1
+) o
+WHERE b.tenant_id = %(tenant)s AND b.opened AND b.budget_id > %(after)s
+ORDER BY b.budget_id
+LIMIT %(limit)s
+
+-- name: get_budget
+-- One opened budget of the tenant (no row: unknown, or not opened).
+SELECT b.tenant_id, b.budget_id, b.currency, b.funded, b.reserved, b.charged, b.available,
+       b.budget_limit, b.utilization_pct::text, b.sequence, b.period_start, b.config::text,
+       b.updated_at, o.opened
+FROM budget_balances b
+CROSS JOIN LATERAL (
+    SELECT jsonb_build_object('data', jsonb_build_object('minor_units',
+                                                         l.event -> 'data' -> 'minor_units'),
+                              'funded', l.event -> 'funded')::text AS opened
+    FROM ledger l
+    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id AND l.type = 'budget_opened'
+    ORDER BY l.sequence
+    LIMIT 1
+) o
+WHERE b.tenant_id = %(tenant)s AND b.budget_id = %(budget)s AND b.opened
+
+-- name: event_as_of
+-- The budget's last ledger event recorded at or before %(as_of)s, and the last event before it
+-- that set its configuration (budget_opened or budget_configured), both as their stored JSON.
+SELECT e.sequence, e.funded, e.reserved, e.charged, e.available, e.recorded_at, e.event::text,
+       c.event::text
+FROM (
+    SELECT sequence, funded, reserved, charged, available, recorded_at, event
+    FROM ledger
+    WHERE tenant_id = %(tenant)s AND budget_id = %(budget)s AND recorded_at <= %(as_of)s
+    ORDER BY recorded_at DESC, sequence DESC
+    LIMIT 1
+) e
+LEFT JOIN LATERAL (
+    SELECT event
+    FROM ledger
+    WHERE tenant_id = %(tenant)s AND budget_id = %(budget)s
+      AND type IN ('budget_opened', 'budget_configured') AND sequence <= e.sequence
+    ORDER BY sequence DESC
+    LIMIT 1
+) c ON true
+
+-- name: list_reservations
+-- One page of a budget's reservations in ref_id order after %(after)s, optionally one status.
+SELECT ref_id, status, amount, charged, expires_at, command_id, created_seq, updated_seq
+FROM reservations
+WHERE tenant_id = %(tenant)s AND budget_id = %(budget)s AND ref_id > %(after)s
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+ORDER BY ref_id
+LIMIT %(limit)s
+
+-- name: command_outcome
+-- The ledger event a command produced (command_id is unique per tenant).
+SELECT sequence, budget_id, type, event::text
+FROM ledger
+WHERE tenant_id = %(tenant)s AND command_id = %(command_id)s
+
+-- ---------------------------------------------------------------------------------------------
+-- API keys (migration 010): written by the owner (`budget-ledger keys`), read by the API only
+-- through the SECURITY DEFINER function ledger_api_key.
+
+-- name: insert_api_key
+INSERT INTO api_keys (key_id, tenant_id, name, scopes, secret_hash)
+VALUES (%(key_id)s, %(tenant)s, %(name)s, %(scopes)s, %(hash)s)
+RETURNING created_at
+
+-- name: list_api_keys
+SELECT key_id, tenant_id, name, scopes, created_at, revoked_at
+FROM api_keys
+WHERE %(tenant)s::text IS NULL OR tenant_id = %(tenant)s::text
+ORDER BY created_at, key_id
+
+-- name: revoke_api_key
+UPDATE api_keys SET revoked_at = now()
+WHERE key_id = %(key_id)s AND revoked_at IS NULL
+RETURNING key_id
+
+-- name: lookup_api_key
+SELECT key_id, tenant_id, name, scopes, secret_hash, revoked_at
+FROM ledger_api_key(%(key_id)s)

@@ -1,0 +1,246 @@
+"""The HTTP API's read side: tenant-bound sessions and the reads of budgets, balances at a point
+in time, reservations and command outcomes (named queries in `api_queries.sql`).
+
+Amounts come back in minor units with the budget's own digits (recorded by its budget_opened,
+never today's currency table); the API renders them with `schemas.money`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from budget_ledger.ledger.evolve import config_from_data
+from budget_ledger.ledger.periods import period_end
+from budget_ledger.ledger.sql import load_queries
+from budget_ledger.ledger.state import BudgetConfig, above_hard, above_soft, limit_of
+from budget_ledger.schemas.codec import event_from_wire, opened_digits
+
+MAX_PAGE = 1000
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The named queries of `projections/api_queries.sql`."""
+    return load_queries("budget_ledger.projections", "api_queries.sql")
+
+
+@contextmanager
+def tenant_session(pool: ConnectionPool, tenant_id: str) -> Iterator[psycopg.Connection]:
+    """A read-only transaction on a pooled connection (running as the API's reader role) with
+    `ledger.tenant_id` set locally: row-level security shows it this tenant's rows only, even
+    to a query that forgets its tenant filter."""
+    with pool.connection() as conn, conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        # set_config(..., true) is SET LOCAL with a bound parameter: it ends with the transaction,
+        # so the pooled connection never carries one request's tenant into the next.
+        conn.execute("SELECT set_config('ledger.tenant_id', %s, true)", (tenant_id,))
+        yield conn
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    """A budget's balance row as the API shows it (money in minor units, `digits` its own)."""
+
+    tenant_id: str
+    budget_id: str
+    currency: str
+    digits: int
+    funded: int
+    reserved: int
+    charged: int
+    available: int
+    limit: int
+    utilization_pct: str
+    sequence: int
+    period_start: datetime | None
+    config: BudgetConfig
+    updated_at: datetime
+
+    @property
+    def committed(self) -> int:
+        """Reserved plus charged in the current period."""
+        return self.reserved + self.charged
+
+    @property
+    def soft_cap_exceeded(self) -> bool:
+        """At or above the soft threshold (`soft_cap`, else its percent of the limit)."""
+        return above_soft(self.config, self.limit, self.committed)
+
+    @property
+    def hard_cap_approaching(self) -> bool:
+        """At or above `hard_threshold_pct` of the limit."""
+        return above_hard(self.config, self.limit, self.committed)
+
+    @property
+    def next_reset_at(self) -> datetime | None:
+        """The next period boundary (None for rolling budgets)."""
+        if self.period_start is None:
+            return None
+        return period_end(self.period_start, self.config.period, self.config.timezone)
+
+
+def _budget(row: tuple[Any, ...]) -> BudgetView:
+    (tenant, budget, currency, funded, reserved, charged, available, limit, pct, seq) = row[:10]
+    period_start, config, updated_at, opened = row[10:]
+    return BudgetView(
+        tenant,
+        budget,
+        currency,
+        opened_digits(orjson.loads(opened)),
+        funded,
+        reserved,
+        charged,
+        available,
+        limit,
+        pct,
+        seq,
+        None if period_start is None else datetime.fromisoformat(period_start),
+        BudgetConfig(**orjson.loads(config)),
+        updated_at,
+    )
+
+
+def list_budgets(
+    conn: psycopg.Connection, tenant_id: str, after: str = "", limit: int = 100
+) -> tuple[list[BudgetView], str | None]:
+    """One page of the tenant's budgets in budget_id order after `after`, and the budget_id to
+    pass as `after` for the next page (None: this was the last)."""
+    _check_limit(limit)
+    rows = conn.execute(
+        queries()["list_budgets"], {"tenant": tenant_id, "after": after, "limit": limit + 1}
+    ).fetchall()
+    page = [_budget(r) for r in rows[:limit]]
+    return page, (page[-1].budget_id if len(rows) > limit else None)
+
+
+def get_budget(conn: psycopg.Connection, tenant_id: str, budget_id: str) -> BudgetView | None:
+    """One opened budget of the tenant (None: unknown to this tenant)."""
+    row = conn.execute(
+        queries()["get_budget"], {"tenant": tenant_id, "budget": budget_id}
+    ).fetchone()
+    return None if row is None else _budget(row)
+
+
+@dataclass(frozen=True, slots=True)
+class BalancesAt:
+    """A budget's balances after one ledger event (money in minor units)."""
+
+    sequence: int
+    funded: int
+    reserved: int
+    charged: int
+    available: int
+    limit: int
+    utilization_pct: str
+    recorded_at: datetime
+    soft_cap_exceeded: bool
+    hard_cap_approaching: bool
+
+
+def balances_as_of(
+    conn: psycopg.Connection, budget: BudgetView, as_of: datetime
+) -> BalancesAt | None:
+    """The balances after `budget`'s last event recorded at or before `as_of`, with the flags
+    of the configuration in force then (None: no event by then)."""
+    row = conn.execute(
+        queries()["event_as_of"],
+        {"tenant": budget.tenant_id, "budget": budget.budget_id, "as_of": as_of},
+    ).fetchone()
+    if row is None:
+        return None
+    seq, funded, reserved, charged, available, recorded_at, event, config_event = row
+    wire = orjson.loads(event)
+    config = None
+    if config_event is not None:
+        # The configuration event's money is decimal text: decode it like every reader of
+        # history does, with the budget's own digits.
+        config = config_from_data(event_from_wire(orjson.loads(config_event), budget.digits).data)
+    limit = limit_of(config, funded)
+    committed = reserved + charged
+    return BalancesAt(
+        seq,
+        funded,
+        reserved,
+        charged,
+        available,
+        limit,
+        wire["utilization_pct"],
+        recorded_at,
+        above_soft(config, limit, committed),
+        above_hard(config, limit, committed),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationView:
+    """One reservation (money in minor units)."""
+
+    ref_id: str
+    status: str
+    amount: int
+    charged: int
+    expires_at: datetime | None
+    command_id: str
+    created_seq: int
+    updated_seq: int
+
+
+def list_reservations(
+    conn: psycopg.Connection,
+    budget: BudgetView,
+    status: str | None = None,
+    after: str = "",
+    limit: int = 100,
+) -> tuple[list[ReservationView], str | None]:
+    """One page of a budget's reservations in ref_id order after `after` (optionally of one
+    status), and the ref_id to pass as `after` for the next page (None: the last)."""
+    _check_limit(limit)
+    rows = conn.execute(
+        queries()["list_reservations"],
+        {
+            "tenant": budget.tenant_id,
+            "budget": budget.budget_id,
+            "status": status,
+            "after": after,
+            "limit": limit + 1,
+        },
+    ).fetchall()
+    page = [ReservationView(*r) for r in rows[:limit]]
+    return page, (page[-1].ref_id if len(rows) > limit else None)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """The ledger event a command produced, as its stored wire dict."""
+
+    budget_id: str
+    sequence: int
+    type: str
+    event: dict[str, Any]
+
+
+def command_outcome(
+    conn: psycopg.Connection, tenant_id: str, command_id: str
+) -> CommandOutcome | None:
+    """The outcome event of a command (None: not in the ledger, yet or ever)."""
+    row = conn.execute(
+        queries()["command_outcome"], {"tenant": tenant_id, "command_id": command_id}
+    ).fetchone()
+    if row is None:
+        return None
+    seq, budget_id, etype, event = row
+    return CommandOutcome(budget_id, seq, etype, orjson.loads(event))
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
