@@ -3,9 +3,10 @@
 
 Pure: no database. Money and counters are JSON integers (minor units; never floats), times RFC 3339
 text (`schemas.events.rfc3339_utc`, always UTC, 6 fractional digits), the config the same object
-the balance projection stores. Only OPEN reservations are kept: a settled one never changes again
-(nothing moves a reservation twice), so the replay from the checkpoint never needs it, and its
-projection row was verified by the run that wrote the checkpoint.
+the balance projection stores. Only OPEN reservations are kept (`encode_state` drops the others,
+like `ledger.state.compact`): a settled one never changes again (nothing moves a reservation
+twice), so the replay from the checkpoint never needs it, and its projection row was verified by
+the run that wrote the checkpoint.
 """
 
 from __future__ import annotations
@@ -17,12 +18,7 @@ import immutables
 import orjson
 
 from budget_ledger.ledger.evolve import config_from_data
-from budget_ledger.ledger.state import (
-    BudgetState,
-    Reservation,
-    ReservationStatus,
-    config_data,
-)
+from budget_ledger.ledger.state import BudgetState, Reservation, ReservationStatus, config_data
 from budget_ledger.schemas.events import rfc3339_utc
 
 #: Version of the stored form; a checkpoint with another version is replayed whole.
@@ -32,44 +28,6 @@ _RESERVED = ReservationStatus.RESERVED
 
 class StateUnreadable(ValueError):
     """A stored checkpoint state that this version cannot decode (the budget is replayed whole)."""
-
-
-def open_only(state: BudgetState) -> BudgetState:
-    """``state`` with only its open (reserved) reservations: what a checkpoint stores."""
-    held = state.reservations
-    settled = [ref for ref, res in held.items() if res.status is not _RESERVED]
-    if not settled:
-        return state
-    kept = held.mutate()
-    for ref in settled:
-        del kept[ref]
-    return _with_reservations(state, kept.finish())
-
-
-def _with_reservations(
-    state: BudgetState, reservations: immutables.Map[str, Reservation]
-) -> BudgetState:
-    # Every field by name (no dataclasses.replace on the frozen, slotted class): a new field
-    # of BudgetState makes the round-trip test fail until it is encoded here.
-    return BudgetState(
-        tenant_id=state.tenant_id,
-        budget_id=state.budget_id,
-        opened=state.opened,
-        currency=state.currency,
-        config=state.config,
-        funded_in_period=state.funded_in_period,
-        reserved_total=state.reserved_total,
-        charged_in_period=state.charged_in_period,
-        sequence=state.sequence,
-        last_hash=state.last_hash,
-        period_start=state.period_start,
-        reservations=reservations,
-        cap_reached_alerted=state.cap_reached_alerted,
-        digits=state.digits,
-        expiring=state.expiring,
-        above_soft=state.above_soft,
-        above_hard=state.above_hard,
-    )
 
 
 def _time(dt: datetime | None) -> str | None:

@@ -26,12 +26,8 @@ import orjson
 import psycopg
 
 from budget_ledger.ledger.budget import BudgetState
-from budget_ledger.projections.checkpoint_state import (
-    StateUnreadable,
-    decode_state,
-    encode_state,
-    open_only,
-)
+from budget_ledger.ledger.state import compact
+from budget_ledger.projections.checkpoint_state import StateUnreadable, decode_state, encode_state
 from budget_ledger.projections.drift import Drift, balance_from_row, compare
 from budget_ledger.projections.reconcile_options import ReconcileOptions
 from budget_ledger.projections.replay import BrokenLink, BudgetReplay, LegacySeal
@@ -292,5 +288,5 @@ def _finish(budget: BudgetReplay, result: ShardResult) -> None:
         result.drifting[(s.tenant_id, s.budget_id)] = (s.sequence, s.utilization_bp)
     elif budget.events:
         result.verified.append(
-            (s.tenant_id, s.budget_id, s.sequence, s.last_hash, encode_state(open_only(s)))
+            (s.tenant_id, s.budget_id, s.sequence, s.last_hash, encode_state(compact(s)))
         )

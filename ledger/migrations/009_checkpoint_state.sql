@@ -32,5 +32,8 @@ GRANT SELECT, INSERT ON reconcile_runs TO ledger_reconciler;
 -- 3. "Budgets with ledger rows recorded since T" (reconcile_candidates): a BRIN index on
 --    recorded_at. Rows are appended in roughly recorded_at order, so block ranges summarise
 --    tightly and the index is tiny (a few pages per million rows). Created on the parent, it
---    also exists on every partition of a partitioned ledger, current and future.
-CREATE INDEX ledger_recorded_at_brin ON ledger USING brin (recorded_at);
+--    also exists on every partition of a partitioned ledger, current and future (with the same
+--    options). A block range is summarised by (auto)vacuum; until then a query reads all of it,
+--    so autosummarize asks autovacuum to summarise each range as soon as it is full.
+CREATE INDEX ledger_recorded_at_brin ON ledger USING brin (recorded_at)
+    WITH (autosummarize = on);

@@ -23,9 +23,10 @@ from budget_ledger.ledger import store
 from budget_ledger.ledger.chain_mac import ChainKey, ChainKeyring
 from budget_ledger.ledger.db import connect, copy_rows
 from budget_ledger.ledger.settings import Settings
+from budget_ledger.ledger.state import compact
 from budget_ledger.ledger.store import load_budgets
 from budget_ledger.projections.chain_seal import seal_legacy
-from budget_ledger.projections.checkpoint_state import decode_state, open_only
+from budget_ledger.projections.checkpoint_state import decode_state
 from budget_ledger.projections.reconcile import ReconcileOptions, ReconcileReport, reconcile
 from budget_ledger.projections.store import upsert_projections
 from tests.conftest import CHAIN_KEYS, as_login
@@ -153,7 +154,7 @@ def test_a_second_run_replays_only_the_new_events(
     with connect(url) as conn:
         loaded = load_budgets(conn, [HOT])[HOT]
     stored = _state(url, HOT)
-    assert stored is not None and decode_state(stored) == open_only(loaded)
+    assert stored is not None and decode_state(stored) == compact(loaded)
 
     again = _run(url)
     assert again.clean and (again.events, again.budgets) == (0, 0)
@@ -171,7 +172,7 @@ def test_a_second_run_replays_only_the_new_events(
     with connect(url) as conn:
         loaded = load_budgets(conn, [HOT])[HOT]
     stored = _state(url, HOT)
-    assert stored is not None and decode_state(stored) == open_only(loaded)
+    assert stored is not None and decode_state(stored) == compact(loaded)
 
     full = _cli(settings, capsys, "--full")
     assert full["clean"] and full["mode"] == "full"
