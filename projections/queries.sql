@@ -244,8 +244,9 @@ ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
 -- Incremental reconcile (projections/checkpoints.py, projections/shard.py; migration 006).
 
 -- name: reconcile_checkpoints
--- One shard's checkpoints: the last (sequence, hash) a run verified clean, per budget.
-SELECT tenant_id, budget_id, sequence, hash
+-- One shard's checkpoints (full runs): the last (sequence, hash) a run verified clean, per
+-- budget, and the state stored there, which the replay checks when it reaches that sequence.
+SELECT tenant_id, budget_id, sequence, hash, state::text
 FROM reconcile_checkpoints
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)

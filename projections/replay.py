@@ -23,6 +23,8 @@ import orjson
 from budget_ledger.ledger.budget import BudgetState, initial_state
 from budget_ledger.ledger.chain_mac import ChainKeyring, mac_problem, seal_verifies
 from budget_ledger.ledger.history import fold
+from budget_ledger.ledger.state import compact
+from budget_ledger.projections.checkpoint_state import StateUnreadable, decode_state
 from budget_ledger.schemas.hashing import chain_hash
 
 # Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
@@ -70,6 +72,7 @@ class BudgetReplay:
         "base_seen",
         "broken",
         "checkpoint",
+        "checkpoint_state",
         "events",
         "keys",
         "last_seq",
@@ -110,6 +113,8 @@ class BudgetReplay:
         self.reread = False
         # (sequence, hash) a past run verified clean: that row must still carry that hash.
         self.checkpoint: tuple[int, str] | None = None
+        # Full runs: the state stored at the checkpoint, checked when the replay reaches it.
+        self.checkpoint_state: str | None = None
         # Started from the checkpoint's state: its sequence (0: replayed from the first event),
         # and whether the checkpointed row was seen with its hash.
         self.base = 0
@@ -227,6 +232,19 @@ class BudgetReplay:
             or row[_AVAILABLE] != s.available
         ):
             self._break(seq, _column_problem(s, row))
+        if self.checkpoint_state is not None and self.checkpoint and seq == self.checkpoint[0]:
+            self._check_stored_state(seq)
+
+    def _check_stored_state(self, seq: int) -> None:
+        """A whole replay reaching the checkpoint: the state stored there (what incremental runs
+        start from) must be the replayed one."""
+        text, self.checkpoint_state = self.checkpoint_state, None
+        try:
+            same = decode_state(text or "") == compact(self.state)
+        except StateUnreadable:
+            same = False
+        if not same:
+            self._break(seq, "checkpoint state differs from the replay")
 
     def end_of_checkpoint(self) -> None:
         """After the replay: a budget whose ledger ends before its checkpoint lost rows."""

@@ -89,10 +89,12 @@ def replay_shard(
     keys = opts.chain_keys
     seals: dict[tuple[str, str], LegacySeal] = {}
     checkpoints: dict[tuple[str, str], tuple[int, str]] = {}
+    stored_states: dict[tuple[str, str], str] = {}
 
     def new(tenant: str, budget: str) -> BudgetReplay:
         replay = BudgetReplay(tenant, budget, keys, seals.get((tenant, budget)))
         replay.checkpoint = checkpoints.get((tenant, budget))
+        replay.checkpoint_state = stored_states.get((tenant, budget))
         return replay
 
     gc_was_enabled = gc.isenabled()
@@ -147,6 +149,8 @@ def replay_shard(
             else:
                 for r in conn.execute(q["reconcile_checkpoints"], params):
                     checkpoints[(r[0], r[1])] = (int(r[2]), str(r[3]))
+                    if r[4] is not None:
+                        stored_states[(r[0], r[1])] = r[4]
                 scan, balances, reservations = (
                     q["reconcile_ledger_scan"],
                     q["reconcile_balances"],
