@@ -51,8 +51,9 @@ def iter_lines(report: ReconcileReport) -> Iterator[str]:
     )
     if report.mode == "incremental":
         yield (
-            f"skipped {report.skipped_events:,} events of {report.skipped_budgets:,} budgets "
-            "unchanged since their checkpoint (reconcile --full verifies them)"
+            f"skipped {report.skipped_events:,} events verified by earlier runs, "
+            f"{report.skipped_budgets:,} budgets unchanged since their checkpoint "
+            "(reconcile --full verifies them)"
         )
     if report.checkpoints_advanced:
         yield f"checkpoints set for {report.checkpoints_advanced:,} budgets that verified clean"
