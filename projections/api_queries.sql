@@ -4,40 +4,43 @@
 -- which lets the planner use the primary keys (tenant_id, budget_id, ...).
 
 -- name: list_budgets
--- One page of a tenant's opened budgets in budget_id order, strictly after %(after)s. `opened`
--- is what schemas.codec.opened_digits needs of the budget_opened event: the budget's own digits.
+-- One page of a tenant's opened budgets in budget_id order, strictly after %(after)s, with the
+-- budget's own minor digits: `digits` (migration 007), or for a row written before it, what
+-- schemas.codec.opened_digits needs of its budget_opened event (found by ledger_config_events).
 SELECT b.tenant_id, b.budget_id, b.currency, b.funded, b.reserved, b.charged, b.available,
        b.budget_limit, b.utilization_pct::text, b.sequence, b.period_start, b.config::text,
-       b.updated_at, o.opened
+       b.updated_at, b.digits,
+       CASE WHEN b.digits IS NULL THEN (
+           SELECT jsonb_build_object('data', jsonb_build_object('minor_units',
+                                                                l.event -> 'data' -> 'minor_units'),
+                                     'funded', l.event -> 'funded')::text
+           FROM ledger l
+           WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+             AND l.type = 'budget_opened'
+           ORDER BY l.recorded_at DESC, l.sequence DESC
+           LIMIT 1
+       ) END
 FROM budget_balances b
-CROSS JOIN LATERAL (
-    SELECT jsonb_build_object('data', jsonb_build_object('minor_units',
-                                                         l.event -> 'data' -> 'minor_units'),
-                              'funded', l.event -> 'funded')::text AS opened
-    FROM ledger l
-    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id AND l.type = 'budget_opened'
-    ORDER BY l.sequence
-    LIMIT 1
-) o
 WHERE b.tenant_id = %(tenant)s AND b.opened AND b.budget_id > %(after)s
 ORDER BY b.budget_id
 LIMIT %(limit)s
 
 -- name: get_budget
--- One opened budget of the tenant (no row: unknown, or not opened).
+-- One opened budget of the tenant (no row: unknown, or not opened); columns as list_budgets.
 SELECT b.tenant_id, b.budget_id, b.currency, b.funded, b.reserved, b.charged, b.available,
        b.budget_limit, b.utilization_pct::text, b.sequence, b.period_start, b.config::text,
-       b.updated_at, o.opened
+       b.updated_at, b.digits,
+       CASE WHEN b.digits IS NULL THEN (
+           SELECT jsonb_build_object('data', jsonb_build_object('minor_units',
+                                                                l.event -> 'data' -> 'minor_units'),
+                                     'funded', l.event -> 'funded')::text
+           FROM ledger l
+           WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+             AND l.type = 'budget_opened'
+           ORDER BY l.recorded_at DESC, l.sequence DESC
+           LIMIT 1
+       ) END
 FROM budget_balances b
-CROSS JOIN LATERAL (
-    SELECT jsonb_build_object('data', jsonb_build_object('minor_units',
-                                                         l.event -> 'data' -> 'minor_units'),
-                              'funded', l.event -> 'funded')::text AS opened
-    FROM ledger l
-    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id AND l.type = 'budget_opened'
-    ORDER BY l.sequence
-    LIMIT 1
-) o
 WHERE b.tenant_id = %(tenant)s AND b.budget_id = %(budget)s AND b.opened
 
 -- name: event_as_of
@@ -56,8 +59,9 @@ LEFT JOIN LATERAL (
     SELECT event
     FROM ledger
     WHERE tenant_id = %(tenant)s AND budget_id = %(budget)s
-      AND type IN ('budget_opened', 'budget_configured') AND sequence <= e.sequence
-    ORDER BY sequence DESC
+      AND type IN ('budget_opened', 'budget_configured')
+      AND recorded_at <= e.recorded_at AND (recorded_at, sequence) <= (e.recorded_at, e.sequence)
+    ORDER BY recorded_at DESC, sequence DESC
     LIMIT 1
 ) c ON true
 
@@ -71,10 +75,14 @@ ORDER BY ref_id
 LIMIT %(limit)s
 
 -- name: command_outcome
--- The ledger event a command produced (command_id is unique per tenant).
-SELECT sequence, budget_id, type, event::text
-FROM ledger
-WHERE tenant_id = %(tenant)s AND command_id = %(command_id)s
+-- The ledger event a command produced: found by command_id in the guard table ledger_commands
+-- (008), then by the ledger's primary key, whose recorded_at prunes the partitions.
+SELECT l.sequence, l.budget_id, l.type, l.event::text
+FROM ledger_commands c
+JOIN ledger l
+  ON l.kafka_topic = c.kafka_topic AND l.kafka_partition = c.kafka_partition
+ AND l.kafka_offset = c.kafka_offset AND l.recorded_at = c.recorded_at
+WHERE c.tenant_id = %(tenant)s AND c.command_id = %(command_id)s AND l.tenant_id = %(tenant)s
 
 -- ---------------------------------------------------------------------------------------------
 -- API keys (migration 010): written by the owner (`budget-ledger keys`), read by the API only

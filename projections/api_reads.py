@@ -90,12 +90,12 @@ class BudgetView:
 
 def _budget(row: tuple[Any, ...]) -> BudgetView:
     (tenant, budget, currency, funded, reserved, charged, available, limit, pct, seq) = row[:10]
-    period_start, config, updated_at, opened = row[10:]
+    period_start, config, updated_at, digits, opened = row[10:]
     return BudgetView(
         tenant,
         budget,
         currency,
-        opened_digits(orjson.loads(opened)),
+        digits if digits is not None else opened_digits(orjson.loads(opened)),
         funded,
         reserved,
         charged,

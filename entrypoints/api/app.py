@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 import budget_ledger
-from budget_ledger.entrypoints.api import budgets, commands
+from budget_ledger.entrypoints.api import budgets, commands, ledger
 from budget_ledger.ledger.db import pool as make_pool
 from budget_ledger.ledger.settings import Settings, load_settings
 
@@ -45,6 +45,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.include_router(budgets.router)
+    app.include_router(ledger.router)
     app.include_router(commands.router)
 
     @app.exception_handler(psycopg.OperationalError)

@@ -69,7 +69,8 @@ def decode_cursor(cursor: str | None) -> str:
     return text
 
 
-def _budget_or_404(conn: psycopg.Connection, tid: str, bid: str) -> BudgetView:
+def budget_or_404(conn: psycopg.Connection, tid: str, bid: str) -> BudgetView:
+    """The tenant's opened budget `bid` (404 otherwise)."""
     budget = get_budget(conn, tid, bid)
     if budget is None:
         raise HTTPException(404, "no such budget")
@@ -88,7 +89,7 @@ def budgets(
 @router.get("/{bid}", response_model=BudgetOut, responses=_NOT_FOUND, summary="one budget")
 def budget(tid: TenantId, bid: BudgetId, conn: ReadSession) -> BudgetOut:
     """Balances, limits, currency, period start and `next_reset_at` (null for rolling)."""
-    return BudgetOut.of(_budget_or_404(conn, tid, bid))
+    return BudgetOut.of(budget_or_404(conn, tid, bid))
 
 
 @router.get(
@@ -108,7 +109,7 @@ def utilization(
 ) -> UtilizationOut:
     """With `as_of`, the balances in the budget's last ledger event recorded at or before it
     (404 when it had none by then), with the cap flags of the limits in force then."""
-    budget = _budget_or_404(conn, tid, bid)
+    budget = budget_or_404(conn, tid, bid)
     if as_of is None:
         return UtilizationOut.current(budget)
     if as_of.tzinfo is None:
@@ -134,7 +135,7 @@ def reservations(
     cursor: Cursor = None,
 ) -> ReservationPage:
     """Reservations in ref_id order (keyset pagination), optionally of one status."""
-    budget = _budget_or_404(conn, tid, bid)
+    budget = budget_or_404(conn, tid, bid)
     page, last = list_reservations(conn, budget, status, decode_cursor(cursor), limit)
     return ReservationPage(
         reservations=[ReservationOut.of(r, budget.digits) for r in page],

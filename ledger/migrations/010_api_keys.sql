@@ -28,3 +28,18 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION ledger_api_key(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger_api_key(text) TO ledger_reader;
+
+-- `GET .../commands/{command_id}`: the partitioned ledger (008) has no index on command_id; the
+-- guard table ledger_commands has it (its primary key) and names the row's primary key. The
+-- API's reader may read it under the same tenant policy as the ledger. (The owner, whose
+-- trigger writes it, and ledger_app, BYPASSRLS, are not affected by the policy.)
+ALTER TABLE ledger_commands ENABLE ROW LEVEL SECURITY;
+GRANT SELECT ON ledger_commands TO ledger_reader;
+CREATE POLICY tenant_read ON ledger_commands FOR SELECT TO ledger_reader
+    USING (tenant_id = current_setting('ledger.tenant_id', true));
+
+-- A budget's configuration at a point in time (`utilization?as_of`) is its last budget_opened or
+-- budget_configured event by then: a few rows per budget, found here without walking the
+-- budget's other events, however many there are.
+CREATE INDEX ledger_config_events ON ledger (tenant_id, budget_id, recorded_at DESC, sequence DESC)
+    WHERE type IN ('budget_opened', 'budget_configured');

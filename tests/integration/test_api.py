@@ -450,3 +450,48 @@ def test_keys_create_list_revoke(client: TestClient, world: World) -> None:
     with psycopg.connect(world.settings.database_url) as conn:
         stored = conn.execute("SELECT secret_hash FROM api_keys WHERE key_id = %s", (key_id,))
         assert key.encode() not in bytes(stored.fetchone()[0])  # type: ignore[index]
+
+
+# --- the ledger ----------------------------------------------------------------------------------
+
+
+def _walk(client: TestClient, world: World, path: str, **params: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(100):
+        page = _ok(client, world, path, **params, **({"cursor": cursor} if cursor else {}))
+        assert len(page["entries"]) <= params.get("limit", 100)
+        out += page["entries"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return out
+    raise AssertionError("the pages did not end")
+
+
+def test_ledger_pages_newest_first_each_entry_once(client: TestClient, world: World) -> None:
+    events = [e for _, e in _events(world, "acme", "b1")]
+    path = "/v1/tenants/acme/budgets/b1/ledger"
+    for limit in (1, 2, 3, 100):
+        entries = _walk(client, world, path, limit=limit)
+        assert [e["sequence"] for e in entries] == [e["sequence"] for e in reversed(events)]
+    newest = _ok(client, world, path, limit=1)["entries"][0]
+    wire = events[-1]
+    assert newest == {k: v for k, v in wire.items() if k not in ("tenant_id", "budget_id")}
+    assert newest["type"] == "reservation_rejected" and newest["reason"] == "insufficient_funds"
+
+
+def test_ledger_by_type_and_time_window(client: TestClient, world: World) -> None:
+    timed = _events(world, "acme", "b1")
+    path = "/v1/tenants/acme/budgets/b1/ledger"
+    reserved = _walk(client, world, path, type="funds_reserved", limit=2)
+    assert [e["ref_id"] for e in reserved] == ["r3", "r2", "r1"]
+    assert _walk(client, world, path, type="no_such_type") == []
+    times = sorted({at for at, _ in timed})
+    window = {"from": times[1].isoformat(), "to": times[-1].isoformat()}
+    inside = _walk(client, world, path, limit=2, **window)
+    expected = [e["sequence"] for at, e in timed if times[1] <= at < times[-1]]
+    assert [e["sequence"] for e in inside] == sorted(expected, reverse=True) and expected
+    assert _get(client, world, path, cursor="bm90IGEgY3Vyc29y").status_code == 400
+    assert _get(client, world, path, **{"from": "2026-01-01T00:00:00"}).status_code == 422
+    assert _get(client, world, "/v1/tenants/acme/budgets/nope/ledger").status_code == 404
+    assert _get(client, world, "/v1/tenants/globex/budgets/b1/ledger").status_code == 403
