@@ -3,7 +3,8 @@
 `evolve` no longer swallows exceptions: the consumer's guard around `record` dead-letters the
 command (`internal_error`), the budget keeps the state from before it, and its later commands
 see the right balances with gap-free sequences. A budget whose stored history fails to replay
-when first loaded has its commands dead-lettered, while other budgets carry on.
+when first loaded by replay (a balance row without a usable state snapshot) has its commands
+dead-lettered, while other budgets carry on.
 """
 
 from __future__ import annotations
@@ -108,7 +109,12 @@ def test_a_history_that_does_not_replay_dead_letters_that_budget_only(
     with running_consumer(settings, relay=False):
         produce(settings, first)
         _settled(settings, len(first))
-    # A new consumer replays b1's history from the ledger: its stored fund now "fails to evolve".
+    # A new consumer replays b1's history from the ledger (its balance row has no usable state
+    # snapshot, as one written before migration 007; with one, b1 would load from the
+    # projections and only reconcile/rebuild would replay it): its stored fund now "fails to
+    # evolve".
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE budget_balances SET snapshot_seq = NULL WHERE budget_id = 'b1'")
     _buggy_funded(monkeypatch, MARKER)
     later = [fund("acme", "b1", "fund-2", "1.00"), fund("acme", "b2", "fund-3", "2.00")]
     with running_consumer(settings, relay=False):
