@@ -495,3 +495,47 @@ def test_ledger_by_type_and_time_window(client: TestClient, world: World) -> Non
     assert _get(client, world, path, **{"from": "2026-01-01T00:00:00"}).status_code == 422
     assert _get(client, world, "/v1/tenants/acme/budgets/nope/ledger").status_code == 404
     assert _get(client, world, "/v1/tenants/globex/budgets/b1/ledger").status_code == 403
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_answers_over_http(world: World, workers: str) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.integration.support import cli_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**cli_env(world.settings), "LEDGER_CURRENCIES": orjson.dumps(CURRENCIES).decode()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "budget_ledger.entrypoints.cli", "serve", "--port", str(port),
+         "--workers", workers],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/openapi.json", timeout=2).status_code == 200
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                return False
+
+        wait_for(up, timeout=60, what="the API server")
+        headers = {"Authorization": f"Bearer {world.keys['acme']}"}
+        for _ in range(4):  # more requests than workers: each worker answers with its own pool
+            got = httpx.get(f"{base}/v1/tenants/acme/budgets/b4", headers=headers, timeout=10)
+            assert got.status_code == 200 and got.json()["funded"] == "12.345"
+        assert httpx.get(f"{base}/v1/tenants/acme/budgets/b4", timeout=10).status_code == 401
+    finally:
+        proc.terminate()
+        # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (one process).
+        assert proc.wait(30) in (0, -15)
