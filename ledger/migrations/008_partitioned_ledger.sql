@@ -128,24 +128,37 @@ CREATE POLICY tenant_reader_read ON ledger FOR SELECT TO ledger_tenant_reader
 --    UNIQUE (tenant_id, budget_id, sequence) (within the partition; see docs/scaling.md for the
 --    cross-partition argument), a TRUNCATE trigger (the parent's fires only for TRUNCATE ledger),
 --    RLS on with no policy and no grant (a direct read is refused; read through the parent).
---    Idempotent: `ledger_ensure_partitions` re-applies it to partitions that already exist.
+--    Idempotent: `ledger_ensure_partitions` re-applies it to partitions that already exist, and
+--    each step runs only when missing: a partition already secured takes no lock (ALTER TABLE
+--    would take an ACCESS EXCLUSIVE lock on the month being written).
 CREATE FUNCTION ledger_secure_partition(part regclass) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, public
 AS $$
 DECLARE
     rel text := (SELECT relname FROM pg_class WHERE oid = part);
+    holder oid;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = part AND contype = 'u'
                    AND conname = rel || '_sequence_key') THEN
         EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE (tenant_id, budget_id, sequence)',
                        part, rel || '_sequence_key');
     END IF;
-    EXECUTE format('CREATE OR REPLACE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON %s'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION public.ledger_refuse_change()', part);
-    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', part);
-    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC, ledger_app, ledger_reader, ledger_tenant_reader',
-                   part);
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = part
+                   AND tgname = 'ledger_no_truncate') THEN
+        EXECUTE format('CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON %s'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION public.ledger_refuse_change()', part);
+    END IF;
+    IF NOT (SELECT relrowsecurity FROM pg_class WHERE oid = part) THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', part);
+    END IF;
+    -- No right for anyone but the owner (a new table has none; the legacy one had grants).
+    FOR holder IN SELECT DISTINCT a.grantee FROM pg_class c
+                   CROSS JOIN LATERAL aclexplode(c.relacl) a
+                   WHERE c.oid = part AND a.grantee <> c.relowner LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %s', part,
+                       CASE WHEN holder = 0 THEN 'PUBLIC' ELSE holder::regrole::text END);
+    END LOOP;
 END
 $$;
 REVOKE ALL ON FUNCTION ledger_secure_partition(regclass) FROM PUBLIC;

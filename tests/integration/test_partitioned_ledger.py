@@ -102,6 +102,17 @@ def test_migrate_creates_this_month_and_three_ahead_and_ensure_is_idempotent(
             ensure_partitions(conn, -1)
 
 
+def test_ensure_takes_no_lock_on_partitions_that_exist(database_url: str) -> None:
+    # A long reader (a full reconcile) holds the current month; a routine ensure must not queue
+    # behind it (its pending lock would make every writer queue behind it in turn).
+    with psycopg.connect(database_url) as reader, psycopg.connect(database_url) as other:
+        reader.execute(f"LOCK TABLE {_name(_month(0))} IN ACCESS SHARE MODE")
+        other.execute("SET lock_timeout = '200ms'")
+        assert {m.outcome for m in ensure_partitions(other, 3)} == {"exists"}
+        other.commit()
+        reader.rollback()
+
+
 def test_the_app_role_may_ensure_but_not_write_the_command_guard(database_url: str) -> None:
     with connect(database_url, role="ledger_app") as conn:
         assert [m.outcome for m in ensure_partitions(conn, 4)][-1] == "created"
