@@ -267,8 +267,21 @@ def fill(args: argparse.Namespace) -> int:
 
 
 def _prepare_partitions(url: str, start: datetime, end: datetime) -> None:
-    """Monthly partitions for the whole filled span (history older than the migration's)."""
-    del url, start, end  # the ledger is one table until it is partitioned
+    """Monthly partitions for the filled span before the current month (the migration creates
+    the current month and those ahead): named and secured as `ledger_ensure_partitions` does."""
+    month = datetime(start.year, start.month, 1, tzinfo=UTC)
+    current = datetime(end.year, end.month, 1, tzinfo=UTC)
+    with psycopg.connect(url, autocommit=True) as conn:
+        while month < current:
+            after = datetime(month.year + month.month // 12, month.month % 12 + 1, 1, tzinfo=UTC)
+            name = f"ledger_y{month:%Y}m{month:%m}"
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF ledger FOR VALUES FROM ({}) TO ({})"
+                ).format(sql.Identifier(name), sql.Literal(month), sql.Literal(after))
+            )
+            conn.execute("SELECT ledger_secure_partition(%s::regclass)", (name,))
+            month = after
 
 
 def _timed(fn: Any, runs: int) -> list[float]:
