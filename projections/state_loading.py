@@ -69,11 +69,15 @@ def state_from_projection(
     config = balance[_CONFIG]
     reservations: dict[str, Reservation] = {}
     expiring: dict[str, datetime] = {}
-    for row in open_reservations:
-        res = reservation_from_row(row)
-        reservations[res.ref_id] = res
-        if res.expires_at is not None and res.status is ReservationStatus.RESERVED:
-            expiring[res.ref_id] = res.expires_at
+    statuses, parse = _STATUSES, datetime.fromisoformat
+    # Inlined `reservation_from_row`: this loop is the load's cost (one pass per open one).
+    for ref, status, amount, charged, expires, command_id, created, updated in open_reservations:
+        when = None if expires is None else parse(expires)
+        reservations[ref] = Reservation(
+            ref, amount, statuses[status], charged, when, command_id, created, updated
+        )
+        if when is not None and status == "reserved":
+            expiring[ref] = when
     state = BudgetState(
         tenant_id=balance[0],
         budget_id=balance[1],
