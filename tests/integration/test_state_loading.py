@@ -24,6 +24,7 @@ from budget_ledger.ledger.db import copy_rows
 from budget_ledger.ledger.migrate import migrate
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.ledger.state import compact
+from budget_ledger.projections.rebuild import rebuild
 from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
 from budget_ledger.projections.state_loading import load_states
 from budget_ledger.projections.store import queries as projection_queries
@@ -161,3 +162,14 @@ def test_states_load_from_projections_as_a_replay_and_settled_refs_stay_refused(
     with psycopg.connect(url) as conn:  # the loader took b0 from its row, not from a replay
         (state,) = load_states(conn, [("acme", "b0")]).values()
         assert not isinstance(state, Exception) and state.digits == 3  # type: ignore[union-attr]
+
+    # rebuild writes every snapshot, the one of the untouched pre-007 budget too.
+    with psycopg.connect(url) as conn:
+        rebuild(conn)
+    assert reconcile(url, ReconcileOptions(progress=False)).drifts == []
+    with psycopg.connect(url, autocommit=True) as conn:
+        missing = conn.execute(
+            "SELECT count(*) FROM budget_balances WHERE snapshot_seq IS DISTINCT FROM sequence"
+        ).fetchone()
+        assert missing == (0,)
+        assert load_states(conn, keys) == {k: compact(s) for k, s in replayed.items()}  # type: ignore[arg-type]
