@@ -100,3 +100,28 @@ def test_api_commands_have_help(args: list[str]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: budget-ledger " + " ".join(args))
+
+
+def test_serve_with_workers_listens_with_tcp_nodelay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without it every keep-alive response of a multi-worker server waits ~40 ms (Nagle and the
+    # client's delayed ACK): uvicorn binds the shared socket with proto 0 (its issue #3149).
+    import socket
+
+    import uvicorn.supervisors
+
+    from budget_ledger.entrypoints.api import serve
+
+    seen: list[int] = []
+
+    class Supervisor:
+        def __init__(self, config: object, sockets: list[socket.socket]) -> None:
+            seen.extend(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
+            for s in sockets:
+                s.close()
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", Supervisor)
+    serve._serve_workers("127.0.0.1", 0, 2)
+    assert seen and all(seen)
