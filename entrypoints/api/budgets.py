@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import psycopg
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import AwareDatetime
 
 from budget_ledger.entrypoints.api.auth import ID_PATTERN, ReadSession, TenantId
 from budget_ledger.entrypoints.api.models import (
@@ -33,6 +35,7 @@ router = APIRouter(
     prefix="/v1/tenants/{tid}/budgets",
     tags=["budgets"],
     responses={
+        400: {"model": Problem, "description": "a cursor that is not one of this list"},
         401: {"model": Problem, "description": "no, unknown or revoked API key"},
         403: {"model": Problem, "description": "another tenant, or a missing scope"},
     },
@@ -69,6 +72,15 @@ def decode_cursor(cursor: str | None) -> str:
     return text
 
 
+def in_utc(name: str, value: datetime) -> datetime:
+    """A query time in UTC; a 422 like any invalid parameter when it has no UTC equivalent."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        error = {"type": "value_error", "loc": ("query", name), "msg": "out of range", "input": ""}
+        raise RequestValidationError([error]) from None
+
+
 def budget_or_404(conn: psycopg.Connection, tid: str, bid: str) -> BudgetView:
     """The tenant's opened budget `bid` (404 otherwise)."""
     budget = get_budget(conn, tid, bid)
@@ -103,7 +115,7 @@ def utilization(
     bid: BudgetId,
     conn: ReadSession,
     as_of: Annotated[
-        datetime | None,
+        AwareDatetime | None,
         Query(description="RFC 3339 with offset: the balances after the last event by then"),
     ] = None,
 ) -> UtilizationOut:
@@ -112,8 +124,7 @@ def utilization(
     budget = budget_or_404(conn, tid, bid)
     if as_of is None:
         return UtilizationOut.current(budget)
-    if as_of.tzinfo is None:
-        raise HTTPException(422, "as_of needs a UTC offset, e.g. 2026-11-25T12:00:00Z")
+    as_of = in_utc("as_of", as_of)
     at = balances_as_of(conn, budget, as_of)
     if at is None:
         raise HTTPException(404, "the budget has no ledger event at or before as_of")

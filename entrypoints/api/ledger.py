@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 
 from budget_ledger.entrypoints.api.auth import ReadSession, TenantId
 from budget_ledger.entrypoints.api.budgets import (
@@ -18,6 +18,7 @@ from budget_ledger.entrypoints.api.budgets import (
     budget_or_404,
     decode_cursor,
     encode_cursor,
+    in_utc,
 )
 from budget_ledger.entrypoints.api.models import Problem
 from budget_ledger.projections.ledger_pages import PageCursor, ledger_page
@@ -26,6 +27,7 @@ router = APIRouter(
     prefix="/v1/tenants/{tid}/budgets",
     tags=["ledger"],
     responses={
+        400: {"model": Problem, "description": "a cursor that is not one of this list"},
         401: {"model": Problem, "description": "no, unknown or revoked API key"},
         403: {"model": Problem, "description": "another tenant, or a missing scope"},
         404: {"model": Problem, "description": "no such budget of this tenant"},
@@ -38,8 +40,6 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 # With `type`, one request reads at most this many pages of `limit` rows: a rare type answers
 # with fewer entries (even none) and a next_cursor, so no request walks a whole history.
 TYPE_SCAN_PAGES = 10
-
-Time = Annotated[datetime | None, Query(description="RFC 3339 with offset")]
 
 
 class LedgerEntryOut(BaseModel):
@@ -72,24 +72,16 @@ class LedgerPageOut(BaseModel):
     next_cursor: str | None
 
 
-def _aware(name: str, value: datetime | None, default: datetime) -> datetime:
-    if value is None:
-        return default
-    if value.tzinfo is None:
-        raise HTTPException(422, f"{name} needs a UTC offset, e.g. 2026-11-25T12:00:00Z")
-    return value
-
-
 @router.get("/{bid}/ledger", response_model=LedgerPageOut, summary="the budget's ledger entries")
 def entries(
     tid: TenantId,
     bid: BudgetId,
     conn: ReadSession,
     since: Annotated[
-        datetime | None, Query(alias="from", description="inclusive, RFC 3339 with offset")
+        AwareDatetime | None, Query(alias="from", description="inclusive, RFC 3339 with offset")
     ] = None,
     until: Annotated[
-        datetime | None, Query(alias="to", description="exclusive, RFC 3339 with offset")
+        AwareDatetime | None, Query(alias="to", description="exclusive, RFC 3339 with offset")
     ] = None,
     event_type: Annotated[
         str | None, Query(alias="type", max_length=64, description="one event type")
@@ -98,8 +90,8 @@ def entries(
     cursor: Cursor = None,
 ) -> LedgerPageOut:
     """Entries recorded in [from, to), newest first; stable while new events are appended."""
-    start = _aware("from", since, EARLIEST)
-    end = _aware("to", until, LATEST)
+    start = EARLIEST if since is None else in_utc("from", since)
+    end = LATEST if until is None else in_utc("to", until)
     budget_or_404(conn, tid, bid)
     after = None
     if cursor:

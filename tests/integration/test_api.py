@@ -276,6 +276,8 @@ def test_utilization_as_of_equals_the_event_recorded_by_then(
     assert later["sequence"] == events[-1][1]["sequence"]
     assert _get(client, world, path, as_of="2026-01-01T00:00:00").status_code == 422  # no offset
     assert _get(client, world, path, as_of="yesterday").status_code == 422
+    assert _get(client, world, path, as_of="0001-01-01T00:00:00+01:00").status_code == 422
+    assert _get(client, world, path, as_of="9999-12-31T23:00:00-05:00").status_code == 422
 
 
 def test_as_of_takes_the_flags_of_the_limits_in_force_then(
@@ -493,6 +495,10 @@ def test_ledger_by_type_and_time_window(client: TestClient, world: World) -> Non
     assert [e["sequence"] for e in inside] == sorted(expected, reverse=True) and expected
     assert _get(client, world, path, cursor="bm90IGEgY3Vyc29y").status_code == 400
     assert _get(client, world, path, **{"from": "2026-01-01T00:00:00"}).status_code == 422
+    assert _get(client, world, path, to="0001-01-01T00:00:00+01:00").json()["detail"][0]["loc"] == [
+        "query",
+        "to",
+    ]
     assert _get(client, world, "/v1/tenants/acme/budgets/nope/ledger").status_code == 404
     assert _get(client, world, "/v1/tenants/globex/budgets/b1/ledger").status_code == 403
 
