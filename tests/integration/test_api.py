@@ -13,11 +13,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from budget_ledger.entrypoints.api.app import create_app
@@ -545,3 +549,32 @@ def test_serve_answers_over_http(world: World, workers: str) -> None:
         proc.terminate()
         # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (one process).
         assert proc.wait(30) in (0, -15)
+
+
+# --- no request makes it fail --------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=140)
+_PARAM = st.one_of(
+    _TEXT, st.integers(-5, 5000).map(str), st.datetimes().map(lambda d: d.isoformat() + "Z")
+)
+
+
+@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    segment=st.sampled_from(["", "/b1", "/b1/utilization", "/b1/reservations", "/b1/ledger"]),
+    bid=_TEXT,
+    params=st.dictionaries(
+        st.sampled_from(["limit", "cursor", "as_of", "status", "from", "to", "type"]), _PARAM
+    ),
+)
+def test_no_request_is_answered_with_a_server_error(
+    client: TestClient, world: World, segment: str, bid: str, params: dict[str, str]
+) -> None:
+    path = "/v1/tenants/acme/budgets" + segment
+    if bid and segment:
+        path = path.replace("b1", quote(bid, safe=""), 1)
+    elif bid:
+        path = "/v1/tenants/acme/commands/" + quote(bid, safe="")
+    response = _get(client, world, path, **params)
+    assert response.status_code < 500, (path, params, response.text)
+    assert isinstance(response.json(), dict)
