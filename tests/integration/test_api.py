@@ -578,3 +578,44 @@ def test_no_request_is_answered_with_a_server_error(
     response = _get(client, world, path, **params)
     assert response.status_code < 500, (path, params, response.text)
     assert isinstance(response.json(), dict)
+
+
+# --- paging a long ledger while it grows ---------------------------------------------------------
+
+
+def test_paging_10000_entries_while_events_are_appended(settings: Settings) -> None:
+    import threading
+
+    reserves = [
+        _cmd("reserve", "acme", "hot", amount="0.01", ref_id=f"r{i}", currency="USD")
+        for i in range(10_500)
+    ]
+    opening = [
+        _cmd("open_budget", "acme", "hot", currency="USD", period="rolling"),
+        _cmd("fund", "acme", "hot", amount="1000000.00", currency="USD"),
+    ]
+    with running_consumer(settings, relay=False):
+        produce(settings, opening + reserves[:9_998])
+        wait_for(lambda: ledger_count(settings.database_url) >= 10_000, what="10,000 entries")
+        with psycopg.connect(settings.database_url) as conn:
+            key = create_key(conn, "acme", ("read",), "pager")[1]
+        late = threading.Thread(target=produce, args=(settings, reserves[9_998:]))
+        with TestClient(create_app(settings)) as client:
+            headers = {"Authorization": f"Bearer {key}"}
+            path = "/v1/tenants/acme/budgets/hot/ledger"
+            seen: list[int] = []
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"limit": 37, **({"cursor": cursor} if cursor else {})}
+                page = client.get(path, headers=headers, params=params).json()
+                seen += [e["sequence"] for e in page["entries"]]
+                if len(seen) == 37:
+                    late.start()  # 500 more events are recorded while the walk goes on
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+        late.join(60)
+        wait_for(lambda: ledger_count(settings.database_url) >= 10_502, what="the late events")
+    top = seen[0]
+    assert top == 10_000  # the walk began before the late events
+    assert seen == list(range(top, 0, -1))  # every entry of the first page and below, once
