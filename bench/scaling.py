@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -71,6 +71,7 @@ class _Writer:
     reservation_rows: list[tuple[object, ...]]
     offsets: dict[int, int]
     written: int = 0
+    balance_rows: list[tuple[object, ...]] = field(default_factory=list)
 
     def flush(self) -> None:
         from budget_ledger.ledger import store
@@ -79,11 +80,12 @@ class _Writer:
 
         with self.conn.transaction():
             copy_rows(self.conn, store.queries()["copy_ledger"], self.ledger_rows)
-            if self.reservation_rows:
-                upsert_projections(self.conn, [], self.reservation_rows)
+            if self.reservation_rows or self.balance_rows:
+                upsert_projections(self.conn, self.balance_rows, self.reservation_rows)
         self.written += len(self.ledger_rows)
         self.ledger_rows.clear()
         self.reservation_rows.clear()
+        self.balance_rows.clear()
 
 
 def _money(minor: int) -> Amount:
@@ -365,6 +367,103 @@ def measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def seed_checkpoints(args: argparse.Namespace) -> int:
+    """Write every budget's reconcile checkpoint as a clean full run would: its last sequence
+    and hash and its state, taken from the projections (which the reconciler proves equal to the
+    replay; `reconcile --full` also checks each stored state), and record that run — instead of
+    replaying a 20M-event ledger first."""
+    from budget_ledger.ledger.db import connect
+    from budget_ledger.ledger.settings import load_settings
+    from budget_ledger.projections.checkpoint_state import encode_state
+    from budget_ledger.projections.checkpoints import RunRecord, advance_checkpoints
+    from budget_ledger.projections.state_loading import load_states
+
+    url = _with_db(load_settings().database_url, args.database)
+    t0 = time.perf_counter()
+    with connect(url) as conn:
+        started = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        keys = [(t, b) for t, b in conn.execute(
+            "SELECT tenant_id, budget_id FROM budget_balances ORDER BY 1, 2")]  # fmt: skip
+        events = conn.execute("SELECT count(*) FROM ledger").fetchone()[0]  # type: ignore[index]
+        conn.rollback()
+        done = 0
+        for i in range(0, len(keys), CHUNK):
+            states = load_states(conn, keys[i : i + CHUNK])
+            conn.rollback()
+            rows = [(k[0], k[1], s.sequence, s.last_hash, encode_state(s))
+                    for k, s in states.items() if isinstance(s, BudgetState)]  # fmt: skip
+            last = i + CHUNK >= len(keys)
+            run = RunRecord("full", started, True, events, len(keys), ()) if last else None
+            done += advance_checkpoints(url, rows, run=run)
+    print(f"seeded {done:,} checkpoints in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def append(args: argparse.Namespace) -> int:
+    """Write `--events` new events now (wall clock) to random background budgets, each loaded
+    from the projections as the consumer does: what a day brings before the daily reconcile."""
+    import random
+
+    from budget_ledger.ledger.db import connect
+    from budget_ledger.ledger.settings import load_settings
+    from budget_ledger.projections.rows import balance_row
+    from budget_ledger.projections.state_loading import load_states
+
+    url = _with_db(load_settings().database_url, args.database)
+    rng = random.Random(args.seed)
+    conn = connect(url)
+    budgets = conn.execute("SELECT count(*) FROM budget_balances WHERE tenant_id <> %s",
+                           (HOT[0],)).fetchone()[0]  # type: ignore[index]  # fmt: skip
+    conn.rollback()
+    picked = sorted(rng.sample(range(budgets), min(budgets, args.events // 2)))
+    keys = [(f"scale-{i % 7}", f"b-{i}") for i in picked]
+    w = _Writer(conn, f"{TOPIC}.append.{int(time.time())}", [], [], {})
+    t0 = time.perf_counter()
+    written = 0
+    for i in range(0, len(keys), CHUNK // 2):
+        batch = keys[i : i + CHUNK // 2]
+        states = load_states(conn, batch)
+        conn.rollback()
+        changed = []
+        for key in batch:
+            state = states[key]
+            assert isinstance(state, BudgetState) and state.opened, key
+            n = state.sequence
+            ref = f"n{n}"
+            reserve = Reserve(**_base(key, n), ref_id=ref, amount=_money(700), currency="USD",
+                              expires_at=None)  # fmt: skip
+            state = _step(w, state, reserve, datetime.now(UTC))
+            state = _step(w, state, Charge(**_base(key, n + 1), ref_id=ref, amount=None),
+                          datetime.now(UTC))  # fmt: skip
+            changed.append(state)
+        written += len(w.ledger_rows)
+        now = datetime.now(UTC)
+        w.balance_rows.extend(balance_row(s, now) for s in changed)
+        w.flush()
+    print(f"appended {written:,} events to {len(keys):,} budgets in "
+          f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    conn.close()
+    return 0
+
+
+def incremental(args: argparse.Namespace) -> int:
+    """Time `reconcile` (incremental, as the hourly/daily job runs it) without moving the
+    checkpoints, so it can be repeated on the same ledger."""
+    from budget_ledger.ledger.settings import load_settings
+    from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
+
+    url = _with_db(load_settings().database_url, args.database)
+    for run in range(1, args.runs + 1):
+        opts = ReconcileOptions(workers=2, progress=False, incremental=True)
+        t0 = time.perf_counter()
+        report = reconcile(url, opts)
+        took = time.perf_counter() - t0
+        print(f"incremental reconcile {run}: {took:.2f} s, replayed {report.events:,} events of "
+              f"{report.budgets:,} budgets, skipped {report.skipped_events:,} events / "
+              f"{report.skipped_budgets:,} budgets, clean={report.clean}")  # fmt: skip
+    return 0
+
+
 def restart(args: argparse.Namespace) -> int:
     """The first command after a consumer restart: a consumer on fresh topics over the filled
     database is killed (SIGKILL) and started again; once the new one owns every partition, one
@@ -489,8 +588,19 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("restart", help="time the first command after a consumer restart")
     r.add_argument("--database", required=True)
     r.add_argument("--runs", type=int, default=3)
+    c = sub.add_parser("seed-checkpoints", help="checkpoints as a clean full run leaves them")
+    c.add_argument("--database", required=True)
+    a = sub.add_parser("append", help="write new events now to random budgets")
+    a.add_argument("--database", required=True)
+    a.add_argument("--events", type=int, default=100_000)
+    a.add_argument("--seed", type=int, default=12)
+    i = sub.add_parser("incremental", help="time an incremental reconcile (no checkpoint moves)")
+    i.add_argument("--database", required=True)
+    i.add_argument("--runs", type=int, default=3)
     args = p.parse_args(argv)
-    return {"fill": fill, "measure": measure, "restart": restart}[args.what](args)
+    commands = {"fill": fill, "measure": measure, "restart": restart, "append": append,
+                "seed-checkpoints": seed_checkpoints, "incremental": incremental}  # fmt: skip
+    return commands[args.what](args)
 
 
 if __name__ == "__main__":
