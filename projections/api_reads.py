@@ -34,15 +34,27 @@ def queries() -> dict[str, str]:
 
 
 @contextmanager
-def tenant_session(pool: ConnectionPool, tenant_id: str) -> Iterator[psycopg.Connection]:
-    """A read-only transaction on a pooled connection (running as the API's reader role) with
-    `ledger.tenant_id` set locally: row-level security shows it this tenant's rows only, even
-    to a query that forgets its tenant filter."""
+def read_transaction(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+    """A read-only transaction on a pooled connection (running as the API's reader role), with
+    no tenant yet: row-level security shows it no rows until `bind_tenant`."""
     with pool.connection() as conn, conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
-        # set_config(..., true) is SET LOCAL with a bound parameter: it ends with the transaction,
-        # so the pooled connection never carries one request's tenant into the next.
-        conn.execute("SELECT set_config('ledger.tenant_id', %s, true)", (tenant_id,))
+        yield conn
+
+
+def bind_tenant(conn: psycopg.Connection, tenant_id: str) -> None:
+    """Set `ledger.tenant_id` for the rest of the current transaction only."""
+    # set_config(..., true) is SET LOCAL with a bound parameter: it ends with the transaction,
+    # so the pooled connection never carries one request's tenant into the next.
+    conn.execute("SELECT set_config('ledger.tenant_id', %s, true)", (tenant_id,))
+
+
+@contextmanager
+def tenant_session(pool: ConnectionPool, tenant_id: str) -> Iterator[psycopg.Connection]:
+    """A read-only transaction bound to one tenant: row-level security shows it this tenant's
+    rows only, even to a query that forgets its tenant filter (what every API request runs)."""
+    with read_transaction(pool) as conn:
+        bind_tenant(conn, tenant_id)
         yield conn
 
 

@@ -2,7 +2,8 @@
 
 401 for no key, a malformed, unknown or revoked key or a wrong secret (one answer for all, so
 a caller learns nothing about which); 403 for a tenant the key may not act for, or a missing
-scope (named). Only then is a tenant session opened (projections.api_reads.tenant_session).
+scope (named). Only then is the request's one transaction bound to the tenant
+(projections.api_reads.bind_tenant).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
 
 from budget_ledger.entrypoints.api.keys import ApiKey, verify_key
-from budget_ledger.projections.api_reads import tenant_session
+from budget_ledger.projections.api_reads import bind_tenant, read_transaction
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `budget-ledger keys create`")
 
@@ -45,17 +46,25 @@ def db_pool(request: Request) -> ConnectionPool:
     return pool
 
 
+def transaction(
+    pool: Annotated[ConnectionPool, Depends(db_pool)],
+) -> Iterator[psycopg.Connection]:
+    """The request's one read-only transaction (FastAPI makes it once per request): the key
+    look-up runs in it first, without a tenant, then the handler's queries, bound to one."""
+    with read_transaction(pool) as conn:
+        yield conn
+
+
 def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    pool: Annotated[ConnectionPool, Depends(db_pool)],
+    conn: Annotated[psycopg.Connection, Depends(transaction)],
 ) -> ApiKey:
     """The active key of the request (401 otherwise)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized()
-    # The look-up runs on the reader role without a tenant: it can reach the key table only
-    # through the SECURITY DEFINER function ledger_api_key (migration 010).
-    with pool.connection() as conn, conn.transaction():
-        key = verify_key(conn, credentials.credentials)
+    # No tenant is bound yet, so the reader sees no row of any table here; it reaches the key
+    # table only through the SECURITY DEFINER function ledger_api_key (migration 010).
+    key = verify_key(conn, credentials.credentials)
     if key is None:
         raise _unauthorized()
     return key
@@ -78,11 +87,12 @@ def require(scope: str) -> Callable[..., Caller]:
 
 def session(
     caller: Annotated[Caller, Depends(require("read"))],
-    pool: Annotated[ConnectionPool, Depends(db_pool)],
-) -> Iterator[psycopg.Connection]:
-    """A read-only transaction bound to the caller's tenant, for one request."""
-    with tenant_session(pool, caller.tenant_id) as conn:
-        yield conn
+    conn: Annotated[psycopg.Connection, Depends(transaction)],
+) -> psycopg.Connection:
+    """The request's transaction, bound to the caller's tenant once the key is verified and may
+    act for it (projections.api_reads.tenant_session does the same in one step)."""
+    bind_tenant(conn, caller.tenant_id)
+    return conn
 
 
 ReadSession = Annotated[psycopg.Connection, Depends(session)]
