@@ -127,7 +127,11 @@ class Phase:
         self.mode = mode
         self.workdir = workdir
         prefix = f"bench{uuid.uuid4().hex[:8]}"
-        self.database_url = create_database(args.database_url, args.template_database)
+        self.database_url = (
+            _with_db(args.database_url, args.use_database)
+            if args.use_database
+            else create_database(args.database_url, args.template_database)
+        )
         self.settings = load_settings(
             kafka_bootstrap=args.kafka_bootstrap,
             database_url=self.database_url,
@@ -288,7 +292,7 @@ class Phase:
             if c.poll() is None:
                 c.kill()
                 c.wait()
-        if keep:
+        if keep or self.args.use_database:
             print(f"kept database {self.database_url}", file=sys.stderr)
             return
         drop_database(self.args.database_url, self.database_url)
@@ -348,7 +352,8 @@ def verify(phase: Phase, expected: int) -> tuple[list[str], dict[str, int]]:
         rec = None  # type: ignore[assignment]
     if rec is not None:
         replayed = 0
-        for tenant in tenants if phase.args.template_database else [None]:
+        history = phase.args.template_database or phase.args.use_database
+        for tenant in tenants if history else [None]:
             opts = rec.ReconcileOptions(
                 workers=1,
                 progress=False,
@@ -615,6 +620,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="start each phase from a copy of this database (a history of other tenants, e.g. "
         "filled by bench.scaling); no session may be connected to it",
+    )
+    p.add_argument(
+        "--use-database",
+        default=None,
+        help="run in this existing database, kept afterwards (a history too large to copy); "
+        "once per database: the workload's budgets then exist",
     )
     p.add_argument("--workdir", default=None, help="keep consumer logs and timings here")
     p.add_argument("--keep", action="store_true", help="keep the databases and topics")
