@@ -76,8 +76,9 @@ LIMIT %(limit)s
 
 -- name: command_outcome
 -- The ledger event a command produced: found by command_id in the guard table ledger_commands
--- (008), then by the ledger's primary key, whose recorded_at prunes the partitions.
-SELECT l.sequence, l.budget_id, l.type, l.event::text
+-- (008), then by the ledger's primary key, whose recorded_at prunes the partitions. The stored
+-- fingerprint tells the API's writes a retry (same) from a reused Idempotency-Key (other).
+SELECT l.sequence, l.budget_id, l.type, l.event::text, c.command_fingerprint
 FROM ledger_commands c
 JOIN ledger l
   ON l.kafka_topic = c.kafka_topic AND l.kafka_partition = c.kafka_partition

@@ -232,12 +232,14 @@ def list_reservations(
 
 @dataclass(frozen=True, slots=True)
 class CommandOutcome:
-    """The ledger event a command produced, as its stored wire dict."""
+    """The ledger event a command produced, as its stored wire dict, and the fingerprint of the
+    command (ledger.idempotency) recorded with it."""
 
     budget_id: str
     sequence: int
     type: str
     event: dict[str, Any]
+    fingerprint: str = ""
 
 
 def command_outcome(
@@ -249,8 +251,8 @@ def command_outcome(
     ).fetchone()
     if row is None:
         return None
-    seq, budget_id, etype, event = row
-    return CommandOutcome(budget_id, seq, etype, orjson.loads(event))
+    seq, budget_id, etype, event, fingerprint = row
+    return CommandOutcome(budget_id, seq, etype, orjson.loads(event), fingerprint)
 
 
 def _check_limit(limit: int) -> None:

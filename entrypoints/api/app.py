@@ -11,14 +11,15 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 import budget_ledger
-from budget_ledger.entrypoints.api import budgets, commands, ledger
+from budget_ledger.entrypoints.api import budgets, commands, ledger, writes
 from budget_ledger.ledger.db import pool as make_pool
 from budget_ledger.ledger.settings import Settings, load_settings
 
-DESCRIPTION = """Read side of the budget ledger. Every request carries an API key
+DESCRIPTION = """The budget ledger over HTTP. Every request carries an API key
 (`Authorization: Bearer <key>`, made with `budget-ledger keys create`); every query runs on the
-reader role with the key's tenant, under Postgres row-level security. Amounts are decimal text
-with the budget's currency digits, times RFC 3339 UTC."""
+reader role with the key's tenant, under Postgres row-level security. Writes publish a command
+(its `command_id` is the `Idempotency-Key` header) and answer 202, or with `?wait=` its outcome.
+Amounts are decimal text with the budget's currency digits, times RFC 3339 UTC."""
 
 
 def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAPI:
@@ -32,9 +33,12 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
             if own
             else pool
         )
+        # The one producer of the writes: made here, never at import, closed on shutdown.
+        app.state.publisher = writes.CommandPublisher(settings)
         try:
             yield
         finally:
+            app.state.publisher.close()
             if own:
                 app.state.pool.close()
 
@@ -47,6 +51,8 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
     app.include_router(budgets.router)
     app.include_router(ledger.router)
     app.include_router(commands.router)
+    app.include_router(writes.router)
+    app.state.settings = settings
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)

@@ -74,13 +74,38 @@ def require(scope: str) -> Callable[..., Caller]:
     """A dependency: the key must hold `scope` and may act for the path's tenant."""
 
     def check(tid: TenantId, key: Annotated[ApiKey, Depends(authenticate)]) -> Caller:
-        # A tenant key on another tenant's path: refused before any query, so no data of that
-        # tenant can be in the answer. A platform key (no tenant) may act for any tenant.
-        if key.tenant_id is not None and key.tenant_id != tid:
-            raise HTTPException(403, "this API key may not act for this tenant")
-        if scope not in key.scopes:
-            raise HTTPException(403, f"this API key lacks the scope {scope!r}")
-        return Caller(key, tid)
+        return check_caller(key, tid, scope)
+
+    return check
+
+
+def check_caller(key: ApiKey, tid: str, scope: str) -> Caller:
+    """The caller when `key` may act for tenant `tid` and holds `scope` (403 otherwise)."""
+    # A tenant key on another tenant's path: refused before any query, so no data of that
+    # tenant can be in the answer. A platform key (no tenant) may act for any tenant.
+    if key.tenant_id is not None and key.tenant_id != tid:
+        raise HTTPException(403, "this API key may not act for this tenant")
+    if scope not in key.scopes:
+        raise HTTPException(403, f"this API key lacks the scope {scope!r}")
+    return Caller(key, tid)
+
+
+def require_briefly(scope: str) -> Callable[..., Caller]:
+    """Like `require`, for writes: the key is looked up in a short transaction of its own, so
+    no pooled connection is held while the handler publishes and waits for the outcome."""
+
+    def check(
+        tid: TenantId,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        pool: Annotated[ConnectionPool, Depends(db_pool)],
+    ) -> Caller:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise _unauthorized()
+        with read_transaction(pool) as conn:
+            key = verify_key(conn, credentials.credentials)
+        if key is None:
+            raise _unauthorized()
+        return check_caller(key, tid, scope)
 
     return check
 

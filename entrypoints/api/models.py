@@ -209,3 +209,26 @@ class Problem(BaseModel):
     """An error: what went wrong, in one line."""
 
     detail: str
+
+
+class WriteAccepted(BaseModel):
+    """A write's command is in Kafka (`pending`: its outcome is not known yet), or was already
+    in the ledger (`recorded`: a retry; `GET .../commands/{command_id}` shows its event)."""
+
+    command_id: str
+    status: Literal["pending", "recorded"]
+
+
+class RefusalOut(BaseModel):
+    """The ledger refused the command by its rules: the refusal event and its reason."""
+
+    command_id: str
+    reason: str = Field(description="a refusal reason, e.g. insufficient_funds")
+    detail: Any = Field(default=None, description="what the rule found (text or an object)")
+    event: dict[str, Any] = Field(description="the refusal event as on the wire")
+
+
+class ValidationProblem(BaseModel):
+    """Invalid input, as FastAPI reports it: a list of errors, each with `loc`, `msg`, `type`."""
+
+    detail: list[dict[str, Any]]
