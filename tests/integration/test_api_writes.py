@@ -411,3 +411,97 @@ def _headers_of(settings: Settings, command_id: str) -> dict[str, str]:
         raise AssertionError(f"command {command_id} not found in {topic}")
     finally:
         consumer.close()
+
+
+# --- waiting holds no connection; several workers ------------------------------------------------
+
+
+def test_a_waiting_write_holds_no_pooled_connection(world: World) -> None:
+    import threading
+
+    from pydantic import SecretStr
+
+    from budget_ledger.ledger.db import pool as make_pool
+
+    # Signed with a key the ledger does not know: the consumer dead-letters the command, so
+    # the write waits the whole time and answers 202 pending.
+    rogue = world.settings.model_copy(
+        update={"signing_keys": {"rogue": SecretStr("r" * 64)}, "signing_key_id": "rogue"}
+    )
+    pool = make_pool(world.settings.database_url, "ledger_reader", 1)
+    try:
+        with TestClient(create_app(rogue, pool=pool)) as c:
+            auth = {"Authorization": f"Bearer {world.keys['writer']}"}
+            idem = f"rogue-{uuid.uuid4().hex[:8]}"
+            answers: list[Any] = []
+
+            def write() -> None:
+                answers.append(
+                    c.post(f"{A}/any/topup", json={"amount": "1.00", "currency": "USD"},
+                           headers={**auth, "Idempotency-Key": idem}, params={"wait": 3})
+                )  # fmt: skip
+
+            writer = threading.Thread(target=write)
+            started = time.monotonic()
+            writer.start()
+            time.sleep(0.5)
+            # The pool's one connection is free while the write waits.
+            assert c.get(A, headers=auth).status_code == 200
+            assert time.monotonic() - started < 2.5
+            writer.join(30)
+            assert answers[0].status_code == 202, answers[0].text
+            assert answers[0].json() == {"command_id": idem, "status": "pending"}
+            assert time.monotonic() - started >= 3
+            assert c.get(f"/v1/tenants/acme/commands/{idem}", headers=auth).json()["status"] == (
+                "pending"
+            )
+    finally:
+        pool.close()
+    assert _rows(world, idem) == 0
+
+
+def test_serve_with_two_workers_writes_and_waits(world: World) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.integration.support import cli_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "budget_ledger.entrypoints.cli", "serve", "--port", str(port),
+         "--workers", "2"],
+        env=cli_env(world.settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/openapi.json", timeout=2).status_code == 200
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                return False
+
+        wait_for(up, timeout=60, what="the API server")
+        auth = {"Authorization": f"Bearer {world.keys['writer']}"}
+        budget = f"served-{uuid.uuid4().hex[:6]}"
+
+        def post(path: str, body: dict[str, Any]) -> httpx.Response:
+            headers = {**auth, "Idempotency-Key": uuid.uuid4().hex}
+            return httpx.post(f"{base}{path}", json=body, headers=headers,
+                              params={"wait": 10}, timeout=30)  # fmt: skip
+
+        opened = post(A, {"budget_id": budget, "currency": "USD", "period": "rolling"})
+        assert opened.status_code == 200, opened.text
+        for i in range(4):  # more requests than workers: each has its own producer and pool
+            funded = post(f"{A}/{budget}/topup", {"amount": "1.00", "currency": "USD"})
+            assert funded.status_code == 200, funded.text
+            assert funded.json()["event"]["funded"] == f"{i + 1}.00"
+    finally:
+        proc.terminate()
+        assert proc.wait(30) in (0, -15)
