@@ -5,6 +5,7 @@ through the GET endpoints and straight from Postgres.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from budget_ledger.consumers.kafka_config import reader_config
@@ -505,3 +509,41 @@ def test_serve_with_two_workers_writes_and_waits(world: World) -> None:
     finally:
         proc.terminate()
         assert proc.wait(30) in (0, -15)
+
+
+# --- no write makes it fail ----------------------------------------------------------------------
+
+_FIELDS = "amount currency ref_id budget_id period reason operator type hard_cap soft_threshold_pct"
+_FIELDS += " timezone expires_at metadata issued_at"
+_VALUE = st.one_of(
+    st.text(st.characters(blacklist_categories=["Cs"]), max_size=40),
+    st.sampled_from(["5.00", "0", "-1.00", "USD", "JPY", "rolling", "2030-01-01T00:00:00Z"]),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+
+
+@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    path=st.sampled_from(
+        ["", "/fz/topup", "/fz/configure", "/fz/reserve", "/fz/charge", "/fz/release", "/fz/adjust"]
+    ),
+    body=st.one_of(
+        st.dictionaries(st.one_of(st.sampled_from(_FIELDS.split()), st.text(max_size=8)), _VALUE),
+        st.binary(max_size=64),
+    ),
+    idem=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=140),
+)
+def test_no_write_is_answered_with_a_server_error(
+    client: TestClient, world: World, path: str, body: dict[str, Any] | bytes, idem: str
+) -> None:
+    headers = {"Authorization": f"Bearer {world.keys['operator']}", "Idempotency-Key": idem}
+    if isinstance(body, bytes):
+        response = client.post(A + path, content=body, headers=headers)
+    else:
+        response = client.post(A + path, content=json.dumps(body), headers=headers)
+    assert response.status_code < 500, (path, body, response.text)
+    assert response.status_code in (202, 409, 422), (path, body, response.text)
