@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 import budget_ledger
 from budget_ledger.entrypoints.api import budgets, commands, ledger, writes
+from budget_ledger.entrypoints.api.publisher import CommandPublisher
 from budget_ledger.ledger.db import pool as make_pool
 from budget_ledger.ledger.settings import Settings, load_settings
 
@@ -34,7 +35,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
             else pool
         )
         # The one producer of the writes: made here, never at import, closed on shutdown.
-        app.state.publisher = writes.CommandPublisher(settings)
+        app.state.publisher = CommandPublisher(settings)
         try:
             yield
         finally:

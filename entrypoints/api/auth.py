@@ -8,6 +8,7 @@ scope (named). Only then is the request's one transaction bound to the tenant
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -19,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from budget_ledger.entrypoints.api.keys import ApiKey, verify_key
 from budget_ledger.projections.api_reads import bind_tenant, read_transaction
+from budget_ledger.schemas.limits import MAX_ID_LENGTH, id_problem
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `budget-ledger keys create`")
 
@@ -121,3 +123,12 @@ def session(
 
 
 ReadSession = Annotated[psycopg.Connection, Depends(session)]
+
+
+def principal_of(key_name: str, key_id: str) -> str:
+    """Who a key signs as, and an adjust's `operator`: the key's name as an id (NFKC, spaces as
+    `_`), or `api-key-<key_id>` when the name cannot be one."""
+    name = unicodedata.normalize("NFKC", key_name).replace(" ", "_")
+    if len(name) <= MAX_ID_LENGTH and id_problem(name) is None:
+        return name
+    return f"api-key-{key_id}"

@@ -10,16 +10,12 @@ parser, so what the API accepts is what the ledger accepts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import threading
-import unicodedata
 from collections.abc import Mapping
 from typing import Annotated, Any, Final
 
 import orjson
 import pydantic
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -32,8 +28,7 @@ from budget_ledger.consumers.client import (
     settings_signer,
     signature_headers,
 )
-from budget_ledger.consumers.kafka_config import producer_config
-from budget_ledger.entrypoints.api.auth import Caller, TenantId, require_briefly
+from budget_ledger.entrypoints.api.auth import Caller, TenantId, principal_of, require_briefly
 from budget_ledger.entrypoints.api.budgets import BudgetId
 from budget_ledger.entrypoints.api.models import (
     CommandOut,
@@ -42,6 +37,7 @@ from budget_ledger.entrypoints.api.models import (
     ValidationProblem,
     WriteAccepted,
 )
+from budget_ledger.entrypoints.api.publisher import CommandPublisher, NotDelivered
 from budget_ledger.ledger.idempotency import fingerprint
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections.api_reads import CommandOutcome, command_outcome, tenant_session
@@ -52,13 +48,10 @@ from budget_ledger.schemas.commands import (
     CommandInvalid,
     parse_command,
 )
-from budget_ledger.schemas.limits import MAX_ID_LENGTH, MAX_MESSAGE_BYTES, id_problem
+from budget_ledger.schemas.limits import MAX_ID_LENGTH, MAX_MESSAGE_BYTES
 from budget_ledger.schemas.signing import ANY_TENANT, PRIVILEGED, KafkaHeaders
 
 MAX_WAIT: Final = 10.0
-# Kafka must acknowledge a command within this time, else the request is a 503 (retryable with
-# the same Idempotency-Key): librdkafka's default (5 minutes) would hold the request that long.
-DELIVERY_TIMEOUT_MS: Final = 10_000
 
 router = APIRouter(
     prefix="/v1/tenants/{tid}/budgets",
@@ -77,69 +70,6 @@ router = APIRouter(
         503: {"model": Problem, "description": "Kafka or the database is unavailable"},
     },
 )
-
-
-class NotDelivered(Exception):
-    """Kafka did not acknowledge a command."""
-
-
-class CommandPublisher:
-    """The app's one producer of commands (made when the app starts, closed when it stops); a
-    thread serves its delivery reports, which settle the requests awaiting them."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.topic = settings.topic_commands
-        config = producer_config(settings, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
-        self._producer = Producer(config)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="api-publisher", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.1)
-
-    async def publish(self, key: bytes, value: bytes, headers: KafkaHeaders | None) -> None:
-        """Send one message and wait for Kafka's acknowledgement (NotDelivered otherwise)."""
-        loop = asyncio.get_running_loop()
-        acked: asyncio.Future[str | None] = loop.create_future()
-
-        def settle(error: str | None) -> None:
-            if not acked.done():
-                acked.set_result(error)
-
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            # RuntimeError: the request's loop is gone (shutdown), nobody waits any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, None if err is None else str(err))
-
-        try:
-            self._producer.produce(
-                self.topic, key=key, value=value, headers=headers, on_delivery=delivered
-            )
-        except (BufferError, KafkaException) as exc:
-            raise NotDelivered(str(exc)) from None
-        try:
-            error = await asyncio.wait_for(acked, DELIVERY_TIMEOUT_MS / 1000 + 5)
-        except TimeoutError:
-            raise NotDelivered("no acknowledgement") from None
-        if error is not None:
-            raise NotDelivered(error)
-
-    def close(self) -> None:
-        """Deliver what is queued (up to 10 s) and stop."""
-        self._stop.set()
-        self._thread.join(5)
-        self._producer.flush(10)
-
-
-def principal_of(key_name: str, key_id: str) -> str:
-    """Who a key signs as, and an adjust's `operator`: the key's name as an id (NFKC, spaces as
-    `_`), or `api-key-<key_id>` when the name cannot be one."""
-    name = unicodedata.normalize("NFKC", key_name).replace(" ", "_")
-    if len(name) <= MAX_ID_LENGTH and id_problem(name) is None:
-        return name
-    return f"api-key-{key_id}"
 
 
 def _invalid(loc: tuple[str, ...], kind: str, msg: str) -> RequestValidationError:

@@ -24,8 +24,8 @@ from psycopg import sql
 
 from budget_ledger.consumers.kafka_config import reader_config
 from budget_ledger.entrypoints.api.app import create_app
+from budget_ledger.entrypoints.api.auth import principal_of
 from budget_ledger.entrypoints.api.keys import create_key
-from budget_ledger.entrypoints.api.writes import principal_of
 from budget_ledger.ledger.settings import Settings, load_settings, prefixed_names
 from budget_ledger.schemas.signing import KEY_ID_HEADER, PRINCIPAL_HEADER, TENANT_HEADER
 from tests.conftest import _delete_topics, _drop_database, _with_database, as_login
