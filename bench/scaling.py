@@ -370,8 +370,9 @@ def measure(args: argparse.Namespace) -> int:
 def seed_checkpoints(args: argparse.Namespace) -> int:
     """Write every budget's reconcile checkpoint as a clean full run would: its last sequence
     and hash and its state, taken from the projections (which the reconciler proves equal to the
-    replay; `reconcile --full` also checks each stored state), and record that run — instead of
-    replaying a 20M-event ledger first."""
+    replay; `reconcile --full` also checks each stored state), the recorded_at of that last row
+    (from the ledger: the lower bound of the next incremental run's reads), and record that run
+    — instead of replaying a 20M-event ledger first."""
     from budget_ledger.ledger.db import connect
     from budget_ledger.ledger.settings import load_settings
     from budget_ledger.projections.checkpoint_state import encode_state
@@ -389,9 +390,16 @@ def seed_checkpoints(args: argparse.Namespace) -> int:
         done = 0
         for i in range(0, len(keys), CHUNK):
             states = load_states(conn, keys[i : i + CHUNK])
+            found = [(k, s) for k, s in states.items() if isinstance(s, BudgetState)]
+            at = {(r[0], r[1]): r[2] for r in conn.execute(
+                "SELECT l.tenant_id, l.budget_id, l.recorded_at"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS k(t, b, s)"
+                " JOIN ledger l ON l.tenant_id = k.t AND l.budget_id = k.b AND l.sequence = k.s",
+                ([k[0] for k, _ in found], [k[1] for k, _ in found],
+                 [s.sequence for _, s in found]))}  # fmt: skip
             conn.rollback()
-            rows = [(k[0], k[1], s.sequence, s.last_hash, encode_state(s))
-                    for k, s in states.items() if isinstance(s, BudgetState)]  # fmt: skip
+            rows = [(k[0], k[1], s.sequence, s.last_hash, encode_state(s), at.get(k))
+                    for k, s in found]  # fmt: skip
             last = i + CHUNK >= len(keys)
             run = RunRecord("full", started, True, events, len(keys), ()) if last else None
             done += advance_checkpoints(url, rows, run=run)

@@ -1,5 +1,6 @@
-"""Reconcile checkpoints: per budget, the last (sequence, hash) a run verified clean and the
-budget's verified state there; and the record of the run that wrote them.
+"""Reconcile checkpoints: per budget, the last (sequence, hash) a run verified clean, the
+budget's verified state there and that row's recorded_at (the lower bound, minus a margin, of
+the next run's reads: migration 011); and the record of the run that wrote them.
 
 Written as `ledger_reconciler` (migrations 006, 009), never as the processes' `ledger_app`:
 whoever can move a checkpoint past a forged row hides that row from incremental runs.
@@ -17,6 +18,9 @@ from budget_ledger.ledger.db import connect
 from budget_ledger.projections.store import queries
 
 CHECKPOINT_ROLE = "ledger_reconciler"
+
+#: (tenant, budget, sequence, hash, state JSON, recorded_at of that row or None): a checkpoint.
+Verified = tuple[str, str, int, str, str, datetime | None]
 
 
 class CheckpointsRefused(Exception):
@@ -38,7 +42,7 @@ class RunRecord:
 
 def advance_checkpoints(
     dsn: str,
-    verified: Sequence[tuple[str, str, int, str, str]],
+    verified: Sequence[Verified],
     exclude: Collection[tuple[str, str]] = (),
     role: str | None = CHECKPOINT_ROLE,
     run: RunRecord | None = None,
@@ -66,6 +70,7 @@ def advance_checkpoints(
                     "sequences": [r[2] for r in rows],
                     "hashes": [r[3] for r in rows],
                     "states": [r[4] for r in rows],
+                    "recorded_ats": [r[5] for r in rows],
                 },
             )
         if run is not None:

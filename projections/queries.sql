@@ -280,15 +280,20 @@ WITH RECURSIVE in_ledger AS (
     WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
 )
-SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text
+SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at
 FROM budgets b
 LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
 LEFT JOIN LATERAL (SELECT l.sequence, l.hash FROM ledger l
                    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                     AND c.sequence IS NOT NULL AND l.sequence >= c.sequence
+                     AND l.recorded_at >= coalesce(c.recorded_at - %(margin)s::interval,
+                                                   '-infinity')
                    ORDER BY l.sequence DESC LIMIT 1) AS head ON true
+LEFT JOIN budget_balances p ON p.tenant_id = b.tenant_id AND p.budget_id = b.budget_id
 WHERE (%(shards)s::int = 1 OR abs(hashtext(b.budget_id) %% %(shards)s::int) = %(shard)s::int)
   AND (c.sequence IS NULL OR head.sequence IS NULL
-       OR (head.sequence, head.hash) <> (c.sequence, c.hash))
+       OR (head.sequence, head.hash) <> (c.sequence, c.hash)
+       OR p.sequence IS DISTINCT FROM c.sequence)
 
 -- name: reconcile_last_run
 -- The last run that recorded itself (an unfiltered run that wrote checkpoints): when it began
@@ -320,18 +325,23 @@ WITH candidates AS (
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
       AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
 )
-SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text
+SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at
 FROM candidates b
 LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
 LEFT JOIN LATERAL (SELECT l.sequence, l.hash FROM ledger l
                    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                     AND c.sequence IS NOT NULL AND l.sequence >= c.sequence
+                     AND l.recorded_at >= coalesce(c.recorded_at - %(margin)s::interval,
+                                                   '-infinity')
                    ORDER BY l.sequence DESC LIMIT 1) AS head ON true
+LEFT JOIN budget_balances p ON p.tenant_id = b.tenant_id AND p.budget_id = b.budget_id
 WHERE (c.sequence IS NULL OR head.sequence IS NULL
-       OR (head.sequence, head.hash) <> (c.sequence, c.hash))
+       OR (head.sequence, head.hash) <> (c.sequence, c.hash)
+       OR p.sequence IS DISTINCT FROM c.sequence)
   AND NOT EXISTS (SELECT 1 FROM drifting d
                   WHERE d.tenant_id = b.tenant_id AND d.budget_id = b.budget_id)
 UNION ALL
-SELECT d.tenant_id, d.budget_id, c.sequence, c.hash, c.state::text
+SELECT d.tenant_id, d.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at
 FROM drifting d
 LEFT JOIN reconcile_checkpoints c ON c.tenant_id = d.tenant_id AND c.budget_id = d.budget_id
 
@@ -350,11 +360,12 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 -- reconcile_ledger_scan.
 SELECT l.tenant_id, l.budget_id, l.sequence, l.type, l.funded, l.reserved, l.charged,
        l.available, l.event::text, l.mac, l.mac_key_id
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(froms)s::bigint[])
-     AS t(tenant_id, budget_id, from_seq)
+FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(froms)s::bigint[],
+            %(bounds)s::timestamptz[]) AS t(tenant_id, budget_id, from_seq, bound)
 CROSS JOIN LATERAL (SELECT * FROM ledger
                     WHERE ledger.tenant_id = t.tenant_id AND ledger.budget_id = t.budget_id
                       AND ledger.sequence >= t.from_seq
+                      AND ledger.recorded_at >= coalesce(t.bound, '-infinity')
                     ORDER BY ledger.sequence) AS l
 
 -- name: reconcile_balances_of
@@ -407,13 +418,14 @@ WHERE r.status <> 'reserved'
 -- name: upsert_checkpoints
 -- Advance the checkpoints of budgets that verified clean, with their verified state (run as
 -- ledger_reconciler).
-INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash, state)
-SELECT t, b, s, h, st::jsonb
+INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash, state, recorded_at)
+SELECT t, b, s, h, st::jsonb, at
 FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(sequences)s::bigint[],
-            %(hashes)s::text[], %(states)s::text[]) AS v(t, b, s, h, st)
+            %(hashes)s::text[], %(states)s::text[], %(recorded_ats)s::timestamptz[])
+     AS v(t, b, s, h, st, at)
 ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
     sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, state = EXCLUDED.state,
-    verified_at = now(), verified_by = current_user
+    recorded_at = EXCLUDED.recorded_at, verified_at = now(), verified_by = current_user
 
 -- name: insert_reconcile_run
 -- Record an unfiltered run that wrote checkpoints (as ledger_reconciler, with them).

@@ -11,6 +11,12 @@ A replay may start from a verified state at the budget's reconcile checkpoint
 which must still carry the checkpointed hash, and the rows after it. Anything else (the
 checkpointed row changed or gone) falls back to an ordered re-read of the whole history, which
 names the broken link exactly as a full run does.
+
+Rows read from a checkpoint are bounded by `recorded_at` (so Postgres reads only the recent
+partitions; `bounded`): a row after the checkpoint recorded before that bound (a consumer clock
+off by more than the margin) is not read, which shows as a gap before a later row or as a replay
+ending before the balance projection's sequence (`unseen_rows`). Either falls back to the
+ordered re-read of the whole history, never to a clean result over rows it did not see.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from budget_ledger.schemas.hashing import chain_hash
 # Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
 _SEQ, _TYPE, _FUNDED, _RESERVED, _CHARGED, _AVAILABLE, _BODY = 2, 3, 4, 5, 6, 7, 8
 _MAC, _MAC_KEY_ID = 9, 10
+_BALANCE_SEQ = 10  # the sequence in `drift.balance_from_row`'s tuple
 # A budget whose rows arrive out of sequence order buffers them until the missing one arrives;
 # past this many buffered rows it stops buffering and is re-read in order at the end instead.
 MAX_PENDING = 10_000
@@ -70,11 +77,13 @@ class BudgetReplay:
         "balance",
         "base",
         "base_seen",
+        "bounded",
         "broken",
         "checkpoint",
         "checkpoint_state",
         "events",
         "keys",
+        "last_at",
         "last_seq",
         "legacy_hash",
         "legacy_through",
@@ -122,6 +131,10 @@ class BudgetReplay:
         # Reservations settled at or before this sequence were verified by an earlier run: the
         # drift check leaves them out (and their projection rows are not read).
         self.settled_after = 0
+        # The rows were read with a lower bound on recorded_at (see `unseen_rows`).
+        self.bounded = False
+        # The hashed recorded_at text of the last row applied: stored with a new checkpoint.
+        self.last_at: str | None = None
 
     def start_at_checkpoint(self, state: BudgetState) -> None:
         """Replay from ``state``, verified at the checkpoint (its sequence and hash): the rows
@@ -177,6 +190,17 @@ class BudgetReplay:
             return True
         return False
 
+    def unseen_rows(self) -> bool:
+        """After a bounded scan: rows may lie outside the bound (a gap in the rows read, or
+        the balance projection is past the replay); marks the budget for the ordered re-read."""
+        if not self.bounded or self.reread:
+            return False
+        behind = self.balance is not None and self.balance[_BALANCE_SEQ] > self.last_seq
+        if self.pending or behind:
+            self._reread()
+            return True
+        return False
+
     def end_of_scan(self) -> None:
         """Rows still held follow a real gap: apply them in sequence order (the first tells)."""
         if self.pending:
@@ -194,6 +218,8 @@ class BudgetReplay:
         self.events = 0
         self.pending = None
         self.base = 0
+        self.bounded = False
+        self.last_at = None
 
     def apply(self, row: tuple[Any, ...]) -> None:
         """Verify one ledger row's link and fold its event into the state."""
@@ -206,6 +232,7 @@ class BudgetReplay:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             self._break(seq, "event is not a ledger event (unparseable or no hash)")
             return
+        self.last_at = d.get("recorded_at")
         if self.broken is None:
             problem = _link_problem(s, seq, d, stored_hash, row)
             cp = self.checkpoint

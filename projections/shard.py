@@ -13,6 +13,12 @@ stored checkpoint state is replayed from it (its checkpointed row and the rows a
 index), else from its first event; then its projection rows are compared (for one replayed from
 its checkpoint: the balance row, its open reservations and those its new events settled). The
 other budgets are counted as skipped, their rows never read.
+
+The reads of a budget with a checkpoint are bounded below by the recorded_at of its checkpointed
+row minus the margin (migration 011), so Postgres reads only the recent monthly partitions:
+the head probe of the candidate query and `reconcile_events_of` for a budget replayed from its
+checkpoint. Rows the bound may have hidden send the budget to the unbounded ordered re-read
+(`BudgetReplay.unseen_rows`).
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from datetime import datetime, timedelta
 
 import orjson
 import psycopg
+import structlog
 
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.state import compact
 from budget_ledger.projections.checkpoint_state import StateUnreadable, decode_state, encode_state
+from budget_ledger.projections.checkpoints import Verified
 from budget_ledger.projections.drift import Drift, balance_from_row, compare
 from budget_ledger.projections.reconcile_options import ReconcileOptions
 from budget_ledger.projections.replay import BrokenLink, BudgetReplay, LegacySeal
@@ -35,6 +43,7 @@ from budget_ledger.projections.store import queries
 
 FETCH = 20_000
 _LOADS = orjson.loads
+log = structlog.get_logger("reconcile")
 
 
 @dataclass(slots=True)
@@ -50,9 +59,9 @@ class ShardResult:
     # Incremental mode: budgets unchanged since their checkpoint, and their events, not read.
     skipped_budgets: int = 0
     skipped_events: int = 0
-    # (tenant, budget, sequence, hash, state JSON) of every budget that verified clean: the new
-    # checkpoints.
-    verified: list[tuple[str, str, int, str, str]] = field(default_factory=list)
+    # (tenant, budget, sequence, hash, state JSON, recorded_at of that row) of every budget that
+    # verified clean: the new checkpoints.
+    verified: list[Verified] = field(default_factory=list)
     # The database's clock at the start of the earliest shard's transaction (recorded with the
     # run: the next incremental run looks at the rows recorded since, minus a margin).
     started_at: datetime | None = None
@@ -121,9 +130,12 @@ def replay_shard(
                     ):
                         seals[(r[0], r[1])] = LegacySeal(r[2], r[3], r[4], r[5])
                 froms: list[int] = []
-                for t, b, seq, hash_, state in touched:
+                bounds: list[datetime | None] = []
+                margin = timedelta(seconds=opts.candidate_margin_seconds)
+                for t, b, seq, hash_, state, at in touched:
                     replay = budgets[(t, b)] = new(t, b)
                     froms.append(1)
+                    bounds.append(None)
                     if seq is None:
                         continue
                     checkpoints[(t, b)] = (int(seq), str(hash_))
@@ -134,11 +146,15 @@ def replay_shard(
                     if start is not None:
                         replay.start_at_checkpoint(start)
                         froms[-1] = int(seq)
+                        if at is not None:  # only the partitions from its month on are read
+                            bounds[-1] = at - margin
+                            replay.bounded = True
                 # Only the touched budgets' rows and projections are read, by index.
                 scan_params = {
                     "tenants": [k[0] for k in touched],
                     "budgets": [k[1] for k in touched],
                     "froms": froms,
+                    "bounds": bounds,
                     "whole": [f == 1 for f in froms],
                 }
                 scan, balances, reservations = (
@@ -167,8 +183,21 @@ def replay_shard(
                         budget.feed(row)
                     if on_progress is not None:
                         on_progress(len(rows))
+            # The projections first: a bounded replay ending before its balance row's sequence
+            # missed rows (`unseen_rows`).
+            for row in conn.execute(balances, scan_params):
+                budget = get((row[0], row[1]))
+                if budget is None:
+                    budget = budgets[(row[0], row[1])] = new(row[0], row[1])
+                budget.balance = balance_from_row(row)
+            for row in conn.execute(reservations, scan_params):
+                budget = get((row[0], row[1]))
+                if budget is None:
+                    budget = budgets[(row[0], row[1])] = new(row[0], row[1])
+                res = _LOADS(row[2])
+                budget.reservations[res[0]] = res
             for key, budget in budgets.items():
-                if budget.reread or budget.lost_base():
+                if budget.reread or budget.lost_base() or _unseen(budget):
                     budget.restart()
                     with conn.cursor(name=f"reconcile_{shard}_reread") as cur:
                         cur.itersize = FETCH
@@ -185,17 +214,6 @@ def replay_shard(
                     budget = budgets[key] = new(*key)  # checkpointed, but no row left at all
                 if budget is not None:
                     budget.end_of_checkpoint()
-            for row in conn.execute(balances, scan_params):
-                budget = get((row[0], row[1]))
-                if budget is None:
-                    budget = budgets[(row[0], row[1])] = new(row[0], row[1])
-                budget.balance = balance_from_row(row)
-            for row in conn.execute(reservations, scan_params):
-                budget = get((row[0], row[1]))
-                if budget is None:
-                    budget = budgets[(row[0], row[1])] = new(row[0], row[1])
-                res = _LOADS(row[2])
-                budget.reservations[res[0]] = res
             if opts.incremental:
                 _read_settled_since(conn, budgets)
     finally:
@@ -207,15 +225,27 @@ def replay_shard(
     return result
 
 
+def _unseen(budget: BudgetReplay) -> bool:
+    if not budget.unseen_rows():
+        return False
+    s = budget.state
+    # A consumer clock off by more than the margin (or rows written behind the consumer's back):
+    # worth an operator's look even when the re-read verifies clean.
+    log.warning("reconcile_rows_outside_bound", tenant_id=s.tenant_id, budget_id=s.budget_id)
+    return True
+
+
 def _touched(
     conn: psycopg.Connection,
     opts: ReconcileOptions,
     params: Mapping[str, object],
     result: ShardResult,
-) -> list[tuple[str, str, int | None, str | None, str | None]]:
-    """The shard's touched budgets, each with its checkpoint (sequence, hash, state) if any;
-    adds the checkpoint totals (shard 0) to the skipped counts, which the caller corrects."""
+) -> list[tuple[str, str, int | None, str | None, str | None, datetime | None]]:
+    """The shard's touched budgets, each with its checkpoint (sequence, hash, state, recorded_at)
+    if any; adds the checkpoint totals (shard 0) to the skipped counts, which the caller
+    corrects."""
     q = queries()
+    margin = timedelta(seconds=opts.candidate_margin_seconds)
     if params["shard"] == 0:
         totals = conn.execute(q["reconcile_checkpoint_totals"], params).fetchone()
         if totals is not None:
@@ -223,14 +253,14 @@ def _touched(
             result.skipped_events += int(totals[1])
     last = conn.execute(q["reconcile_last_run"]).fetchone()
     if last is None:  # the first run: probe every budget
-        return list(conn.execute(q["reconcile_touched_budgets"], params))
-    since = last[0] - timedelta(seconds=opts.candidate_margin_seconds)
+        return list(conn.execute(q["reconcile_touched_budgets"], {**params, "margin": margin}))
     return list(
         conn.execute(
             q["reconcile_touched_since"],
-            {**params, "since": since, "drifting_tenants": last[1], "drifting_budgets": last[2]},
+            {**params, "since": last[0] - margin, "margin": margin,
+             "drifting_tenants": last[1], "drifting_budgets": last[2]},
         )
-    )
+    )  # fmt: skip
 
 
 def _checkpoint_state(
@@ -292,5 +322,17 @@ def _finish(budget: BudgetReplay, result: ShardResult) -> None:
         result.drifting[(s.tenant_id, s.budget_id)] = (s.sequence, s.utilization_bp)
     elif budget.events:
         result.verified.append(
-            (s.tenant_id, s.budget_id, s.sequence, s.last_hash, encode_state(compact(s)))
-        )
+            (s.tenant_id, s.budget_id, s.sequence, s.last_hash, encode_state(compact(s)),
+             _recorded_at(budget.last_at))
+        )  # fmt: skip
+
+
+def _recorded_at(text: str | None) -> datetime | None:
+    """The hashed recorded_at of the checkpointed row (None: the next reads are unbounded)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None

@@ -9,6 +9,7 @@ Ledgers are filled by the consumer's own batch logic (the benchmark's filler, th
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -72,10 +73,16 @@ def _checkpoint(url: str, key: tuple[str, str]) -> int | None:
 
 
 def _append(
-    url: str, key: tuple[str, str], n: int, offset: int, chain_key: ChainKey | None = None
+    url: str,
+    key: tuple[str, str],
+    n: int,
+    offset: int,
+    chain_key: ChainKey | None = None,
+    now: datetime | None = None,
 ) -> None:
     """`n` fund commands for one budget through the consumer's own batch logic, written with
-    the credentials of `url` (keyed rows when `chain_key` is given)."""
+    the credentials of `url` (keyed rows when `chain_key` is given; the consumer's clock `now`
+    when given)."""
     ctx = BatchContext("x.commands", "x.events", "x.alerts", "x.dlq", {"USD": 2, "ZWG": 2},
                        chain_key=chain_key)  # fmt: skip
     with connect(url) as conn:
@@ -98,6 +105,7 @@ def _append(
             ctx,
             lookup_prior=lambda keys: {},
             load_budgets=lambda keys: load_budgets(conn, keys),
+            now=now,
         )
         assert len(out.ledger_rows) == n and not out.dead_letters
         with conn.transaction():
@@ -327,7 +335,7 @@ def test_the_candidate_query_reads_the_brin_index(checkpointed: str) -> None:
         conn.execute("SET enable_seqscan = off")  # a 1,200-row table: the planner would scan
         params = {"tenant": None, "budget": None, "shard": 0, "shards": 1,
                   "since": "2026-01-01T00:00:00Z", "drifting_tenants": [],
-                  "drifting_budgets": []}  # fmt: skip
+                  "drifting_budgets": [], "margin": timedelta(hours=1)}  # fmt: skip
         plan = "\n".join(
             r[0]
             for r in conn.execute(

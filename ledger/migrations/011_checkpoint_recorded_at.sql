@@ -1,0 +1,12 @@
+-- Incremental reconcile that reads only the partitions of the new rows (docs/reconciler.md,
+-- "Incremental reconcile"; projections/shard.py): each checkpoint also keeps the recorded_at of
+-- the checkpointed row (the time hashed into that event, which the consumer also wrote as the
+-- row's recorded_at, the partition key). A later run reads the budget's rows only from that time
+-- minus the skew margin (LEDGER_RECONCILE_MARGIN_SECONDS) on, so Postgres prunes the older
+-- monthly partitions of the ledger (run-time pruning of the per-budget index probes) instead of
+-- probing every month ever kept.
+--
+-- NULL in checkpoints written before this migration: such a budget's reads stay unbounded (as
+-- before) until a clean run advances its checkpoint and stores the time. Written, like the rest
+-- of the row, only as ledger_reconciler (its UPDATE/INSERT grants cover the new column).
+ALTER TABLE reconcile_checkpoints ADD COLUMN recorded_at timestamptz;
