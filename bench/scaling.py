@@ -27,7 +27,7 @@ import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -177,8 +177,6 @@ def _worker(
 ) -> tuple[int, dict[int, int]]:
     """Write the histories of `keys` round-robin (all budgets advance together in time)."""
     from budget_ledger.ledger.db import connect
-    from budget_ledger.projections.rows import balance_row, reservation_row
-    from budget_ledger.projections.store import upsert_projections
 
     conn = connect(dsn)
     w = _Writer(conn, topic, [], [], {})
@@ -202,16 +200,79 @@ def _worker(
             if len(w.ledger_rows) >= CHUNK:
                 w.flush()
     w.flush()
-    end = start + span
-    balances = [balance_row(s, end) for s in states.values()]
-    opened = [reservation_row(s, r) for s in states.values() for r in s.reservations.values()]
-    with conn.transaction():
-        for i in range(0, len(balances), CHUNK):
-            upsert_projections(conn, balances[i : i + CHUNK], [])
-        for i in range(0, len(opened), CHUNK):
-            upsert_projections(conn, [], opened[i : i + CHUNK])
+    _write_projections(conn, states.values(), start + span)
     conn.close()
     return w.written, w.offsets
+
+
+def _write_projections(conn: psycopg.Connection, states: Iterable[BudgetState],
+                       updated_at: datetime) -> None:  # fmt: skip
+    """The balance rows and open reservations of `states`, a transaction per chunk (the
+    session's staging tables empty at each commit: one transaction for all would re-merge every
+    earlier chunk's rows again with each chunk)."""
+    from budget_ledger.projections.rows import balance_row, reservation_row
+    from budget_ledger.projections.store import upsert_projections
+
+    chunk: list[BudgetState] = []
+    for state in [*states, None]:
+        if state is not None:
+            chunk.append(state)
+        if chunk and (state is None or len(chunk) >= CHUNK):
+            opened = [reservation_row(s, r) for s in chunk for r in s.reservations.values()]
+            with conn.transaction():
+                upsert_projections(conn, [balance_row(s, updated_at) for s in chunk], opened)
+            chunk = []
+
+
+def _project_shard(args: tuple[str, int, int]) -> int:
+    """Fold one shard's ledger rows (physical order) into states; write their projections."""
+    from budget_ledger.ledger.db import connect
+    from budget_ledger.ledger.history import fold
+
+    url, shard, shards = args
+    states: dict[tuple[str, str], BudgetState] = {}
+    conn = connect(url)
+    with conn.transaction(), conn.cursor(name="project") as cur:
+        # Physical order is nearly each budget's sequence order (concurrent writers can leave
+        # a row on an earlier page): rows that come early wait in `pending`. A parallel scan
+        # would interleave its workers' rows much more.
+        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        cur.itersize = CHUNK
+        cur.execute(
+            "SELECT tenant_id, budget_id, sequence, event::text FROM ledger"
+            " WHERE abs(hashtext(budget_id)) %% %s = %s",
+            (shards, shard),
+        )
+        pending: dict[tuple[str, str], dict[int, str]] = {}
+        for tenant, budget, seq, text in cur:
+            key = (tenant, budget)
+            state = states.get(key) or initial_state(tenant, budget)
+            if seq != state.sequence + 1:
+                pending.setdefault(key, {})[seq] = text
+                continue
+            state = fold(state, orjson.loads(text))
+            held = pending.get(key)
+            while held and state.sequence + 1 in held:
+                state = fold(state, orjson.loads(held.pop(state.sequence + 1)))
+            states[key] = compact(state)
+        assert not any(pending.values()), "rows missing from a budget's sequence"
+    _write_projections(conn, states.values(), datetime.now(UTC))
+    conn.close()
+    return len(states)
+
+
+def project(args: argparse.Namespace) -> int:
+    """Write the balance and open-reservation projections from the ledger (a fill cut short
+    before its final writes), in `--workers` processes; settled reservations are there."""
+    from budget_ledger.ledger.settings import load_settings
+
+    url = _with_db(load_settings().database_url, args.database)
+    t0 = time.perf_counter()
+    jobs = [(url, w, args.workers) for w in range(args.workers)]
+    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+        budgets = sum(pool.map(_project_shard, jobs))
+    print(f"projected {budgets:,} budgets in {time.perf_counter() - t0:.0f} s")
+    return 0
 
 
 def _run_worker(args: tuple[Any, ...]) -> tuple[str, int, dict[int, int]]:
@@ -602,12 +663,16 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--database", required=True)
     a.add_argument("--events", type=int, default=100_000)
     a.add_argument("--seed", type=int, default=12)
+    j = sub.add_parser("project", help="write the projections from the ledger")
+    j.add_argument("--database", required=True)
+    j.add_argument("--workers", type=int, default=2)
     i = sub.add_parser("incremental", help="time an incremental reconcile (no checkpoint moves)")
     i.add_argument("--database", required=True)
     i.add_argument("--runs", type=int, default=3)
     args = p.parse_args(argv)
     commands = {"fill": fill, "measure": measure, "restart": restart, "append": append,
-                "seed-checkpoints": seed_checkpoints, "incremental": incremental}  # fmt: skip
+                "seed-checkpoints": seed_checkpoints, "incremental": incremental,
+                "project": project}  # fmt: skip
     return commands[args.what](args)
 
 
