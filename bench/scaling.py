@@ -578,8 +578,8 @@ def restart(args: argparse.Namespace) -> int:
 
     def committed(command_id: str, since: float, timeout: float = 120) -> float:
         while time.perf_counter() - since < timeout:
-            row = conn.execute(
-                "SELECT 1 FROM ledger WHERE tenant_id = %s AND command_id = %s",
+            row = conn.execute(  # the idempotency guard's key: the ledger has no command index
+                "SELECT 1 FROM ledger_commands WHERE tenant_id = %s AND command_id = %s",
                 (HOT[0], command_id),
             ).fetchone()
             if row is not None:
