@@ -484,7 +484,8 @@ def append(args: argparse.Namespace) -> int:
     budgets = conn.execute("SELECT count(*) FROM budget_balances WHERE tenant_id <> %s",
                            (HOT[0],)).fetchone()[0]  # type: ignore[index]  # fmt: skip
     conn.rollback()
-    picked = sorted(rng.sample(range(budgets), min(budgets, args.events // 2)))
+    spread = args.budgets or args.events // 2
+    picked = sorted(rng.sample(range(budgets), min(budgets, spread)))
     keys = [(f"scale-{i % 7}", f"b-{i}") for i in picked]
     w = _Writer(conn, f"{TOPIC}.append.{int(time.time())}", [], [], {})
     t0 = time.perf_counter()
@@ -497,18 +498,27 @@ def append(args: argparse.Namespace) -> int:
         for key in batch:
             state = states[key]
             assert isinstance(state, BudgetState) and state.opened, key
-            n = state.sequence
-            ref = f"n{n}"
-            reserve = Reserve(**_base(key, n), ref_id=ref, amount=_money(700), currency="USD",
-                              expires_at=None)  # fmt: skip
-            state = _step(w, state, reserve, datetime.now(UTC))
-            state = _step(w, state, Charge(**_base(key, n + 1), ref_id=ref, amount=None),
-                          datetime.now(UTC))  # fmt: skip
+            for _ in range(args.events // (2 * len(keys))):  # reserve + charge pairs
+                n = state.sequence
+                ref = f"n{n}"
+                reserve = Reserve(**_base(key, n), ref_id=ref, amount=_money(700),
+                                  currency="USD", expires_at=None)  # fmt: skip
+                state = _step(w, state, reserve, datetime.now(UTC))
+                state = _step(w, state, Charge(**_base(key, n + 1), ref_id=ref, amount=None),
+                              datetime.now(UTC))  # fmt: skip
             changed.append(state)
         written += len(w.ledger_rows)
         now = datetime.now(UTC)
         w.balance_rows.extend(balance_row(s, now) for s in changed)
         w.flush()
+    from budget_ledger.ledger.store import queries
+
+    q = queries()  # no relay runs here: mark the new rows published, as the fill does
+    with conn.transaction():
+        for partition, next_offset in w.offsets.items():
+            cursor = {"topic": w.topic, "partition": partition}
+            conn.execute(q["ensure_relay_cursor"], cursor)
+            conn.execute(q["advance_relay_cursor"], {**cursor, "offset": next_offset - 1})
     print(f"appended {written:,} events to {len(keys):,} budgets in "
           f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
     conn.close()
@@ -662,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("append", help="write new events now to random budgets")
     a.add_argument("--database", required=True)
     a.add_argument("--events", type=int, default=100_000)
+    a.add_argument("--budgets", type=int, default=0, help="over this many (default events/2)")
     a.add_argument("--seed", type=int, default=12)
     j = sub.add_parser("project", help="write the projections from the ledger")
     j.add_argument("--database", required=True)
