@@ -119,43 +119,33 @@ class UtilizationOut(BaseModel):
     @classmethod
     def current(cls, b: BudgetView) -> UtilizationOut:
         """The budget's balances now."""
-        d = b.digits
-        return cls(
-            tenant_id=b.tenant_id,
-            budget_id=b.budget_id,
-            currency=b.currency,
-            funded=to_decimal_str(b.funded, d),
-            reserved=to_decimal_str(b.reserved, d),
-            charged=to_decimal_str(b.charged, d),
-            available=to_decimal_str(b.available, d),
-            limit=to_decimal_str(b.limit, d),
-            utilization_pct=b.utilization_pct,
-            soft_cap_exceeded=b.soft_cap_exceeded,
-            hard_cap_approaching=b.hard_cap_approaching,
-            sequence=b.sequence,
-            as_of=None,
-            recorded_at=None,
-        )
+        return cls._of(b, b, None, None)
 
     @classmethod
     def at(cls, b: BudgetView, at: BalancesAt, as_of: datetime) -> UtilizationOut:
         """The budget's balances after its last event at or before `as_of`."""
-        d = b.digits
+        return cls._of(b, at, rfc3339_utc(as_of), rfc3339_utc(at.recorded_at))
+
+    @classmethod
+    def _of(
+        cls, b: BudgetView, src: BudgetView | BalancesAt, as_of: str | None, recorded_at: str | None
+    ) -> UtilizationOut:
+        d = b.digits  # the budget's own digits, whichever balances are shown
         return cls(
             tenant_id=b.tenant_id,
             budget_id=b.budget_id,
             currency=b.currency,
-            funded=to_decimal_str(at.funded, d),
-            reserved=to_decimal_str(at.reserved, d),
-            charged=to_decimal_str(at.charged, d),
-            available=to_decimal_str(at.available, d),
-            limit=to_decimal_str(at.limit, d),
-            utilization_pct=at.utilization_pct,
-            soft_cap_exceeded=at.soft_cap_exceeded,
-            hard_cap_approaching=at.hard_cap_approaching,
-            sequence=at.sequence,
-            as_of=rfc3339_utc(as_of),
-            recorded_at=rfc3339_utc(at.recorded_at),
+            funded=to_decimal_str(src.funded, d),
+            reserved=to_decimal_str(src.reserved, d),
+            charged=to_decimal_str(src.charged, d),
+            available=to_decimal_str(src.available, d),
+            limit=to_decimal_str(src.limit, d),
+            utilization_pct=src.utilization_pct,
+            soft_cap_exceeded=src.soft_cap_exceeded,
+            hard_cap_approaching=src.hard_cap_approaching,
+            sequence=src.sequence,
+            as_of=as_of,
+            recorded_at=recorded_at,
         )
 
 
