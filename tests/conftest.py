@@ -13,12 +13,17 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from budget_ledger.ledger.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_KAFKA = "127.0.0.1:9092"
@@ -141,9 +146,9 @@ def template_database(pg_admin_dsn: str) -> Iterator[str]:
     _drop_database(pg_admin_dsn, name)
 
 
-@pytest.fixture
-def database_url(pg_admin_dsn: str, template_database: str) -> Iterator[str]:
-    """A fresh, migrated database for one test, dropped afterwards."""
+@contextmanager
+def cloned_database(pg_admin_dsn: str, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database (a copy of the session's template), dropped afterwards."""
     name = f"ledger_t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         conn.execute(
@@ -151,8 +156,17 @@ def database_url(pg_admin_dsn: str, template_database: str) -> Iterator[str]:
                 sql.Identifier(name), sql.Identifier(template_database)
             )
         )
-    yield _with_database(pg_admin_dsn, name)
-    _drop_database(pg_admin_dsn, name)
+    try:
+        yield _with_database(pg_admin_dsn, name)
+    finally:
+        _drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+def database_url(pg_admin_dsn: str, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    with cloned_database(pg_admin_dsn, template_database) as url:
+        yield url
 
 
 def _drop_database(dsn: str, name: str) -> None:
@@ -183,10 +197,23 @@ def settings(  # type: ignore[no-untyped-def]
 ):
     """Settings pointing at the real services, with this test's own topics, group, database and
     signing key; the test's topics are deleted afterwards."""
+    yield service_settings(kafka_bootstrap, database_url, topic_prefix, app_login)
+    _delete_topics(kafka_bootstrap, topic_prefix)
+
+
+def service_settings(
+    kafka_bootstrap: str,
+    database_url: str,
+    topic_prefix: str,
+    app_login: tuple[str, str],
+    **overrides: Any,
+) -> Settings:
+    """The tests' settings: the real services, `topic_prefix`'s topics and group, the database,
+    the app login and the session's signing key (plus `overrides`)."""
     from budget_ledger.ledger.settings import load_settings, prefixed_names
     from tests.integration.support import TEST_SIGNING
 
-    yield load_settings(
+    return load_settings(
         kafka_bootstrap=kafka_bootstrap,
         database_url=database_url,
         # The processes log in as ledger_app, not as the owner. (No chain key here: the bench's
@@ -198,8 +225,8 @@ def settings(  # type: ignore[no-untyped-def]
         session_timeout_ms=6_000,
         # The session's own signing key: the helpers sign privileged commands with it.
         **TEST_SIGNING,
+        **overrides,
     )
-    _delete_topics(kafka_bootstrap, topic_prefix)
 
 
 def _delete_topics(bootstrap: str, prefix: str) -> None:

@@ -22,16 +22,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from psycopg import sql
 
 from budget_ledger.entrypoints.api.app import create_app
 from budget_ledger.entrypoints.api.keys import create_key, revoke_key
 from budget_ledger.ledger.db import pool as make_pool
-from budget_ledger.ledger.settings import Settings, load_settings, prefixed_names
+from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections.api_reads import tenant_session
-from tests.conftest import _delete_topics, _drop_database, _with_database, as_login
+from tests.conftest import _delete_topics, cloned_database, service_settings
 from tests.integration.support import (
-    TEST_SIGNING,
     cli,
     ledger_count,
     produce,
@@ -69,31 +67,13 @@ class World:
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    name = f"ledger_api_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template_database)
-            )
-        )
-    url = _with_database(pg_admin_dsn, name)
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    settings = load_settings(
-        kafka_bootstrap=kafka_bootstrap,
-        database_url=url,
-        app_database_url=as_login(url, *app_login),
-        **prefixed_names(prefix),
-        topic_partitions=4,
-        batch_max_ms=20,
-        session_timeout_ms=6_000,
-        currencies=CURRENCIES,
-        **TEST_SIGNING,
-    )
-    try:
-        yield _fill(settings)
-    finally:
-        _delete_topics(kafka_bootstrap, prefix)
-        _drop_database(pg_admin_dsn, name)
+    with cloned_database(pg_admin_dsn, template_database) as url:
+        settings = service_settings(kafka_bootstrap, url, prefix, app_login, currencies=CURRENCIES)
+        try:
+            yield _fill(settings)
+        finally:
+            _delete_topics(kafka_bootstrap, prefix)
 
 
 def _fill(settings: Settings) -> World:

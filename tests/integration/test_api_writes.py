@@ -20,16 +20,15 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from psycopg import sql
 
 from budget_ledger.consumers.kafka_config import reader_config
 from budget_ledger.entrypoints.api.app import create_app
 from budget_ledger.entrypoints.api.auth import principal_of
 from budget_ledger.entrypoints.api.keys import create_key
-from budget_ledger.ledger.settings import Settings, load_settings, prefixed_names
+from budget_ledger.ledger.settings import Settings
 from budget_ledger.schemas.signing import KEY_ID_HEADER, PRINCIPAL_HEADER, TENANT_HEADER
-from tests.conftest import _delete_topics, _drop_database, _with_database, as_login
-from tests.integration.support import TEST_SIGNING, running_consumer, scalar, wait_for
+from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.integration.support import running_consumer, scalar, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,41 +47,24 @@ class World:
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    name = f"ledger_apiw_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template_database)
-            )
-        )
-    url = _with_database(pg_admin_dsn, name)
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    settings = load_settings(
-        kafka_bootstrap=kafka_bootstrap,
-        database_url=url,
-        app_database_url=as_login(url, *app_login),
-        **prefixed_names(prefix),
-        topic_partitions=4,
-        batch_max_ms=20,
-        session_timeout_ms=6_000,
-        **TEST_SIGNING,
-    )
-    keys: dict[str, str] = {}
-    with psycopg.connect(url) as conn:
-        for label, tenant, scopes, key_name in [
-            ("writer", "acme", ("read", "write"), "rules engine"),
-            ("reader", "acme", ("read",), "dashboard"),
-            ("operator", "acme", ("read", "write", "operator"), "finance ops"),
-            ("globex", "globex", ("read", "write"), "globex writer"),
-            ("platform", None, ("read", "write"), "back office"),
-        ]:
-            keys[label] = create_key(conn, tenant, scopes, key_name)[1]
-    try:
-        with running_consumer(settings, relay=False):
-            yield World(settings, keys)
-    finally:
-        _delete_topics(kafka_bootstrap, prefix)
-        _drop_database(pg_admin_dsn, name)
+    with cloned_database(pg_admin_dsn, template_database) as url:
+        settings = service_settings(kafka_bootstrap, url, prefix, app_login)
+        keys: dict[str, str] = {}
+        with psycopg.connect(url) as conn:
+            for label, tenant, scopes, key_name in [
+                ("writer", "acme", ("read", "write"), "rules engine"),
+                ("reader", "acme", ("read",), "dashboard"),
+                ("operator", "acme", ("read", "write", "operator"), "finance ops"),
+                ("globex", "globex", ("read", "write"), "globex writer"),
+                ("platform", None, ("read", "write"), "back office"),
+            ]:
+                keys[label] = create_key(conn, tenant, scopes, key_name)[1]
+        try:
+            with running_consumer(settings, relay=False):
+                yield World(settings, keys)
+        finally:
+            _delete_topics(kafka_bootstrap, prefix)
 
 
 @pytest.fixture(scope="module")
