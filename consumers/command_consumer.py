@@ -32,6 +32,7 @@ from budget_ledger.consumers.processor import (
     BatchContext,
     BatchOutput,
     BudgetKey,
+    DeadLetterRow,
     Incoming,
     MessageKey,
     PartitionState,
@@ -45,6 +46,7 @@ from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.db import connect, copy_rows
 from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.settings import Settings
+from budget_ledger.ledger.sql import load_queries
 from budget_ledger.projections import state_loading
 from budget_ledger.projections.store import prepare_session, upsert_projections
 
@@ -195,6 +197,11 @@ class CommandConsumer:
         upsert_projections(conn, out.balance_rows, out.reservation_rows)
         if out.outbox_rows:
             copy_rows(conn, store.queries()["copy_outbox"], out.outbox_rows)
+        # The alert history and dead-letter records, exactly once with the positions above.
+        if out.alert_rows:
+            copy_rows(conn, _queries()["copy_alerts"], out.alert_rows)
+        if out.dead_letter_rows:
+            _write_dead_letters(conn, out.dead_letter_rows)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -562,6 +569,22 @@ class CommandConsumer:
                 self._consumer.seek(TopicPartition(self.settings.topic_commands, p, positions[p]))
             except KafkaException as exc:
                 log.warning("seek_failed", partition=p, error=str(exc))
+
+
+@functools.cache
+def _queries() -> dict[str, str]:
+    return load_queries("budget_ledger.consumers")
+
+
+def _write_dead_letters(conn: psycopg.Connection, rows: list[DeadLetterRow]) -> None:
+    """Insert the batch's dead letters in one statement (they are rare: no COPY, and a repeated
+    command id must be skipped, which COPY cannot do)."""
+    columns = list(zip(*rows, strict=True))
+    names = ("tenants", "command_ids", "types", "classes", "reasons", "topics", "partitions",
+             "offsets")  # fmt: skip
+    conn.execute(
+        _queries()["insert_dead_letters"], dict(zip(names, map(list, columns), strict=True))
+    )
 
 
 def _load_counted(

@@ -40,6 +40,12 @@ PriorLookup = Callable[[list[CommandKey]], Mapping[CommandKey, PriorOutcome]]
 BudgetLoader = Callable[[list[BudgetKey]], Mapping[BudgetKey, BudgetState | ReplayFailed]]
 SettledLookup = Callable[[list[RefKey]], Mapping[RefKey, Reservation]]
 OutboxRow = tuple[str, bytes | None, bytes, str | None]
+# The `alerts` row of one alert (migration 012): tenant, budget, sequence, type, severity,
+# utilization_bp, threshold_bp, recorded_at, wire JSON.
+AlertRow = tuple[str, str, int, str, str, int, int, datetime, str]
+# The `dead_letters` row of a refused command whose ids could be read: tenant, command_id,
+# command type (None: unparsed), error class, reason, topic, partition, offset.
+DeadLetterRow = tuple[str, str, str | None, str, str, str, int, int]
 # (partition, offset) of one message.
 MessageKey = tuple[int, int]
 
@@ -104,6 +110,9 @@ class BatchOutput:
     balance_rows: list[BalanceRow] = field(default_factory=list)
     reservation_rows: list[ReservationRow] = field(default_factory=list)
     outbox_rows: list[OutboxRow] = field(default_factory=list)
+    # Written in the same transaction as the ledger rows and positions, so exactly once.
+    alert_rows: list[AlertRow] = field(default_factory=list)
+    dead_letter_rows: list[DeadLetterRow] = field(default_factory=list)
     # partition -> (expected stored position, new position)
     positions: dict[int, tuple[int, int]] = field(default_factory=dict)
     new_states: dict[int, dict[BudgetKey, BudgetState]] = field(default_factory=dict)
@@ -273,7 +282,13 @@ def process_batch(
             )  # fmt: skip
             if ctx.chain_key is not None:
                 row = (*row, event_mac(ctx.chain_key, event.hash), ctx.chain_key.key_id)
-            alerts = [(ctx.alerts_topic, msg.key, orjson.dumps(a), None) for a in done.alert_wires]
+            wires = [orjson.dumps(a) for a in done.alert_wires]
+            alerts = [(ctx.alerts_topic, msg.key, w, None) for w in wires]
+            alert_rows = [
+                (a.tenant_id, a.budget_id, a.sequence, a.type, a.severity, a.utilization_bp,
+                 a.threshold_bp, a.recorded_at, w.decode())
+                for a, w in zip(done.alerts, wires, strict=True)
+            ]  # fmt: skip
         except Exception as exc:  # a bug in the rules must not stop every other budget
             _reject(out, msg, ctx, INTERNAL_ERROR, _failure("decide this command", exc), command)
             continue
@@ -284,6 +299,7 @@ def process_batch(
         )
         out.ledger_rows.append(row)
         out.outbox_rows.extend(alerts)
+        out.alert_rows.extend(alert_rows)
         prior[ckey] = (fp, text)
         out.outcomes[(command.type, event.reason or "accepted")] += 1
 
@@ -403,10 +419,22 @@ def _reject(
 ) -> None:
     ids = (command.tenant_id, command.command_id) if command is not None else _raw_ids(msg)
     out.outbox_rows.append(_dead_letter(msg, ctx, error_class, reason, ids, check))
+    if ids is not None:
+        kind = command.type if command is not None else None
+        out.dead_letter_rows.append(
+            (_storable(ids[0]), _storable(ids[1]), kind, error_class,
+             _storable(reason[:MAX_REASON_CHARS]), ctx.topic, msg.partition, msg.offset)
+        )  # fmt: skip
     out.dead_letters += 1
     out.dead_letter_classes[error_class] += 1
     if command is not None:
         out.outcomes[(command.type, error_class)] += 1
+
+
+def _storable(text: str) -> str:
+    """`text` as Postgres text takes it (no U+0000, no lone surrogate): the dead letter of a
+    message refused for such a character must not be refused for the same character."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def _raw_ids(msg: Incoming) -> tuple[str, str] | None:

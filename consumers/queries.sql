@@ -11,3 +11,20 @@ GROUP BY tenant_id, budget_id
 SELECT tenant_id, budget_id, period_start, config ->> 'period', config ->> 'timezone'
 FROM budget_balances
 WHERE opened AND config ->> 'period' <> 'rolling'
+
+-- name: copy_alerts
+-- The consumer's batch transaction (migration 012): one row per alert the rules raised.
+COPY alerts (tenant_id, budget_id, sequence, type, severity, utilization_bp, threshold_bp,
+             recorded_at, payload)
+FROM STDIN
+
+-- name: insert_dead_letters
+-- The consumer's batch transaction: one statement for the batch's dead letters. The first dead
+-- letter of a command id is kept; a repeat of that id (a client retry) adds nothing.
+INSERT INTO dead_letters (tenant_id, command_id, command_type, error_class, reason, kafka_topic,
+                          kafka_partition, kafka_offset, recorded_at)
+SELECT t, c, k, e, r, tp, p, o, now()
+FROM unnest(%(tenants)s::text[], %(command_ids)s::text[], %(types)s::text[],
+            %(classes)s::text[], %(reasons)s::text[], %(topics)s::text[],
+            %(partitions)s::int[], %(offsets)s::bigint[]) AS d(t, c, k, e, r, tp, p, o)
+ON CONFLICT (tenant_id, command_id) DO NOTHING

@@ -20,8 +20,9 @@ CREATE TABLE alerts (
     sequence       bigint      NOT NULL,
     type           text        NOT NULL,
     severity       text        NOT NULL,
-    utilization_bp bigint      NOT NULL,
-    threshold_bp   bigint      NOT NULL,
+    -- numeric: utilization has no upper bound (a limit lowered below what is committed, 002).
+    utilization_bp numeric     NOT NULL,
+    threshold_bp   numeric     NOT NULL,
     recorded_at    timestamptz NOT NULL,
     payload        jsonb       NOT NULL,
     PRIMARY KEY (tenant_id, budget_id, sequence, type)

@@ -206,3 +206,26 @@ def test_an_oversized_message_is_cut_on_arrival_and_dead_lettered_with_its_size(
     assert fields["truncated"] == "true"
     assert fields["original_size"] == str(len(huge))
     assert str(len(huge)) in fields["reason"]
+
+
+def test_alerts_and_dead_letters_become_rows_of_the_batch() -> None:
+    out = _run([
+        _msg(0, OPEN),
+        _msg(1, FUND),
+        _msg(2, _cmd("c3", "reserve", amount="8.00", currency="USD", ref_id="r1")),
+        _msg(3, b"{nope", key=b"t:b"),  # no ids: on the DLQ topic only
+        _msg(4, b'{"tenant_id": "t", "command_id": "c\\u0000x"}', key=b"t:b"),
+        _msg(5, {**FUND, "amount": "99.00"}),  # c2 again, another payload
+    ])  # fmt: skip
+    (alert,) = out.alert_rows
+    assert alert[:7] == ("t", "b", 3, "soft_cap_exceeded", "warning", 8000, 8000)
+    wire = orjson.loads(alert[8])
+    (on_topic,) = [v for t, _k, v, _h in out.outbox_rows if t == "alerts"]
+    assert wire == orjson.loads(on_topic) and wire["sequence"] == 3
+    assert alert[7] == NOW
+    rows = [(r[0], r[1], r[2], r[3], r[5], r[6], r[7]) for r in out.dead_letter_rows]
+    assert rows == [
+        ("t", "c\ufffdx", None, "schema", "cmd", 0, 4),  # a NUL Postgres would refuse is replaced
+        ("t", "c2", "fund", "idempotency_conflict", "cmd", 0, 5),
+    ]
+    assert len(_dlq(out)) == 3
