@@ -15,6 +15,7 @@ from budget_ledger.entrypoints import (
     projection_commands,
     publish_commands,
     reader_commands,
+    report_commands,
     setup_commands,
     worker_commands,
 )
@@ -62,6 +63,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     reader_commands.add_ledger,
     key_commands.add_keys,
     serve.add_serve,
+    report_commands.add_report,
 )
 
 

@@ -222,3 +222,77 @@ class ValidationProblem(BaseModel):
     """Invalid input, as FastAPI reports it: a list of errors, each with `loc`, `msg`, `type`."""
 
     detail: list[dict[str, Any]]
+
+
+# --- reports (entrypoints/api/reports.py; rendered by entrypoints/report_render.py) -------------
+
+
+class ReportBalancesOut(BaseModel):
+    """Balances after the budget's last event before a time (sequence 0: none by then)."""
+
+    sequence: int
+    funded: Money
+    reserved: Money
+    charged: Money
+    available: Money
+    utilization_pct: str
+    recorded_at: str | None
+
+
+class ReportTypeOut(BaseModel):
+    """Events of one type: how many, and the sum of their `amount`."""
+
+    count: int
+    amount: Money
+
+
+class BudgetReportOut(BaseModel):
+    """One budget over [from, to): balances at both ends, events per type, refusals per reason,
+    the highest utilization after an event in the range (null: no event), alerts per type."""
+
+    tenant_id: str
+    budget_id: str
+    currency: str
+    from_: str = Field(alias="from")
+    to: str
+    opening: ReportBalancesOut
+    closing: ReportBalancesOut
+    event_count: int
+    events: dict[str, ReportTypeOut]
+    refusals: dict[str, int]
+    peak_utilization_pct: str | None
+    alerts_raised: dict[str, int]
+
+
+class ReportSumsOut(BaseModel):
+    """Balances summed over budgets."""
+
+    funded: Money
+    reserved: Money
+    charged: Money
+    available: Money
+
+
+class ReportTotalsOut(BaseModel):
+    """Sums over the tenant report's budgets of one currency."""
+
+    currency: str
+    budgets: int
+    opening: ReportSumsOut
+    closing: ReportSumsOut
+    event_count: int
+    events: dict[str, ReportTypeOut]
+    refusals: dict[str, int]
+    alerts_raised: dict[str, int]
+
+
+class TenantReportOut(BaseModel):
+    """Every budget of the tenant (that had an event before its range ended), then the totals
+    per currency. With `period`, `from` and `to` are null and each budget has its own range."""
+
+    tenant_id: str
+    from_: str | None = Field(alias="from")
+    to: str | None
+    period: str | None
+    budgets: list[BudgetReportOut]
+    totals: list[ReportTotalsOut]
