@@ -108,3 +108,28 @@ RETURNING key_id
 -- name: lookup_api_key
 SELECT key_id, tenant_id, name, scopes, secret_hash, revoked_at
 FROM ledger_api_key(%(key_id)s)
+
+-- ---------------------------------------------------------------------------------------------
+-- Alert history and dead-lettered commands (migration 012; projections/alert_reads.py).
+
+-- name: alert_page
+-- A tenant's alerts (optionally one budget's) recorded in [%(since)s, %(until)s), newest first,
+-- strictly after the keyset after_at, after_budget, after_seq, after_type (all NULL: the first
+-- page); index alerts_history, or alerts_budget_history with a budget.
+SELECT budget_id, sequence, type, recorded_at, payload::text
+FROM alerts
+WHERE tenant_id = %(tenant)s
+  AND (%(budget)s::text IS NULL OR budget_id = %(budget)s::text)
+  AND recorded_at >= %(since)s AND recorded_at < %(until)s
+  AND (%(after_at)s::timestamptz IS NULL
+       OR (recorded_at, budget_id, sequence, type)
+          < (%(after_at)s::timestamptz, %(after_budget)s::text, %(after_seq)s::bigint,
+             %(after_type)s::text))
+ORDER BY recorded_at DESC, budget_id DESC, sequence DESC, type DESC
+LIMIT %(limit)s
+
+-- name: dead_letter
+-- The dead letter of a command id (its first one), by the primary key.
+SELECT command_type, error_class, reason, recorded_at
+FROM dead_letters
+WHERE tenant_id = %(tenant)s AND command_id = %(command_id)s

@@ -11,7 +11,14 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 import budget_ledger
-from budget_ledger.entrypoints.api import budgets, commands, ledger, reports, writes
+from budget_ledger.entrypoints.api import (
+    alerts,
+    budgets,
+    commands,
+    ledger,
+    reports,
+    writes,
+)
 from budget_ledger.entrypoints.api.publisher import CommandPublisher
 from budget_ledger.ledger.db import pool as make_pool
 from budget_ledger.ledger.settings import Settings, load_settings
@@ -52,6 +59,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
     app.include_router(budgets.router)
     app.include_router(ledger.router)
     app.include_router(reports.router)
+    app.include_router(alerts.router)
     app.include_router(commands.router)
     app.include_router(writes.router)
     app.state.settings = settings

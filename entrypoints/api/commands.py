@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from budget_ledger.entrypoints.api.auth import ID_PATTERN, ReadSession, TenantId
-from budget_ledger.entrypoints.api.models import CommandOut, Problem
+from budget_ledger.entrypoints.api.models import CommandOut, DeadLetteredOut, Problem
+from budget_ledger.projections.alert_reads import DeadLetter, dead_letter
 from budget_ledger.projections.api_reads import command_outcome
+from budget_ledger.schemas.events import rfc3339_utc
 
 router = APIRouter(
     prefix="/v1/tenants/{tid}/commands",
@@ -22,14 +24,21 @@ router = APIRouter(
 CommandId = Annotated[str, Path(pattern=ID_PATTERN, description="The command's command_id")]
 
 
-@router.get("/{command_id}", response_model=CommandOut, summary="a command's outcome")
-def command(tid: TenantId, command_id: CommandId, conn: ReadSession) -> CommandOut:
-    """The ledger event the command produced (accepted or refused), else `pending`.
-
-    A dead-lettered command never reaches the ledger: it stays `pending` here (its reason is
-    on the DLQ topic; docs/api.md)."""
+@router.get(
+    "/{command_id}", response_model=CommandOut | DeadLetteredOut, summary="a command's outcome"
+)
+def command(
+    tid: TenantId, command_id: CommandId, conn: ReadSession
+) -> CommandOut | DeadLetteredOut:
+    """The ledger event the command produced (accepted or refused); else `dead_lettered` with
+    the reason when the ledger dead-lettered it; else `pending`."""
     outcome = command_outcome(conn, tid, command_id)
     if outcome is None:
+        # The ledger first: a command id dead-lettered once (e.g. a retry that reused it with
+        # another body) may also have its recorded event, and that is its outcome.
+        dead = dead_letter(conn, tid, command_id)
+        if dead is not None:
+            return dead_lettered(command_id, dead)
         return CommandOut(command_id=command_id, status="pending")
     return CommandOut(
         command_id=command_id,
@@ -38,4 +47,14 @@ def command(tid: TenantId, command_id: CommandId, conn: ReadSession) -> CommandO
         sequence=outcome.sequence,
         type=outcome.type,
         event=outcome.event,
+    )
+
+
+def dead_lettered(command_id: str, dead: DeadLetter) -> DeadLetteredOut:
+    """The answer for a dead-lettered command."""
+    return DeadLetteredOut(
+        command_id=command_id,
+        error_class=dead.error_class,
+        reason=dead.reason,
+        recorded_at=rfc3339_utc(dead.recorded_at),
     )

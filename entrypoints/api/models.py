@@ -185,7 +185,7 @@ class ReservationPage(BaseModel):
 
 class CommandOut(BaseModel):
     """A command's outcome: `recorded` with its ledger event (accepted or refused), or
-    `pending` (not in the ledger yet, or dead-lettered: see docs/api.md)."""
+    `pending` (not in the ledger yet; a dead-lettered command answers `DeadLetteredOut`)."""
 
     command_id: str
     status: Literal["recorded", "pending"]
@@ -193,6 +193,40 @@ class CommandOut(BaseModel):
     sequence: int | None = None
     type: str | None = None
     event: dict[str, Any] | None = Field(default=None, description="the event as on the wire")
+
+
+class DeadLetteredOut(BaseModel):
+    """The ledger dead-lettered the command (bad signature, idempotency conflict, invalid
+    message, ...): it never reached the ledger and never will under this command_id."""
+
+    command_id: str
+    status: Literal["dead_lettered"] = "dead_lettered"
+    error_class: str = Field(description="e.g. unauthorized, idempotency_conflict, schema")
+    reason: str
+    recorded_at: str = Field(description="when the consumer dead-lettered it (RFC 3339 UTC)")
+
+
+class AlertOut(BaseModel):
+    """One alert as on the alerts topic (its `recorded_at` is the time of the event that raised
+    it): percentages and money as decimal text."""
+
+    alert_id: str
+    type: str
+    severity: str
+    tenant_id: str
+    budget_id: str
+    utilization_pct: str
+    threshold: str
+    sequence: int
+    recorded_at: str
+    data: dict[str, Any]
+
+
+class AlertPageOut(BaseModel):
+    """Alerts newest first; pass `next_cursor` as `cursor` for older ones (null: no more)."""
+
+    alerts: list[AlertOut]
+    next_cursor: str | None
 
 
 class Problem(BaseModel):

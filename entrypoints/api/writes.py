@@ -30,8 +30,10 @@ from budget_ledger.consumers.client import (
 )
 from budget_ledger.entrypoints.api.auth import Caller, TenantId, principal_of, require_briefly
 from budget_ledger.entrypoints.api.budgets import BudgetId
+from budget_ledger.entrypoints.api.commands import dead_lettered
 from budget_ledger.entrypoints.api.models import (
     CommandOut,
+    DeadLetteredOut,
     Problem,
     RefusalOut,
     ValidationProblem,
@@ -40,6 +42,7 @@ from budget_ledger.entrypoints.api.models import (
 from budget_ledger.entrypoints.api.publisher import CommandPublisher, NotDelivered
 from budget_ledger.ledger.idempotency import fingerprint
 from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.alert_reads import DeadLetter, dead_letter
 from budget_ledger.projections.api_reads import CommandOutcome, command_outcome, tenant_session
 from budget_ledger.schemas.commands import (
     COMMAND_ADAPTER,
@@ -63,9 +66,11 @@ router = APIRouter(
         409: {"model": Problem, "description": "the Idempotency-Key was used with another body"},
         413: {"model": Problem, "description": "a body over 64 KiB"},
         422: {
-            "model": RefusalOut | ValidationProblem,
-            "description": "an invalid body or header (`detail` a list), or with `wait`: the "
-            "ledger refused the command (`reason`, `detail`, `event`)",
+            "model": RefusalOut | DeadLetteredOut | ValidationProblem,
+            "description": "an invalid body or header (`detail` a list); with `wait`: the "
+            "ledger refused the command (`reason`, `detail`, `event`); or the ledger "
+            "dead-lettered the command, now or earlier under this Idempotency-Key "
+            "(`status` dead_lettered, `error_class`, `reason`)",
         },
         503: {"model": Problem, "description": "Kafka or the database is unavailable"},
     },
@@ -171,14 +176,20 @@ def _signature(
         raise HTTPException(503, "this API has no signing key for privileged commands") from None
 
 
-def _recorded(pool: ConnectionPool, tenant_id: str, command_id: str) -> CommandOutcome | None:
+Outcome = CommandOutcome | DeadLetter
+
+
+def _recorded(pool: ConnectionPool, tenant_id: str, command_id: str) -> Outcome | None:
+    """The command's event in the ledger, else its dead letter (None: neither yet)."""
     with tenant_session(pool, tenant_id) as conn:
-        return command_outcome(conn, tenant_id, command_id)
+        return command_outcome(conn, tenant_id, command_id) or dead_letter(
+            conn, tenant_id, command_id
+        )
 
 
 async def _await_outcome(
     pool: ConnectionPool, tenant_id: str, command_id: str, seconds: float
-) -> CommandOutcome | None:
+) -> Outcome | None:
     """Poll the ledger for the command's outcome for up to `seconds` (None: not yet). Any API
     worker sees any outcome this way, and each poll holds a connection only for its query."""
     loop = asyncio.get_running_loop()
@@ -205,8 +216,11 @@ def _conflict(command_id: str) -> HTTPException:
     )
 
 
-def _settled(command_id: str, outcome: CommandOutcome, digest: str) -> JSONResponse:
-    """The answer for a recorded outcome: 200 applied, 422 refused, 409 another request's."""
+def _settled(command_id: str, outcome: Outcome, digest: str) -> JSONResponse:
+    """The answer for an outcome: 200 applied, 422 refused or dead-lettered, 409 another
+    request's."""
+    if isinstance(outcome, DeadLetter):
+        return JSONResponse(dead_lettered(command_id, outcome).model_dump(), status_code=422)
     if outcome.fingerprint != digest:
         raise _conflict(command_id)
     event = outcome.event
@@ -257,11 +271,12 @@ async def _write(
         raise _invalid(("body",), "json_invalid", f"invalid JSON: {exc}") from None
     command = _parse(raw, settings, kind)
     digest = fingerprint(command)
-    # A retry of a recorded command is answered from the ledger, a reused key refused, and
-    # neither is published again.
+    # A retry of a recorded command is answered from the ledger, a reused key refused, a
+    # dead-lettered key answered with its dead letter (the key is spent), and none is published
+    # again.
     prior = await run_in_threadpool(_recorded, pool, caller.tenant_id, command_id)
     if prior is not None:
-        if wait is None and prior.fingerprint == digest:
+        if wait is None and isinstance(prior, CommandOutcome) and prior.fingerprint == digest:
             return _accepted(command_id, "recorded")
         return _settled(command_id, prior, digest)
     headers = _signature(settings, caller, principal, command, raw)

@@ -405,15 +405,16 @@ def _headers_of(settings: Settings, command_id: str) -> dict[str, str]:
 def test_a_waiting_write_holds_no_pooled_connection(world: World) -> None:
     import threading
 
-    from pydantic import SecretStr
-
+    from budget_ledger.consumers.topics import create_topics
     from budget_ledger.ledger.db import pool as make_pool
 
-    # Signed with a key the ledger does not know: the consumer dead-letters the command, so
-    # the write waits the whole time and answers 202 pending.
+    # Published to a command topic no consumer reads: no outcome ever comes, so the write waits
+    # the whole time and answers 202 pending. (A dead-lettered command is answered at once:
+    # test_api_dead_letters.py.)
     rogue = world.settings.model_copy(
-        update={"signing_keys": {"rogue": SecretStr("r" * 64)}, "signing_key_id": "rogue"}
+        update={"topic_commands": f"{world.settings.topic_commands}-unread"}
     )
+    create_topics(rogue)
     pool = make_pool(world.settings.database_url, "ledger_reader", 1)
     try:
         with TestClient(create_app(rogue, pool=pool)) as c:
