@@ -64,6 +64,11 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
     app.include_router(writes.router)
     app.state.settings = settings
 
+    @app.get("/healthz", tags=["health"], summary="liveness and readiness (no key needed)")
+    def healthz() -> dict[str, str]:
+        """`{"status": "ok"}` once the app has started; reads nothing (a cheap probe)."""
+        return {"status": "ok"}
+
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:

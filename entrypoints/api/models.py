@@ -197,7 +197,7 @@ class CommandOut(BaseModel):
 
 class DeadLetteredOut(BaseModel):
     """The ledger dead-lettered the command (bad signature, idempotency conflict, invalid
-    message, ...): it never reached the ledger and never will under this command_id."""
+    message, ...): it did not reach the ledger; the API sends its Idempotency-Key no more."""
 
     command_id: str
     status: Literal["dead_lettered"] = "dead_lettered"

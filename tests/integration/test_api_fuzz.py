@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
@@ -191,3 +192,9 @@ def test_every_operation_conforms_to_the_openapi_document(
             except Exception as exc:  # every operation is fuzzed; all failures are reported
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_healthz_answers_without_a_key(fuzz_world: tuple[Settings, str]) -> None:
+    with TestClient(create_app(fuzz_world[0])) as client:
+        response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
