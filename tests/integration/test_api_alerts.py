@@ -129,7 +129,8 @@ def test_every_cap_crossing_is_in_the_history_newest_first(
         ]
     }
     soft = next(a for a in alerts if a["budget_id"] == "b00" and a["sequence"] == 3)
-    assert (soft["tenant_id"], soft["utilization_pct"], soft["threshold"]) == ("acme", "80.00", "80.00")
+    assert (soft["utilization_pct"], soft["threshold"]) == ("80.00", "80.00")
+    assert soft["tenant_id"] == "acme"
     # The same alert as its ledger event's time.
     event = _get(client, world, "/v1/tenants/acme/budgets/b00/ledger", limit=10).json()
     (reserved,) = [e for e in event["entries"] if e["sequence"] == 3]
