@@ -1,0 +1,31 @@
+"""Smoke run of the API load benchmark (`python -m bench.api_load`): a small database, a few
+seconds of load against `serve --workers 2`; every request answered 200. No timed assertions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import orjson
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_api_load_bench_smoke_run_answers_every_request(
+    pg_admin_dsn: str, kafka_bootstrap: str
+) -> None:
+    database = f"bench_api_load_{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "bench.api_load", "--json", "--budgets", "60", "--rate", "50",
+           "--duration", "2", "--warmup", "0.5", "--database", database]  # fmt: skip
+    env = {**os.environ, "LEDGER_DATABASE_URL": pg_admin_dsn,
+           "LEDGER_KAFKA_BOOTSTRAP": kafka_bootstrap}  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-4000:]
+    figures = orjson.loads(result.stdout.splitlines()[-1])
+    assert figures["requests"] == 100 and figures["ok"] == 100 and figures["errors"] == {}
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
