@@ -48,9 +48,10 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
     """Publish an audited `adjust` command (signed amount, reason) for one budget, signed as the
-    operator, and wait for the ledger's answer: exit 0 when applied (the new balances are
-    printed), 1 when refused or dead-lettered (the reason is printed), 2 when no answer came in
-    time. The ledger records the signed principal as the operator."""
+    operator, and wait for the ledger's answer (`--wait [SECONDS]`, the default): exit 0 when
+    applied (the new balances are printed), 1 when refused or dead-lettered (the reason is
+    printed), 2 when no answer came in time. The ledger records the signed principal as the
+    operator."""
     from budget_ledger.consumers.client import (
         LedgerClient,
         OutcomeTimeout,
@@ -72,9 +73,11 @@ def cmd_adjust(args: argparse.Namespace, settings: Settings) -> int:
         "reason": args.reason,
         "operator": signer.principal,
     }
+    # `--wait SECONDS` bounds the wait; a bare `--wait` (or none) waits up to --timeout.
+    timeout = args.wait_seconds if args.wait_seconds else args.timeout
     try:
         if args.wait:
-            return send_and_wait(settings, command, args.timeout, signer)
+            return send_and_wait(settings, command, timeout, signer)
         with LedgerClient(settings, signer=signer) as client:
             client.send(command, track=False)
             client.flush()
@@ -119,6 +122,13 @@ def _add_signing_arguments(p: argparse.ArgumentParser, flag: str) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("SECONDS must be > 0 and at most 3600")
+    return value
+
+
 def add_adjust(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `adjust`."""
     p = sub.add_parser(
@@ -130,7 +140,19 @@ def add_adjust(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--reason", required=True)
     p.add_argument("--command-id", default=None, help="idempotency key (default: a new UUID)")
     _add_signing_arguments(p, "--operator")
-    p.add_argument(
+    waiting = p.add_mutually_exclusive_group()
+    waiting.add_argument(
+        "--wait",
+        dest="wait_seconds",
+        nargs="?",
+        type=_seconds,
+        const=0.0,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait for the ledger's answer, at most SECONDS (default: --timeout); exit 1 with "
+        "the reason when it refuses or dead-letters the adjustment (the default)",
+    )
+    waiting.add_argument(
         "--no-wait",
         dest="wait",
         action="store_false",

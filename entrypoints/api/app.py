@@ -16,6 +16,7 @@ from budget_ledger.entrypoints.api import (
     budgets,
     commands,
     ledger,
+    reconcile,
     reports,
     writes,
 )
@@ -62,6 +63,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
     app.include_router(alerts.router)
     app.include_router(commands.router)
     app.include_router(writes.router)
+    app.include_router(reconcile.router)
     app.state.settings = settings
 
     @app.get("/healthz", tags=["health"], summary="liveness and readiness (no key needed)")

@@ -1,0 +1,198 @@
+"""`POST .../budgets/{bid}/reconcile` (operator) against a real ledger fed through Kafka, and
+`budget-ledger adjust --wait` (accepted 0; refused or dead-lettered 1, with the reason)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from budget_ledger.entrypoints.api.app import create_app
+from budget_ledger.entrypoints.api.keys import create_key
+from budget_ledger.ledger.settings import Settings
+from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.integration.support import (
+    cli,
+    fund,
+    ledger_count,
+    open_budget,
+    produce,
+    reserve,
+    running_consumer,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+A = "/v1/tenants/acme/budgets"
+
+
+@dataclass
+class World:
+    settings: Settings
+    keys: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def world(
+    kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
+) -> Iterator[World]:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    with cloned_database(pg_admin_dsn, template_database) as url:
+        settings = service_settings(kafka_bootstrap, url, prefix, app_login)
+        keys: dict[str, str] = {}
+        with psycopg.connect(url) as conn:
+            for label, tenant, scopes in [
+                ("operator", "acme", ("read", "operator")),
+                ("writer", "acme", ("read", "write")),
+                ("globex", "globex", ("read", "operator")),
+            ]:
+                keys[label] = create_key(conn, tenant, scopes, label)[1]
+        stream: list[dict[str, Any]] = []
+        for budget in ("clean", "tampered", "chain", "adjusted"):
+            stream += [
+                open_budget("acme", budget, f"{budget}-open"),
+                fund("acme", budget, f"{budget}-fund", "100.00"),
+                reserve("acme", budget, f"{budget}-r1", "30.00", "r1"),
+            ]
+        try:
+            with running_consumer(settings):
+                produce(settings, stream)
+                wait_for(lambda: ledger_count(url) == len(stream), what="the commands")
+                yield World(settings, keys)
+        finally:
+            _delete_topics(kafka_bootstrap, prefix)
+
+
+@pytest.fixture(scope="module")
+def client(world: World) -> Iterator[TestClient]:
+    with TestClient(create_app(world.settings)) as c:
+        yield c
+
+
+def _reconcile(client: TestClient, world: World, budget: str, key: str = "operator") -> Any:
+    auth = {"Authorization": f"Bearer {world.keys[key]}"}
+    return client.post(f"{A}/{budget}/reconcile", headers=auth)
+
+
+def test_a_clean_budget_has_no_drift(client: TestClient, world: World) -> None:
+    response = _reconcile(client, world, "clean")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "tenant_id": "acme",
+        "budget_id": "clean",
+        "events": 3,
+        "clean": True,
+        "chain": {"status": "ok", "sequence": None, "problem": None},
+        "mac_checked": False,
+        "drift": [],
+        "adjust": None,
+    }
+
+
+def test_a_tampered_balance_row_is_drift_with_the_fixing_adjust(
+    client: TestClient, world: World
+) -> None:
+    with psycopg.connect(world.settings.database_url) as conn:  # the owner
+        conn.execute(
+            "UPDATE budget_balances SET funded = 12500, available = 9500 "
+            "WHERE tenant_id = 'acme' AND budget_id = 'tampered'"
+        )
+        conn.execute(
+            "UPDATE reservations SET amount = 2000 "
+            "WHERE tenant_id = 'acme' AND budget_id = 'tampered' AND ref_id = 'r1'"
+        )
+    out = _reconcile(client, world, "tampered").json()
+    assert out["clean"] is False and out["chain"]["status"] == "ok"
+    drift = {(d["table"], d["key"], d["field"]): d for d in out["drift"]}
+    assert set(drift) == {
+        ("budget_balances", "tampered", "funded"),
+        ("budget_balances", "tampered", "available"),
+        ("reservations", "r1", "amount"),
+    }
+    funded = drift[("budget_balances", "tampered", "funded")]
+    assert (funded["expected"], funded["stored"], funded["difference"]) == (
+        "100.00",
+        "125.00",
+        "25.00",
+    )
+    amount = drift[("reservations", "r1", "amount")]
+    assert (amount["expected"], amount["stored"], amount["difference"]) == (
+        "30.00",
+        "20.00",
+        "-10.00",
+    )
+    assert out["adjust"] == {
+        "amount": "25.00",
+        "reason": "reconcile: funded drift, ledger 100.00, stored 125.00",
+    }
+
+
+def test_a_broken_chain_names_its_first_bad_link(client: TestClient, world: World) -> None:
+    with psycopg.connect(world.settings.database_url) as conn:
+        conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        conn.execute(
+            "UPDATE ledger SET event = jsonb_set(event, '{command_id}', '\"forged\"') "
+            "WHERE tenant_id = 'acme' AND budget_id = 'chain' AND sequence = 2"
+        )
+        conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+    out = _reconcile(client, world, "chain").json()
+    assert out["clean"] is False
+    assert out["chain"]["status"] == "broken" and out["chain"]["sequence"] == 2
+    assert out["chain"]["problem"]
+
+
+def test_reconcile_needs_the_operator_scope_and_a_known_budget(
+    client: TestClient, world: World
+) -> None:
+    forbidden = _reconcile(client, world, "clean", key="writer")
+    assert forbidden.status_code == 403 and "operator" in forbidden.json()["detail"]
+    assert _reconcile(client, world, "nope").status_code == 404
+    other = client.post(
+        "/v1/tenants/globex/budgets/clean/reconcile",
+        headers={"Authorization": f"Bearer {world.keys['operator']}"},
+    )
+    assert other.status_code == 403
+    # Globex's operator does not see acme's budget of the same name.
+    globex = client.post(
+        "/v1/tenants/globex/budgets/clean/reconcile",
+        headers={"Authorization": f"Bearer {world.keys['globex']}"},
+    )
+    assert globex.status_code == 404
+    assert client.post(f"{A}/clean/reconcile").status_code == 401
+
+
+# --- budget-ledger adjust --wait -----------------------------------------------------------------
+
+
+def _adjust(settings: Settings, amount: str, *extra: str) -> Any:
+    return cli(settings, "adjust", "--tenant", "acme", "--budget", "adjusted", "--amount", amount,
+               "--reason", "test", "--operator", "ops", *extra)  # fmt: skip
+
+
+def test_adjust_wait_exits_0_when_applied_and_1_with_the_reason_when_refused(
+    world: World,
+) -> None:
+    applied = _adjust(world.settings, "-10.00", "--wait", "20")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "budget_adjusted" in applied.stdout and "funded=90.00" in applied.stdout
+    # 90.00 funded: taking 200.00 away would make funded negative.
+    refused = _adjust(world.settings, "-200.00", "--wait")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "refused: negative_funds" in refused.stderr
+
+
+def test_adjust_wait_exits_1_with_the_reason_when_dead_lettered(world: World) -> None:
+    # Signed with a key the ledger does not hold: the consumer dead-letters it.
+    rogue = world.settings.model_copy(
+        update={"signing_keys": {"rogue": SecretStr("r" * 64)}, "signing_key_id": "rogue"}
+    )
+    dead = _adjust(rogue, "1.00", "--wait", "20")
+    assert dead.returncode == 1, dead.stdout + dead.stderr
+    assert "dead-lettered (unauthorized)" in dead.stderr
