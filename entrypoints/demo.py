@@ -2,6 +2,8 @@
 
 Opens a budget, funds it, reserves, charges part of one reward, releases another, is refused
 for lack of funds, and prints each outcome as the ledger published it, then the balance row.
+Then it makes a read key of the demo tenant, starts the HTTP API in the background
+(`demo_api.py`), checks a `curl` line against it and prints the URL, the key and that line.
 """
 
 from __future__ import annotations
@@ -53,14 +55,16 @@ def with_signing_key(settings: Settings) -> Settings:
     )
 
 
-def run_demo(settings: Settings) -> int:
+def run_demo(settings: Settings, api_port: int | None = 8080) -> int:
     """Run the scripted flow against the configured Kafka and Postgres; return an exit code.
-    Opening and funding the budget are privileged commands: the client signs them."""
+    Opening and funding the budget are privileged commands: the client signs them. With an
+    `api_port`, the API is then started in the background and shown (`demo_api.show_api`)."""
     # Imported here, not at the top: every `budget-ledger` start imports this module.
     from budget_ledger.consumers.client import LedgerClient
     from budget_ledger.consumers.command_consumer import CommandConsumer
     from budget_ledger.consumers.relay import Relay
     from budget_ledger.consumers.topics import create_topics
+    from budget_ledger.entrypoints.demo_api import show_api
     from budget_ledger.ledger.migrate import migrate
 
     settings = with_signing_key(settings)
@@ -109,6 +113,8 @@ def run_demo(settings: Settings) -> int:
             "balance projection (minor units): funded, reserved, charged, available, util%, seq ="
             f" {row}"
         )
+        if api_port is not None and not show_api(settings, tenant, budget, api_port):
+            return 1
         return _reconcile(settings, tenant, budget)
     finally:
         client.close()
@@ -118,11 +124,16 @@ def run_demo(settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """Run a narrated reserve/charge/release flow against the configured Kafka and Postgres."""
-    return run_demo(settings)
+    """Run a narrated reserve/charge/release flow against the configured Kafka and Postgres,
+    then start the HTTP API in the background and print a key and a curl line that works."""
+    return run_demo(settings, api_port=None if args.no_api else args.api_port)
 
 
 def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `demo`."""
     p = sub.add_parser("demo", help="run a narrated flow end to end", description=cmd_demo.__doc__)
+    p.add_argument("--no-api", action="store_true", help="do not start the HTTP API afterwards")
+    p.add_argument(
+        "--api-port", type=int, default=8080, help="the API's port (8080; a free one if taken)"
+    )
     p.set_defaults(handler=cmd_demo)
