@@ -43,7 +43,7 @@ _DEAD_LETTER_ONLY: Final = frozenset(
 REFUSAL_REASONS: Final[tuple[str, ...]] = tuple(
     r.value for r in Reason if r not in _DEAD_LETTER_ONLY
 )
-# Budgets per chunk of a tenant report: one page of list_budgets, three queries.
+# Budgets per chunk of a tenant report: one page of list_budgets, three queries per range.
 CHUNK: Final = 1000
 
 Range = tuple[datetime, datetime]
@@ -127,7 +127,7 @@ def budget_report(conn: psycopg.Connection, budget: BudgetView, since: datetime,
                   until: datetime) -> BudgetReport:  # fmt: skip
     """The report of one budget over `[since, until)`."""
     _check_range(since, until)
-    return _reports(conn, budget.tenant_id, [(budget, (since, until))], single=True)[0]
+    return _reports(conn, budget.tenant_id, [(budget, (since, until))])[0]
 
 
 def tenant_reports(
@@ -145,7 +145,7 @@ def tenant_reports(
         for _, (since, until) in ranged:
             _check_range(since, until)
         if ranged:
-            for report in _reports(conn, tenant_id, ranged, single=False):
+            for report in _reports(conn, tenant_id, ranged):
                 if report.closing.sequence:
                     yield report
         if last is None:
@@ -161,31 +161,25 @@ def _check_range(since: datetime, until: datetime) -> None:
 
 
 def _reports(
-    conn: psycopg.Connection,
-    tenant_id: str,
-    ranged: Sequence[tuple[BudgetView, Range]],
-    single: bool,
+    conn: psycopg.Connection, tenant_id: str, ranged: Sequence[tuple[BudgetView, Range]]
 ) -> list[BudgetReport]:
+    """The reports of `ranged`, in its order: three queries per distinct range among them."""
     q = queries()
-    params: dict[str, Any] = {
-        "tenant": tenant_id,
-        "budgets": [b.budget_id for b, _ in ranged],
-        "since": [r[0] for _, r in ranged],
-        "until": [r[1] for _, r in ranged],
-        "lo": min(r[0] for _, r in ranged),
-        "hi": max(r[1] for _, r in ranged),
-    }
     acc = {b.budget_id: _Acc() for b, _ in ranged}
-    for row in conn.execute(q["report_balances"], params):
-        a = acc[row[0]]
-        a.opening, a.closing = _balances(row[1:8]), _balances(row[8:15])
-    events_query = q["report_budget_events"] if single else q["report_events"]
-    if single:
-        params["budget"] = ranged[0][0].budget_id
-    for budget_id, etype, reason, count, amount, peak in conn.execute(events_query, params):
-        acc[budget_id].add(etype, reason, count, int(amount), peak)
-    for budget_id, atype, count in conn.execute(q["report_alerts"], params):
-        acc[budget_id].alerts[atype] = acc[budget_id].alerts.get(atype, 0) + count
+    groups: dict[Range, list[str]] = {}
+    for b, r in ranged:
+        groups.setdefault(r, []).append(b.budget_id)
+    for (since, until), budgets in groups.items():
+        params = {"tenant": tenant_id, "budgets": budgets, "since": since, "until": until}
+        for row in conn.execute(q["report_balances"], params):
+            a = acc[row[0]]
+            a.opening, a.closing = _balances(row[1:8]), _balances(row[8:15])
+        for budget_id, etype, reason, count, amount, peak in conn.execute(
+            q["report_events"], params
+        ):
+            acc[budget_id].add(etype, reason, count, int(amount), peak)
+        for budget_id, atype, count in conn.execute(q["report_alerts"], params):
+            acc[budget_id].alerts[atype] = acc[budget_id].alerts.get(atype, 0) + count
     return [acc[b.budget_id].report(b, since, until) for b, (since, until) in ranged]
 
 

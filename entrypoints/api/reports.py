@@ -17,6 +17,7 @@ from budget_ledger.entrypoints.api.auth import ReadSession, TenantId
 from budget_ledger.entrypoints.api.budgets import BudgetId, budget_or_404, in_utc
 from budget_ledger.entrypoints.api.models import BudgetReportOut, Problem, TenantReportOut
 from budget_ledger.entrypoints.report_render import (
+    coalesced,
     content_disposition,
     csv_chunks,
     csv_filename,
@@ -121,11 +122,11 @@ def tenant_report_endpoint(
     reports = tenant_reports(conn, tid, range_of)
     if format == "json":
         return StreamingResponse(
-            tenant_json_chunks(tid, spec, reports), media_type="application/json"
+            coalesced(tenant_json_chunks(tid, spec, reports)), media_type="application/json"
         )
     name = csv_filename(tid, None, spec)
     return StreamingResponse(
-        csv_chunks(reports),
+        coalesced(csv_chunks(reports)),
         media_type=CSV_TYPE,
         headers={"Content-Disposition": content_disposition(name)},
     )

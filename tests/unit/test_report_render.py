@@ -11,6 +11,7 @@ import pytest
 
 from budget_ledger.entrypoints.report_render import (
     CSV_COLUMNS,
+    coalesced,
     content_disposition,
     csv_chunks,
     csv_filename,
@@ -92,3 +93,11 @@ def test_file_names() -> None:
     header = content_disposition(csv_filename('ac"me/é', "b 1", spec))
     assert header.startswith('attachment; filename="ac_me__-b_1-20261101T000000Z-')
     assert "filename*=UTF-8''ac%22me%2F%C3%A9-b%201-" in header
+
+
+def test_streamed_pieces_are_coalesced_without_changing_the_bytes() -> None:
+    rows = [bytes([65 + i % 26]) * 700 for i in range(300)]
+    pieces = list(coalesced(iter(rows), size=64 * 1024))
+    assert b"".join(pieces) == b"".join(rows)
+    assert len(pieces) == 4 and all(len(p) >= 64 * 1024 for p in pieces[:-1])
+    assert list(coalesced(iter([]))) == []
