@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
+import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
@@ -100,7 +101,11 @@ def reconcile(request: Request, tid: TenantId, bid: BudgetId, caller: Operator) 
     opts = ReconcileOptions(
         tenant=tid, budget=bid, progress=False, role=settings.database_role, chain_keys=keys
     )
-    result = replay_all(settings.app_dsn(), opts)
+    try:
+        result = replay_all(settings.app_dsn(), opts)
+    except psycopg.errors.InsufficientPrivilege:
+        # A login that may not become the reconciler's role (e.g. an API-only reader login).
+        raise HTTPException(503, "this API may not run the reconciler's replay") from None
     broken = result.broken[0] if result.broken else None
     drifts = [_drift(d, budget.digits) for d in result.drifts]
     return ReconcileOut(

@@ -168,6 +168,14 @@ def test_reconcile_needs_the_operator_scope_and_a_known_budget(
     assert client.post(f"{A}/clean/reconcile").status_code == 401
 
 
+def test_an_api_that_may_not_become_the_reconciler_role_answers_503(world: World) -> None:
+    unable = world.settings.model_copy(update={"database_role": "pg_monitor"})
+    with TestClient(create_app(unable)) as c:
+        auth = {"Authorization": f"Bearer {world.keys['operator']}"}
+        response = c.post(f"{A}/clean/reconcile", headers=auth)
+    assert response.status_code == 503 and "reconciler" in response.json()["detail"]
+
+
 # --- budget-ledger adjust --wait -----------------------------------------------------------------
 
 
