@@ -222,7 +222,8 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 -- name: reconcile_legacy_seals_of
 -- The legacy seals of the given budgets (an incremental run's touched budgets).
 SELECT s.tenant_id, s.budget_id, s.sequence, s.hash, s.mac, s.mac_key_id
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
+FROM (SELECT e->>0 AS tenant_id, e->>1 AS budget_id
+      FROM json_array_elements(%(keys)s::json) AS e) AS t
 JOIN chain_legacy_seals s ON s.tenant_id = t.tenant_id AND s.budget_id = t.budget_id
 
 -- name: unkeyed_chain_heads
@@ -360,8 +361,9 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 -- reconcile_ledger_scan.
 SELECT l.tenant_id, l.budget_id, l.sequence, l.type, l.funded, l.reserved, l.charged,
        l.available, l.event::text, l.mac, l.mac_key_id
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(froms)s::bigint[],
-            %(bounds)s::timestamptz[]) AS t(tenant_id, budget_id, from_seq, bound)
+FROM (SELECT e->>0 AS tenant_id, e->>1 AS budget_id, (e->>2)::bigint AS from_seq,
+             (e->>3)::timestamptz AS bound
+      FROM json_array_elements(%(keys)s::json) AS e) AS t
 CROSS JOIN LATERAL (SELECT * FROM ledger
                     WHERE ledger.tenant_id = t.tenant_id AND ledger.budget_id = t.budget_id
                       AND ledger.sequence >= t.from_seq
@@ -374,21 +376,22 @@ SELECT b.tenant_id, b.budget_id, b.funded, b.reserved, b.charged, b.available,
        json_build_array(b.currency, b.opened, b.budget_limit, b.utilization_pct::text,
                         b.sequence, b.last_hash, b.period_start, b.config, b.digits,
                         b.above_soft, b.above_hard, b.cap_reached_alerted, b.snapshot_seq)::text
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[]) AS t(tenant_id, budget_id)
+FROM (SELECT e->>0 AS tenant_id, e->>1 AS budget_id
+      FROM json_array_elements(%(keys)s::json) AS e) AS t
 JOIN budget_balances b ON b.tenant_id = t.tenant_id AND b.budget_id = t.budget_id
 
 -- name: reconcile_reservations_of
 -- The reservation projection rows of the given budgets, same columns as reconcile_reservations:
--- all of them for the budgets replayed whole (%(whole)s true), only the open ones (the partial
--- index reservations_open_by_budget) for those replayed from their checkpoint's state, whose
--- settled rows were verified by the run that wrote it (the ones settled since come from
--- reconcile_reservations_by_ref).
+-- all of them for the budgets replayed whole (the fifth element of their key true), only the
+-- open ones (the partial index reservations_open_by_budget) for those replayed from their
+-- checkpoint's state, whose settled rows were verified by the run that wrote it (the ones
+-- settled since come from reconcile_reservations_by_ref).
 SELECT r.tenant_id, r.budget_id,
        json_build_array(r.ref_id, r.status, r.amount, r.charged,
                         to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                         r.command_id, r.created_seq, r.updated_seq)::text
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(whole)s::boolean[])
-     AS t(tenant_id, budget_id, whole)
+FROM (SELECT e->>0 AS tenant_id, e->>1 AS budget_id, (e->>4)::boolean AS whole
+      FROM json_array_elements(%(keys)s::json) AS e) AS t
 JOIN reservations r ON r.tenant_id = t.tenant_id AND r.budget_id = t.budget_id
 WHERE t.whole
 UNION ALL
@@ -396,8 +399,8 @@ SELECT r.tenant_id, r.budget_id,
        json_build_array(r.ref_id, r.status, r.amount, r.charged,
                         to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                         r.command_id, r.created_seq, r.updated_seq)::text
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(whole)s::boolean[])
-     AS t(tenant_id, budget_id, whole)
+FROM (SELECT e->>0 AS tenant_id, e->>1 AS budget_id, (e->>4)::boolean AS whole
+      FROM json_array_elements(%(keys)s::json) AS e) AS t
 JOIN reservations r ON r.tenant_id = t.tenant_id AND r.budget_id = t.budget_id
                    AND r.status = 'reserved'
 WHERE NOT t.whole
@@ -409,8 +412,8 @@ SELECT r.tenant_id, r.budget_id,
        json_build_array(r.ref_id, r.status, r.amount, r.charged,
                         to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                         r.command_id, r.created_seq, r.updated_seq)::text
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(refs)s::text[])
-     AS k(tenant_id, budget_id, ref_id)
+FROM (SELECT e->>0 AS tenant_id, e->>1 AS budget_id, e->>2 AS ref_id
+      FROM json_array_elements(%(keys)s::json) AS e) AS k
 JOIN reservations r
   ON r.tenant_id = k.tenant_id AND r.budget_id = k.budget_id AND r.ref_id = k.ref_id
 WHERE r.status <> 'reserved'

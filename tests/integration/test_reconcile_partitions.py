@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import orjson
 import psycopg
 import pytest
 import structlog
@@ -150,10 +151,13 @@ def test_the_bounded_reads_touch_only_the_partitions_from_the_checkpoint_on(ledg
         q = queries()
         head = [r[0] for r in conn.execute(_EXPLAIN + q["reconcile_touched_since"], params)]
         seq = _checkpoint(url, HOT)
-        events = [r[0] for r in conn.execute(
-            _EXPLAIN + q["reconcile_events_of"],
-            {"tenants": [HOT[0]], "budgets": [HOT[1]], "froms": [seq],
-             "bounds": [cp_at - MARGIN]})]  # fmt: skip
+        events = [
+            r[0]
+            for r in conn.execute(
+                _EXPLAIN + q["reconcile_events_of"],
+                {"keys": orjson.dumps([[*HOT, seq, cp_at - MARGIN, False]]).decode()},
+            )
+        ]
     # The head probe is the backward scan (the candidates' scan reads every month here: `since`).
     for ran, text in (
         (_executed(head, "Scan Backward"), head),
@@ -163,8 +167,11 @@ def test_the_bounded_reads_touch_only_the_partitions_from_the_checkpoint_on(ledg
         assert ran.get(_name(_month(1))) is True, "\n".join(text)
     # Without a bound (no checkpoint time): this month's partition is read, as before.
     with psycopg.connect(url) as conn:
-        plan = [r[0] for r in conn.execute(
-            _EXPLAIN + queries()["reconcile_events_of"],
-            {"tenants": [HOT[0]], "budgets": [HOT[1]], "froms": [1],
-             "bounds": [None]})]  # fmt: skip
+        plan = [
+            r[0]
+            for r in conn.execute(
+                _EXPLAIN + queries()["reconcile_events_of"],
+                {"keys": orjson.dumps([[*HOT, 1, None, True]]).decode()},
+            )
+        ]
     assert _executed(plan, "Scan").get(_name(_month(0))) is True, "\n".join(plan)
