@@ -2,7 +2,8 @@
 
 Who may do what on the ledger's topics (docs/security.md, "Kafka: transport and ACLs"):
 the ledger service reads commands and writes events, alerts and dead letters; upstream services
-write commands and read outcomes; alert subscribers read alerts. Everything else is refused by
+write commands and read outcomes; the HTTP API (`serve`) writes commands only (it learns outcomes
+from Postgres); alert subscribers read alerts. Everything else is refused by
 the broker (`allow.everyone.if.no.acl.found=false`), so a grant missing here is an
 authorization error, never a silent widening.
 """
@@ -40,6 +41,7 @@ class Principals:
     ledger: str = "User:ledger"
     upstreams: tuple[str, ...] = ("User:rules-engine", "User:reward-service")
     alert_readers: tuple[str, ...] = ("User:alerts-reader",)
+    apis: tuple[str, ...] = ("User:ledger-api",)
 
 
 @dataclass(frozen=True, order=True)
@@ -102,6 +104,10 @@ def grants(settings: Settings, principals: Principals) -> list[Grant]:
         add(up, "topic", s.topic_dlq, "READ", "LedgerClient learns dead letters")
         add(up, "group", CLIENT_GROUP_PREFIX, "READ", "LedgerClient's listener", "prefixed")
         add(up, "group", _user(up), "READ", "their own consumer groups", "prefixed")
+    # The HTTP API publishes the writes' commands; `?wait=` and every read go to Postgres, so it
+    # reads no topic and joins no group.
+    for api in principals.apis:
+        add(api, "topic", s.topic_commands, "WRITE", "the API's writes (POST .../topup, ...)")
     # Alert subscribers: the alerts topic only.
     for reader in principals.alert_readers:
         add(reader, "topic", s.topic_alerts, "READ", "alerts")

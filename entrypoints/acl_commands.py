@@ -10,6 +10,7 @@ from budget_ledger.ledger.settings import Settings
 DEFAULT_LEDGER = "User:ledger"
 DEFAULT_UPSTREAMS = ("User:rules-engine", "User:reward-service")
 DEFAULT_ALERT_READERS = ("User:alerts-reader",)
+DEFAULT_APIS = ("User:ledger-api",)
 
 
 def _principal(value: str) -> str:
@@ -34,6 +35,7 @@ def cmd_acls_apply(args: argparse.Namespace, settings: Settings) -> int:
         ledger=args.ledger,
         upstreams=tuple(args.upstream or DEFAULT_UPSTREAMS),
         alert_readers=tuple(args.alerts_reader or DEFAULT_ALERT_READERS),
+        apis=tuple(args.api or DEFAULT_APIS),
     )
     try:
         table = grants(settings, principals)
@@ -80,6 +82,12 @@ def add_acls(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_principal,
         action="append",
         help=f"an alert subscriber's principal, repeatable (default {DEFAULT_ALERT_READERS[0]})",
+    )
+    p.add_argument(
+        "--api",
+        type=_principal,
+        action="append",
+        help=f"the HTTP API's principal (`serve`), repeatable (default {DEFAULT_APIS[0]})",
     )
     p.add_argument("--dry-run", action="store_true", help="print the grants table, change nothing")
     p.set_defaults(handler=cmd_acls_apply)

@@ -77,7 +77,7 @@ CLUSTER_HEAP_OPTS="${LEDGER_KAFKA_CLUSTER_HEAP_OPTS:--Xms128m -Xmx384m}"
 SECURE=0
 SECURE_PORT="${LEDGER_KAFKA_SECURE_PORT:-19192}"
 SECURE_HEAP_OPTS="${LEDGER_KAFKA_SECURE_HEAP_OPTS:--Xms128m -Xmx512m}"
-SECURE_USERS=(admin ledger rules-engine reward-service alerts-reader)
+SECURE_USERS=(admin ledger rules-engine reward-service alerts-reader ledger-api)
 SECURE_BROKER_CN="kafka-broker"
 
 set_paths() {
@@ -663,6 +663,7 @@ select_secure() {
     set_paths
     TLS_DIR="${STATE_DIR}/tls"
     USERS_FILE="${STATE_DIR}/users.env"
+    SCRAM_FILE="${STATE_DIR}/users.scram"
     CLIENT_PROPS="${STATE_DIR}/admin-client.properties"
 }
 
@@ -717,9 +718,39 @@ sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule require
 ssl.truststore.type=PEM
 ssl.truststore.location=${TLS_DIR}/ca.pem
 EOF
+    # A user added to SECURE_USERS after the storage was formatted (by an older checkout) gets
+    # its password here and its SCRAM credential once the broker runs (secure_add_users);
+    # users.scram lists the users the storage has.
+    local known=()
+    for u in "${SECURE_USERS[@]}"; do
+        if [[ -n "$(user_password "$u")" ]]; then known+=("$u"); continue; fi
+        printf '%s=%s\n' "$(user_var "$u")" "$(openssl rand -hex 24)" >>"$USERS_FILE"
+        log "dev password of ${u} added to ${USERS_FILE}"
+    done
+    if [[ ! -f "${DATA_DIR}/meta.properties" ]]; then
+        printf '%s\n' "${SECURE_USERS[@]}" >"$SCRAM_FILE"  # the format below adds them all
+    elif [[ ! -s "$SCRAM_FILE" ]]; then
+        printf '%s\n' "${known[@]}" >"$SCRAM_FILE"
+    fi
     FORMAT_ARGS=()
     for u in "${SECURE_USERS[@]}"; do
         FORMAT_ARGS+=(--add-scram "SCRAM-SHA-512=[name=${u},password=$(user_password "$u")]")
+    done
+}
+
+# The SCRAM credentials of users the running broker's storage does not have yet (as admin).
+secure_add_users() {
+    local u
+    for u in "${SECURE_USERS[@]}"; do
+        grep -qx -- "$u" "$SCRAM_FILE" 2>/dev/null && continue
+        log "adding the SCRAM user ${u} to the secure node"
+        timeout 60 "$JAVA" -Xmx128m -XX:TieredStopAtLevel=1 -Xshare:auto \
+            -Dlog4j2.configurationFile="${TOOLS_LOG4J_CONF}" -cp "${KAFKA_LIBS}/*" \
+            kafka.admin.ConfigCommand --bootstrap-server "$BOOTSTRAP" \
+            --command-config "$CLIENT_PROPS" --alter --entity-type users --entity-name "$u" \
+            --add-config "SCRAM-SHA-512=[password=$(user_password "$u")]" >/dev/null \
+            || die "could not add the SCRAM user ${u}"
+        printf '%s\n' "$u" >>"$SCRAM_FILE"
     done
 }
 
@@ -744,6 +775,7 @@ cmd_secure() {
             secure_prepare
             launch_broker >/dev/null
             [[ $LAUNCHED -eq 1 ]] && wait_broker
+            secure_add_users
             secure_env
             ;;
         stop) cmd_stop ;;

@@ -47,7 +47,7 @@ from tests.integration.support import running_consumer
 
 pytestmark = pytest.mark.integration
 
-USERS = ("admin", "ledger", "rules-engine", "reward-service", "alerts-reader")
+USERS = ("admin", "ledger", "rules-engine", "reward-service", "alerts-reader", "ledger-api")
 
 
 def _passwords(kafka_secure: dict[str, str]) -> dict[str, str]:
@@ -204,6 +204,44 @@ def test_a_principal_without_a_grant_gets_an_authorization_error(
     )
     produced = _produce_error(reader, reader.topic_commands)
     assert produced is not None and produced.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_the_api_principal_publishes_the_writes_and_reads_no_topic(
+    principal: Callable[..., Settings],
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from budget_ledger.entrypoints.api.app import create_app
+    from budget_ledger.entrypoints.api.keys import create_key
+
+    admin, ledger, api = principal("admin"), principal("ledger"), principal("ledger-api")
+    apply_acls(admin, Principals())
+    with psycopg.connect(api.database_url) as conn:
+        key = create_key(conn, "acme", ("read", "write"), "secure api")[1]
+    budget = f"b-{uuid.uuid4().hex[:8]}"
+    with running_consumer(ledger, create=False), LedgerClient(ledger) as operator:
+        opened = operator.send({"type": "open_budget", "tenant_id": "acme", "budget_id": budget,
+                                "currency": "USD", "period": "rolling"})  # fmt: skip
+        assert operator.await_outcome(opened, 60).accepted
+        assert operator.await_outcome(operator.fund("acme", budget, "50.00", "USD"), 60).accepted
+        # The API, logged in to Kafka as ledger-api, publishes a reserve and waits for it.
+        with TestClient(create_app(api)) as client:
+            held = client.post(
+                f"/v1/tenants/acme/budgets/{budget}/reserve",
+                json={"amount": "20.00", "currency": "USD", "ref_id": "rw-1"},
+                headers={"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex},
+                params={"wait": 10},
+            )
+    assert held.status_code == 200, held.text
+    assert held.json()["type"] == "funds_reserved"
+    # Nothing else: no events written, no topic read.
+    produced = _produce_error(api, api.topic_events)
+    assert produced is not None and produced.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    read = _subscribe_error(api, api.topic_events, f"ledger-api-{uuid.uuid4().hex}")
+    assert read is not None and read.code() in (
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+    )
 
 
 def test_unknown_user_and_wrong_password_are_refused_by_the_broker(

@@ -197,6 +197,10 @@ def test_grants_table_gives_upstreams_commands_in_and_outcomes_out_only() -> Non
     }
     alerts = {(name, op) for p, name, op in topic_ops if p == "User:alerts-reader"}
     assert alerts == {("budget.alerts", "READ")}
+    # The HTTP API publishes commands and reads nothing from Kafka (nor joins a group).
+    api = {(name, op) for p, name, op in topic_ops if p == "User:ledger-api"}
+    assert api == {("budget.commands", "WRITE")}
+    assert not [g for g in table if g.principal == "User:ledger-api" and g.resource == "group"]
     ledger = {(name, op) for p, name, op in topic_ops if p == "User:ledger"}
     assert {("budget.commands", "READ"), ("budget.events", "WRITE")} <= ledger
     assert {("budget.alerts", "WRITE"), ("budget.commands.dlq", "WRITE")} <= ledger
@@ -207,12 +211,14 @@ def test_grants_table_gives_upstreams_commands_in_and_outcomes_out_only() -> Non
 def test_acls_apply_dry_run_prints_the_table_for_the_given_principals() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "budget_ledger.entrypoints.cli", "acls", "apply", "--dry-run",
-         "--upstream", "loyalty-bot", "--alerts-reader", "User:pager"],
+         "--upstream", "loyalty-bot", "--alerts-reader", "User:pager", "--api", "web-api"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "User:loyalty-bot\tWRITE\ttopic\tliteral\tbudget.commands" in result.stdout
     assert "User:pager\tREAD\ttopic\tliteral\tbudget.alerts" in result.stdout
+    assert "User:web-api\tWRITE\ttopic\tliteral\tbudget.commands" in result.stdout
+    assert "ledger-api" not in result.stdout
     assert "rules-engine" not in result.stdout
 
 
