@@ -327,7 +327,8 @@ def verify(phase: Phase, expected: int) -> tuple[list[str], dict[str, int]]:
     """Every command one event, gap-free sequences, no dead letters, reconcile clean (on a
     history database: of the workload's tenants only, the history is not re-read)."""
     problems: list[str] = []
-    tenants = [workload.budget_key(t)[0] for t in range(workload.TENANTS)]
+    space = phase.args.tenant_space
+    tenants = [workload.budget_key(t, space)[0] for t in range(workload.TENANTS)]
     with psycopg.connect(phase.database_url, autocommit=True) as conn:
         events = conn.execute(
             "SELECT count(*) FROM ledger WHERE tenant_id = ANY(%s)", (tenants,)
@@ -412,9 +413,12 @@ def run_phase(
         signing["signing_keys"][signing["signing_key_id"]].encode(),
         signing["signing_principal"],
     )
-    n_prep = workload.write(prep_file, workload.prepare(budgets, prefix), signer)
+    space = args.tenant_space
+    n_prep = workload.write(prep_file, workload.prepare(budgets, prefix, space), signer)
     n_all = workload.write(
-        timed_file, workload.mix(warmup + commands, budgets, prefix, seed=args.seed), signer
+        timed_file,
+        workload.mix(warmup + commands, budgets, prefix, seed=args.seed, space=space),
+        signer,
     )
     n_timed = n_all - warmup
     result = PhaseResult(mode, n_timed, budgets, consumers, batch_max_messages or 0, rate or None)
@@ -634,7 +638,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--use-database",
         default=None,
         help="run in this existing database, kept afterwards (a history too large to copy); "
-        "once per database: the workload's budgets then exist",
+        "once per database and --tenant-space: the workload's budgets then exist",
+    )
+    p.add_argument(
+        "--tenant-space",
+        default="",
+        help="prefix of the workload's tenant ids, so --use-database can run again on new budgets",
     )
     p.add_argument("--workdir", default=None, help="keep consumer logs and timings here")
     p.add_argument("--keep", action="store_true", help="keep the databases and topics")

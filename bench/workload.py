@@ -53,19 +53,20 @@ def headers_for(
     return signer.headers(key, value)
 
 
-def budget_key(b: int) -> tuple[str, str]:
-    """(tenant_id, budget_id) of budget number `b`."""
-    return f"tenant-{b % TENANTS}", f"budget-{b}"
+def budget_key(b: int, space: str = "") -> tuple[str, str]:
+    """(tenant_id, budget_id) of budget number `b`; `space` prefixes the tenant ids (a run in a
+    database where an earlier run's budgets already exist)."""
+    return f"{space}tenant-{b % TENANTS}", f"budget-{b}"
 
 
 def _money(minor: int) -> str:
     return f"{minor // 100}.{minor % 100:02d}"
 
 
-def prepare(budgets: int, prefix: str) -> Iterator[dict[str, Any]]:
+def prepare(budgets: int, prefix: str, space: str = "") -> Iterator[dict[str, Any]]:
     """Open and fund every budget (two commands per budget)."""
     for b in range(budgets):
-        tenant, budget = budget_key(b)
+        tenant, budget = budget_key(b, space)
         base = {"tenant_id": tenant, "budget_id": budget}
         yield {
             **base,
@@ -83,14 +84,16 @@ def prepare(budgets: int, prefix: str) -> Iterator[dict[str, Any]]:
         }
 
 
-def mix(n: int, budgets: int, prefix: str, seed: int = 6) -> Iterator[dict[str, Any]]:
+def mix(
+    n: int, budgets: int, prefix: str, seed: int = 6, space: str = ""
+) -> Iterator[dict[str, Any]]:
     """`n` commands: ~50% reserve, 30% charge, 15% release, 5% fund, with refusals."""
     rng = random.Random(seed)
     open_refs: list[list[tuple[str, int]]] = [[] for _ in range(budgets)]
     settled: list[list[str]] = [[] for _ in range(budgets)]
     for i in range(n):
         b = rng.randrange(budgets)
-        tenant, budget = budget_key(b)
+        tenant, budget = budget_key(b, space)
         cmd: dict[str, Any] = {
             "command_id": f"{prefix}c-{i}",
             "tenant_id": tenant,
