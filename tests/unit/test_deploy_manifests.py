@@ -82,7 +82,7 @@ def test_the_kustomization_applies_no_secret() -> None:
     assert "secret.example.yaml" not in KUSTOMIZATION["resources"]
     assert not KUSTOMIZATION.get("secretGenerator")
     assert [doc["metadata"]["name"] for doc in RESOURCES if doc["kind"] == "Secret"] == []
-    assert set(BY_COMMAND) == PROCESSES | {"migrate", "topics", "ledger"}
+    assert set(BY_COMMAND) == PROCESSES | {"migrate", "topics", "ledger", "serve"}
 
 
 def test_no_secret_in_a_configmap_or_a_literal_value() -> None:
@@ -137,11 +137,36 @@ def test_chain_and_signing_keys_go_only_where_they_are_used() -> None:
     assert SIGNING_KEY_ID not in BY_COMMAND["consume"]  # it verifies, it never signs
     for command in ("relay", "reconcile", "migrate", "topics"):
         assert not {SIGNING_KEYS, SIGNING_KEY_ID} & set(BY_COMMAND[command]), command
+    # The API signs its privileged writes with its own key, which the consumer accepts.
+    assert BY_COMMAND["serve"][SIGNING_KEYS] == ("budget-ledger-signing-api", SIGNING_KEYS)
+    assert not {CHAIN_KEYS, CHAIN_KEY_ID} & set(BY_COMMAND["serve"])
+    api_ids = json.loads(EXAMPLE_SECRETS["budget-ledger-signing-api"][SIGNING_KEYS])
+    assert set(api_ids) <= set(
+        json.loads(EXAMPLE_SECRETS["budget-ledger-signing-verify"][SIGNING_KEYS])
+    )
     # The consumer accepts the sweeper's key: same id in both example Secrets.
     sweeper_ids = json.loads(EXAMPLE_SECRETS["budget-ledger-signing-sweeper"][SIGNING_KEYS])
     assert set(sweeper_ids) <= set(
         json.loads(EXAMPLE_SECRETS["budget-ledger-signing-verify"][SIGNING_KEYS])
     )
+
+
+def test_the_api_logs_in_with_its_own_reader_login_only() -> None:
+    api = BY_COMMAND["serve"]
+    login = ("budget-ledger-api", "LEDGER_API_DATABASE_URL")
+    assert api["LEDGER_API_DATABASE_URL"] == login
+    # Its only database login: even the reconciler's replay (ledger_app) gets the reader login.
+    assert api[APP_URL] == login and OWNER_URL not in api
+    assert api["LEDGER_KAFKA_SASL_USERNAME"] == ("budget-ledger-api", "LEDGER_KAFKA_SASL_USERNAME")
+    assert EXAMPLE_SECRETS["budget-ledger-api"]["LEDGER_KAFKA_SASL_USERNAME"] == "ledger-api"
+    # Probed on GET /healthz (no key), and reachable through its Service.
+    deployment = next(d for d in RESOURCES if d["metadata"]["name"] == "budget-ledger-api")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    services = [d for d in RESOURCES if d["kind"] == "Service"]
+    assert [s["spec"]["selector"] for s in services] == [
+        {"app": "budget-ledger", "component": "api"}
+    ]
 
 
 def test_every_referenced_secret_key_is_documented_in_the_example() -> None:
@@ -178,6 +203,9 @@ def test_each_container_environment_is_valid_settings(
     if command == "consume":
         assert settings.chain_key() is not None and settings.signing_keys
     if command == "sweep":
+        assert settings.signing_key_id in settings.signing_keys
+    if command == "serve":
+        assert settings.api_dsn().startswith("postgresql://ledger_api:")
         assert settings.signing_key_id in settings.signing_keys
 
 
