@@ -73,3 +73,65 @@ def test_alerts_and_dead_letters_are_recorded_once(settings: Settings) -> None:
 
 def _outbox(settings: Settings) -> int:
     return int(scalar(settings.database_url, "SELECT count(*) FROM outbox"))
+
+
+def test_a_batch_committed_once_is_fenced_when_written_again(settings: Settings) -> None:
+    # The same messages decided twice (a zombie consumer that lost its partition, or a commit
+    # retried after it went through): the second write's positions no longer match, so the
+    # batch's alerts and dead letters are not written twice.
+    from budget_ledger.consumers.command_consumer import CommandConsumer
+    from budget_ledger.consumers.processor import Incoming, PartitionState, process_batch
+    from budget_ledger.ledger import store
+
+    with psycopg.connect(settings.database_url) as conn:
+        conn.execute(
+            "INSERT INTO consumer_positions (consumer_group, topic, partition, next_offset) "
+            "VALUES (%s, %s, 0, 0)",
+            (settings.consumer_group, settings.topic_commands),
+        )
+    consumer = CommandConsumer(settings)
+    commands = [
+        open_budget(T, B, "c1"),
+        fund(T, B, "c2", "100.00"),
+        reserve(T, B, "c3", "90.00", "r1"),
+        fund(T, B, "c4", "1.00"),  # unsigned: dead-lettered
+    ]
+    messages = [
+        Incoming(0, i, f"{T}:{B}".encode(), orjson.dumps(c), headers=_signed(settings, c))
+        for i, c in enumerate(commands)
+    ]
+    conn = consumer._db()
+    try:
+        # Both decided before either commits: the second is the zombie's (or the retry's) copy.
+        first, second = (
+            process_batch(
+                messages,
+                {0: PartitionState(next_offset=0)},
+                consumer.ctx,
+                lookup_prior=lambda keys: store.lookup_prior(conn, keys),
+                load_budgets=lambda keys: store.load_budgets(conn, keys),
+            )
+            for _ in range(2)
+        )
+        assert len(first.alert_rows) == 1 and len(first.dead_letter_rows) == 1
+        assert [r[:7] for r in second.alert_rows] == [r[:7] for r in first.alert_rows]
+        consumer._commit_batch(first, conn)
+        with pytest.raises(store.Fenced):
+            consumer._commit_batch(second, conn)
+    finally:
+        conn.close()
+    counts = _rows(
+        settings,
+        "SELECT (SELECT count(*) FROM ledger), (SELECT count(*) FROM alerts),"
+        " (SELECT count(*) FROM dead_letters)",
+    )
+    assert counts == [(3, 1, 1)]
+
+
+def _signed(settings: Settings, command: dict[str, object]) -> tuple[tuple[str, bytes | None], ...]:
+    from tests.integration.support import signed_headers
+
+    if command["command_id"] == "c4":
+        return ()
+    key = f"{command['tenant_id']}:{command['budget_id']}".encode()
+    return tuple(signed_headers(settings, key, orjson.dumps(command)) or ())
