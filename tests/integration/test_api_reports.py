@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -21,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import TypeAdapter
+from psycopg import sql
+from pydantic import SecretStr, TypeAdapter
 
 from budget_ledger.entrypoints.api.app import create_app
 from budget_ledger.entrypoints.api.keys import create_key
@@ -31,12 +35,14 @@ from budget_ledger.entrypoints.api.models import BudgetReportOut, TenantReportOu
 from budget_ledger.entrypoints.report_render import CSV_COLUMNS, report_json
 from budget_ledger.ledger.db import pool as make_pool
 from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.readers import create_reader
 from budget_ledger.projections.reports import REFUSAL_REASONS, current_period, tenant_reports
 from budget_ledger.schemas.events import ALERT_TYPES, EVENT_TYPES
 from budget_ledger.schemas.money import to_minor
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.conftest import _delete_topics, as_login, cloned_database, service_settings
 from tests.integration.support import (
     cli,
+    cli_env,
     ledger_count,
     produce,
     read_topic,
@@ -476,6 +482,31 @@ def test_the_cli_report_writes_what_the_api_answers(
     done = cli(world.settings, "report", "--tenant", "acme", "--period", "month")
     assert done.returncode == 0, done.stderr
     assert [b["budget_id"] for b in orjson.loads(done.stdout)["budgets"]] == ["m1", "ny", "r2"]
+
+
+def test_the_cli_report_as_a_tenant_reader_login_sees_its_tenant_only(
+    client: TestClient, world: World
+) -> None:
+    role, secret = f"reader_{uuid.uuid4().hex[:10]}", f"pw-{uuid.uuid4().hex}"
+    url = world.settings.database_url
+    with psycopg.connect(url) as conn:
+        create_reader(conn, "acme", role, SecretStr(secret))
+    try:
+        env = {**cli_env(world.settings), "LEDGER_DATABASE_URL": as_login(url, role, secret)}
+        base = [sys.executable, "-m", "budget_ledger.entrypoints.cli", "report"]
+        r = _range(world)
+        args = ["--budget", "m1", "--from", r["from"], "--to", r["to"]]
+        done = subprocess.run([*base, "--tenant", "acme", *args], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        api = _get(client, world, "/v1/tenants/acme/budgets/m1/report", **r).json()
+        assert orjson.loads(done.stdout) == api
+        other = subprocess.run([*base, "--tenant", "globex", *args], env=env,
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert other.returncode == 2 and "no budget 'm1' of tenant 'globex'" in other.stderr
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 @pytest.mark.parametrize(
