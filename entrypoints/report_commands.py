@@ -70,8 +70,6 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """Write a range report of one budget (--budget) or of every budget of the tenant."""
     import psycopg
 
-    from budget_ledger.ledger.db import DatabaseUnavailable
-
     range_spec(args)  # bad arguments fail before anything is opened
     target = None if args.output in (None, "-") else args.output
     partial = None if target is None else f"{target}.partial"
@@ -84,11 +82,13 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             if partial is not None:
                 out.close()
-    except (DatabaseUnavailable, psycopg.OperationalError) as exc:
-        raise database_unreachable(exc) from None
-    except BaseException:
+    except BaseException as exc:
         if partial is not None and os.path.exists(partial):
             os.unlink(partial)  # never leave half a report under the name asked for
+        if isinstance(exc, psycopg.OperationalError):  # DatabaseUnavailable too
+            raise database_unreachable(exc) from None
+        if isinstance(exc, OSError):
+            raise CliError(f"cannot write the report to {target or 'stdout'}: {exc}") from None
         raise
     if target is not None and partial is not None:
         os.replace(partial, target)

@@ -527,3 +527,10 @@ def test_the_cli_report_refuses_bad_arguments_with_exit_2(
     done = cli(world.settings, "report", "--tenant", "acme", *args, "-o", str(out))
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert not out.exists() and not (tmp_path / "never.json.partial").exists()
+
+
+def test_the_cli_report_says_when_it_cannot_write_the_file(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "r.csv"
+    done = cli(world.settings, "report", "--tenant", "acme", "--period", "week", "-o", str(out))
+    assert done.returncode == 2 and "cannot write the report to" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
