@@ -20,6 +20,7 @@ from budget_ledger.entrypoints.api import (
     reports,
     writes,
 )
+from budget_ledger.entrypoints.api.models import Problem
 from budget_ledger.entrypoints.api.publisher import CommandPublisher
 from budget_ledger.ledger.db import pool as make_pool
 from budget_ledger.ledger.settings import Settings, load_settings
@@ -56,6 +57,8 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
         version=budget_ledger.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Any endpoint that reads may meet the handler below: the document says so for all.
+        responses={503: {"model": Problem, "description": "the ledger database is unavailable"}},
     )
     app.include_router(budgets.router)
     app.include_router(ledger.router)
