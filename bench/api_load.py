@@ -28,11 +28,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import psycopg
 from psycopg import sql
 
+from bench.procstat import CpuSampler, descendants
 from bench.scaling import _with_db
 from bench.scaling import fill as scaling_fill
 
@@ -48,6 +50,7 @@ class Results:
     sent: int = 0
     elapsed: float = 0.0
     max_send_lag: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
 
     def error(self, what: str) -> None:
         """Count one failed request by its kind (an HTTP status or an exception name)."""
@@ -195,9 +198,12 @@ async def drive(
 
 
 def request_bytes(
-    keys: dict[str, str], targets: list[tuple[str, str]], n: int, seed: int
+    keys: dict[str, str], targets: list[tuple[str, str]], n: int, seed: int, healthz: bool = False
 ) -> list[bytes]:
-    """`n` requests for random budgets, each with its tenant's key (made before the clock runs)."""
+    """`n` requests for random budgets, each with its tenant's key (made before the clock runs);
+    with `healthz`, `GET /healthz` instead (no key, no query: the HTTP stack's own cost)."""
+    if healthz:
+        return [b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"] * n
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -229,6 +235,12 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
         **{f"{k}_ms": v for k, v in ms.items()},
         "max_ms": round(max(lat) * 1000, 2) if lat else None,
         "max_send_lag_ms": round(results.max_send_lag * 1000, 2),
+        # % of one core over the measured run: the API's processes, this client, PostgreSQL (all
+        # of its backends, other work's too), the whole machine, and what was neither.
+        "cpu_pct": results.cpu,
+        "api_cpu_ms_per_request": round(
+            10 * results.cpu.get("api", 0) * results.elapsed / max(1, len(lat)), 2
+        ),
     }
 
 
@@ -251,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the database afterwards")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    p.add_argument(
+        "--healthz", action="store_true", help="load GET /healthz instead (the HTTP stack alone)"
+    )
     args = p.parse_args(argv)
     args.load_before = round(os.getloadavg()[0], 2)
 
@@ -264,10 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_ready(port, server)
         if args.warmup > 0:
-            warm = request_bytes(keys, targets, int(args.rate * args.warmup), args.seed + 1)
+            warm = request_bytes(
+                keys, targets, int(args.rate * args.warmup), args.seed + 1, args.healthz
+            )
             asyncio.run(drive(port, warm, args.rate, args.warmup, args.connections, False))
-        load = request_bytes(keys, targets, int(args.rate * args.duration), args.seed)
+        load = request_bytes(keys, targets, int(args.rate * args.duration), args.seed, args.healthz)
+        settings = load_settings()
+        sampler = CpuSampler([], 0, urlsplit(settings.database_url).port or 5432)
+        sampler.add("api", descendants(server.pid))
+        sampler.add("client", [os.getpid()])
+        sampler.start()
         results = asyncio.run(drive(port, load, args.rate, args.duration, args.connections))
+        results.cpu = sampler.stop()
     finally:
         server.terminate()
         server.wait(30)
@@ -282,13 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(orjson.dumps(figures).decode())
     else:
+        what = "/healthz" if args.healthz else ".../utilization"
+        f = figures
         print(
-            f"GET .../utilization at {args.rate:g}/s for {args.duration:g} s, {args.budgets:,} "
-            f"budgets, serve --workers {args.workers}, {os.cpu_count()} cpus "
-            f"(load {args.load_before} before): p50 {figures['p50_ms']} ms, p90 "
-            f"{figures['p90_ms']} ms, p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms; "
-            f"achieved {figures['achieved_rate']}/s, {figures['ok']:,} ok of "
-            f"{figures['requests']:,}, errors {figures['errors'] or 'none'}"
+            f"GET {what} at {args.rate:g}/s for {args.duration:g} s, {args.budgets:,} budgets, "
+            f"serve --workers {args.workers}, {os.cpu_count()} cpus (load {args.load_before} "
+            f"before): p50 {f['p50_ms']} ms, p90 {f['p90_ms']} ms, p99 {f['p99_ms']} ms, max "
+            f"{f['max_ms']} ms; achieved {f['achieved_rate']}/s, {f['ok']:,} ok of "
+            f"{f['requests']:,}, errors {f['errors'] or 'none'}; CPU % of a core {f['cpu_pct']}, "
+            f"API {f['api_cpu_ms_per_request']} ms per request"
         )
     return 0 if not results.errors else 1
 

@@ -70,8 +70,9 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
     app.state.settings = settings
 
     @app.get("/healthz", tags=["health"], summary="liveness and readiness (no key needed)")
-    def healthz() -> dict[str, str]:
-        """`{"status": "ok"}` once the app has started; reads nothing (a cheap probe)."""
+    async def healthz() -> dict[str, str]:
+        """`{"status": "ok"}` once the app has started; reads nothing (a cheap probe; async: no
+        hop to the thread pool)."""
         return {"status": "ok"}
 
     @app.exception_handler(psycopg.OperationalError)
