@@ -18,6 +18,7 @@ import orjson
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from budget_ledger.ledger.db import connect
 from budget_ledger.ledger.evolve import config_from_data
 from budget_ledger.ledger.periods import period_end
 from budget_ledger.ledger.sql import load_queries
@@ -55,6 +56,18 @@ def tenant_session(pool: ConnectionPool, tenant_id: str) -> Iterator[psycopg.Con
     rows only, even to a query that forgets its tenant filter (what every API request runs)."""
     with read_transaction(pool) as conn:
         bind_tenant(conn, tenant_id)
+        yield conn
+
+
+@contextmanager
+def tenant_connection(dsn: str, role: str, tenant_id: str) -> Iterator[psycopg.Connection]:
+    """A connection of its own (never pooled), as `role`, bound to one tenant for its whole
+    life: for work that runs its own transactions, like the reconciler's replay."""
+    with connect(dsn, role=role) as conn:
+        # Session-wide (is_local false), which is why the connection is closed afterwards
+        # instead of going back to a pool.
+        conn.execute("SELECT set_config('ledger.tenant_id', %s, false)", (tenant_id,))
+        conn.commit()
         yield conn
 
 

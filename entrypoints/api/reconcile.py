@@ -1,13 +1,12 @@
 """`POST /v1/tenants/{tid}/budgets/{bid}/reconcile` (operator): replay one budget from the
-ledger with the reconciler's own code (projections.parallel.replay_all, one shard, this tenant
-and budget), and answer its drift per field, its chain status and, for a funded drift, the
-adjust that would fix it (not sent)."""
+ledger with the reconciler's own code (projections.shard.replay_shard, this tenant and budget,
+as the API's reader role bound to the tenant), and answer its drift per field, its chain
+status and, for a funded drift, the adjust that would fix it (not sent)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
-import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
@@ -15,10 +14,10 @@ from budget_ledger.entrypoints.api.auth import Caller, TenantId, require_briefly
 from budget_ledger.entrypoints.api.budgets import BudgetId
 from budget_ledger.entrypoints.api.models import Problem
 from budget_ledger.ledger.settings import Settings
-from budget_ledger.projections.api_reads import get_budget, tenant_session
+from budget_ledger.projections.api_reads import get_budget, tenant_connection, tenant_session
 from budget_ledger.projections.drift import Drift
-from budget_ledger.projections.parallel import replay_all
 from budget_ledger.projections.reconcile_options import ReconcileOptions
+from budget_ledger.projections.shard import replay_shard
 from budget_ledger.schemas.money import to_decimal_str
 
 router = APIRouter(
@@ -94,18 +93,12 @@ def reconcile(request: Request, tid: TenantId, bid: BudgetId, caller: Operator) 
         budget = get_budget(conn, tid, bid)
     if budget is None:
         raise HTTPException(404, "no such budget")
-    # The reconciler's role (ledger_app, as `budget-ledger reconcile` runs): the replay reads
-    # the checkpoint and legacy seal tables, on which the reader role has no right. The options
-    # name this tenant and budget only.
+    # The reconciler's own replay, as the API's reader role bound to this tenant (row-level
+    # security, migration 015): one shard, this tenant and budget only, read-only.
     keys = settings.chain_keyring()
-    opts = ReconcileOptions(
-        tenant=tid, budget=bid, progress=False, role=settings.database_role, chain_keys=keys
-    )
-    try:
-        result = replay_all(settings.app_dsn(), opts)
-    except psycopg.errors.InsufficientPrivilege:
-        # A login that may not become the reconciler's role (e.g. an API-only reader login).
-        raise HTTPException(503, "this API may not run the reconciler's replay") from None
+    opts = ReconcileOptions(tenant=tid, budget=bid, progress=False, chain_keys=keys)
+    with tenant_connection(settings.api_dsn(), settings.api_database_role, tid) as conn:
+        result = replay_shard(conn, opts)
     broken = result.broken[0] if result.broken else None
     drifts = [_drift(d, budget.digits) for d in result.drifts]
     return ReconcileOut(

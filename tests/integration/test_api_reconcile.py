@@ -11,12 +11,16 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg import sql
 from pydantic import SecretStr
 
 from budget_ledger.entrypoints.api.app import create_app
 from budget_ledger.entrypoints.api.keys import create_key
 from budget_ledger.ledger.settings import Settings
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from budget_ledger.projections.api_reads import tenant_connection
+from budget_ledger.projections.reconcile_options import ReconcileOptions
+from budget_ledger.projections.shard import replay_shard
+from tests.conftest import _delete_topics, as_login, cloned_database, service_settings
 from tests.integration.support import (
     cli,
     fund,
@@ -168,12 +172,35 @@ def test_reconcile_needs_the_operator_scope_and_a_known_budget(
     assert client.post(f"{A}/clean/reconcile").status_code == 401
 
 
-def test_an_api_that_may_not_become_the_reconciler_role_answers_503(world: World) -> None:
-    unable = world.settings.model_copy(update={"database_role": "pg_monitor"})
-    with TestClient(create_app(unable)) as c:
-        auth = {"Authorization": f"Bearer {world.keys['operator']}"}
-        response = c.post(f"{A}/clean/reconcile", headers=auth)
-    assert response.status_code == 503 and "reconciler" in response.json()["detail"]
+def test_an_api_whose_login_is_only_a_reader_reconciles_its_tenant_only(world: World) -> None:
+    # As deployed (deploy/k8s/api-deployment.yaml): the API's login is a member of
+    # ledger_reader and nothing else; the replay runs as that role under row-level security.
+    user, password = f"api_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    url = world.settings.database_url
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE ledger_reader").format(
+                sql.Identifier(user), sql.Literal(password)
+            )
+        )
+    try:
+        reader_url = as_login(url, user, password)
+        api = world.settings.model_copy(update={"api_database_url": SecretStr(reader_url)})
+        with TestClient(create_app(api)) as c:
+            auth = {"Authorization": f"Bearer {world.keys['operator']}"}
+            response = c.post(f"{A}/clean/reconcile", headers=auth)
+        assert response.status_code == 200, response.text
+        assert response.json()["clean"] is True and response.json()["events"] == 3
+        # The reconciler's queries, without any tenant or budget filter, bound to another
+        # tenant: none of acme's rows (ledger, projections, checkpoints) are seen.
+        with tenant_connection(reader_url, "ledger_reader", "globex") as conn:
+            seen = replay_shard(conn, ReconcileOptions(progress=False))
+        assert (seen.budgets, seen.events, seen.drifts) == (0, 0, [])
+        with tenant_connection(reader_url, "ledger_reader", "acme") as conn:
+            assert replay_shard(conn, ReconcileOptions(progress=False)).budgets == 4
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(user)))
 
 
 # --- budget-ledger adjust --wait -----------------------------------------------------------------
