@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from budget_ledger.entrypoints import (
     acl_commands,
+    deliver_commands,
     demo,
     key_commands,
     positions_commands,
@@ -55,6 +56,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     worker_commands.add_relay,
     positions_commands.add_positions,
     worker_commands.add_sweep,
+    deliver_commands.add_deliver,
     demo.add_demo,
     projection_commands.add_reconcile,
     projection_commands.add_rebuild,

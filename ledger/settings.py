@@ -111,6 +111,18 @@ class Settings(BaseSettings):
     # candidates (docs/reconciler.md).
     reconcile_margin_seconds: float = Field(default=3_600.0, ge=0, le=31_536_000)
 
+    # Webhooks (`budget-ledger deliver`, docs/webhooks.md). ALLOW_PRIVATE lets endpoints resolve
+    # to loopback/private addresses and use http:// to loopback: development and tests only.
+    webhook_allow_private: bool = False
+    webhook_group: str = Field(default="budget-ledger-webhooks", min_length=1, max_length=249)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # 8 attempts, backoff 30 s doubling up to 30 min with full jitter: at most ~1 h in all.
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    webhook_backoff_base_seconds: float = Field(default=30.0, gt=0, le=3_600)
+    webhook_backoff_max_seconds: float = Field(default=1_800.0, gt=0, le=86_400)
+    # An endpoint whose attempts all failed for this long is disabled (with an alert).
+    webhook_disable_after_seconds: float = Field(default=86_400.0, gt=0, le=31_536_000)
+
     # Signed privileged commands (schemas/signing.py, docs/security.md): the active HMAC keys,
     # key id -> secret, e.g. LEDGER_SIGNING_KEYS='{"k2026": "..."}'. The consumer accepts a
     # signature under any of them (rotation: add the new key, move signers, remove the old one);

@@ -18,6 +18,7 @@ from budget_ledger.entrypoints.api import (
     ledger,
     reconcile,
     reports,
+    webhooks,
     writes,
 )
 from budget_ledger.entrypoints.api.models import Problem
@@ -67,6 +68,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
     app.include_router(commands.router)
     app.include_router(writes.router)
     app.include_router(reconcile.router)
+    app.include_router(webhooks.router)
     app.state.settings = settings
 
     @app.get("/healthz", tags=["health"], summary="liveness and readiness (no key needed)")

@@ -330,3 +330,71 @@ class TenantReportOut(BaseModel):
     period: str | None
     budgets: list[BudgetReportOut]
     totals: list[ReportTotalsOut]
+
+
+# --- webhooks (entrypoints/api/webhooks.py, docs/webhooks.md) ------------------------------------
+
+
+class WebhookOut(BaseModel):
+    """A webhook endpoint (its signing secret is never shown again after creation)."""
+
+    id: str
+    url: str
+    alert_kinds: list[str] | None = Field(description="null: every kind")
+    budget_id: str | None = Field(description="null: every budget")
+    created_at: str
+    disabled_at: str | None
+    disabled_reason: str | None
+    failing_since: str | None = Field(description="first failed attempt since the last success")
+
+
+class WebhookCreated(WebhookOut):
+    """The new endpoint and its Standard Webhooks signing secret, shown this once."""
+
+    secret: str = Field(description="`whsec_<base64>`: verify `webhook-signature` with it")
+
+
+class WebhookList(BaseModel):
+    """The tenant's endpoints, oldest first."""
+
+    webhooks: list[WebhookOut]
+
+
+class WebhookAttemptOut(BaseModel):
+    """One HTTP attempt of a delivery (`status_code` null: no answer)."""
+
+    attempt: int
+    attempted_at: str
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One alert's delivery to the endpoint, with its attempts (oldest first)."""
+
+    id: int
+    alert_id: str = Field(description="the `webhook-id` header the receiver de-duplicates on")
+    alert_type: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: str | None = Field(description="when pending: the next attempt is due")
+    last_status: int | None
+    last_error: str | None
+    latency_ms: int | None
+    created_at: str
+    updated_at: str
+    log: list[WebhookAttemptOut]
+
+
+class WebhookDeliveryPage(BaseModel):
+    """Deliveries newest first; pass `next_cursor` as `cursor` for older ones (null: no more)."""
+
+    deliveries: list[WebhookDeliveryOut]
+    next_cursor: str | None
+
+
+class RedeliverOut(BaseModel):
+    """How many of the endpoint's alerts were queued again."""
+
+    queued: int
