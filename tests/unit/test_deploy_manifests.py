@@ -82,7 +82,7 @@ def test_the_kustomization_applies_no_secret() -> None:
     assert "secret.example.yaml" not in KUSTOMIZATION["resources"]
     assert not KUSTOMIZATION.get("secretGenerator")
     assert [doc["metadata"]["name"] for doc in RESOURCES if doc["kind"] == "Secret"] == []
-    assert set(BY_COMMAND) == PROCESSES | {"migrate", "topics", "ledger", "serve"}
+    assert set(BY_COMMAND) == PROCESSES | {"migrate", "topics", "ledger", "serve", "deliver"}
 
 
 def test_no_secret_in_a_configmap_or_a_literal_value() -> None:
