@@ -11,7 +11,11 @@ child processes:
 - throughput: `--commands` commands over `--budgets` budgets, produced unpaced;
 - baseline: the same consumer with one command per transaction (`--batch-max-messages 1`), on a
   smaller slice (`--baseline-commands`, budgets scaled to keep the same commands per budget);
-- latency: a fixed offered load (`--latency-rate` commands/s for `--latency-seconds`).
+- latency: a fixed offered load (`--latency-rate` commands/s for `--latency-seconds`);
+- peer: the old system's design on the same workload, no Kafka (`bench/peer.py`): one
+  transaction per command through `FOR UPDATE` stored functions, `--peer-clients` concurrent
+  clients (each count in its own fresh database, verified); `ratio_to_peer` = throughput / the
+  best of them (`--no-peer` skips it).
 
 Before each timed part, the budgets are opened and funded through the same consumers (not
 timed), so the consumers are warm. The workload is generated into a file first and produced by a
@@ -42,7 +46,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from bench import workload
+from bench import peer, workload
 from bench.procstat import CpuSampler, vm_hwm_kb
 from budget_ledger.consumers.timings import read_timings
 from budget_ledger.schemas.signing import Signer
@@ -82,8 +86,9 @@ def _with_db(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
-def create_database(admin_dsn: str, template: str | None = None) -> str:
-    """A new migrated database; with `template`, a copy of that (filled) database."""
+def create_database(admin_dsn: str, template: str | None = None, migrated: bool = True) -> str:
+    """A new migrated database (`migrated=False`: empty); with `template`, a copy of that
+    (filled) database."""
     from budget_ledger.ledger.migrate import migrate
 
     name = f"bench_{uuid.uuid4().hex[:10]}"
@@ -93,7 +98,8 @@ def create_database(admin_dsn: str, template: str | None = None) -> str:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(stmt)
     url = _with_db(admin_dsn, name)
-    migrate(url)
+    if migrated:
+        migrate(url)
     return url
 
 
@@ -572,6 +578,41 @@ def table(results: list[PhaseResult], baseline: PhaseResult | None) -> str:
     return "\n".join(lines)
 
 
+def run_peer(args: argparse.Namespace, workdir: Path) -> list[peer.PeerResult]:
+    """The peer phase: the old design at each of `--peer-clients`, each in a fresh database."""
+    commands = args.peer_commands if args.peer_commands is not None else min(args.commands, 200_000)
+    ports = (
+        int(args.kafka_bootstrap.rsplit(":", 1)[1]),
+        urlsplit(args.database_url).port or 5432,
+    )
+    out = []
+    for clients in args.peer_clients:
+        _say(
+            args,
+            f"[peer] {2 * args.budgets:,} preparation + {commands:,} timed commands, "
+            f"{args.budgets:,} budgets, {clients} clients, one transaction per command",
+        )
+        r = peer.run(
+            create=lambda: create_database(args.database_url, migrated=False),
+            drop=lambda url: drop_database(args.database_url, url),
+            clients=clients,
+            commands=commands,
+            budgets=args.budgets,
+            seed=args.seed,
+            workdir=workdir,
+            settle_seconds=args.settle_seconds,
+            ports=ports,
+        )
+        _say(
+            args,
+            f"[peer] {clients} clients: {r.commands_per_s:,.0f} commands/s over "
+            f"{r.seconds:.2f} s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms per call, "
+            f"verified={r.verified} {r.problems or ''}",
+        )
+        out.append(r)
+    return out
+
+
 def _say(args: argparse.Namespace, text: str) -> None:
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
@@ -615,6 +656,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="consumer batch size (default: the consumer's)",
     )
     p.add_argument("--skip-throughput", action="store_true", help="run only the other phases")
+    p.add_argument(
+        "--peer-clients",
+        type=int,
+        nargs="+",
+        default=[4, 8, 16],
+        help="client processes of the peer (the old design), one run each; the best is the peer",
+    )
+    p.add_argument(
+        "--peer-commands",
+        type=int,
+        default=None,
+        help="timed commands of the peer: the first N of the throughput phase's stream, same "
+        "budgets and seed (default: --commands, at most 200,000)",
+    )
+    p.add_argument("--no-peer", action="store_true", help="skip the peer phase")
     p.add_argument(
         "--latency-warmup-seconds",
         type=float,
@@ -677,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     results: list[PhaseResult] = []
     baseline: PhaseResult | None = None
+    peers: list[peer.PeerResult] = []
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -692,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.batch_max_messages,
                 )
             )
+        if not args.no_peer:
+            peers = run_peer(args, workdir)
         if args.baseline_commands > 0:
             per_budget = max(1.0, args.commands / max(1, args.budgets))
             b_budgets = max(1, round(args.baseline_commands / per_budget))
@@ -712,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=int(args.latency_rate * args.latency_warmup_seconds),
                 )
             )
-    verified = all(r.verified for r in results)
+    verified = all(r.verified for r in [*results, *peers])
     thr = next((r for r in results if r.mode == "throughput"), None)
     lat = next((r for r in results if r.mode == "latency"), None)
     ratio = (
@@ -720,8 +779,11 @@ def main(argv: list[str] | None = None) -> int:
         if thr and baseline and baseline.commands_per_s
         else None
     )
+    best_peer = peer.best(peers)
+    peer_ratio = thr.commands_per_s / best_peer.commands_per_s if thr and best_peer else None
     targets = {
         "throughput_20k": None if thr is None else thr.commands_per_s >= 20_000,
+        "ratio_5x_peer": None if peer_ratio is None else peer_ratio >= 5,
         "ratio_8x": None if ratio is None else ratio >= 8,
         "p99_under_50ms_at_5k": None
         if lat is None or args.latency_rate < 5_000
@@ -731,11 +793,14 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "verified": verified,
         "machine": info,
+        "ratio_to_peer": None if peer_ratio is None else round(peer_ratio, 2),
+        "peer_best_clients": None if best_peer is None else best_peer.clients,
         "ratio_to_baseline": None if ratio is None else round(ratio, 2),
         "baseline_note": "the baseline runs on a smaller slice (--baseline-commands) with budgets "
         "scaled to the same commands per budget; one command per transaction",
         "targets": targets,
         "phases": [asdict(r) for r in results],
+        "peer": [asdict(r) for r in peers],
         "wall_seconds": round(time.time() - started, 1),
     }
     if args.json:
@@ -747,6 +812,15 @@ def main(argv: list[str] | None = None) -> int:
             f"load average {info['load_average']} -> {info['load_average_end']}"
         )
         print(table(results, baseline))
+        if peers:
+            print()
+            print(peer.table(peers))
+            if peer_ratio is not None and thr and best_peer:
+                print(
+                    f"ratio_to_peer: {peer_ratio:.2f}x (throughput {thr.commands_per_s:,.0f}/s"
+                    f" / best peer {best_peer.commands_per_s:,.0f}/s at {best_peer.clients}"
+                    " clients)"
+                )
         if baseline:
             print(
                 f"baseline: one command per transaction, on {baseline.commands:,} commands "
@@ -760,6 +834,14 @@ def main(argv: list[str] | None = None) -> int:
                     + "; CPU us/command: "
                     + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu_us_per_command.items())
                 )
+        for pr in peers:
+            if pr.cpu:
+                print(
+                    f"CPU peer {pr.clients} clients (% of one core): "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in pr.cpu.items())
+                    + "; CPU us/command: "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in pr.cpu_us_per_command.items())
+                )
         print(
             "targets: "
             + ", ".join(
@@ -770,6 +852,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             for problem in r.problems:
                 print(f"VERIFICATION FAILED [{r.mode}]: {problem}")
+        for pr in peers:
+            for problem in pr.problems:
+                print(f"VERIFICATION FAILED [peer {pr.clients} clients]: {problem}")
         print("verified: " + ("yes" if verified else "NO"))
     return 0 if verified else 1
 
