@@ -157,7 +157,7 @@ def _step(w: _Writer, state: BudgetState, command: Command, now: datetime) -> Bu
          hashlib.sha256(event.command_id.encode()).hexdigest(), event.ref_id, event.currency,
          event.amount, event.funded, event.reserved, event.charged, event.available, w.topic,
          part, offset, orjson.dumps(wire).decode(), event.recorded_at, event.prev_hash,
-         event.hash)
+         event.hash, event.reason, event.utilization_bp)
     )  # fmt: skip
     ref = event.ref_id
     if ref is not None and event.type in ("reservation_charged", "reservation_released"):

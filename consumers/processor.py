@@ -278,7 +278,7 @@ def process_batch(
                 event.tenant_id, event.budget_id, event.sequence, event.type, event.command_id,
                 fp, event.ref_id, event.currency, event.amount, event.funded, event.reserved,
                 event.charged, event.available, ctx.topic, msg.partition, msg.offset, text,
-                event.recorded_at, event.prev_hash, event.hash,
+                event.recorded_at, event.prev_hash, event.hash, event.reason, event.utilization_bp,
             )  # fmt: skip
             if ctx.chain_key is not None:
                 row = (*row, event_mac(ctx.chain_key, event.hash), ctx.chain_key.key_id)

@@ -85,16 +85,20 @@ JOIN unnest(%(tenants)s::text[], %(budgets)s::text[]) AS b(tenant_id, budget_id)
 ORDER BY l.tenant_id, l.budget_id, l.sequence
 
 -- name: copy_ledger
+-- reason and utilization_bp (migration 014): the event's, as columns for the report's
+-- index-only scan (utilization_bp = the event's utilization_pct × 100).
 COPY ledger (tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id,
              currency, amount, funded, reserved, charged, available, kafka_topic,
-             kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash)
+             kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash, reason,
+             utilization_bp)
 FROM STDIN
 
 -- name: copy_ledger_mac
 -- copy_ledger with the keyed chain's columns (a consumer that holds LEDGER_CHAIN_KEY_ID).
 COPY ledger (tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id,
              currency, amount, funded, reserved, charged, available, kafka_topic,
-             kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash, mac, mac_key_id)
+             kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash, reason,
+             utilization_bp, mac, mac_key_id)
 FROM STDIN
 
 -- name: copy_outbox

@@ -49,7 +49,7 @@ ON CONFLICT (tenant_id, budget_id, ref_id) DO UPDATE SET
 -- budget whose rows arrive out of order. Run with max_parallel_workers_per_gather = 0: a Gather
 -- would interleave the rows of parallel workers. Shards split budgets by hash.
 SELECT tenant_id, budget_id, sequence, type, funded, reserved, charged, available, event::text,
-       mac, mac_key_id
+       mac, mac_key_id, reason, utilization_bp
 FROM ledger
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
@@ -59,7 +59,7 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 -- The fallback for one budget whose rows were not in sequence order physically (or repeated a
 -- sequence): its ledger rows by sequence, same columns as reconcile_ledger_scan.
 SELECT tenant_id, budget_id, sequence, type, funded, reserved, charged, available, event::text,
-       mac, mac_key_id
+       mac, mac_key_id, reason, utilization_bp
 FROM ledger
 WHERE tenant_id = %(tenant)s AND budget_id = %(budget)s
 ORDER BY sequence
@@ -360,7 +360,7 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 -- it), each budget's in sequence order (an index range scan per budget), same columns as
 -- reconcile_ledger_scan.
 SELECT l.tenant_id, l.budget_id, l.sequence, l.type, l.funded, l.reserved, l.charged,
-       l.available, l.event::text, l.mac, l.mac_key_id
+       l.available, l.event::text, l.mac, l.mac_key_id, l.reason, l.utilization_bp
 FROM (SELECT e->>0 AS tenant_id, e->>1 AS budget_id, (e->>2)::bigint AS from_seq,
              (e->>3)::timestamptz AS bound
       FROM json_array_elements(%(keys)s::json) AS e) AS t

@@ -2,9 +2,10 @@
 
 A `BudgetReplay` is fed the budget's ledger rows in physical order and applies them strictly in
 sequence order; each applied row's link is checked (sequence, `prev_hash`, the hash recomputed
-through `schemas.hashing.chain_hash`, the row's columns against the hashed event and the replayed
-balances). Only the first broken link of a budget is kept. An event that `evolve` cannot fold
-(an evolver raising) is a broken link of that budget, never the end of the whole replay.
+through `schemas.hashing.chain_hash`, the row's columns against the hashed event (type,
+`reason`, `utilization_bp`) and the replayed balances). Only the first broken link of a budget
+is kept. An event that `evolve` cannot fold (an evolver raising) is a broken link of that
+budget, never the end of the whole replay.
 
 A replay may start from a verified state at the budget's reconcile checkpoint
 (`BudgetReplay.start_at_checkpoint`, incremental runs): it is then fed the checkpointed row,
@@ -31,11 +32,14 @@ from budget_ledger.ledger.chain_mac import ChainKeyring, mac_problem, seal_verif
 from budget_ledger.ledger.history import fold
 from budget_ledger.ledger.state import compact
 from budget_ledger.projections.checkpoint_state import StateUnreadable, decode_state
+from budget_ledger.schemas.codec import pct_bp
 from budget_ledger.schemas.hashing import chain_hash
 
 # Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
 _SEQ, _TYPE, _FUNDED, _RESERVED, _CHARGED, _AVAILABLE, _BODY = 2, 3, 4, 5, 6, 7, 8
 _MAC, _MAC_KEY_ID = 9, 10
+# The report's columns (migration 014); both NULL in rows written before it.
+_REASON, _UTILIZATION_BP = 11, 12
 _BALANCE_SEQ = 10  # the sequence in `drift.balance_from_row`'s tuple
 # A budget whose rows arrive out of sequence order buffers them until the missing one arrives;
 # past this many buffered rows it stops buffering and is re-read in order at the end instead.
@@ -311,6 +315,26 @@ def _link_problem(
         return "hash mismatch: the event was altered after it was written"
     if d.get("sequence") != seq or d.get("type") != row[_TYPE]:
         return "row columns (sequence/type) differ from the hashed event"
+    reason, bp = row[_REASON], row[_UTILIZATION_BP]
+    if bp is not None or reason is not None:  # both NULL: a row written before migration 014
+        return _report_column_problem(d, reason, bp)
+    return None
+
+
+def _report_column_problem(d: dict[str, Any], reason: Any, bp: Any) -> str | None:
+    """The row's `reason` and `utilization_bp` columns against the hashed event (the report
+    reads the columns instead of the event when utilization_bp is not NULL)."""
+    if reason != d.get("reason"):
+        return f"column reason differs from the hashed event: {reason!r} ({d.get('reason')!r})"
+    try:
+        expected: int | None = pct_bp(d["utilization_pct"])
+    except (KeyError, ValueError, TypeError, AttributeError):
+        expected = None
+    if bp is None or bp != expected:
+        return (
+            f"column utilization_bp differs from the hashed event: {bp} "
+            f"(event utilization_pct {d.get('utilization_pct')!r})"
+        )
     return None
 
 

@@ -22,6 +22,7 @@ import psycopg
 from budget_ledger.ledger.reasons import Reason
 from budget_ledger.ledger.sql import load_queries
 from budget_ledger.projections.api_reads import BudgetView, list_budgets
+from budget_ledger.schemas.codec import pct_text
 from budget_ledger.schemas.events import ALERT_TYPES, EVENT_TYPES
 
 PERIODS: Final = ("today", "week", "month", "quarter", "year")
@@ -199,16 +200,15 @@ class _Acc:
     events: dict[str, TypeTotal] = field(default_factory=dict)
     refusals: dict[str, int] = field(default_factory=dict)
     alerts: dict[str, int] = field(default_factory=dict)
-    peak: Decimal | None = None
-    peak_text: str | None = None
+    peak_bp: Decimal | None = None
 
-    def add(self, etype: str, reason: str | None, count: int, amount: int, peak: str) -> None:
+    def add(self, etype: str, reason: str | None, count: int, amount: int, peak: Decimal) -> None:
         had = self.events.get(etype, TypeTotal())
         self.events[etype] = TypeTotal(had.count + count, had.amount + amount)
         if reason is not None:
             self.refusals[reason] = self.refusals.get(reason, 0) + count
-        if self.peak is None or Decimal(peak) > self.peak:
-            self.peak, self.peak_text = Decimal(peak), peak
+        if self.peak_bp is None or peak > self.peak_bp:
+            self.peak_bp = peak
 
     def report(self, budget: BudgetView, since: datetime, until: datetime) -> BudgetReport:
         return BudgetReport(
@@ -219,7 +219,7 @@ class _Acc:
             self.closing,
             complete(self.events, EVENT_TYPES, TypeTotal()),
             complete(self.refusals, REFUSAL_REASONS, 0),
-            self.peak_text,
+            None if self.peak_bp is None else pct_text(int(self.peak_bp)),
             complete(self.alerts, ALERT_TYPES, 0),
         )
 

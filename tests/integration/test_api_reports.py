@@ -260,6 +260,25 @@ def test_the_budget_report_equals_the_sums_over_the_events_topic(
     assert r2["closing"]["charged"] == "2500" and r2["refusals"]["insufficient_funds"] == 1
 
 
+def test_the_consumer_wrote_the_report_columns_of_each_event(world: World) -> None:
+    # Migration 014: the report reads reason and utilization_bp from the row (index-only scan);
+    # the consumer's COPY writes them equal to the event's JSON, refusals' reasons included.
+    url = world.settings.database_url
+    differ = scalar(
+        url,
+        "SELECT count(*) FROM ledger WHERE reason IS DISTINCT FROM event ->> 'reason'"
+        " OR utilization_bp IS DISTINCT FROM (event ->> 'utilization_pct')::numeric * 100",
+    )
+    assert differ == 0
+    reasons = scalar(
+        url,
+        "SELECT count(*) FROM ledger WHERE reason IS NOT NULL"
+        " AND type IN ('reservation_rejected', 'command_rejected')",
+    )
+    assert reasons == 3  # hard cap / insufficient funds, reservation_not_found, j2
+    assert scalar(url, "SELECT count(*) FROM ledger WHERE utilization_bp > 0") > 0
+
+
 def test_a_range_before_the_history_has_zero_balances_and_no_peak(
     client: TestClient, world: World
 ) -> None:

@@ -12,7 +12,6 @@ from psycopg import sql
 
 from bench.replay_bench import build_rows, command_stream
 from budget_ledger.entrypoints.cli import build_parser
-from budget_ledger.ledger import store
 from budget_ledger.ledger.db import copy_rows
 from budget_ledger.ledger.migrate import migrate
 from budget_ledger.ledger.settings import Settings
@@ -28,6 +27,12 @@ BALANCES_001 = (
     "COPY budget_balances (tenant_id, budget_id, currency, opened, funded, reserved, charged,"
     " available, budget_limit, utilization_pct, sequence, last_hash, period_start, config,"
     " updated_at) FROM STDIN"
+)
+# The consumer's ledger COPY before migration 014 added the report columns.
+LEDGER_001 = (
+    "COPY ledger (tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id,"
+    " currency, amount, funded, reserved, charged, available, kafka_topic, kafka_partition,"
+    " kafka_offset, event, recorded_at, prev_hash, hash) FROM STDIN"
 )
 
 
@@ -51,7 +56,7 @@ def _fill_001(url: str) -> dict[int, int]:
     last: dict[int, int] = {}
     with psycopg.connect(url) as conn:
         for out in build_rows(command_stream(1500, 30, 5), partitions=4, topic=TOPIC):
-            copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
+            copy_rows(conn, LEDGER_001, [row[:20] for row in out.ledger_rows])
             # One batch (1,500 < 5,000 commands): plain COPYs, in the 001 balance columns.
             copy_rows(conn, BALANCES_001, [row[:15] for row in out.balance_rows])
             copy_rows(conn, projection_queries()["copy_reservations"], out.reservation_rows)

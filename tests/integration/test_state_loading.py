@@ -49,6 +49,12 @@ BALANCES_006 = (
     " updated_at) FROM STDIN"
 )
 OLD_BUDGETS = 6
+# The consumer's ledger COPY before migration 014 added the report columns.
+LEDGER_001 = (
+    "COPY ledger (tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id,"
+    " currency, amount, funded, reserved, charged, available, kafka_topic, kafka_partition,"
+    " kafka_offset, event, recorded_at, prev_hash, hash) FROM STDIN"
+)
 
 
 @pytest.fixture
@@ -64,7 +70,7 @@ def upgraded(
     with psycopg.connect(url) as conn:
         # One batch (800 < 5,000 commands): plain COPYs, as the consumer of that time wrote.
         (out,) = build_rows(command_stream(800, OLD_BUDGETS, seed=3), partitions=2)
-        copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
+        copy_rows(conn, LEDGER_001, [row[:20] for row in out.ledger_rows])
         copy_rows(conn, BALANCES_006, [row[:15] for row in out.balance_rows])
         copy_rows(conn, projection_queries()["copy_reservations"], out.reservation_rows)
     migrate(url)

@@ -34,11 +34,11 @@ def plain() -> list[tuple[Any, ...]]:
 
 
 def _keyed(rows: list[tuple[Any, ...]], key: ChainKey = KEY) -> list[tuple[Any, ...]]:
-    return [(*r[:9], event_mac(key, r[9]), key.key_id) for r in rows]
+    return [(*r[:9], event_mac(key, r[9]), key.key_id, None, None) for r in rows]
 
 
 def _unkeyed(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    return [(*r[:9], None, None) for r in rows]
+    return [(*r[:9], None, None, None, None) for r in rows]
 
 
 def _replay(
@@ -82,7 +82,7 @@ def test_a_row_without_a_valid_mac_is_a_broken_link(
 ) -> None:
     rows = _keyed(plain)
     i = next(i for i, r in enumerate(rows) if r[2] == 5)
-    rows[i] = (*rows[i][:9], mac, key_id)
+    rows[i] = (*rows[i][:9], mac, key_id, None, None)
     broken = _broken(_replay(rows))
     assert list(broken) == [(rows[i][0], rows[i][1])]
     seq, text = broken[(rows[i][0], rows[i][1])]
@@ -105,14 +105,17 @@ def test_the_sealed_legacy_prefix_verifies_and_nothing_unkeyed_after_it(
 ) -> None:
     # Sequences 1-10 of every budget were written before the key, the rest with it.
     rows = [
-        (*r[:9], None, None) if r[2] <= 10 else (*r[:9], event_mac(KEY, r[9]), "k1") for r in plain
+        (*r[:9], None, None, None, None)
+        if r[2] <= 10
+        else (*r[:9], event_mac(KEY, r[9]), "k1", None, None)
+        for r in plain
     ]
     seals = _seals(plain, 10)
     assert _broken(_replay(rows)) != {}  # without seals the unkeyed prefix does not verify
     assert _broken(_replay(rows, seals)) == {}
     # An unkeyed row after the sealed prefix: broken.
     i = next(i for i, r in enumerate(rows) if r[2] == 11)
-    rows[i] = (*rows[i][:9], None, None)
+    rows[i] = (*rows[i][:9], None, None, None, None)
     assert _broken(_replay(rows, seals))[(rows[i][0], rows[i][1])] == (
         11,
         "mac missing: the row was not written by a holder of the chain key",

@@ -113,7 +113,7 @@ def _histories(n: int, budgets: int, seed: int) -> dict[Key, list[Row]]:
     for out in build_rows(command_stream(n, budgets, seed=seed), batch=97):
         for r in out.ledger_rows:
             rows[(r[0], r[1])].append(
-                (r[0], r[1], r[2], r[3], r[9], r[10], r[11], r[12], r[16], None, None)
+                (r[0], r[1], r[2], r[3], r[9], r[10], r[11], r[12], r[16], None, None, r[20], r[21])
             )
     return rows
 
@@ -171,7 +171,7 @@ def test_a_changed_checkpointed_row_falls_back_to_a_whole_replay(
     changed = list(rows[k - 1 :])
     body = orjson.loads(changed[0][8])
     body["hash"] = "0" * 64
-    changed[0] = (*changed[0][:8], orjson.dumps(body).decode(), None, None)
+    changed[0] = (*changed[0][:8], orjson.dumps(body).decode(), *changed[0][9:])
     resumed = _replay(key, changed, start)
     assert resumed.reread  # the shard re-reads the budget in order from its first event
 
@@ -200,7 +200,7 @@ def test_a_tampered_row_after_the_checkpoint_is_the_broken_link(
     tampered = list(rows[k - 1 :])
     body = orjson.loads(tampered[2][8])
     body["command_id"] = "forged"
-    tampered[2] = (*tampered[2][:8], orjson.dumps(body).decode(), None, None)
+    tampered[2] = (*tampered[2][:8], orjson.dumps(body).decode(), *tampered[2][9:])
     resumed = _replay(key, tampered, start)
     assert resumed.broken is not None and resumed.broken.sequence == k + 2
     assert "hash mismatch" in resumed.broken.problem
