@@ -191,36 +191,33 @@ class Deliverer:
                 worker.retire()
                 del self.workers[endpoint]
 
-    def _record(self, r: Result) -> None:
-        """Write one attempt, the delivery's new state and the endpoint's health."""
+    def _record(self, conn: psycopg.Connection, r: Result) -> str:
+        """Write one attempt, the delivery's new state and the endpoint's health (inside the
+        caller's transaction); return the delivery's new status."""
         job, q = r.job, self._q
         n = job.attempts + 1
         now = datetime.now(UTC)
         out = outcome(self.policy, n, r.status, r.final, r.retry_after, now)
-        conn = self._db()
-        with conn.transaction():
-            conn.execute(q["insert_attempt"], {
-                "delivery": job.delivery_id, "endpoint": job.endpoint_id, "tenant": job.tenant_id,
-                "alert": job.alert_id, "attempt": n, "at": r.attempted_at, "code": r.status,
-                "latency": r.latency_ms, "error": r.error,
-            })  # fmt: skip
-            conn.execute(q["update_delivery"], {
-                "delivery": job.delivery_id, "status": out.status, "attempt": n,
-                "next": out.next_attempt_at, "code": r.status, "error": r.error,
-                "latency": r.latency_ms, "generation": job.generation,
-            })  # fmt: skip
-            if out.status == "delivered":
-                conn.execute(q["endpoint_succeeded"], {"endpoint": job.endpoint_id})
-            else:
-                row = conn.execute(
-                    q["endpoint_failed"], {"endpoint": job.endpoint_id, "at": r.attempted_at}
-                ).fetchone()
-                limit = timedelta(seconds=self.settings.webhook_disable_after_seconds)
-                if row is not None and now - row[0] >= limit:
-                    self._disable(conn, job, now)
-        log.info("webhook_attempt", tenant_id=job.tenant_id, endpoint_id=job.endpoint_id,
-                 alert_id=job.alert_id, attempt=n, status_code=r.status, latency_ms=r.latency_ms,
-                 outcome=out.status, error=r.error)  # fmt: skip
+        conn.execute(q["insert_attempt"], {
+            "delivery": job.delivery_id, "endpoint": job.endpoint_id, "tenant": job.tenant_id,
+            "alert": job.alert_id, "attempt": n, "at": r.attempted_at, "code": r.status,
+            "latency": r.latency_ms, "error": r.error,
+        })  # fmt: skip
+        conn.execute(q["update_delivery"], {
+            "delivery": job.delivery_id, "status": out.status, "attempt": n,
+            "next": out.next_attempt_at, "code": r.status, "error": r.error,
+            "latency": r.latency_ms, "generation": job.generation,
+        })  # fmt: skip
+        if out.status == "delivered":
+            conn.execute(q["endpoint_succeeded"], {"endpoint": job.endpoint_id})
+        else:
+            row = conn.execute(
+                q["endpoint_failed"], {"endpoint": job.endpoint_id, "at": r.attempted_at}
+            ).fetchone()
+            limit = timedelta(seconds=self.settings.webhook_disable_after_seconds)
+            if row is not None and now - row[0] >= limit:
+                self._disable(conn, job, now)
+        return out.status
 
     def _disable(self, conn: psycopg.Connection, job: Job, now: datetime) -> None:
         reason = f"every attempt failed for {self.settings.webhook_disable_after_seconds:g} s"
@@ -238,19 +235,32 @@ class Deliverer:
                     failing_since=since.isoformat())  # fmt: skip
 
     def _drain_results(self) -> None:
+        """Write every finished attempt in one transaction (one commit, not one per attempt)."""
+        results: list[Result] = []
         while True:
             try:
-                r = self.results.get_nowait()
+                results.append(self.results.get_nowait())
             except queue.Empty:
-                return
-            try:
-                self._record(r)
-            finally:
+                break
+        if not results:
+            return
+        try:
+            conn = self._db()
+            with conn.transaction():
+                outcomes = [self._record(conn, r) for r in results]
+        finally:
+            # Written or not: a result not written leaves its row pending, so it is sent again.
+            for r in results:
                 self.inflight.discard(r.job.delivery_id)
                 worker = self.workers.get(r.job.endpoint_id)
                 if worker is not None:
                     worker.pending -= 1
                     worker.idle_since = time.monotonic()
+        for r, status in zip(results, outcomes, strict=True):
+            job = r.job
+            log.info("webhook_attempt", tenant_id=job.tenant_id, endpoint_id=job.endpoint_id,
+                     alert_id=job.alert_id, attempt=job.attempts + 1, status_code=r.status,
+                     latency_ms=r.latency_ms, outcome=status, error=r.error)  # fmt: skip
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -274,7 +284,10 @@ class Deliverer:
         dispatched_at = 0.0
         try:
             while not self.stop.is_set():
-                msgs = consumer.consume(num_messages=500, timeout=DISPATCH_INTERVAL_S / 2)
+                # Wait for the first message only; then take what else has arrived, without
+                # waiting (a batch consume waits out its timeout unless the batch fills).
+                first = consumer.poll(DISPATCH_INTERVAL_S / 2)
+                msgs = [] if first is None else [first, *consumer.consume(499, timeout=0)]
                 good = [m for m in msgs if not self._kafka_error(m)]
                 try:
                     if good:
