@@ -58,6 +58,10 @@ def alert_rows(messages: list[Message]) -> dict[str, list[Any]]:
             log.warning("alert_skipped", partition=msg.partition(), offset=msg.offset(),
                         error=str(exc))  # fmt: skip
             continue
+        if b"\\u0000" in (msg.value() or b""):  # valid JSON, but jsonb refuses it
+            log.warning("alert_skipped", partition=msg.partition(), offset=msg.offset(),
+                        error="a \\u0000 escape")  # fmt: skip
+            continue
         budget = alert.get("budget_id")
         cols["tenants"].append(tenant)
         cols["budgets"].append(budget if isinstance(budget, str) else None)
@@ -219,6 +223,19 @@ class Deliverer:
                 self._disable(conn, job, now)
         return out.status
 
+    def _record_one(self, conn: psycopg.Connection, r: Result) -> str | None:
+        """`_record` in a savepoint: a delivery deleted meanwhile (its endpoint was deleted)
+        or any other row Postgres refuses skips that result only (None)."""
+        try:
+            with conn.transaction():
+                return self._record(conn, r)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            log.warning("webhook_result_not_recorded", endpoint_id=r.job.endpoint_id,
+                        alert_id=r.job.alert_id, error=" ".join(str(exc).split()))  # fmt: skip
+            return None
+
     def _disable(self, conn: psycopg.Connection, job: Job, now: datetime) -> None:
         reason = f"every attempt failed for {self.settings.webhook_disable_after_seconds:g} s"
         row = conn.execute(
@@ -244,10 +261,12 @@ class Deliverer:
                 break
         if not results:
             return
+        outcomes: list[str | None] = []
         try:
             conn = self._db()
             with conn.transaction():
-                outcomes = [self._record(conn, r) for r in results]
+                for r in results:
+                    outcomes.append(self._record_one(conn, r))
         finally:
             # Written or not: a result not written leaves its row pending, so it is sent again.
             for r in results:

@@ -324,3 +324,16 @@ def test_redeliver_resends_with_the_same_webhook_id(world: World) -> None:
     assert scalar(world.settings.database_url,
                   "SELECT count(*) FROM webhook_deliveries WHERE alert_id = %(w)s",
                   {"w": wid}) == 1  # fmt: skip
+
+
+def test_deleting_an_endpoint_during_its_delivery_stops_nothing(world: World) -> None:
+    ep = world.register("acme", "/slow", budget_id="del")
+    publish(world.settings, [alert("acme", "del", 1)])
+    wait_for(lambda: len(world.rec.of("/slow")) == 1, timeout=30, what="the slow attempt")
+    r = world.client.delete(f"/v1/tenants/acme/webhooks/{ep['id']}", headers=world.auth("acme"))
+    assert r.status_code == 204  # while the receiver still holds the POST
+    time.sleep(2.0)  # its result arrives for a delivery that no longer exists
+    world.register("globex", "/ok", budget_id="after")
+    before = len(world.rec.of("/ok"))
+    publish(world.settings, [alert("globex", "after", 1)])
+    wait_for(lambda: len(world.rec.of("/ok")) == before + 1, timeout=30, what="the next alert")
