@@ -38,6 +38,9 @@ DISPATCH_INTERVAL_S = 0.1
 PER_ENDPOINT_QUEUE = 4  # deliveries handed to one endpoint's thread at a time
 DISPATCH_LIMIT = 500
 WORKER_IDLE_S = 60.0
+# Threads of one process (one per endpoint with work): bounds memory when thousands of endpoints
+# have work at once; an endpoint beyond it waits until a thread is free.
+MAX_WORKERS = 256
 DISABLED_ALERT = "webhook_endpoint_disabled"
 
 
@@ -179,6 +182,8 @@ class Deliverer:
         for did, endpoint, tenant, alert, payload, attempts, gen, url, secret in rows:
             worker = self.workers.get(endpoint)
             if worker is None:
+                if len(self.workers) >= MAX_WORKERS and not self._retire_one_idle():
+                    continue  # every thread is busy: this endpoint waits for the next turn
                 worker = EndpointWorker(
                     endpoint, self.results, self.settings.webhook_timeout_seconds,
                     self.settings.webhook_allow_private,
@@ -194,6 +199,15 @@ class Deliverer:
             if worker.pending == 0 and now - worker.idle_since > WORKER_IDLE_S:
                 worker.retire()
                 del self.workers[endpoint]
+
+    def _retire_one_idle(self) -> bool:
+        """Retire one thread with nothing to do (to make room under MAX_WORKERS)."""
+        for endpoint, worker in self.workers.items():
+            if worker.pending == 0:
+                worker.retire()
+                del self.workers[endpoint]
+                return True
+        return False
 
     def _record(self, conn: psycopg.Connection, r: Result) -> str:
         """Write one attempt, the delivery's new state and the endpoint's health (inside the
