@@ -30,35 +30,28 @@ LEFT JOIN LATERAL (
 ) c ON true
 
 -- name: report_events
--- Count and summed `amount` per (budget, type, refusal reason), and the highest utilization
--- (basis points) after any event recorded in the range. Only refusals (reservation_rejected,
--- command_rejected) carry a reason; the others are not looked into. Rows written since
--- migration 014 carry `reason` and `utilization_bp` as columns, which the covering index
--- ledger_budget_pages includes: `fast` reads them by an index-only scan (no heap, once the
--- visibility map is set by (auto)vacuum). Older rows (utilization_bp NULL) have them only in
--- the event JSON: `fast` only flags their groups, and the second branch, which runs only when
--- some flagged group exists (a one-time filter), aggregates those rows from the heap.
-WITH fast AS (
-    SELECT l.budget_id, l.type,
-           CASE WHEN l.type IN ('reservation_rejected', 'command_rejected')
-                THEN l.reason END AS reason,
-           l.utilization_bp IS NULL AS legacy,
-           count(*) AS n, coalesce(sum(l.amount), 0) AS amount, max(l.utilization_bp) AS peak
-    FROM ledger l
-    WHERE l.tenant_id = %(tenant)s AND l.budget_id = ANY(%(budgets)s::text[])
-      AND l.recorded_at >= %(since)s AND l.recorded_at < %(until)s
-    GROUP BY 1, 2, 3, 4
-)
-SELECT budget_id, type, reason, n, amount, peak FROM fast WHERE NOT legacy
-UNION ALL
-SELECT l.budget_id, l.type,
-       CASE WHEN l.type IN ('reservation_rejected', 'command_rejected')
-            THEN coalesce(l.reason, l.event ->> 'reason') END,
+-- Count and summed `amount` per (budget, type, reason), and the highest utilization (basis
+-- points) after any event recorded in the range (reports.py counts the reasons of refusals
+-- only). Rows written since migration 014 carry `reason` and `utilization_bp` as columns,
+-- which the covering index ledger_budget_pages includes: this query reads no heap page (an
+-- index-only scan, once the visibility map is set by (auto)vacuum). Older rows have them only
+-- in the event JSON (utilization_bp NULL): they come back as groups with `legacy` true and
+-- their budgets are counted again by report_events_legacy.
+SELECT l.budget_id, l.type, l.reason, l.utilization_bp IS NULL AS legacy,
+       count(*), coalesce(sum(l.amount), 0), max(l.utilization_bp)
+FROM ledger l
+WHERE l.tenant_id = %(tenant)s AND l.budget_id = ANY(%(budgets)s::text[])
+  AND l.recorded_at >= %(since)s AND l.recorded_at < %(until)s
+GROUP BY 1, 2, 3, 4
+
+-- name: report_events_legacy
+-- report_events over the rows written before migration 014 (utilization_bp NULL), from their
+-- event JSON (the heap: ~1 KB a row): only for budgets whose range holds such rows.
+SELECT l.budget_id, l.type, coalesce(l.reason, l.event ->> 'reason'),
        count(*), coalesce(sum(l.amount), 0),
        max(coalesce(l.utilization_bp, (l.event ->> 'utilization_pct')::numeric * 100))
 FROM ledger l
-WHERE (SELECT bool_or(legacy) FROM fast)
-  AND l.tenant_id = %(tenant)s AND l.budget_id = ANY(%(budgets)s::text[])
+WHERE l.tenant_id = %(tenant)s AND l.budget_id = ANY(%(budgets)s::text[])
   AND l.recorded_at >= %(since)s AND l.recorded_at < %(until)s
   AND l.utilization_bp IS NULL
 GROUP BY 1, 2, 3

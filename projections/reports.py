@@ -44,6 +44,8 @@ _DEAD_LETTER_ONLY: Final = frozenset(
 REFUSAL_REASONS: Final[tuple[str, ...]] = tuple(
     r.value for r in Reason if r not in _DEAD_LETTER_ONLY
 )
+# The event types whose reason a report counts (the others are not looked into).
+_REFUSALS: Final = frozenset({"reservation_rejected", "command_rejected"})
 # Budgets per chunk of a tenant report: one page of list_budgets, three queries per range.
 CHUNK: Final = 1000
 
@@ -164,7 +166,8 @@ def _check_range(since: datetime, until: datetime) -> None:
 def _reports(
     conn: psycopg.Connection, tenant_id: str, ranged: Sequence[tuple[BudgetView, Range]]
 ) -> list[BudgetReport]:
-    """The reports of `ranged`, in its order: three queries per distinct range among them."""
+    """The reports of `ranged`, in its order: three queries per distinct range among them (a
+    fourth when the range holds rows written before migration 014)."""
     q = queries()
     acc = {b.budget_id: _Acc() for b, _ in ranged}
     groups: dict[Range, list[str]] = {}
@@ -175,10 +178,20 @@ def _reports(
         for row in conn.execute(q["report_balances"], params):
             a = acc[row[0]]
             a.opening, a.closing = _balances(row[1:8]), _balances(row[8:15])
-        for budget_id, etype, reason, count, amount, peak in conn.execute(
+        legacy = set()
+        for budget_id, etype, reason, old, count, amount, peak in conn.execute(
             q["report_events"], params
         ):
-            acc[budget_id].add(etype, reason, count, int(amount), peak)
+            if old:  # rows from before migration 014: counted from their JSON below
+                legacy.add(budget_id)
+            else:
+                acc[budget_id].add(etype, reason, count, int(amount), peak)
+        if legacy:
+            slow = {**params, "budgets": sorted(legacy)}
+            for budget_id, etype, reason, count, amount, peak in conn.execute(
+                q["report_events_legacy"], slow
+            ):
+                acc[budget_id].add(etype, reason, count, int(amount), peak)
         for budget_id, atype, count in conn.execute(q["report_alerts"], params):
             acc[budget_id].alerts[atype] = acc[budget_id].alerts.get(atype, 0) + count
     return [acc[b.budget_id].report(b, since, until) for b, (since, until) in ranged]
@@ -205,7 +218,7 @@ class _Acc:
     def add(self, etype: str, reason: str | None, count: int, amount: int, peak: Decimal) -> None:
         had = self.events.get(etype, TypeTotal())
         self.events[etype] = TypeTotal(had.count + count, had.amount + amount)
-        if reason is not None:
+        if reason is not None and etype in _REFUSALS:
             self.refusals[reason] = self.refusals.get(reason, 0) + count
         if self.peak_bp is None or peak > self.peak_bp:
             self.peak_bp = peak

@@ -183,5 +183,4 @@ def test_the_report_reads_new_rows_by_an_index_only_scan(database_url: str) -> N
         plan = "\n".join(
             r[0] for r in conn.execute("EXPLAIN (ANALYZE) " + queries()["report_events"], params)
         )
-    assert "Index Only Scan" in plan, plan
-    assert "(never executed)" in plan, plan  # no row without the columns: no heap branch
+    assert "Index Only Scan" in plan and "Heap Fetches: 0" in plan, plan
