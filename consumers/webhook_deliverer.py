@@ -41,6 +41,9 @@ WORKER_IDLE_S = 60.0
 # Threads of one process (one per endpoint with work): bounds memory when thousands of endpoints
 # have work at once; an endpoint beyond it waits until a thread is free.
 MAX_WORKERS = 256
+# A claimed delivery is not taken by another deliverer for 2 x the attempt timeout + this; a
+# claim whose result was never written (a crash) is attempted again once it runs out.
+LEASE_MARGIN_S = 5.0
 DISABLED_ALERT = "webhook_endpoint_disabled"
 
 
@@ -172,28 +175,32 @@ class Deliverer:
     # -- deliveries ----------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand due deliveries to their endpoints' threads (busy endpoints are left out)."""
+        """Claim due deliveries and hand them to their endpoints' threads (busy endpoints are
+        left out)."""
         busy = [e for e, w in self.workers.items() if w.pending >= PER_ENDPOINT_QUEUE]
+        lease = 2 * self.settings.webhook_timeout_seconds + LEASE_MARGIN_S
         rows = self._db().execute(
-            self._q["due"],
+            self._q["claim_due"],
             {"inflight": list(self.inflight), "busy": busy, "per_endpoint": PER_ENDPOINT_QUEUE,
-             "limit": DISPATCH_LIMIT},
+             "limit": DISPATCH_LIMIT, "lease": lease},
         ).fetchall()  # fmt: skip
+        unclaimed: list[int] = []
         for did, endpoint, tenant, alert, payload, attempts, gen, url, secret in rows:
             worker = self.workers.get(endpoint)
             if worker is None:
                 if len(self.workers) >= MAX_WORKERS and not self._retire_one_idle():
-                    continue  # every thread is busy: this endpoint waits for the next turn
+                    unclaimed.append(did)  # every thread is busy: back for the next turn
+                    continue
                 worker = EndpointWorker(
                     endpoint, self.results, self.settings.webhook_timeout_seconds,
                     self.settings.webhook_allow_private,
                 )  # fmt: skip
                 self.workers[endpoint] = worker
-            if worker.pending >= PER_ENDPOINT_QUEUE:
-                continue
             self.inflight.add(did)
             job = Job(did, endpoint, tenant, alert, payload.encode(), attempts, gen, url, secret)
             worker.submit(job)
+        if unclaimed:
+            self._db().execute(self._q["unclaim"], {"ids": unclaimed})
         now = time.monotonic()
         for endpoint, worker in list(self.workers.items()):
             if worker.pending == 0 and now - worker.idle_since > WORKER_IDLE_S:

@@ -13,21 +13,36 @@ JOIN webhook_endpoints e ON e.tenant_id = a.tenant_id AND e.disabled_at IS NULL
 ON CONFLICT (endpoint_id, alert_id) DO NOTHING
 RETURNING endpoint_id
 
--- name: due
--- Pending deliveries whose time has come, at most %(per_endpoint)s per endpoint (so one
--- endpoint's backlog cannot fill the batch) and none of a busy or in-flight one.
-SELECT id, endpoint_id, tenant_id, alert_id, payload, attempts, generation, url, secret FROM (
-    SELECT d.id, d.endpoint_id, d.tenant_id, d.alert_id, d.payload::text AS payload, d.attempts,
-           d.generation,
-           e.url, e.secret, d.next_attempt_at,
-           row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS n
-    FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND e.disabled_at IS NULL
-      AND d.id <> ALL (%(inflight)s::bigint[]) AND d.endpoint_id <> ALL (%(busy)s::text[])
-) due
-WHERE n <= %(per_endpoint)s
-ORDER BY next_attempt_at, id
-LIMIT %(limit)s
+-- name: claim_due
+-- Claims pending deliveries whose time has come, at most %(per_endpoint)s per endpoint (so one
+-- endpoint's backlog cannot fill the batch) and none of a busy or in-flight one: their next
+-- attempt moves %(lease)s seconds ahead, so another deliverer (a second replica, or this one
+-- restarted after a crash) takes a row only once that lease has run out. Two claiming at once:
+-- the second re-checks next_attempt_at on the updated row and skips it.
+WITH due AS (
+    SELECT id FROM (
+        SELECT d.id, d.next_attempt_at,
+               row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id)
+                   AS n
+        FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+        WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND e.disabled_at IS NULL
+          AND d.id <> ALL (%(inflight)s::bigint[]) AND d.endpoint_id <> ALL (%(busy)s::text[])
+    ) ranked
+    WHERE n <= %(per_endpoint)s
+    ORDER BY next_attempt_at, id
+    LIMIT %(limit)s
+)
+UPDATE webhook_deliveries d
+SET next_attempt_at = now() + make_interval(secs => %(lease)s)
+FROM due, webhook_endpoints e
+WHERE d.id = due.id AND e.id = d.endpoint_id AND d.status = 'pending'
+  AND d.next_attempt_at <= now()
+RETURNING d.id, d.endpoint_id, d.tenant_id, d.alert_id, d.payload::text, d.attempts,
+          d.generation, e.url, e.secret
+
+-- name: unclaim
+UPDATE webhook_deliveries SET next_attempt_at = now()
+WHERE id = ANY (%(ids)s::bigint[]) AND status = 'pending'
 
 -- name: insert_attempt
 INSERT INTO webhook_attempts (delivery_id, endpoint_id, tenant_id, alert_id, attempt,

@@ -337,3 +337,22 @@ def test_deleting_an_endpoint_during_its_delivery_stops_nothing(world: World) ->
     before = len(world.rec.of("/ok"))
     publish(world.settings, [alert("globex", "after", 1)])
     wait_for(lambda: len(world.rec.of("/ok")) == before + 1, timeout=30, what="the next alert")
+
+
+def test_two_deliverers_send_each_alert_once(world: World) -> None:
+    world.register("globex", "/ok", budget_id="two")
+    alerts = [alert("globex", "two", n) for n in range(1, 41)]
+    with running_deliverer(world.settings):  # a second member of the group, beside the world's
+        publish(world.settings, alerts[:20])
+        time.sleep(1.0)
+        publish(world.settings, alerts[20:])
+        wanted = {f"alrt_{a['alert_id']}" for a in alerts}
+
+        def ours() -> list[str]:
+            return [h.headers["webhook-id"] for h in world.rec.of("/ok")
+                    if h.headers["webhook-id"] in wanted]  # fmt: skip
+
+        wait_for(lambda: set(ours()) == wanted, timeout=60, what="every alert")
+        time.sleep(1.0)
+    got = ours()
+    assert len(got) == len(wanted), sorted(w for w in got if got.count(w) > 1)
