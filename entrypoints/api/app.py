@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
@@ -83,7 +84,27 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
         # The database is down or saturated: retryable, and nothing of the error is shown.
         return JSONResponse({"detail": "the ledger database is unavailable"}, status_code=503)
 
+    document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            declare_unreadable_bodies(document())
+        return app.openapi_schema or document()
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def declare_unreadable_bodies(schema: dict[str, Any]) -> None:
+    """Add the 400 FastAPI answers by itself when a body cannot be read at all (e.g. bytes that
+    are not UTF-8) to every operation with a body that does not declare a 400 of its own."""
+    problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if "requestBody" in operation:
+                operation["responses"].setdefault(
+                    "400", {"description": "the body could not be read", "content": problem}
+                )
 
 
 def app_from_env() -> FastAPI:
