@@ -194,8 +194,9 @@ def _collect(messages: Any, procs: list[Any], kind: str, timeout: float) -> list
         try:
             msg = messages.get(timeout=1.0)
         except queue.Empty:
-            if any(p.exitcode is not None for p in procs):
-                raise RuntimeError("a client exited before its report") from None
+            # A client that has reported may have exited (0); any other exit is a crash.
+            if any(p.exitcode not in (None, 0) for p in procs):
+                raise RuntimeError("a client died before its report") from None
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{len(got)} of {len(procs)} clients {kind} in time") from None
             continue

@@ -264,3 +264,18 @@ def test_a_smoke_run_of_the_peer_phase_verifies_with_our_outcomes(
     assert result.outcomes == dict(expected)
     assert sum(n for k, n in expected.items() if k.startswith("refused:")) > 0
     assert list(tmp_path.iterdir()) == []  # the call files are removed
+
+
+def test_clients_that_finish_first_do_not_fail_the_run(pg_admin_dsn: str, tmp_path: Path) -> None:
+    # One budget: one client gets every call, the other two finish (and exit) at once.
+    result = peer.run(
+        create=lambda: create_database(pg_admin_dsn, migrated=False),
+        drop=lambda url: drop_database(pg_admin_dsn, url),
+        clients=3,
+        commands=800,
+        budgets=1,
+        seed=6,
+        workdir=tmp_path,
+    )
+    assert result.problems == []
+    assert result.verified and result.commands == 800
