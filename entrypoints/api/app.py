@@ -16,6 +16,7 @@ from budget_ledger.entrypoints.api import (
     alerts,
     budgets,
     commands,
+    console,
     ledger,
     reconcile,
     reports,
@@ -70,6 +71,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
     app.include_router(writes.router)
     app.include_router(reconcile.router)
     app.include_router(webhooks.router)
+    app.include_router(console.router)  # /console: the web console (docs/console.md)
     app.state.settings = settings
 
     @app.get("/healthz", tags=["health"], summary="liveness and readiness (no key needed)")
