@@ -9,7 +9,9 @@ bare name (which works from a checkout, whose root is on sys.path, but not once 
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
+import json
 import tomllib
 from importlib import metadata, resources
 from pathlib import Path
@@ -107,3 +109,52 @@ def test_the_installed_distribution_is_this_layout() -> None:
     top_level = metadata.distribution("budget-ledger").read_text("top_level.txt") or ""
     assert top_level.split() == [TOP]
     assert (resources.files(f"{TOP}.ledger") / "queries.sql").is_file()
+
+
+# The web console (docs/console.md): its static files ship in the wheel, and the committed bundle
+# is the one deploy/local/console.sh built from the current sources and lock file.
+CONSOLE_STATIC = ROOT / "entrypoints" / "api" / "console_static"
+
+
+def _sha256sum_lines(base: Path, names: list[str]) -> bytes:
+    """What `sha256sum NAMES` prints in `base` (console.sh hashes its inputs this way)."""
+    return "".join(
+        f"{hashlib.sha256((base / n).read_bytes()).hexdigest()}  {n}\n" for n in names
+    ).encode()
+
+
+def test_the_console_files_are_package_data() -> None:
+    patterns = PACKAGE_DATA["budget_ledger.entrypoints.api"]
+    shipped = {
+        p
+        for pattern in patterns
+        for p in _source_dir("budget_ledger.entrypoints.api").glob(pattern)
+    }
+    for name in ["index.html", "console.js", "console.css"]:
+        assert CONSOLE_STATIC / name in shipped, name
+    assert (
+        resources.files("budget_ledger.entrypoints.api") / "console_static" / "index.html"
+    ).is_file()
+
+
+def test_the_committed_console_bundle_matches_its_sources() -> None:
+    console = ROOT / "console"
+    sources = sorted(
+        str(p.relative_to(console)) for p in (console / "src").rglob("*") if p.is_file()
+    )
+    inputs = _sha256sum_lines(console, ["package.json", "package-lock.json", *sources])
+    outputs = _sha256sum_lines(CONSOLE_STATIC, ["console.js", "console.css"])
+    stamp = (CONSOLE_STATIC / "bundle.sha256").read_text().splitlines()
+    assert stamp[0] == f"inputs {hashlib.sha256(inputs).hexdigest()}", (
+        "console/ changed since the bundle was built: run deploy/local/console.sh"
+    )
+    assert stamp[1] == f"outputs {hashlib.sha256(outputs).hexdigest()}", (
+        "the committed bundle is not the one console.sh built: run deploy/local/console.sh"
+    )
+
+
+def test_the_console_lock_pins_exact_versions() -> None:
+    package = json.loads((ROOT / "console" / "package.json").read_text())
+    for deps in (package["dependencies"], package["devDependencies"]):
+        for name, spec in deps.items():
+            assert spec[0].isdigit(), f"{name}: pin an exact version, not {spec!r}"
