@@ -82,9 +82,16 @@ def _holds(url: str, args: argparse.Namespace) -> bool:
             wide = conn.execute(
                 "SELECT count(*) FROM budget_balances WHERE tenant_id = %s", (WIDE,)
             ).fetchone()
-    except psycopg.OperationalError:
+            # Written with the report columns (migration 014), not by an older writer.
+            columns = conn.execute(
+                "SELECT utilization_bp IS NOT NULL FROM ledger WHERE tenant_id = %s"
+                " AND budget_id = %s ORDER BY recorded_at DESC, sequence DESC LIMIT 1",
+                BIG,
+            ).fetchone()
+    except (psycopg.OperationalError, psycopg.errors.UndefinedColumn):
         return False
-    return big is not None and big[0] == args.events and wide == (args.budgets,)
+    whole = big is not None and big[0] == args.events and wide == (args.budgets,)
+    return whole and columns == (True,)
 
 
 def _keys(url: str) -> dict[str, str]:
