@@ -40,7 +40,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from budget_ledger.consumers.client import settings_signer
-from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.kafka_config import admin_config, producer_config
 from budget_ledger.consumers.topics import create_topics
 from budget_ledger.consumers.webhook_signing import new_secret
 from budget_ledger.ledger.migrate import migrate
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(30)
         rec.server.shutdown()
-        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        admin = AdminClient(admin_config(settings))
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{prefix}.")]
         if topics:
             for future in admin.delete_topics(topics, operation_timeout=10).values():

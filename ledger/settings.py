@@ -114,7 +114,8 @@ class Settings(BaseSettings):
     # Webhooks (`budget-ledger deliver`, docs/webhooks.md). ALLOW_PRIVATE lets endpoints resolve
     # to loopback/private addresses and use http:// to loopback: development and tests only.
     webhook_allow_private: bool = False
-    webhook_group: str = Field(default="budget-ledger-webhooks", min_length=1, max_length=249)
+    # Under the consumer group's prefix, which the ledger principal's Kafka ACLs already cover.
+    webhook_group: str = Field(default="budget-ledger.webhooks", min_length=1, max_length=249)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     # 8 attempts, backoff 30 s doubling up to 30 min with full jitter: at most ~1 h in all.
     webhook_max_attempts: int = Field(default=8, ge=1, le=50)
