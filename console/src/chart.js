@@ -42,7 +42,11 @@ export class UtilizationChart {
       {
         width: this.width(),
         height: 240,
-        scales: { x: { time: true }, y: { range: [0, 100] } },
+        scales: {
+          // Entries recorded in one batch share a time: widen a zero-width range to 2 minutes.
+          x: { time: true, range: (u, min, max) => (min === max ? [min - 60, max + 60] : [min, max]) },
+          y: { range: [0, 100] },
+        },
         axes: [{}, { label: "utilization %", size: 60 }],
         series: [
           {},

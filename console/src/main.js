@@ -184,6 +184,8 @@ async function budgetsView() {
           : el("p", { text: "This tenant has no budgets yet." }),
       );
       announce(`${rows.length} budgets shown`);
+      // The first render after a navigation: bench/console_load.py reads this mark's time.
+      performance.mark("budgets-rendered");
       return data.next_cursor;
     } catch (error) {
       list.replaceChildren(errorLine(error));
