@@ -131,5 +131,6 @@ def show_api(settings: Settings, tenant: str, budget: str, port: int) -> bool:
     print(f"read key of {tenant} (shown once): {key}")
     print(f"try: {shlex.join(curl)}")
     print(f"  -> {body.strip()}")
+    print(f"web console: {base}/console/  (sign in with the read key above; docs/console.md)")
     print(f"stop it: kill $(cat {pid_file})   (log: {log})")
     return True
