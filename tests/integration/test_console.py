@@ -372,6 +372,48 @@ def test_the_console_fits_a_phone_width(browser: Browser, world: World) -> None:
         context.close()
 
 
+# The lowest text contrast on the page: each element with its own text against the first
+# opaque background up its ancestors (WCAG 2 relative luminance).
+LOWEST_CONTRAST_JS = """() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] === 1)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  let worst = { ratio: 99, text: "" };
+  for (const el of document.querySelectorAll("body *")) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === "hidden") continue;
+    const [a, b] = [lum(rgb(style.color).slice(0, 3)), lum(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < worst.ratio) worst = { ratio, text: el.textContent.trim().slice(0, 40) };
+  }
+  return worst;
+}"""
+
+
+def test_text_contrast_is_at_least_4_5_to_1(page: Page, world: World) -> None:
+    page.goto(f"{world.url}/console/")
+    page.get_by_label("API key").wait_for()
+    views = {"login": page.evaluate(LOWEST_CONTRAST_JS)}
+    sign_in(page, world, world.keys["acme"])
+    views["budgets"] = page.evaluate(LOWEST_CONTRAST_JS)
+    page.get_by_role("link", name="b2", exact=True).click()
+    expect(page.locator("#alerts-table tbody tr")).to_have_count(2)
+    views["budget"] = page.evaluate(LOWEST_CONTRAST_JS)
+    low = {name: worst for name, worst in views.items() if worst["ratio"] < 4.5}
+    assert not low, low
+
+
 def test_console_responses_carry_the_content_security_policy(world: World) -> None:
     for path in ["/console/", "/console/assets/console.js", "/console/assets/console.css"]:
         r = httpx.get(f"{world.url}{path}", timeout=30)
