@@ -15,19 +15,26 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
 import uvicorn
+from confluent_kafka import Producer
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from budget_ledger.consumers.kafka_config import producer_config
+from budget_ledger.consumers.webhook_deliverer import Deliverer
 from budget_ledger.entrypoints.api.app import create_app
 from budget_ledger.entrypoints.api.keys import create_key
 from budget_ledger.ledger.settings import Settings
+from budget_ledger.schemas.codec import make_alert_id
 from tests.conftest import _delete_topics, cloned_database, service_settings
 from tests.integration.support import (
     fund,
@@ -324,22 +331,89 @@ def test_a_wrong_key_is_refused_and_sign_out_forgets_the_key(page: Page, world: 
     assert page.evaluate("() => sessionStorage.length") == 0
 
 
-def test_the_webhook_delivery_log_and_the_write_scope(page: Page, world: World) -> None:
-    headers = {"Authorization": f"Bearer {world.keys['acme-writer']}"}
-    made = httpx.post(
-        f"{world.url}/v1/tenants/acme/webhooks",
-        json={"url": "http://127.0.0.1:9/hook"},
-        headers=headers,
-        timeout=30,
+class _Ok(BaseHTTPRequestHandler):
+    """A webhook receiver that answers 200 to every POST."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@contextmanager
+def running_deliverer(settings: Settings) -> Iterator[None]:
+    """`budget-ledger deliver` in a thread, with a consumer group of its own."""
+    stop = threading.Event()
+    deliverer = Deliverer(settings, stop=stop)
+    thread = threading.Thread(target=deliverer.run, daemon=True)
+    thread.start()
+    try:
+        assert deliverer.assigned.wait(60), "the deliverer got no partitions within 60 s"
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def publish_alert(settings: Settings, tenant: str, budget: str, sequence: int) -> None:
+    """An alert on the alerts topic as the relay publishes it (the module runs no relay)."""
+    kind = "hard_cap_reached"
+    wire = {
+        "alert_id": make_alert_id(tenant, budget, kind, sequence), "type": kind,
+        "severity": "critical", "tenant_id": tenant, "budget_id": budget,
+        "utilization_pct": "100.00", "threshold": "100.00", "sequence": sequence,
+        "recorded_at": "2026-11-27T03:00:00.000000Z", "data": {},
+    }  # fmt: skip
+    producer = Producer(producer_config(settings))
+    producer.produce(
+        settings.topic_alerts, key=f"{tenant}:{budget}".encode(), value=orjson.dumps(wire)
     )
-    assert made.status_code == 201, made.text
-    sign_in(page, world, world.keys["acme-writer"])
-    page.get_by_role("link", name="Webhooks").click()
-    link = page.get_by_role("link", name="http://127.0.0.1:9/hook")
-    expect(link).to_be_visible()
-    link.click()
-    expect(page.get_by_role("heading", name=f"Delivery log of {made.json()['id']}")).to_be_visible()
-    expect(page.get_by_text("No deliveries yet.")).to_be_visible()
+    assert producer.flush(30) == 0
+
+
+def test_the_webhook_delivery_log_and_the_write_scope(page: Page, world: World) -> None:
+    settings = world.settings.model_copy(
+        update={"webhook_group": f"{world.settings.consumer_group}.console-webhooks"}
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        made = httpx.post(
+            f"{world.url}/v1/tenants/acme/webhooks",
+            json={"url": hook},
+            headers={"Authorization": f"Bearer {world.keys['acme-writer']}"},
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+        with running_deliverer(settings):
+            publish_alert(settings, "acme", "b2", 99)
+            sign_in(page, world, world.keys["acme-writer"])
+            page.get_by_role("link", name="Webhooks").click()
+            link = page.get_by_role("link", name=hook)
+            expect(link).to_be_visible()
+            link.click()
+            heading = f"Delivery log of {made.json()['id']}"
+            expect(page.get_by_role("heading", name=heading)).to_be_visible()
+            rows = page.locator("#deliveries-table tbody tr")
+            # The log is read when the page opens: reopen it until the delivery is there.
+            deadline = time.monotonic() + 60
+            while not rows.count() and time.monotonic() < deadline:
+                time.sleep(1)
+                page.reload()
+                expect(page.get_by_role("heading", name=heading)).to_be_visible()
+            expect(rows).to_have_count(1)
+            expect(rows.first).to_contain_text("hard_cap_reached")
+            expect(rows.first).to_contain_text("delivered")
+            expect(rows.first).to_contain_text("200")
+            shot(page, "deliveries")
+    finally:
+        server.shutdown()
+        server.server_close()
     # A read-only key is told what it lacks instead of seeing a broken page.
     page.get_by_role("button", name="Sign out").click()
     sign_in(page, world, world.keys["acme"])
