@@ -23,7 +23,7 @@ def test_bench_smoke_run_verifies_the_ledger(pg_admin_dsn: str, kafka_bootstrap:
         "--commands", "3000", "--budgets", "60",
         "--baseline-commands", "300",
         "--latency-rate", "400", "--latency-seconds", "2",
-        "--consumers", "2", "--partitions", "4",
+        "--consumers", "2", "--partitions", "4", "--peer-clients", "2",
         "--settle-seconds", "0", "--latency-warmup-seconds", "0",
         "--database-url", pg_admin_dsn, "--kafka-bootstrap", kafka_bootstrap,
     ]  # fmt: skip
@@ -44,3 +44,5 @@ def test_bench_smoke_run_verifies_the_ledger(pg_admin_dsn: str, kafka_bootstrap:
         # Refusals are part of the mix, and every command became one event.
         assert sum(phase["outcomes"].values()) > phase["commands"]
     assert doc["ratio_to_baseline"] is not None
+    # The peer (the old design, bench/peer.py) ran on the same commands and verified.
+    assert doc["peer_best_clients"] == 2 and doc["ratio_to_peer"] > 0
