@@ -17,6 +17,7 @@ from budget_ledger.entrypoints import (
     publish_commands,
     reader_commands,
     report_commands,
+    rollup_commands,
     setup_commands,
     worker_commands,
 )
@@ -66,6 +67,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     key_commands.add_keys,
     serve.add_serve,
     report_commands.add_report,
+    rollup_commands.add_reports,
 )
 
 

@@ -4,14 +4,17 @@ refusals per reason, peak utilization and alerts raised, aggregated in SQL
 call these functions; `entrypoints/report_render.py` renders the results as JSON or CSV.
 
 Ranges are `[since, until)` on `recorded_at`, like the ledger pages. A `period=` shortcut is
-the current period in each budget's own time zone (`current_period`).
+the current period in each budget's own time zone (`current_period`). The counts, sums and
+peaks of the whole UTC days inside a range that the rollup job has rolled up come from the
+daily rollups (migration 017, projections/report_rollups.py); the rest of the range (the
+partial days at its edges, the days not rolled yet) from an index-only scan of the ledger.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any, Final, TypeVar
@@ -163,38 +166,82 @@ def _check_range(since: datetime, until: datetime) -> None:
         raise ValueError("from must be before to")
 
 
+def rolled_through(conn: psycopg.Connection) -> date | None:
+    """The last UTC day the rollup job has rolled up (None: none yet)."""
+    row = conn.execute(queries()["report_rolled_through"]).fetchone()
+    return None if row is None else row[0]
+
+
+def split_range(since: datetime, until: datetime, rolled: date | None) -> tuple[
+    tuple[date, date] | None, list[Range]
+]:  # fmt: skip
+    """`[since, until)` as the rolled whole UTC days inside it, `[first, end)` (None: none),
+    and the ranges to scan in the ledger (the rest, in order)."""
+    first = since.astimezone(UTC).date()
+    if _utc_midnight(first) < since:
+        first += timedelta(days=1)
+    end = until.astimezone(UTC).date()  # the days before the one `until` falls in
+    if rolled is not None:
+        end = min(end, rolled + timedelta(days=1))
+    if rolled is None or first >= end:
+        return None, [(since, until)]
+    scans = [(since, _utc_midnight(first)), (_utc_midnight(end), until)]
+    return (first, end), [(a, b) for a, b in scans if a < b]
+
+
+def _utc_midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
 def _reports(
     conn: psycopg.Connection, tenant_id: str, ranged: Sequence[tuple[BudgetView, Range]]
 ) -> list[BudgetReport]:
-    """The reports of `ranged`, in its order: three queries per distinct range among them (a
-    fourth when the range holds rows written before migration 014)."""
+    """The reports of `ranged`, in its order: per distinct range among them, the balances, the
+    rollups of its rolled whole days, the scan of the rest and the alerts (report_events_legacy
+    too when a scanned range holds rows written before migration 014)."""
     q = queries()
     acc = {b.budget_id: _Acc() for b, _ in ranged}
     groups: dict[Range, list[str]] = {}
     for b, r in ranged:
         groups.setdefault(r, []).append(b.budget_id)
+    rolled = rolled_through(conn)
     for (since, until), budgets in groups.items():
         params = {"tenant": tenant_id, "budgets": budgets, "since": since, "until": until}
         for row in conn.execute(q["report_balances"], params):
             a = acc[row[0]]
             a.opening, a.closing = _balances(row[1:8]), _balances(row[8:15])
-        legacy = set()
-        for budget_id, etype, reason, old, count, amount, peak in conn.execute(
-            q["report_events"], params
-        ):
-            if old:  # rows from before migration 014: counted from their JSON below
-                legacy.add(budget_id)
-            else:
-                acc[budget_id].add(etype, reason, count, int(amount), peak)
-        if legacy:
-            slow = {**params, "budgets": sorted(legacy)}
+        days, scans = split_range(since, until, rolled)
+        if days is not None:
+            whole = {**params, "first_day": days[0], "end_day": days[1]}
             for budget_id, etype, reason, count, amount, peak in conn.execute(
-                q["report_events_legacy"], slow
+                q["report_rollup_events"], whole
             ):
-                acc[budget_id].add(etype, reason, count, int(amount), peak)
+                acc[budget_id].add(etype, reason, int(count), int(amount), peak)
+        for part in scans:
+            _scan(conn, acc, {**params, "since": part[0], "until": part[1]})
         for budget_id, atype, count in conn.execute(q["report_alerts"], params):
             acc[budget_id].alerts[atype] = acc[budget_id].alerts.get(atype, 0) + count
     return [acc[b.budget_id].report(b, since, until) for b, (since, until) in ranged]
+
+
+def _scan(conn: psycopg.Connection, acc: dict[str, _Acc], params: dict[str, Any]) -> None:
+    """Add the ledger rows of `params`' range (report_events, and report_events_legacy for
+    the budgets with rows written before migration 014)."""
+    q = queries()
+    legacy = set()
+    for budget_id, etype, reason, old, count, amount, peak in conn.execute(
+        q["report_events"], params
+    ):
+        if old:  # rows from before migration 014: counted from their JSON below
+            legacy.add(budget_id)
+        else:
+            acc[budget_id].add(etype, reason, count, int(amount), peak)
+    if legacy:
+        slow = {**params, "budgets": sorted(legacy)}
+        for budget_id, etype, reason, count, amount, peak in conn.execute(
+            q["report_events_legacy"], slow
+        ):
+            acc[budget_id].add(etype, reason, count, int(amount), peak)
 
 
 def _balances(row: Sequence[Any]) -> Balances:
@@ -215,12 +262,14 @@ class _Acc:
     alerts: dict[str, int] = field(default_factory=dict)
     peak_bp: Decimal | None = None
 
-    def add(self, etype: str, reason: str | None, count: int, amount: int, peak: Decimal) -> None:
+    def add(
+        self, etype: str, reason: str | None, count: int, amount: int, peak: Decimal | None
+    ) -> None:
         had = self.events.get(etype, TypeTotal())
         self.events[etype] = TypeTotal(had.count + count, had.amount + amount)
         if reason is not None and etype in _REFUSALS:
             self.refusals[reason] = self.refusals.get(reason, 0) + count
-        if self.peak_bp is None or peak > self.peak_bp:
+        if peak is not None and (self.peak_bp is None or peak > self.peak_bp):
             self.peak_bp = peak
 
     def report(self, budget: BudgetView, since: datetime, until: datetime) -> BudgetReport:

@@ -82,7 +82,14 @@ def test_the_kustomization_applies_no_secret() -> None:
     assert "secret.example.yaml" not in KUSTOMIZATION["resources"]
     assert not KUSTOMIZATION.get("secretGenerator")
     assert [doc["metadata"]["name"] for doc in RESOURCES if doc["kind"] == "Secret"] == []
-    assert set(BY_COMMAND) == PROCESSES | {"migrate", "topics", "ledger", "serve", "deliver"}
+    assert set(BY_COMMAND) == PROCESSES | {
+        "migrate",
+        "topics",
+        "ledger",
+        "serve",
+        "deliver",
+        "reports",
+    }
 
 
 def test_no_secret_in_a_configmap_or_a_literal_value() -> None:
@@ -123,6 +130,8 @@ def test_processes_log_in_as_the_app_and_only_migrate_as_the_owner() -> None:
         "LEDGER_LOG_FORMAT": "json",
         APP_URL: ("budget-ledger-app", APP_URL),
     }
+    # So does the daily `reports rollup` (INSERT/DELETE on report_rollups, migration 017).
+    assert BY_COMMAND["reports"] == BY_COMMAND["ledger"]
 
 
 def test_chain_and_signing_keys_go_only_where_they_are_used() -> None:
@@ -192,9 +201,10 @@ def test_each_container_environment_is_valid_settings(
             value = _valid(EXAMPLE_SECRETS[value[0]][value[1]])
         monkeypatch.setenv(name, value)
     settings = Settings(_env_file=None)
-    # Every container that talks to Kafka authenticates; migrate and `ledger partitions` do not.
+    # Every container that talks to Kafka authenticates; migrate, `ledger partitions` and
+    # `reports rollup` do not talk to it.
     assert settings.kafka_security_protocol == (
-        "PLAINTEXT" if command in ("migrate", "ledger") else "SASL_SSL"
+        "PLAINTEXT" if command in ("migrate", "ledger", "reports") else "SASL_SSL"
     )
     if command in PROCESSES:
         assert settings.app_dsn().startswith("postgresql://ledger_app:")
