@@ -1,0 +1,127 @@
+"""`bench.scaling seed-checkpoints`, `append` and `incremental`: the incremental reconcile on a
+filled database (checkpoints as a full run leaves them, a day's new events, the timed run)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+
+from bench.scaling_history import CHUNK, HOT, TOPIC, _base, _money, _step, _with_db, _Writer
+from budget_ledger.ledger.budget import BudgetState
+from budget_ledger.ledger.commands import Charge, Reserve
+
+
+def seed_checkpoints(args: argparse.Namespace) -> int:
+    """Write every budget's reconcile checkpoint as a clean full run would: its last sequence
+    and hash and its state, taken from the projections (which the reconciler proves equal to the
+    replay; `reconcile --full` also checks each stored state), the recorded_at of that last row
+    (from the ledger: the lower bound of the next incremental run's reads), and record that run
+    — instead of replaying a 20M-event ledger first."""
+    from budget_ledger.ledger.db import connect
+    from budget_ledger.ledger.settings import load_settings
+    from budget_ledger.projections.checkpoint_state import encode_state
+    from budget_ledger.projections.checkpoints import RunRecord, advance_checkpoints
+    from budget_ledger.projections.state_loading import load_states
+
+    url = _with_db(load_settings().database_url, args.database)
+    t0 = time.perf_counter()
+    with connect(url) as conn:
+        started = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        keys = [(t, b) for t, b in conn.execute(
+            "SELECT tenant_id, budget_id FROM budget_balances ORDER BY 1, 2")]  # fmt: skip
+        events = conn.execute("SELECT count(*) FROM ledger").fetchone()[0]  # type: ignore[index]
+        conn.rollback()
+        done = 0
+        for i in range(0, len(keys), CHUNK):
+            states = load_states(conn, keys[i : i + CHUNK])
+            found = [(k, s) for k, s in states.items() if isinstance(s, BudgetState)]
+            at = {(r[0], r[1]): r[2] for r in conn.execute(
+                "SELECT l.tenant_id, l.budget_id, l.recorded_at"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS k(t, b, s)"
+                " JOIN ledger l ON l.tenant_id = k.t AND l.budget_id = k.b AND l.sequence = k.s",
+                ([k[0] for k, _ in found], [k[1] for k, _ in found],
+                 [s.sequence for _, s in found]))}  # fmt: skip
+            conn.rollback()
+            rows = [(k[0], k[1], s.sequence, s.last_hash, encode_state(s), at.get(k))
+                    for k, s in found]  # fmt: skip
+            last = i + CHUNK >= len(keys)
+            run = RunRecord("full", started, True, events, len(keys), ()) if last else None
+            done += advance_checkpoints(url, rows, run=run)
+    print(f"seeded {done:,} checkpoints in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def append(args: argparse.Namespace) -> int:
+    """Write `--events` new events now (wall clock) to random background budgets, each loaded
+    from the projections as the consumer does: what a day brings before the daily reconcile."""
+    import random
+
+    from budget_ledger.ledger.db import connect
+    from budget_ledger.ledger.settings import load_settings
+    from budget_ledger.projections.rows import balance_row
+    from budget_ledger.projections.state_loading import load_states
+
+    url = _with_db(load_settings().database_url, args.database)
+    rng = random.Random(args.seed)
+    conn = connect(url)
+    budgets = conn.execute("SELECT count(*) FROM budget_balances WHERE tenant_id <> %s",
+                           (HOT[0],)).fetchone()[0]  # type: ignore[index]  # fmt: skip
+    conn.rollback()
+    spread = args.budgets or args.events // 2
+    picked = sorted(rng.sample(range(budgets), min(budgets, spread)))
+    keys = [(f"scale-{i % 7}", f"b-{i}") for i in picked]
+    w = _Writer(conn, f"{TOPIC}.append.{int(time.time())}", [], [], {})
+    t0 = time.perf_counter()
+    written = 0
+    for i in range(0, len(keys), CHUNK // 2):
+        batch = keys[i : i + CHUNK // 2]
+        states = load_states(conn, batch)
+        conn.rollback()
+        changed = []
+        for key in batch:
+            state = states[key]
+            assert isinstance(state, BudgetState) and state.opened, key
+            for _ in range(args.events // (2 * len(keys))):  # reserve + charge pairs
+                n = state.sequence
+                ref = f"n{n}"
+                reserve = Reserve(**_base(key, n), ref_id=ref, amount=_money(700),
+                                  currency="USD", expires_at=None)  # fmt: skip
+                state = _step(w, state, reserve, datetime.now(UTC))
+                state = _step(w, state, Charge(**_base(key, n + 1), ref_id=ref, amount=None),
+                              datetime.now(UTC))  # fmt: skip
+            changed.append(state)
+        written += len(w.ledger_rows)
+        now = datetime.now(UTC)
+        w.balance_rows.extend(balance_row(s, now) for s in changed)
+        w.flush()
+    from budget_ledger.ledger.store import queries
+
+    q = queries()  # no relay runs here: mark the new rows published, as the fill does
+    with conn.transaction():
+        for partition, next_offset in w.offsets.items():
+            cursor = {"topic": w.topic, "partition": partition}
+            conn.execute(q["ensure_relay_cursor"], cursor)
+            conn.execute(q["advance_relay_cursor"], {**cursor, "offset": next_offset - 1})
+    print(f"appended {written:,} events to {len(keys):,} budgets in "
+          f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    conn.close()
+    return 0
+
+
+def incremental(args: argparse.Namespace) -> int:
+    """Time `reconcile` (incremental, as the hourly/daily job runs it) without moving the
+    checkpoints, so it can be repeated on the same ledger."""
+    from budget_ledger.ledger.settings import load_settings
+    from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
+
+    url = _with_db(load_settings().database_url, args.database)
+    for run in range(1, args.runs + 1):
+        opts = ReconcileOptions(workers=2, progress=False, incremental=True)
+        t0 = time.perf_counter()
+        report = reconcile(url, opts)
+        took = time.perf_counter() - t0
+        print(f"incremental reconcile {run}: {took:.2f} s, replayed {report.events:,} events of "
+              f"{report.budgets:,} budgets, skipped {report.skipped_events:,} events / "
+              f"{report.skipped_budgets:,} budgets, clean={report.clean}")  # fmt: skip
+    return 0
