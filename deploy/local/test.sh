@@ -25,6 +25,8 @@ if (($# == 0)) && [[ "${LEDGER_SKIP_STATIC:-0}" != 1 ]]; then
 fi
 
 source "$HERE/up.sh"
+# The console's browser tests: Debian's Chromium and npm (installed when missing, as root).
+bash "$HERE/chromium.sh"
 
 cluster_was_up=0
 bash "$HERE/kafka.sh" cluster status >/dev/null 2>&1 && cluster_was_up=1
