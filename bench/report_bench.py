@@ -9,9 +9,11 @@ It creates (or replaces) the database `--database` next to LEDGER_DATABASE_URL, 
 COPYs the history with bench.scaling's writers (the domain's own events, chains and
 projections): tenant `report-big` with one budget `big` of `--events` events, and tenant
 `report-wide` with `--budgets` budgets of `--per-budget` events each, all recorded in the last
-whole UTC month. `--reuse` skips the fill when the database holds that history already. Then it
-times `--runs` requests of each report (after one untimed warm-up) and prints p50 and max;
-`--explain` also prints the plans of the budget report's queries (EXPLAIN ANALYZE).
+whole UTC month. `--reuse` skips the fill when the database holds that history already (and
+migrates it). Then, untimed like the fill's VACUUM, it runs the daily rollup job
+(`reports rollup`: every day of that month is a whole rolled day), and times `--runs` requests
+of each report (after one untimed warm-up) and prints p50 and max; `--explain` also prints the
+plans of the budget report's queries (EXPLAIN ANALYZE).
 """
 
 from __future__ import annotations
@@ -94,6 +96,20 @@ def _holds(url: str, args: argparse.Namespace) -> bool:
     return whole and columns == (True,)
 
 
+def rollup(url: str) -> None:
+    """Run the rollup job over every whole UTC day of the history (untimed: the daily job's
+    work, done off the reports' path)."""
+    from budget_ledger.projections.report_rollups import roll_up
+
+    t0 = time.perf_counter()
+    with psycopg.connect(url) as conn:
+        run = roll_up(conn, datetime.now(UTC), timedelta(hours=1))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE report_rollups")  # as after the fill: autovacuum's job
+    took = time.perf_counter() - t0
+    print(f"rollup: {run.days} day(s), {run.rows:,} rows in {took:.1f} s")
+
+
 def _keys(url: str) -> dict[str, str]:
     from budget_ledger.entrypoints.api.keys import create_key
 
@@ -145,9 +161,10 @@ def explain(url: str, since: datetime, until: datetime) -> None:
     """Print the plans of the budget report's queries on the big budget."""
     from budget_ledger.projections.reports import queries
 
-    params = {"tenant": BIG[0], "budgets": [BIG[1]], "since": since, "until": until}
+    params = {"tenant": BIG[0], "budgets": [BIG[1]], "since": since, "until": until,
+              "first_day": since.date(), "end_day": until.date()}  # fmt: skip
     with psycopg.connect(url) as conn:
-        for name in ("report_balances", "report_events", "report_alerts"):
+        for name in ("report_balances", "report_rollup_events", "report_alerts"):
             rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {queries()[name]}", params)
             print(f"-- {name}\n" + "\n".join(r[0] for r in rows))
 
@@ -169,8 +186,13 @@ def main(argv: list[str] | None = None) -> int:
 
     admin = load_settings().database_url
     url = _with_db(admin, args.database)
-    if not (args.reuse and _holds(url, args)):
+    if args.reuse and _holds(url, args):
+        from budget_ledger.ledger.migrate import migrate
+
+        migrate(url)  # a database filled before the latest migrations (e.g. 017's rollups)
+    else:
         fill(url, admin, args.database, args)
+    rollup(url)
     since, until = month_before(datetime.now(UTC))
     if args.explain:
         explain(url, since, until)
