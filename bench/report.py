@@ -1,0 +1,173 @@
+"""The benchmark's output: the machine, the phase table, the targets and one JSON document."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import peer
+from bench.phase import PhaseResult
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "host": platform.node(),
+    }
+
+
+def table(results: list[PhaseResult], baseline: PhaseResult | None) -> str:
+    head = (
+        "mode",
+        "commands",
+        "seconds",
+        "commands/s",
+        "p50 ms",
+        "p99 ms",
+        "max RSS MB",
+        "vs baseline",
+        "verified",
+    )
+    rows = [head]
+    for r in results:
+        ratio = (
+            f"{r.commands_per_s / baseline.commands_per_s:.1f}x"
+            if baseline and baseline.commands_per_s and r.offered_rate is None
+            else ""
+        )
+        mode = r.mode + (f" @{r.offered_rate:,.0f}/s" if r.offered_rate else "")
+        mode += f" ({r.consumers}c, batch {r.batch_max_messages or 'dflt'})"
+        rows.append(
+            (
+                mode,
+                f"{r.commands:,}",
+                f"{r.seconds:.2f}",
+                f"{r.commands_per_s:,.0f}",
+                f"{r.p50_ms:.0f}",
+                f"{r.p99_ms:.0f}",
+                f"{r.max_rss_mb:.0f}",
+                ratio,
+                "yes" if r.verified else "NO",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def report(
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    started: float,
+    results: list[PhaseResult],
+    baseline: PhaseResult | None,
+    peers: list[peer.PeerResult],
+) -> bool:
+    """Print the table (or with --json, the JSON document) of a run; whether all verified."""
+    verified = all(r.verified for r in [*results, *peers])
+    thr = next((r for r in results if r.mode == "throughput"), None)
+    lat = next((r for r in results if r.mode == "latency"), None)
+    ratio = (
+        thr.commands_per_s / baseline.commands_per_s
+        if thr and baseline and baseline.commands_per_s
+        else None
+    )
+    best_peer = peer.best(peers)
+    peer_ratio = thr.commands_per_s / best_peer.commands_per_s if thr and best_peer else None
+    targets = {
+        "throughput_20k": None if thr is None else thr.commands_per_s >= 20_000,
+        "ratio_5x_peer": None if peer_ratio is None else peer_ratio >= 5,
+        "ratio_8x": None if ratio is None else ratio >= 8,
+        "p99_under_50ms_at_5k": None
+        if lat is None or args.latency_rate < 5_000
+        else lat.p99_ms < 50,
+    }
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc = {
+        "verified": verified,
+        "machine": info,
+        "ratio_to_peer": None if peer_ratio is None else round(peer_ratio, 2),
+        "peer_best_clients": None if best_peer is None else best_peer.clients,
+        "ratio_to_baseline": None if ratio is None else round(ratio, 2),
+        "baseline_note": "the baseline runs on a smaller slice (--baseline-commands) with budgets "
+        "scaled to the same commands per budget; one command per transaction",
+        "targets": targets,
+        "phases": [asdict(r) for r in results],
+        "peer": [asdict(r) for r in peers],
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    if args.json:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print()
+        print(
+            f"machine: {info['nproc']} cores, {info['memory_gb']} GB, Python {info['python']}, "
+            f"load average {info['load_average']} -> {info['load_average_end']}"
+        )
+        print(table(results, baseline))
+        if peers:
+            print()
+            print(peer.table(peers))
+            if peer_ratio is not None and thr and best_peer:
+                print(
+                    f"ratio_to_peer: {peer_ratio:.2f}x (throughput {thr.commands_per_s:,.0f}/s"
+                    f" / best peer {best_peer.commands_per_s:,.0f}/s at {best_peer.clients}"
+                    " clients)"
+                )
+        if baseline:
+            print(
+                f"baseline: one command per transaction, on {baseline.commands:,} commands "
+                f"(a smaller slice; {baseline.budgets:,} budgets, same commands per budget)"
+            )
+        for r in results:
+            if r.cpu:
+                print(
+                    f"CPU {r.mode} (% of one core): "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu.items())
+                    + "; CPU us/command: "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu_us_per_command.items())
+                )
+        for pr in peers:
+            if pr.cpu:
+                print(
+                    f"CPU peer {pr.clients} clients (% of one core): "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in pr.cpu.items())
+                    + "; CPU us/command: "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in pr.cpu_us_per_command.items())
+                )
+        print(
+            "targets: "
+            + ", ".join(
+                f"{k}={'n/a' if v is None else ('met' if v else 'MISSED')}"
+                for k, v in targets.items()
+            )
+        )
+        for r in results:
+            for problem in r.problems:
+                print(f"VERIFICATION FAILED [{r.mode}]: {problem}")
+        for pr in peers:
+            for problem in pr.problems:
+                print(f"VERIFICATION FAILED [peer {pr.clients} clients]: {problem}")
+        print("verified: " + ("yes" if verified else "NO"))
+    return verified
