@@ -13,7 +13,7 @@ from typing import Any, Final, Literal
 
 from budget_ledger.ledger.events import Alert, LedgerEvent
 from budget_ledger.ledger.evolve import FUNDS_REASONS
-from budget_ledger.ledger.state import BudgetState, utilization_bp
+from budget_ledger.ledger.state import BudgetState, metric_value, utilization_bp
 
 Severity = Literal["warning", "critical"]
 
@@ -24,6 +24,7 @@ ALERT_SEVERITY: Final[Mapping[str, Severity]] = MappingProxyType(
         "hard_cap_approaching": "critical",
         "hard_cap_reached": "critical",
         "drift_detected": "critical",
+        "balance_monitor": "warning",
     }
 )
 #: Keys of an alert's ``data`` that hold money (minor units here, decimal text on the wire).
@@ -51,6 +52,62 @@ def alerts_for(before: BudgetState, after: BudgetState, event: LedgerEvent) -> t
     cfg = after.config
     if cfg is None:
         return ()
+    if after.monitors:  # the common budget has none: one truth test
+        fired = _monitor_alerts(before, after, event)
+        if fired:
+            return _threshold_alerts(before, after, event) + fired
+    return _threshold_alerts(before, after, event)
+
+
+def _monitor_alerts(
+    before: BudgetState, after: BudgetState, event: LedgerEvent
+) -> tuple[Alert, ...]:
+    """One ``balance_monitor`` alert per monitor whose condition started to hold with ``event``
+    (armed -> fired), or that was set with a new condition that already holds; sorted by id."""
+    out: list[Alert] = []
+    old = before.monitors
+    for mid in sorted(after.monitors.keys()):
+        m = after.monitors[mid]
+        if m.armed:
+            continue
+        prev = old.get(mid)
+        if (
+            prev is not None
+            and not prev.armed
+            and (prev.metric, prev.operator, prev.threshold)
+            == (
+                m.metric,
+                m.operator,
+                m.threshold,
+            )
+        ):
+            continue  # still holding since an earlier event: fired then
+        value = metric_value(
+            m.metric, after.funded_in_period, after.reserved_total, after.charged_in_period,
+            after.limit,
+        )  # fmt: skip
+        data = {
+            "monitor_id": mid,
+            "metric": m.metric,
+            "operator": m.operator,
+            "threshold": m.threshold,
+            "value": value,
+            "currency": after.currency,
+            "limit": after.limit,
+            "committed": after.committed,
+            "available": after.available,
+        }
+        bp = m.threshold if m.metric == "utilization_pct" else 0
+        out.append(_alert(after, event, "balance_monitor", bp, data))
+    return tuple(out)
+
+
+def _threshold_alerts(
+    before: BudgetState, after: BudgetState, event: LedgerEvent
+) -> tuple[Alert, ...]:
+    """The fixed soft/hard threshold and hard-cap alerts of the transition."""
+    cfg = after.config
+    assert cfg is not None
     rearmed = event.type == "period_closed"  # a new period: every crossing counts again
     fire_soft = after.above_soft and (rearmed or not before.above_soft)
     fire_hard = after.above_hard and (rearmed or not before.above_hard)

@@ -122,6 +122,26 @@ class Adjust(CommandBase):
     type: str = "adjust"
 
 
+@dataclass(frozen=True, slots=True)
+class SetMonitor(CommandBase):
+    """Add (or replace) the balance monitor ``monitor_id``: ``metric operator threshold``; the
+    threshold is money at the budget's digits, or basis points for ``utilization_pct``."""
+
+    monitor_id: str
+    metric: str
+    operator: str
+    threshold: Amount
+    type: str = "set_monitor"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMonitor(CommandBase):
+    """Remove the balance monitor ``monitor_id``."""
+
+    monitor_id: str
+    type: str = "remove_monitor"
+
+
 Command = (
     OpenBudget
     | ConfigureBudget
@@ -132,4 +152,6 @@ Command = (
     | ExpireReservations
     | ClosePeriod
     | Adjust
+    | SetMonitor
+    | RemoveMonitor
 )

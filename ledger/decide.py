@@ -30,12 +30,15 @@ from budget_ledger.ledger.commands import (
     Fund,
     OpenBudget,
     Release,
+    RemoveMonitor,
     Reserve,
+    SetMonitor,
 )
 from budget_ledger.ledger.events import Detail, LedgerEvent, Money
 from budget_ledger.ledger.reasons import Reason
 from budget_ledger.ledger.state import (
     MAX_MINOR,
+    MAX_MONITORS,
     BudgetConfig,
     BudgetState,
     Reservation,
@@ -405,6 +408,32 @@ def _decide_adjust(s: BudgetState, c: Adjust, now: datetime) -> LedgerEvent:
     return _event(s, c, "budget_adjusted", now, amount=delta, data=data, funded=funded)
 
 
+def _decide_set_monitor(s: BudgetState, c: SetMonitor, now: datetime) -> LedgerEvent:
+    data: dict[str, Any] = {"monitor_id": c.monitor_id, "metric": c.metric, "operator": c.operator}
+    if c.metric == "utilization_pct":
+        # The schema allows at most 2 decimals of a percent: always exact basis points.
+        if c.threshold.minor is None:
+            detail = f"threshold {c.threshold.text} is too precise"
+            return _reject(s, c, Reason.INVALID_AMOUNT, now, detail)
+        data["threshold_bp"] = c.threshold.minor
+    else:
+        threshold = _usable(s, c, c.threshold, now)
+        if isinstance(threshold, LedgerEvent):
+            return threshold
+        data["threshold_amount"] = threshold
+    if c.monitor_id not in s.monitors and len(s.monitors) >= MAX_MONITORS:
+        detail = f"the budget has {len(s.monitors)} monitors, the most it may have"
+        return _reject(s, c, Reason.TOO_MANY_MONITORS, now, detail)
+    return _event(s, c, "monitor_set", now, data=data)
+
+
+def _decide_remove_monitor(s: BudgetState, c: RemoveMonitor, now: datetime) -> LedgerEvent:
+    if c.monitor_id not in s.monitors:
+        detail = f"no monitor {c.monitor_id}"
+        return _reject(s, c, Reason.MONITOR_NOT_FOUND, now, detail)
+    return _event(s, c, "monitor_removed", now, data={"monitor_id": c.monitor_id})
+
+
 _Decider = Callable[[BudgetState, Any, datetime], LedgerEvent]
 _DECIDERS: Final[dict[str, _Decider]] = {
     "open_budget": _decide_open,
@@ -416,4 +445,6 @@ _DECIDERS: Final[dict[str, _Decider]] = {
     "expire_reservations": _decide_expire,
     "close_period": _decide_close,
     "adjust": _decide_adjust,
+    "set_monitor": _decide_set_monitor,
+    "remove_monitor": _decide_remove_monitor,
 }

@@ -19,10 +19,12 @@ from budget_ledger.ledger.reasons import Reason
 from budget_ledger.ledger.state import (
     BudgetConfig,
     BudgetState,
+    Monitor,
     Reservation,
     ReservationStatus,
     above_hard,
     above_soft,
+    evaluate_monitors,
     limit_of,
 )
 
@@ -78,6 +80,7 @@ def _advance(
         expiring=s.expiring,
         above_soft=s.above_soft,
         above_hard=s.above_hard,
+        monitors=s.monitors,
     )
 
 
@@ -93,6 +96,7 @@ def _accepted(
     expiring: immutables.Map[str, datetime] | None = None,
     period_start: datetime | None = None,
     new_period: bool = False,
+    monitors: immutables.Map[str, Monitor] | None = None,
 ) -> BudgetState:
     """State after an accepted event; recomputes the alert arming from the new balances."""
     f = s.funded_in_period if funded is None else funded
@@ -121,6 +125,8 @@ def _accepted(
         expiring=s.expiring if expiring is None else expiring,
         above_soft=above_soft(cfg, limit, committed),
         above_hard=above_hard(cfg, limit, committed),
+        # Re-evaluated after every accepted event, like the flags above (free without monitors).
+        monitors=evaluate_monitors(s.monitors if monitors is None else monitors, f, r, ch, limit),
     )
 
 
@@ -242,6 +248,25 @@ def _evolve_reservation_rejected(s: BudgetState, e: LedgerEvent) -> BudgetState:
     return _advance(s, e)
 
 
+def _evolve_monitor_set(s: BudgetState, e: LedgerEvent) -> BudgetState:
+    d = e.data
+    mid, metric = d.get("monitor_id"), d.get("metric")
+    threshold = d.get("threshold_bp" if metric == "utilization_pct" else "threshold_amount")
+    if not isinstance(mid, str) or not isinstance(threshold, int):
+        return _advance(s, e)  # not a monitor this version can evaluate: the chain still moves
+    # Set disarmed-unknown (armed=True); _accepted evaluates it against the balances at once, so
+    # a monitor set while its condition already holds fires on this very event.
+    monitor = Monitor(str(metric), str(d.get("operator")), threshold, True)
+    return _accepted(s, e, monitors=s.monitors.set(mid, monitor))
+
+
+def _evolve_monitor_removed(s: BudgetState, e: LedgerEvent) -> BudgetState:
+    mid = e.data.get("monitor_id")
+    if not isinstance(mid, str) or mid not in s.monitors:
+        return _advance(s, e)
+    return _accepted(s, e, monitors=s.monitors.delete(mid))
+
+
 _EVOLVERS: Final[dict[str, Callable[[BudgetState, LedgerEvent], BudgetState]]] = {
     "budget_opened": _evolve_opened,
     "budget_configured": _evolve_configured,
@@ -254,4 +279,6 @@ _EVOLVERS: Final[dict[str, Callable[[BudgetState, LedgerEvent], BudgetState]]] =
     "period_closed": _evolve_period_closed,
     "budget_adjusted": _evolve_funded,  # an adjustment moves funding like a top-up
     "command_rejected": _advance,
+    "monitor_set": _evolve_monitor_set,
+    "monitor_removed": _evolve_monitor_removed,
 }

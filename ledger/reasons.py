@@ -37,6 +37,9 @@ class Reason(StrEnum):
     - ``amount_out_of_range``: an amount, or a balance it would produce (funded, committed,
       a cap or allowance), above ``ledger.state.MAX_MINOR`` (10**18 minor units): what the
       ledger's bigint columns are guaranteed to hold.
+    - ``too_many_monitors``: a ``set_monitor`` for a new monitor id on a budget that already has
+      ``ledger.state.MAX_MONITORS`` monitors.
+    - ``monitor_not_found``: a ``remove_monitor`` of a monitor id the budget does not have.
 
     Dead-letter reasons (no ledger row; the message goes to the DLQ with this in its headers):
 
@@ -68,6 +71,8 @@ class Reason(StrEnum):
     PERIOD_NOT_ENDED = "period_not_ended"
     AS_OF_IN_FUTURE = "as_of_in_future"
     AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
+    TOO_MANY_MONITORS = "too_many_monitors"
+    MONITOR_NOT_FOUND = "monitor_not_found"
     # Dead-letter only.
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     MALFORMED_JSON = "malformed_json"

@@ -45,6 +45,28 @@ MAX_MINOR: Final = 10**18
 
 _NO_EXPIRIES: Final[immutables.Map[str, datetime]] = immutables.Map()  # immutable: safe to share
 
+#: What a balance monitor can watch: money metrics in minor units, ``utilization_pct`` in basis
+#: points (docs/domain.md, "Monitors").
+MONITOR_METRICS: Final = ("available", "utilization_pct", "reserved", "charged", "funded")
+MONITOR_OPERATORS: Final = ("<", "<=", ">", ">=")
+#: At most this many monitors per budget; one more is refused (``too_many_monitors``).
+MAX_MONITORS: Final = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    """A balance monitor: ``metric operator threshold`` (money in minor units, utilization in
+    basis points). ``armed`` is False while the condition holds: it fired on the event that made
+    it hold and fires again only after an event that clears it (re-arms it)."""
+
+    metric: str
+    operator: str
+    threshold: int
+    armed: bool
+
+
+_NO_MONITORS: Final[immutables.Map[str, Monitor]] = immutables.Map()
+
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
@@ -102,6 +124,8 @@ class BudgetState:
     # fires on the False -> True edge, so falling back below re-arms it.
     above_soft: bool = False
     above_hard: bool = False
+    # Balance monitors by monitor_id (immutable values; empty for almost every budget).
+    monitors: immutables.Map[str, Monitor] = _NO_MONITORS
 
     @property
     def limit(self) -> int:
@@ -210,3 +234,55 @@ def above_hard(config: BudgetConfig | None, limit: int, committed: int) -> bool:
     if config is None or committed <= 0 or limit <= 0:
         return False
     return committed * 100 >= config.hard_threshold_pct * limit
+
+
+def metric_value(metric: str, funded: int, reserved: int, charged: int, limit: int) -> int:
+    """The value a monitor of ``metric`` watches, from the balances (minor units, or basis
+    points for ``utilization_pct``); an unknown metric reads 0."""
+    committed = reserved + charged
+    if metric == "available":
+        return limit - committed if limit > committed else 0
+    if metric == "utilization_pct":
+        return utilization_bp(committed, limit)
+    if metric == "reserved":
+        return reserved
+    if metric == "charged":
+        return charged
+    if metric == "funded":
+        return funded
+    return 0
+
+
+def condition_holds(value: int, operator: str, threshold: int) -> bool:
+    """Whether ``value operator threshold`` holds (an unknown operator never holds)."""
+    if operator == "<":
+        return value < threshold
+    if operator == "<=":
+        return value <= threshold
+    if operator == ">":
+        return value > threshold
+    if operator == ">=":
+        return value >= threshold
+    return False
+
+
+def evaluate_monitors(
+    monitors: immutables.Map[str, Monitor], funded: int, reserved: int, charged: int, limit: int
+) -> immutables.Map[str, Monitor]:
+    """``monitors`` with each armed flag recomputed from the balances; the same map when no
+    flag changes (so a budget's states share it, and a budget without monitors pays nothing)."""
+    if not monitors:
+        return monitors
+    changed: list[tuple[str, Monitor]] = []
+    for mid, m in monitors.items():
+        armed = not condition_holds(
+            metric_value(m.metric, funded, reserved, charged, limit), m.operator, m.threshold
+        )
+        if armed is not m.armed:
+            changed.append((mid, Monitor(m.metric, m.operator, m.threshold, armed)))
+    if not changed:
+        return monitors
+    out = monitors.mutate()
+    for mid, m in changed:
+        out[mid] = m
+    return out.finish()

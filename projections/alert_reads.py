@@ -24,26 +24,30 @@ class AlertCursor:
     budget_id: str
     sequence: int
     type: str
+    monitor_id: str = ""  # a balance_monitor alert's monitor (migration 016); "" for the others
 
     def token(self) -> str:
         """An opaque text form (JSON), for `encode_cursor`."""
-        return orjson.dumps(
-            [self.recorded_at.isoformat(), self.budget_id, self.sequence, self.type]
-        ).decode()
+        keys: list[Any] = [self.recorded_at.isoformat(), self.budget_id, self.sequence, self.type]
+        if self.monitor_id:  # only then: the cursors of other alerts keep their form
+            keys.append(self.monitor_id)
+        return orjson.dumps(keys).decode()
 
     @classmethod
     def from_token(cls, token: str) -> AlertCursor:
         """Parse `token()`; ValueError when it is not one."""
         try:
-            at, budget, seq, atype = orjson.loads(token)
+            at, budget, seq, atype, *rest = orjson.loads(token)
             parsed = datetime.fromisoformat(at)
         except (orjson.JSONDecodeError, TypeError, ValueError):
             raise ValueError("not an alert cursor") from None
         if parsed.tzinfo is None or not isinstance(budget, str) or not isinstance(atype, str):
             raise ValueError("not an alert cursor")
+        if len(rest) > 1 or (rest and (not isinstance(rest[0], str) or not rest[0])):
+            raise ValueError("not an alert cursor")
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
             raise ValueError("not an alert cursor")
-        return cls(parsed, budget, seq, atype)
+        return cls(parsed, budget, seq, atype, rest[0] if rest else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +82,14 @@ def alert_page(
             "after_budget": after.budget_id if after else None,
             "after_seq": after.sequence if after else None,
             "after_type": after.type if after else None,
+            "after_monitor": after.monitor_id if after else None,
             "limit": limit + 1,
         },
     ).fetchall()
     page = rows[:limit]
-    alerts = [(orjson.loads(payload), at) for _, _, _, at, payload in page]
+    alerts = [(orjson.loads(payload), at) for _, _, _, at, payload, _ in page]
     last = page[-1] if len(rows) > limit else None
-    cursor = None if last is None else AlertCursor(last[3], last[0], last[1], last[2])
+    cursor = None if last is None else AlertCursor(last[3], last[0], last[1], last[2], last[5])
     return AlertPage(alerts, cursor)
 
 

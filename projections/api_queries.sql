@@ -114,18 +114,19 @@ FROM ledger_api_key(%(key_id)s)
 
 -- name: alert_page
 -- A tenant's alerts (optionally one budget's) recorded in [%(since)s, %(until)s), newest first,
--- strictly after the keyset after_at, after_budget, after_seq, after_type (all NULL: the first
--- page); index alerts_history, or alerts_budget_history with a budget.
-SELECT budget_id, sequence, type, recorded_at, payload::text
+-- strictly after the keyset after_at, after_budget, after_seq, after_type, after_monitor (all
+-- NULL: the first page); index alerts_history, or alerts_budget_history with a budget. The
+-- monitor (migration 016, '' for other types) tells apart two balance_monitor alerts of one event.
+SELECT budget_id, sequence, type, recorded_at, payload::text, monitor_id
 FROM alerts
 WHERE tenant_id = %(tenant)s
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s::text)
   AND recorded_at >= %(since)s AND recorded_at < %(until)s
   AND (%(after_at)s::timestamptz IS NULL
-       OR (recorded_at, budget_id, sequence, type)
+       OR (recorded_at, budget_id, sequence, type, monitor_id)
           < (%(after_at)s::timestamptz, %(after_budget)s::text, %(after_seq)s::bigint,
-             %(after_type)s::text))
-ORDER BY recorded_at DESC, budget_id DESC, sequence DESC, type DESC
+             %(after_type)s::text, %(after_monitor)s::text))
+ORDER BY recorded_at DESC, budget_id DESC, sequence DESC, type DESC, monitor_id DESC
 LIMIT %(limit)s
 
 -- name: dead_letter

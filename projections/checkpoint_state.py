@@ -18,7 +18,13 @@ import immutables
 import orjson
 
 from budget_ledger.ledger.evolve import config_from_data
-from budget_ledger.ledger.state import BudgetState, Reservation, ReservationStatus, config_data
+from budget_ledger.ledger.state import (
+    BudgetState,
+    Monitor,
+    Reservation,
+    ReservationStatus,
+    config_data,
+)
 from budget_ledger.schemas.events import rfc3339_utc
 
 #: Version of the stored form; a checkpoint with another version is replayed whole.
@@ -66,6 +72,11 @@ def encode_state(state: BudgetState) -> str:
         "above_soft": state.above_soft,
         "above_hard": state.above_hard,
     }
+    if state.monitors:  # absent (no monitors) in every state written before monitors existed
+        doc["monitors"] = [
+            [mid, m.metric, m.operator, m.threshold, m.armed]
+            for mid, m in sorted(state.monitors.items())
+        ]
     return orjson.dumps(doc).decode()
 
 
@@ -82,6 +93,10 @@ def decode_state(text: str | bytes) -> BudgetState:
         )  # fmt: skip
         expiring = immutables.Map((ref, datetime.fromisoformat(at)) for ref, at in d["expiring"])
         cfg = d["config"]
+        monitors = immutables.Map(
+            (mid, Monitor(_str(metric), _str(op), _int(threshold), _bool(armed)))
+            for mid, metric, op, threshold, armed in d.get("monitors", ())
+        )
         return BudgetState(
             tenant_id=d["tenant_id"],
             budget_id=d["budget_id"],
@@ -100,6 +115,7 @@ def decode_state(text: str | bytes) -> BudgetState:
             expiring=expiring,
             above_soft=_bool(d["above_soft"]),
             above_hard=_bool(d["above_hard"]),
+            monitors=monitors,
         )
     except StateUnreadable:
         raise
@@ -111,6 +127,12 @@ def _int(value: Any) -> int:
     # Money and counters are JSON integers: a float (or a bool) here is a corrupt state.
     if type(value) is not int:
         raise StateUnreadable(f"expected an integer, got {value!r}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise StateUnreadable(f"expected a string, got {value!r}")
     return value
 
 

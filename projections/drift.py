@@ -34,6 +34,7 @@ BALANCE_FIELDS = (
     "above_hard",
     "cap_reached_alerted",
     "snapshot_seq",
+    "monitors",
 )
 # The state snapshot columns (migration 007): NULL in a row written before it, which is no
 # drift (the consumer loads that budget by replay); compared once the row has a snapshot.
@@ -41,6 +42,7 @@ SNAPSHOT_FIELDS = frozenset(
     {"digits", "above_soft", "above_hard", "cap_reached_alerted", "snapshot_seq"}
 )
 _UPDATED_AT = 14  # balance_row's column that is not compared
+_SNAPSHOT_SEQ = BALANCE_FIELDS.index("snapshot_seq")
 RESERVATION_FIELDS = (
     "tenant_id",
     "budget_id",
@@ -82,9 +84,9 @@ def compare(budget: BudgetReplay) -> list[Drift]:
     if budget.balance is None:
         drifts.append(Drift(t, b, "budget_balances", b, "row", "present", "absent"))
     else:
-        no_snapshot = budget.balance[-1] is None  # snapshot_seq: written before migration 007
+        no_snapshot = budget.balance[_SNAPSHOT_SEQ] is None  # written before migration 007
         for name, exp, act in zip(BALANCE_FIELDS, expected, budget.balance, strict=True):
-            if name == "config":
+            if name == "config" or name == "monitors":
                 exp = None if exp is None else _LOADS(exp)  # type: ignore[arg-type]
             elif no_snapshot and name in SNAPSHOT_FIELDS:
                 continue

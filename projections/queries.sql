@@ -10,7 +10,7 @@ CREATE TEMP TABLE IF NOT EXISTS staging_reservations
 COPY staging_balances (tenant_id, budget_id, currency, opened, funded, reserved, charged,
                        available, budget_limit, utilization_pct, sequence, last_hash,
                        period_start, config, updated_at, digits, above_soft, above_hard,
-                       cap_reached_alerted, snapshot_seq)
+                       cap_reached_alerted, snapshot_seq, monitors)
 FROM STDIN
 
 -- name: merge_balances
@@ -23,7 +23,8 @@ ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
     period_start = EXCLUDED.period_start, config = EXCLUDED.config,
     updated_at = EXCLUDED.updated_at, digits = EXCLUDED.digits,
     above_soft = EXCLUDED.above_soft, above_hard = EXCLUDED.above_hard,
-    cap_reached_alerted = EXCLUDED.cap_reached_alerted, snapshot_seq = EXCLUDED.snapshot_seq
+    cap_reached_alerted = EXCLUDED.cap_reached_alerted, snapshot_seq = EXCLUDED.snapshot_seq,
+    monitors = EXCLUDED.monitors
 
 -- name: copy_staging_reservations
 COPY staging_reservations (tenant_id, budget_id, ref_id, status, amount, charged, expires_at,
@@ -69,7 +70,7 @@ ORDER BY sequence
 SELECT tenant_id, budget_id, funded, reserved, charged, available,
        json_build_array(currency, opened, budget_limit, utilization_pct::text, sequence,
                         last_hash, period_start, config, digits, above_soft, above_hard,
-                        cap_reached_alerted, snapshot_seq)::text
+                        cap_reached_alerted, snapshot_seq, monitors)::text
 FROM budget_balances
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
@@ -167,7 +168,7 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 COPY budget_balances (tenant_id, budget_id, currency, opened, funded, reserved, charged,
                       available, budget_limit, utilization_pct, sequence, last_hash,
                       period_start, config, updated_at, digits, above_soft, above_hard,
-                      cap_reached_alerted, snapshot_seq)
+                      cap_reached_alerted, snapshot_seq, monitors)
 FROM STDIN
 
 -- name: copy_reservations
@@ -375,7 +376,8 @@ CROSS JOIN LATERAL (SELECT * FROM ledger
 SELECT b.tenant_id, b.budget_id, b.funded, b.reserved, b.charged, b.available,
        json_build_array(b.currency, b.opened, b.budget_limit, b.utilization_pct::text,
                         b.sequence, b.last_hash, b.period_start, b.config, b.digits,
-                        b.above_soft, b.above_hard, b.cap_reached_alerted, b.snapshot_seq)::text
+                        b.above_soft, b.above_hard, b.cap_reached_alerted, b.snapshot_seq,
+                        b.monitors)::text
 FROM (SELECT e->>0 AS tenant_id, e->>1 AS budget_id
       FROM json_array_elements(%(keys)s::json) AS e) AS t
 JOIN budget_balances b ON b.tenant_id = t.tenant_id AND b.budget_id = t.budget_id
@@ -449,7 +451,7 @@ VALUES (%(mode)s, %(started_at)s, %(clean)s, %(events)s, %(budgets)s,
 SELECT b.tenant_id, b.budget_id, b.currency, b.opened, b.funded, b.reserved, b.charged,
        b.available, b.budget_limit, b.utilization_pct::text, b.sequence, b.last_hash,
        b.period_start, b.config::text, b.updated_at, b.digits, b.above_soft, b.above_hard,
-       b.cap_reached_alerted, b.snapshot_seq,
+       b.cap_reached_alerted, b.snapshot_seq, b.monitors::text,
        (SELECT json_agg(json_build_array(
                    r.ref_id, r.status, r.amount, r.charged,
                    to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import immutables
 import orjson
 
 from budget_ledger.ledger.budget import BudgetConfig, BudgetState, Reservation
+from budget_ledger.ledger.state import Monitor
 from budget_ledger.schemas.codec import pct_text
 from budget_ledger.schemas.events import rfc3339_utc
 
@@ -28,13 +30,26 @@ def _config_json(config: BudgetConfig) -> str:
     return text
 
 
+def monitors_json(monitors: immutables.Map[str, Monitor]) -> str | None:
+    """The ``monitors`` column (migration 016): monitor_id -> {metric, operator, threshold,
+    armed}, keys sorted; None (SQL NULL) for a budget without monitors."""
+    if not monitors:
+        return None
+    doc = {
+        mid: {"metric": m.metric, "operator": m.operator, "threshold": m.threshold,
+              "armed": m.armed}
+        for mid, m in sorted(monitors.items())
+    }  # fmt: skip
+    return orjson.dumps(doc).decode()
+
+
 def balance_row(state: BudgetState, updated_at: datetime | None) -> BalanceRow:
     """The `budget_balances` row of a budget, in `copy_staging_balances` column order (times
     as the RFC 3339 text the reconciler reads back; ``updated_at`` None only for comparing).
 
-    The last five columns (migration 007) are the rest of the state, so that
+    Columns 15-19 (migration 007) are the rest of the state, so that
     `projections.state_loading` can load it without a replay; ``snapshot_seq`` says at which
-    sequence they were written (always this row's own)."""
+    sequence they were written (always this row's own). The last is the monitors (016)."""
     # orjson writes a dataclass exactly as its asdict() (flat fields, in order), without the
     # deep copy; the config object is shared by every state of a budget, so cache by identity.
     config = _config_json(state.config) if state.config is not None else None
@@ -59,6 +74,7 @@ def balance_row(state: BudgetState, updated_at: datetime | None) -> BalanceRow:
         state.above_hard,
         state.cap_reached_alerted,
         state.sequence,
+        monitors_json(state.monitors) if state.monitors else None,
     )
 
 

@@ -24,7 +24,7 @@ import psycopg
 from budget_ledger.ledger.budget import BudgetConfig, BudgetState, initial_state
 from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.sql import load_queries
-from budget_ledger.ledger.state import Reservation, ReservationStatus, compact
+from budget_ledger.ledger.state import Monitor, Reservation, ReservationStatus, compact
 from budget_ledger.ledger.store import load_budgets
 
 BudgetKey = tuple[str, str]
@@ -35,6 +35,7 @@ RefKey = tuple[str, str, str]
 _OPENED, _CURRENCY, _FUNDED, _RESERVED, _CHARGED, _AVAILABLE, _LIMIT = 3, 2, 4, 5, 6, 7, 8
 _SEQUENCE, _LAST_HASH, _PERIOD_START, _CONFIG = 10, 11, 12, 13
 _DIGITS, _ABOVE_SOFT, _ABOVE_HARD, _CAP_ALERTED, _SNAPSHOT_SEQ = 15, 16, 17, 18, 19
+_MONITORS = 20  # migration 016; a row shorter than this (an older layout) has none
 _STATUSES = {s.value: s for s in ReservationStatus}
 
 
@@ -55,6 +56,19 @@ def reservation_from_row(row: Sequence[Any]) -> Reservation:
     return Reservation(
         ref, amount, _STATUSES[status], charged, _time(expires), command_id, created, updated
     )
+
+
+def monitors_from_json(text: str | bytes | None) -> immutables.Map[str, Monitor]:
+    """The monitors of a `projections.rows.monitors_json` column (empty for NULL)."""
+    if text is None:
+        return _NO_MONITORS
+    return immutables.Map(
+        (mid, Monitor(m["metric"], m["operator"], m["threshold"], m["armed"]))
+        for mid, m in orjson.loads(text).items()
+    )
+
+
+_NO_MONITORS: immutables.Map[str, Monitor] = immutables.Map()
 
 
 def state_from_projection(
@@ -96,6 +110,7 @@ def state_from_projection(
         expiring=immutables.Map(expiring),
         above_soft=balance[_ABOVE_SOFT],
         above_hard=balance[_ABOVE_HARD],
+        monitors=monitors_from_json(balance[_MONITORS] if len(balance) > _MONITORS else None),
     )
     if state.available != balance[_AVAILABLE] or state.limit != balance[_LIMIT]:
         return None  # the row contradicts itself: do not decide on it (replay instead)

@@ -205,6 +205,14 @@ def opened_digits(d: Mapping[str, Any]) -> int:
     return fraction_digits(d["funded"])
 
 
+def _money_text(digits: int) -> Callable[[int], str]:
+    return lambda minor: to_decimal_str(minor, digits)
+
+
+def _money_minor(digits: int) -> Callable[[str], int]:
+    return lambda text: to_minor(text, digits)
+
+
 def make_alert_id(tenant_id: str, budget_id: str, alert_type: str, sequence: int) -> str:
     """Stable id for an alert: the same crossing always gets the same id across redeliveries."""
     key = f"{tenant_id}:{budget_id}:{alert_type}:{sequence}".encode()
@@ -218,8 +226,15 @@ def alert_to_wire(a: Alert, digits: int) -> dict[str, Any]:
         k: to_decimal_str(v, digits) if k in ALERT_MONEY_KEYS and v is not None else v
         for k, v in a.data.items()
     }
+    id_type = a.type
+    if a.type == "balance_monitor":
+        # Several monitors may fire on one event: the monitor is part of the alert's identity.
+        id_type = f"balance_monitor:{a.data['monitor_id']}"
+        scale = pct_text if a.data["metric"] == "utilization_pct" else _money_text(digits)
+        data["threshold"] = scale(a.data["threshold"])
+        data["value"] = scale(a.data["value"])
     return {
-        "alert_id": make_alert_id(a.tenant_id, a.budget_id, a.type, a.sequence),
+        "alert_id": make_alert_id(a.tenant_id, a.budget_id, id_type, a.sequence),
         "type": a.type,
         "severity": a.severity,
         "tenant_id": a.tenant_id,
@@ -234,10 +249,14 @@ def alert_to_wire(a: Alert, digits: int) -> dict[str, Any]:
 
 def alert_from_wire(d: Mapping[str, Any], digits: int) -> Alert:
     """Inverse of `alert_to_wire` (the id is derived, so it is not kept)."""
-    data = {
+    data: dict[str, Any] = {
         k: to_minor(v, digits) if k in ALERT_MONEY_KEYS and v is not None else v
         for k, v in d["data"].items()
     }
+    if d["type"] == "balance_monitor":
+        back = pct_bp if data["metric"] == "utilization_pct" else _money_minor(digits)
+        data["threshold"] = back(data["threshold"])
+        data["value"] = back(data["value"])
     return Alert(
         type=d["type"],
         severity=d["severity"],

@@ -10,6 +10,7 @@ here; the domain converts them to minor units with the budget's currency.
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from collections.abc import Mapping
 from datetime import datetime
@@ -81,7 +82,7 @@ KeyPart = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\s:]+$")
 ]
 #: Every id field of any command (the envelope's and the type's own).
-ID_FIELDS: Final = ("command_id", "tenant_id", "budget_id", "ref_id", "operator")
+ID_FIELDS: Final = ("command_id", "tenant_id", "budget_id", "ref_id", "operator", "monitor_id")
 FreeText = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_TEXT_LENGTH),
@@ -106,10 +107,14 @@ CommandType = Literal[
     "expire_reservations",
     "close_period",
     "adjust",
+    "set_monitor",
+    "remove_monitor",
 ]
 
 #: Names of every field holding money, across all command types.
-AMOUNT_FIELDS: Final = frozenset({"amount", "hard_cap", "soft_cap", "period_allowance"})
+AMOUNT_FIELDS: Final = frozenset(
+    {"amount", "hard_cap", "soft_cap", "period_allowance", "threshold"}
+)
 #: Fields of configure_budget (the optional fields of open_budget).
 CONFIG_FIELDS: Final = (
     "hard_cap",
@@ -357,6 +362,43 @@ class Adjust(_Envelope):
         return self
 
 
+# A monitor's percent threshold: utilization is unbounded above 100 % (a lowered limit), so up to
+# 1,000,000 %, with at most 2 decimals (basis points).
+_PERCENT_THRESHOLD: Final = r"^(0|[1-9][0-9]{0,6})(\.[0-9]{1,2})?$"
+
+
+class SetMonitor(_Envelope):
+    """Add (or replace) the balance monitor ``monitor_id``: an alert ``balance_monitor`` fires
+    when ``metric operator threshold`` starts to hold, once per crossing. ``threshold`` is a
+    decimal amount in the budget's currency, or a percent (``"50"``, ``"87.5"``) for
+    ``utilization_pct``."""
+
+    type: Literal["set_monitor"]
+    monitor_id: Id
+    metric: Literal["available", "utilization_pct", "reserved", "charged", "funded"]
+    operator: Literal["<", "<=", ">", ">="]
+    threshold: Amount
+
+    @model_validator(mode="after")
+    def _threshold_fits_metric(self) -> SetMonitor:
+        if (
+            self.metric == "utilization_pct"
+            and re.fullmatch(_PERCENT_THRESHOLD, self.threshold) is None
+        ):
+            raise ValueError(
+                f'threshold {self.threshold!r} is not a percent like "50" or "87.5" '
+                "(at most 2 decimals, at most 1000000)"
+            )
+        return self
+
+
+class RemoveMonitor(_Envelope):
+    """Remove the balance monitor ``monitor_id``."""
+
+    type: Literal["remove_monitor"]
+    monitor_id: Id
+
+
 Command = Annotated[
     OpenBudget
     | ConfigureBudget
@@ -366,7 +408,9 @@ Command = Annotated[
     | Release
     | ExpireReservations
     | ClosePeriod
-    | Adjust,
+    | Adjust
+    | SetMonitor
+    | RemoveMonitor,
     Field(discriminator="type"),
 ]
 
@@ -380,6 +424,8 @@ COMMAND_MODELS: Final[dict[str, type[BaseModel]]] = {
     "expire_reservations": ExpireReservations,
     "close_period": ClosePeriod,
     "adjust": Adjust,
+    "set_monitor": SetMonitor,
+    "remove_monitor": RemoveMonitor,
 }
 
 # Built once at import: building the validator is the expensive part, validating is cheap.

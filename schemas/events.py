@@ -27,11 +27,17 @@ EventType = Literal[
     "period_closed",
     "budget_adjusted",
     "command_rejected",
+    "monitor_set",
+    "monitor_removed",
 ]
 EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]
 
 AlertType = Literal[
-    "soft_cap_exceeded", "hard_cap_approaching", "hard_cap_reached", "drift_detected"
+    "soft_cap_exceeded",
+    "hard_cap_approaching",
+    "hard_cap_reached",
+    "drift_detected",
+    "balance_monitor",
 ]
 ALERT_TYPES: Final[tuple[str, ...]] = AlertType.__args__  # type: ignore[attr-defined]
 
@@ -48,6 +54,7 @@ MONEY_DATA_KEYS: Final = frozenset(
         "unspent",
         "rolled_over",
         "allowance",
+        "threshold_amount",  # monitor_set of a money metric
     }
 )
 #: Keys of ``data`` holding a list of ``[ref_id, amount]`` pairs.

@@ -30,8 +30,18 @@ HEADERS: Final = (SIG_HEADER, KEY_ID_HEADER, PRINCIPAL_HEADER, TENANT_HEADER)
 ANY_TENANT: Final = "*"
 
 #: Command types accepted only with a valid signature; reserve, charge, release need none.
+#: A monitor change is configuration, like configure_budget: signed too.
 PRIVILEGED: Final = frozenset(
-    {"open_budget", "configure_budget", "fund", "adjust", "close_period", "expire_reservations"}
+    {
+        "open_budget",
+        "configure_budget",
+        "fund",
+        "adjust",
+        "close_period",
+        "expire_reservations",
+        "set_monitor",
+        "remove_monitor",
+    }
 )
 
 #: Key ids: short and printable, so they can be logged and named in a dead letter.

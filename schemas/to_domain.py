@@ -106,6 +106,23 @@ def _adjust(c: wc.Adjust, digits: int, currencies: Mapping[str, int]) -> dc.Adju
     )  # fmt: skip
 
 
+def _set_monitor(c: wc.SetMonitor, digits: int, currencies: Mapping[str, int]) -> dc.SetMonitor:
+    # A percent threshold is basis points (2 digits), whatever the currency.
+    scale = 2 if c.metric == "utilization_pct" else digits
+    return dc.SetMonitor(
+        c.command_id, c.tenant_id, c.budget_id, c.issued_at, c.metadata,
+        c.monitor_id, c.metric, c.operator, scaled(c.threshold, scale),
+    )  # fmt: skip
+
+
+def _remove_monitor(
+    c: wc.RemoveMonitor, digits: int, currencies: Mapping[str, int]
+) -> dc.RemoveMonitor:
+    return dc.RemoveMonitor(
+        c.command_id, c.tenant_id, c.budget_id, c.issued_at, c.metadata, c.monitor_id
+    )
+
+
 _TRANSLATORS: Final[dict[str, Callable[[Any, int, Mapping[str, int]], dc.Command]]] = {
     "open_budget": _open,
     "configure_budget": _configure,
@@ -116,6 +133,8 @@ _TRANSLATORS: Final[dict[str, Callable[[Any, int, Mapping[str, int]], dc.Command
     "expire_reservations": _expire,
     "close_period": _close,
     "adjust": _adjust,
+    "set_monitor": _set_monitor,
+    "remove_monitor": _remove_monitor,
 }
 
 

@@ -6,6 +6,8 @@ command's fingerprint and event, so redeliveries and id reuse go through the rea
 emitted events == live state, allowed reservation moves only, an intact hash chain, and every
 amount and balance within the stored range (MAX_MINOR): amounts go up to the largest a command
 may carry, and one budget may be in a 4-digit currency, where a single fund reaches the maximum.
+Balance monitors come and go: a ``balance_monitor`` alert fires exactly when a model of the
+monitors, evaluated on each event's own balances, sees its condition start to hold.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.states: dict[str, BudgetState] = {b: initial_state(TENANT, b) for b in BUDGETS}
         self.events: dict[str, list[LedgerEvent]] = {b: [] for b in BUDGETS}
         self.seen: dict[str, tuple[str, LedgerEvent]] = {}  # command_id -> (fingerprint, event)
+        # The monitors model: budget -> monitor_id -> ((metric, operator, threshold), holds).
+        self.monitors: dict[str, dict[str, tuple[tuple[str, str, int], bool]]] = {
+            b: {} for b in BUDGETS
+        }
 
     # --- the consumer model ---
 
@@ -92,6 +98,7 @@ class LedgerMachine(RuleBasedStateMachine):
         done = record(before, command, self.now, TABLE)
         after, outcome = done.state, done.event
         self._check_moves(before, after)
+        self._check_monitor_alerts(b, outcome, done.alerts)
         self.states[b] = after
         self.events[b].append(outcome)
         self.seen[command.command_id] = (fp, outcome)
@@ -101,6 +108,34 @@ class LedgerMachine(RuleBasedStateMachine):
         self.n += 1
         body = {"type": type_, "command_id": f"c{self.n}", "tenant_id": TENANT, "budget_id": b}
         return orjson.dumps({**body, **fields})
+
+    def _check_monitor_alerts(self, b: str, ev: LedgerEvent, alerts: Any) -> None:
+        """The monitors' alerts of ``ev`` are exactly the model's crossings."""
+        model = self.monitors[b]
+        if ev.type == "budget_opened" and ev.reason is None:
+            model.clear()
+        elif ev.type == "monitor_set":
+            d = ev.data
+            key = "threshold_bp" if d["metric"] == "utilization_pct" else "threshold_amount"
+            old = model.get(d["monitor_id"])
+            cond = (d["metric"], d["operator"], d[key])
+            # A new condition counts as not holding before (a set that holds fires at once).
+            model[d["monitor_id"]] = (cond, old[1] if old and old[0] == cond else False)
+        elif ev.type == "monitor_removed":
+            model.pop(ev.data["monitor_id"], None)
+        values = {"available": ev.available, "utilization_pct": ev.utilization_bp,
+                  "reserved": ev.reserved, "charged": ev.charged, "funded": ev.funded}  # fmt: skip
+        ops = {"<": int.__lt__, "<=": int.__le__, ">": int.__gt__, ">=": int.__ge__}
+        expected = []
+        for mid, ((metric, op, threshold), held) in sorted(model.items()):
+            holds = ops[op](values[metric], threshold)
+            if holds and not held:
+                expected.append(mid)
+            model[mid] = ((metric, op, threshold), holds)
+        fired = [a.data["monitor_id"] for a in alerts if a.type == "balance_monitor"]
+        assert fired == expected
+        if expected:
+            event("balance_monitor fired")
 
     def _check_moves(self, before: BudgetState, after: BudgetState) -> None:
         for ref, res in after.reservations.items():
@@ -206,6 +241,23 @@ class LedgerMachine(RuleBasedStateMachine):
         self.deliver(raw)
         return raw
 
+    @rule(target=raw_commands, b=budgets, mid=st.sampled_from(["m1", "m2", "m3"]),
+          metric=st.sampled_from(["available", "utilization_pct", "reserved", "charged",
+                                  "funded"]),
+          op=st.sampled_from(["<", "<=", ">", ">="]), value=st.integers(0, 20_000))  # fmt: skip
+    def set_monitor(self, b: str, mid: str, metric: str, op: str, value: int) -> bytes:
+        threshold = f"{value // 100}.{value % 100:02d}"
+        raw = self._raw(b, "set_monitor", monitor_id=mid, metric=metric, operator=op,
+                        threshold=threshold)  # fmt: skip
+        self.deliver(raw)
+        return raw
+
+    @rule(target=raw_commands, b=budgets, mid=st.sampled_from(["m1", "m2", "m3"]))
+    def remove_monitor(self, b: str, mid: str) -> bytes:
+        raw = self._raw(b, "remove_monitor", monitor_id=mid)
+        self.deliver(raw)
+        return raw
+
     @rule(seconds=st.integers(1, 200))
     def tick(self, seconds: int) -> None:
         self.now += timedelta(seconds=seconds)
@@ -274,6 +326,14 @@ class LedgerMachine(RuleBasedStateMachine):
                 initial_state(TENANT, b),
             )  # fmt: skip
             assert via_wire == s
+
+    @invariant()
+    def monitors_match_the_model(self) -> None:
+        for b, s in self.states.items():
+            model = self.monitors[b]
+            assert set(s.monitors) == set(model)
+            for mid, m in s.monitors.items():
+                assert ((m.metric, m.operator, m.threshold), not m.armed) == model[mid]
 
     @invariant()
     def hash_chain_verifies(self) -> None:

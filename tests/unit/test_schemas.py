@@ -297,9 +297,9 @@ def _doc_examples() -> list[tuple[str, dict[str, Any]]]:
 def test_every_type_has_a_schema() -> None:
     schemas = json_schemas()
     assert {k.split(".")[0] for k in schemas} == {"command", "event", "alert"}
-    assert len([k for k in schemas if k.startswith("command.")]) == 9
-    assert len([k for k in schemas if k.startswith("event.")]) == 11
-    assert len([k for k in schemas if k.startswith("alert.")]) == 4
+    assert len([k for k in schemas if k.startswith("command.")]) == 11
+    assert len([k for k in schemas if k.startswith("event.")]) == 13
+    assert len([k for k in schemas if k.startswith("alert.")]) == 5
 
 
 def test_doc_examples_validate_against_exported_schemas() -> None:

@@ -144,9 +144,10 @@ def test_the_signer_never_shows_its_secret() -> None:
         sign(KEY, VALUE, key_id="k", secret=SECRET, principal="has space")
 
 
-def test_privileged_types_are_the_documented_six() -> None:
+def test_privileged_types_are_the_documented_eight() -> None:
     documented = {
         "open_budget", "configure_budget", "fund", "adjust", "close_period", "expire_reservations",
+        "set_monitor", "remove_monitor",
     }  # fmt: skip
     assert documented == signing.PRIVILEGED
 

@@ -31,7 +31,7 @@ _BALANCES = {
     "charged_in_period",
     "cap_reached_alerted",
 }
-_ALERT_ARMING = {"above_soft", "above_hard"}
+_ALERT_ARMING = {"above_soft", "above_hard", "monitors"}
 
 
 class _Marker:

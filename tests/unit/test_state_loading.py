@@ -131,8 +131,10 @@ def test_compact_keeps_open_reservations_and_every_other_field() -> None:
 def test_a_row_without_a_usable_snapshot_is_not_loaded() -> None:
     state = next(s for s in _states(200, 2, 5, 20) if s.opened)
     row = balance_row(state, START)
-    assert state_from_projection((*row[:-1], None), []) is None  # before migration 007
-    assert state_from_projection((*row[:-1], state.sequence - 1), []) is None  # stale columns
+    seq = 19  # snapshot_seq (migration 007); the monitors (016) follow it
+    assert state_from_projection((*row[:seq], None, *row[seq + 1 :]), []) is None  # before 007
+    stale = (*row[:seq], state.sequence - 1, *row[seq + 1 :])
+    assert state_from_projection(stale, []) is None  # stale columns
     wrong = list(row)
     wrong[7] = int(row[7]) + 1  # type: ignore[call-overload]  # available contradicts the rest
     assert state_from_projection(tuple(wrong), []) is None
