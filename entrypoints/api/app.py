@@ -18,6 +18,7 @@ from budget_ledger.entrypoints.api import (
     commands,
     console,
     ledger,
+    monitors,
     reconcile,
     reports,
     webhooks,
@@ -69,6 +70,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
     app.include_router(alerts.router)
     app.include_router(commands.router)
     app.include_router(writes.router)
+    app.include_router(monitors.router)
     app.include_router(reconcile.router)
     app.include_router(webhooks.router)
     app.include_router(console.router)  # /console: the web console (docs/console.md)

@@ -398,3 +398,24 @@ class RedeliverOut(BaseModel):
     """How many of the endpoint's alerts were queued again."""
 
     queued: int
+
+
+class MonitorOut(BaseModel):
+    """A balance monitor: `metric operator threshold`, and whether it is armed (its condition
+    does not hold: it fires on the next crossing) or fired (the condition holds since it fired)."""
+
+    monitor_id: str
+    metric: Literal["available", "utilization_pct", "reserved", "charged", "funded"]
+    operator: Literal["<", "<=", ">", ">="]
+    threshold: str = Field(description="money in the budget's currency, or a percent")
+    armed: bool
+    state: Literal["armed", "fired"]
+
+
+class MonitorList(BaseModel):
+    """The monitors of one budget, by monitor_id, as of its last event (`sequence`)."""
+
+    budget_id: str
+    currency: str
+    sequence: int
+    monitors: list[MonitorOut]

@@ -248,8 +248,12 @@ async def _write(
     command_id: str,
     wait: float | None,
     path_fields: Mapping[str, str],
+    *,
+    body: bytes | None = None,
+    defaults: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """Build, check, publish and (with `wait`) await one command."""
+    """Build, check, publish and (with `wait`) await one command; ``body`` replaces the
+    request's (a DELETE has none), ``defaults`` are fields the body may leave out."""
     settings: Settings = request.app.state.settings
     pool: ConnectionPool = request.app.state.pool
     publisher: CommandPublisher = request.app.state.publisher
@@ -262,7 +266,9 @@ async def _write(
         # Who corrected the budget is the key, never text the client sends.
         given["operator"] = "the API key's name"
         own["operator"] = principal
-    fields = _fields(await _body(request), given)
+    fields = _fields(await _body(request) if body is None else body, given)
+    if defaults:
+        fields = {**defaults, **fields}
     wire = {"type": kind, "tenant_id": caller.tenant_id, "command_id": command_id,
             **path_fields, **fields, **own}  # fmt: skip
     try:
