@@ -107,6 +107,7 @@ def _accepted(
     committed = r + ch
     # hard_cap_reached re-arms when the ceiling moves up (funding, cap raised) or a period starts.
     cap_alerted = s.cap_reached_alerted and not new_period and limit <= s.limit
+    mons = s.monitors if monitors is None else monitors
     return BudgetState(
         tenant_id=s.tenant_id,
         budget_id=s.budget_id,
@@ -125,8 +126,9 @@ def _accepted(
         expiring=s.expiring if expiring is None else expiring,
         above_soft=above_soft(cfg, limit, committed),
         above_hard=above_hard(cfg, limit, committed),
-        # Re-evaluated after every accepted event, like the flags above (free without monitors).
-        monitors=evaluate_monitors(s.monitors if monitors is None else monitors, f, r, ch, limit),
+        # Re-evaluated after every accepted event, like the flags above; without monitors, one
+        # truth test and no call: the common budget's per-event cost.
+        monitors=evaluate_monitors(mons, f, r, ch, limit) if mons else mons,
     )
 
 
