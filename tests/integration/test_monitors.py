@@ -211,3 +211,14 @@ def test_the_api_sets_lists_and_removes_monitors(world: World) -> None:
             if cursor is None:
                 break
         assert seen == ["r-b", "r-a", generated]
+
+
+def test_a_bad_monitor_through_kafka_is_dead_lettered_with_its_reason(world: World) -> None:
+    url, settings = world.url, world.settings
+    bad = set_monitor("b1", "bad-metric", "x", "balance", "<", "1")
+    with running_consumer(settings, relay=False):
+        produce(settings, [bad])
+        query = "SELECT reason FROM dead_letters WHERE command_id = 'bad-metric'"
+        wait_for(lambda: scalar(url, query) is not None, what="the dead letter")
+    reason = scalar(url, query)
+    assert "metric" in reason and "'available'" in reason, reason
