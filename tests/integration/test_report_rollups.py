@@ -23,6 +23,8 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
+from pydantic import SecretStr
 
 from budget_ledger.consumers import processor
 from budget_ledger.entrypoints.api.app import create_app
@@ -32,8 +34,9 @@ from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections import report_rollups as ru
 from budget_ledger.projections import reports
 from budget_ledger.projections.api_reads import BudgetView, bind_tenant, get_budget
+from budget_ledger.projections.readers import create_reader
 from budget_ledger.projections.reports import PERIODS, RangeSpec, budget_report, tenant_reports
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.conftest import _delete_topics, as_login, cloned_database, service_settings
 from tests.integration.support import cli, ledger_count, produce, running_consumer, wait_for
 
 pytestmark = pytest.mark.integration
@@ -299,6 +302,17 @@ def test_readers_see_their_tenants_rollups_only_and_the_api_reads_them(world: Wo
         tenants = {r[0] for r in conn.execute("SELECT DISTINCT tenant_id FROM report_rollups")}
         assert tenants == {"globex"}
         assert reports.rolled_through(conn) is not None
+    role, secret = f"reader_{uuid.uuid4().hex[:10]}", f"pw-{uuid.uuid4().hex}"
+    with psycopg.connect(s.database_url) as conn:
+        create_reader(conn, "acme", role, SecretStr(secret))
+    try:  # a tenant reader login (`readers create`): its own tenant's rollups only
+        with psycopg.connect(as_login(s.database_url, role, secret)) as conn:
+            rows = conn.execute("SELECT DISTINCT tenant_id FROM report_rollups").fetchall()
+            assert rows == [("acme",)]
+            assert reports.rolled_through(conn) is not None
+    finally:
+        with psycopg.connect(s.database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     with psycopg.connect(s.database_url, autocommit=True) as conn:
         key = create_key(conn, "acme", ("read",), "rollup test")[1]
         budget = _budget(conn, "acme", "in")
