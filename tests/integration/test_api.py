@@ -28,7 +28,7 @@ from budget_ledger.entrypoints.api.keys import create_key, revoke_key
 from budget_ledger.ledger.db import pool as make_pool
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections.api_reads import tenant_session
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.integration.api_world import KeySpec, Services, api_world
 from tests.integration.support import (
     cli,
     ledger_count,
@@ -67,16 +67,22 @@ class World:
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    with cloned_database(pg_admin_dsn, template_database) as url:
-        settings = service_settings(kafka_bootstrap, url, prefix, app_login, currencies=CURRENCIES)
-        try:
-            yield _fill(settings)
-        finally:
-            _delete_topics(kafka_bootstrap, prefix)
+    services = Services(kafka_bootstrap, pg_admin_dsn, template_database, app_login)
+    keys: list[KeySpec] = [
+        (label, tenant, scopes, f"{label} test key")
+        for label, tenant, scopes in [
+            ("acme", "acme", ("read",)),
+            ("globex", "globex", ("read", "write")),
+            ("acme_write_only", "acme", ("write",)),
+            ("platform", None, ("read",)),
+            ("revoked", "acme", ("read",)),
+        ]
+    ]
+    with api_world(services, keys, currencies=CURRENCIES) as w:
+        yield _fill(w.settings, w.keys)
 
 
-def _fill(settings: Settings) -> World:
+def _fill(settings: Settings, keys: dict[str, str]) -> World:
     a, g = "acme", "globex"
     usd = {"currency": "USD"}
     phases: list[list[dict[str, Any]]] = [
@@ -122,17 +128,8 @@ def _fill(settings: Settings) -> World:
             done += produce(settings, phase)
             wait_for(lambda n=done: ledger_count(settings.database_url) >= n, what="the ledger")
             time.sleep(0.05)  # the next phase's events are recorded strictly later
+    revoked_id = keys["revoked"].split("_")[1]
     with psycopg.connect(settings.database_url) as conn:
-        keys = {}
-        for label, tenant, scopes in [
-            ("acme", "acme", ("read",)),
-            ("globex", "globex", ("read", "write")),
-            ("acme_write_only", "acme", ("write",)),
-            ("platform", None, ("read",)),
-            ("revoked", "acme", ("read",)),
-        ]:
-            keys[label] = create_key(conn, tenant, scopes, f"{label} test key")[1]
-        revoked_id = keys["revoked"].split("_")[1]
         assert revoke_key(conn, revoked_id)
     return World(
         settings,

@@ -7,25 +7,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from budget_ledger.entrypoints.api.app import create_app
-from budget_ledger.entrypoints.api.keys import create_key
-from budget_ledger.ledger.settings import Settings
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.integration.api_world import KeySpec, Services, World, api_world, fed_consumer
 from tests.integration.support import (
     fund,
-    ledger_count,
     open_budget,
     produce,
     reserve,
-    running_consumer,
     scalar,
     wait_for,
 )
@@ -33,14 +27,6 @@ from tests.integration.support import (
 pytestmark = pytest.mark.integration
 
 BUDGETS = 12  # two alerts each: 24 alerts of acme
-
-
-@dataclass
-class World:
-    """The database, the app's settings, one key per case, and the commands sent up front."""
-
-    settings: Settings
-    keys: dict[str, str]
 
 
 def _crossings(tenant: str, budget: str) -> list[dict[str, Any]]:
@@ -57,26 +43,16 @@ def _crossings(tenant: str, budget: str) -> list[dict[str, Any]]:
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    with cloned_database(pg_admin_dsn, template_database) as url:
-        settings = service_settings(kafka_bootstrap, url, prefix, app_login)
-        keys: dict[str, str] = {}
-        with psycopg.connect(url) as conn:
-            for label, tenant, scopes in [
-                ("acme", "acme", ("read", "write")),
-                ("globex", "globex", ("read",)),
-                ("platform", None, ("read",)),
-            ]:
-                keys[label] = create_key(conn, tenant, scopes, label)[1]
-        stream = [c for i in range(BUDGETS) for c in _crossings("acme", f"b{i:02d}")]
-        stream += _crossings("globex", "g1")
-        try:
-            with running_consumer(settings, relay=False):
-                produce(settings, stream)
-                wait_for(lambda: ledger_count(url) == len(stream), what="the commands")
-                yield World(settings, keys)
-        finally:
-            _delete_topics(kafka_bootstrap, prefix)
+    services = Services(kafka_bootstrap, pg_admin_dsn, template_database, app_login)
+    keys: list[KeySpec] = [
+        ("acme", "acme", ("read", "write")),
+        ("globex", "globex", ("read",)),
+        ("platform", None, ("read",)),
+    ]
+    stream = [c for i in range(BUDGETS) for c in _crossings("acme", f"b{i:02d}")]
+    stream += _crossings("globex", "g1")
+    with api_world(services, keys) as w, fed_consumer(w.settings, stream, relay=False):
+        yield w
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
@@ -26,17 +25,12 @@ from schemathesis.generation.case import Case
 from schemathesis.schemas import APIOperation, BaseSchema
 
 from budget_ledger.entrypoints.api.app import create_app
-from budget_ledger.entrypoints.api.keys import create_key
 from budget_ledger.ledger.settings import Settings
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.integration.api_world import KeySpec, Services, api_world, fed_consumer
 from tests.integration.support import (
     fund,
     open_budget,
-    produce,
     reserve,
-    running_consumer,
-    scalar,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -68,26 +62,15 @@ def fuzz_world(
 ) -> Iterator[tuple[Settings, str]]:
     """A ledger with the consumer running, one funded budget with a reservation, and a key of
     its tenant with every scope."""
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    with cloned_database(pg_admin_dsn, template_database) as url:
-        settings = service_settings(kafka_bootstrap, url, prefix, app_login)
-        with psycopg.connect(url) as conn:
-            key = create_key(conn, TENANT, ("read", "write", "operator"), "fuzz")[1]
-        try:
-            with running_consumer(settings, relay=False):
-                produce(
-                    settings,
-                    [
-                        open_budget(TENANT, BUDGET, "fz-open"),
-                        fund(TENANT, BUDGET, "fz-fund", "1000.00"),
-                        reserve(TENANT, BUDGET, "fz-hold", "5.00", "fz-r1"),
-                    ],
-                )
-                count = "SELECT count(*) FROM ledger WHERE tenant_id = %(t)s"
-                wait_for(lambda: scalar(url, count, {"t": TENANT}) >= 3, what="the budget")
-                yield settings, key
-        finally:
-            _delete_topics(kafka_bootstrap, prefix)
+    services = Services(kafka_bootstrap, pg_admin_dsn, template_database, app_login)
+    keys: list[KeySpec] = [("fuzz", TENANT, ("read", "write", "operator"))]
+    stream = [
+        open_budget(TENANT, BUDGET, "fz-open"),
+        fund(TENANT, BUDGET, "fz-fund", "1000.00"),
+        reserve(TENANT, BUDGET, "fz-hold", "5.00", "fz-r1"),
+    ]
+    with api_world(services, keys) as w, fed_consumer(w.settings, stream, relay=False):
+        yield w.settings, w.keys["fuzz"]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -15,21 +14,17 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from budget_ledger.entrypoints.api.app import create_app
-from budget_ledger.entrypoints.api.keys import create_key
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections.api_reads import tenant_connection
 from budget_ledger.projections.reconcile_options import ReconcileOptions
 from budget_ledger.projections.shard import replay_shard
-from tests.conftest import _delete_topics, as_login, cloned_database, service_settings
+from tests.conftest import as_login
+from tests.integration.api_world import KeySpec, Services, World, api_world, fed_consumer
 from tests.integration.support import (
     cli,
     fund,
-    ledger_count,
     open_budget,
-    produce,
     reserve,
-    running_consumer,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -37,41 +32,25 @@ pytestmark = pytest.mark.integration
 A = "/v1/tenants/acme/budgets"
 
 
-@dataclass
-class World:
-    settings: Settings
-    keys: dict[str, str]
-
-
 @pytest.fixture(scope="module")
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    with cloned_database(pg_admin_dsn, template_database) as url:
-        settings = service_settings(kafka_bootstrap, url, prefix, app_login)
-        keys: dict[str, str] = {}
-        with psycopg.connect(url) as conn:
-            for label, tenant, scopes in [
-                ("operator", "acme", ("read", "operator")),
-                ("writer", "acme", ("read", "write")),
-                ("globex", "globex", ("read", "operator")),
-            ]:
-                keys[label] = create_key(conn, tenant, scopes, label)[1]
-        stream: list[dict[str, Any]] = []
-        for budget in ("clean", "tampered", "chain", "adjusted"):
-            stream += [
-                open_budget("acme", budget, f"{budget}-open"),
-                fund("acme", budget, f"{budget}-fund", "100.00"),
-                reserve("acme", budget, f"{budget}-r1", "30.00", "r1"),
-            ]
-        try:
-            with running_consumer(settings):
-                produce(settings, stream)
-                wait_for(lambda: ledger_count(url) == len(stream), what="the commands")
-                yield World(settings, keys)
-        finally:
-            _delete_topics(kafka_bootstrap, prefix)
+    services = Services(kafka_bootstrap, pg_admin_dsn, template_database, app_login)
+    keys: list[KeySpec] = [
+        ("operator", "acme", ("read", "operator")),
+        ("writer", "acme", ("read", "write")),
+        ("globex", "globex", ("read", "operator")),
+    ]
+    stream: list[dict[str, Any]] = []
+    for budget in ("clean", "tampered", "chain", "adjusted"):
+        stream += [
+            open_budget("acme", budget, f"{budget}-open"),
+            fund("acme", budget, f"{budget}-fund", "100.00"),
+            reserve("acme", budget, f"{budget}-r1", "30.00", "r1"),
+        ]
+    with api_world(services, keys) as w, fed_consumer(w.settings, stream):
+        yield w
 
 
 @pytest.fixture(scope="module")

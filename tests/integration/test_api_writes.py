@@ -9,11 +9,9 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from fastapi.testclient import TestClient
@@ -24,47 +22,30 @@ from hypothesis import strategies as st
 from budget_ledger.consumers.kafka_config import reader_config
 from budget_ledger.entrypoints.api.app import create_app
 from budget_ledger.entrypoints.api.auth import principal_of
-from budget_ledger.entrypoints.api.keys import create_key
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.schemas.signing import KEY_ID_HEADER, PRINCIPAL_HEADER, TENANT_HEADER
-from tests.conftest import _delete_topics, cloned_database, service_settings
-from tests.integration.support import running_consumer, scalar, wait_for
+from tests.integration.api_world import KeySpec, Services, World, api_world, fed_consumer
+from tests.integration.support import scalar, wait_for
 
 pytestmark = pytest.mark.integration
 
 A = "/v1/tenants/acme/budgets"
 
 
-@dataclass
-class World:
-    """The database, the app's settings and one key per case."""
-
-    settings: Settings
-    keys: dict[str, str]
-
-
 @pytest.fixture(scope="module")
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    with cloned_database(pg_admin_dsn, template_database) as url:
-        settings = service_settings(kafka_bootstrap, url, prefix, app_login)
-        keys: dict[str, str] = {}
-        with psycopg.connect(url) as conn:
-            for label, tenant, scopes, key_name in [
-                ("writer", "acme", ("read", "write"), "rules engine"),
-                ("reader", "acme", ("read",), "dashboard"),
-                ("operator", "acme", ("read", "write", "operator"), "finance ops"),
-                ("globex", "globex", ("read", "write"), "globex writer"),
-                ("platform", None, ("read", "write"), "back office"),
-            ]:
-                keys[label] = create_key(conn, tenant, scopes, key_name)[1]
-        try:
-            with running_consumer(settings, relay=False):
-                yield World(settings, keys)
-        finally:
-            _delete_topics(kafka_bootstrap, prefix)
+    services = Services(kafka_bootstrap, pg_admin_dsn, template_database, app_login)
+    keys: list[KeySpec] = [
+        ("writer", "acme", ("read", "write"), "rules engine"),
+        ("reader", "acme", ("read",), "dashboard"),
+        ("operator", "acme", ("read", "write", "operator"), "finance ops"),
+        ("globex", "globex", ("read", "write"), "globex writer"),
+        ("platform", None, ("read", "write"), "back office"),
+    ]
+    with api_world(services, keys) as w, fed_consumer(w.settings, relay=False):
+        yield w
 
 
 @pytest.fixture(scope="module")

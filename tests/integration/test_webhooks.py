@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,10 +23,9 @@ from budget_ledger.consumers.kafka_config import producer_config
 from budget_ledger.consumers.topics import create_topics
 from budget_ledger.consumers.webhook_deliverer import Deliverer
 from budget_ledger.entrypoints.api.app import create_app
-from budget_ledger.entrypoints.api.keys import create_key
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.schemas.codec import make_alert_id
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.integration.api_world import KeySpec, Services, api_world, new_prefix
 from tests.integration.support import scalar, wait_for
 
 pytestmark = pytest.mark.integration
@@ -181,29 +179,21 @@ class World:
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    with cloned_database(pg_admin_dsn, template_database) as url:
-        settings = service_settings(
-            kafka_bootstrap, url, prefix, app_login, webhook_group=f"{prefix}.webhooks",
-            webhook_disable_after_seconds=1.0, **FAST,
-        )  # fmt: skip
-        keys: dict[str, str] = {}
-        with psycopg.connect(url) as conn:
-            for label, tenant, scopes in [
-                ("acme", "acme", ("read", "write")), ("globex", "globex", ("read", "write")),
-                ("initech", "initech", ("read", "write")), ("reader", "acme", ("read",)),
-            ]:  # fmt: skip
-                keys[label] = create_key(conn, tenant, scopes, label)[1]
-        create_topics(settings)
-        try:
-            with (
-                receiver() as rec,
-                TestClient(create_app(settings)) as client,
-                running_deliverer(settings),
-            ):
-                yield World(settings, client, keys, rec)
-        finally:
-            _delete_topics(kafka_bootstrap, prefix)
+    services = Services(kafka_bootstrap, pg_admin_dsn, template_database, app_login)
+    keys: list[KeySpec] = [
+        ("acme", "acme", ("read", "write")), ("globex", "globex", ("read", "write")),
+        ("initech", "initech", ("read", "write")), ("reader", "acme", ("read",)),
+    ]  # fmt: skip
+    prefix = new_prefix()
+    overrides = {"webhook_group": f"{prefix}.webhooks", "webhook_disable_after_seconds": 1.0}
+    with api_world(services, keys, prefix, **overrides, **FAST) as w:
+        create_topics(w.settings)
+        with (
+            receiver() as rec,
+            TestClient(create_app(w.settings)) as client,
+            running_deliverer(w.settings),
+        ):
+            yield World(w.settings, client, w.keys, rec)
 
 
 def test_register_list_delete_and_who_may(world: World) -> None:
