@@ -48,7 +48,9 @@ def verify(phase: Phase, expected: int) -> tuple[list[str], dict[str, int]]:
         rec = None  # type: ignore[assignment]
     if rec is not None:
         # On a history (a bench.scaling database, reconciled up to date before the run): an
-        # incremental run, which replays exactly the budgets written since: the workload's.
+        # incremental run, which replays exactly the budgets written since: the workload's. It
+        # advances their checkpoints, so the next run on the same database (--use-database with
+        # another --tenant-space) again replays only its own.
         history = bool(phase.args.template_database or phase.args.use_database)
         opts = rec.ReconcileOptions(
             workers=1,
@@ -57,7 +59,9 @@ def verify(phase: Phase, expected: int) -> tuple[list[str], dict[str, int]]:
             unpublished_grace_seconds=1e9,
             incremental=history,
         )
-        report = rec.reconcile(phase.database_url, opts)
+        report = rec.reconcile(
+            phase.database_url, opts, checkpoint_dsn=phase.database_url if history else None
+        )
         replayed = report.events
         if not report.clean:
             lines = list(rec.iter_lines(report))
