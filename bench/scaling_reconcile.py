@@ -7,7 +7,7 @@ import argparse
 import time
 from datetime import UTC, datetime
 
-from bench.scaling_history import CHUNK, HOT, TOPIC, _base, _money, _step, _with_db, _Writer
+from bench.scaling_history import CHUNK, TOPIC, _base, _money, _step, _with_db, _Writer
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.commands import Charge, Reserve
 
@@ -65,8 +65,10 @@ def append(args: argparse.Namespace) -> int:
     url = _with_db(load_settings().database_url, args.database)
     rng = random.Random(args.seed)
     conn = connect(url)
-    budgets = conn.execute("SELECT count(*) FROM budget_balances WHERE tenant_id <> %s",
-                           (HOT[0],)).fetchone()[0]  # type: ignore[index]  # fmt: skip
+    # The filled background budgets only (scale-0 .. scale-6), not the hot one nor those a
+    # benchmark run (`python -m bench --use-database`) added to this database.
+    budgets = conn.execute("SELECT count(*) FROM budget_balances WHERE tenant_id ~ '^scale-[0-9]+$'"
+                           ).fetchone()[0]  # type: ignore[index]  # fmt: skip
     conn.rollback()
     spread = args.budgets or args.events // 2
     picked = sorted(rng.sample(range(budgets), min(budgets, spread)))
