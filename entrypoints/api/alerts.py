@@ -17,7 +17,7 @@ from budget_ledger.entrypoints.api.budgets import (
     in_utc,
 )
 from budget_ledger.entrypoints.api.ledger import EARLIEST, LATEST
-from budget_ledger.entrypoints.api.models import AlertOut, AlertPageOut, Problem
+from budget_ledger.entrypoints.api.models import AUTH_ERRORS, AlertOut, AlertPageOut, Problem
 from budget_ledger.projections.alert_reads import AlertCursor, alert_page
 
 router = APIRouter(
@@ -25,8 +25,7 @@ router = APIRouter(
     tags=["alerts"],
     responses={
         400: {"model": Problem, "description": "a cursor that is not one of this list"},
-        401: {"model": Problem, "description": "no, unknown or revoked API key"},
-        403: {"model": Problem, "description": "another tenant, or a missing scope"},
+        **AUTH_ERRORS,
     },
 )
 

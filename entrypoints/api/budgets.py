@@ -15,6 +15,7 @@ from pydantic import AwareDatetime
 
 from budget_ledger.entrypoints.api.auth import ID_PATTERN, ReadSession, TenantId
 from budget_ledger.entrypoints.api.models import (
+    AUTH_ERRORS,
     BudgetOut,
     BudgetPage,
     Problem,
@@ -36,8 +37,7 @@ router = APIRouter(
     tags=["budgets"],
     responses={
         400: {"model": Problem, "description": "a cursor that is not one of this list"},
-        401: {"model": Problem, "description": "no, unknown or revoked API key"},
-        403: {"model": Problem, "description": "another tenant, or a missing scope"},
+        **AUTH_ERRORS,
     },
 )
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from budget_ledger.entrypoints.api.auth import ID_PATTERN, ReadSession, TenantId
-from budget_ledger.entrypoints.api.models import CommandOut, DeadLetteredOut, Problem
+from budget_ledger.entrypoints.api.models import AUTH_ERRORS, CommandOut, DeadLetteredOut
 from budget_ledger.projections.alert_reads import DeadLetter, dead_letter
 from budget_ledger.projections.api_reads import command_outcome
 from budget_ledger.schemas.events import rfc3339_utc
@@ -16,8 +16,7 @@ router = APIRouter(
     prefix="/v1/tenants/{tid}/commands",
     tags=["commands"],
     responses={
-        401: {"model": Problem, "description": "no, unknown or revoked API key"},
-        403: {"model": Problem, "description": "another tenant, or a missing scope"},
+        **AUTH_ERRORS,
     },
 )
 

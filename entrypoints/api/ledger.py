@@ -20,7 +20,7 @@ from budget_ledger.entrypoints.api.budgets import (
     encode_cursor,
     in_utc,
 )
-from budget_ledger.entrypoints.api.models import Problem
+from budget_ledger.entrypoints.api.models import AUTH_ERRORS, Problem
 from budget_ledger.projections.ledger_pages import PageCursor, ledger_page
 
 router = APIRouter(
@@ -28,8 +28,7 @@ router = APIRouter(
     tags=["ledger"],
     responses={
         400: {"model": Problem, "description": "a cursor that is not one of this list"},
-        401: {"model": Problem, "description": "no, unknown or revoked API key"},
-        403: {"model": Problem, "description": "another tenant, or a missing scope"},
+        **AUTH_ERRORS,
         404: {"model": Problem, "description": "no such budget of this tenant"},
     },
 )

@@ -235,6 +235,13 @@ class Problem(BaseModel):
     detail: str
 
 
+# The answers every keyed endpoint may give before its handler runs (auth.py).
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no, unknown or revoked API key"},
+    403: {"model": Problem, "description": "another tenant, or a missing scope"},
+}
+
+
 class WriteAccepted(BaseModel):
     """A write's command is in Kafka (`pending`: its outcome is not known yet), or was already
     in the ledger (`recorded`: a retry; `GET .../commands/{command_id}` shows its event)."""

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from budget_ledger.entrypoints.api.auth import Caller, TenantId, require_briefly
 from budget_ledger.entrypoints.api.budgets import BudgetId
-from budget_ledger.entrypoints.api.models import Problem
+from budget_ledger.entrypoints.api.models import AUTH_ERRORS, Problem
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections.api_reads import get_budget, tenant_connection, tenant_session
 from budget_ledger.projections.drift import Drift
@@ -24,8 +24,7 @@ router = APIRouter(
     prefix="/v1/tenants/{tid}/budgets",
     tags=["reconcile"],
     responses={
-        401: {"model": Problem, "description": "no, unknown or revoked API key"},
-        403: {"model": Problem, "description": "another tenant, or a missing scope"},
+        **AUTH_ERRORS,
         404: {"model": Problem, "description": "no such budget of this tenant"},
         503: {"model": Problem, "description": "the database is unavailable"},
     },

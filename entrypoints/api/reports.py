@@ -15,7 +15,12 @@ from pydantic import AwareDatetime
 
 from budget_ledger.entrypoints.api.auth import ReadSession, TenantId
 from budget_ledger.entrypoints.api.budgets import BudgetId, budget_or_404, in_utc
-from budget_ledger.entrypoints.api.models import BudgetReportOut, Problem, TenantReportOut
+from budget_ledger.entrypoints.api.models import (
+    AUTH_ERRORS,
+    BudgetReportOut,
+    Problem,
+    TenantReportOut,
+)
 from budget_ledger.entrypoints.report_render import (
     coalesced,
     content_disposition,
@@ -34,8 +39,7 @@ router = APIRouter(
     prefix="/v1/tenants/{tid}",
     tags=["reports"],
     responses={
-        401: {"model": Problem, "description": "no, unknown or revoked API key"},
-        403: {"model": Problem, "description": "another tenant, or a missing scope"},
+        **AUTH_ERRORS,
     },
 )
 

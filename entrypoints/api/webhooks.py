@@ -26,6 +26,7 @@ from budget_ledger.entrypoints.api.auth import (
 )
 from budget_ledger.entrypoints.api.budgets import Cursor, decode_cursor, encode_cursor, in_utc
 from budget_ledger.entrypoints.api.models import (
+    AUTH_ERRORS,
     Problem,
     RedeliverOut,
     ValidationProblem,
@@ -59,8 +60,7 @@ router = APIRouter(
     prefix="/v1/tenants/{tid}/webhooks",
     tags=["webhooks"],
     responses={
-        401: {"model": Problem, "description": "no, unknown or revoked API key"},
-        403: {"model": Problem, "description": "another tenant, or a missing scope"},
+        **AUTH_ERRORS,
         422: {"model": ValidationProblem, "description": "an invalid body or parameter"},
     },
 )

@@ -32,6 +32,7 @@ from budget_ledger.entrypoints.api.auth import Caller, TenantId, principal_of, r
 from budget_ledger.entrypoints.api.budgets import BudgetId
 from budget_ledger.entrypoints.api.commands import dead_lettered
 from budget_ledger.entrypoints.api.models import (
+    AUTH_ERRORS,
     CommandOut,
     DeadLetteredOut,
     Problem,
@@ -61,8 +62,7 @@ router = APIRouter(
     tags=["writes"],
     responses={
         200: {"model": CommandOut, "description": "with `wait`: the command was applied"},
-        401: {"model": Problem, "description": "no, unknown or revoked API key"},
-        403: {"model": Problem, "description": "another tenant, or a missing scope"},
+        **AUTH_ERRORS,
         409: {"model": Problem, "description": "the Idempotency-Key was used with another body"},
         413: {"model": Problem, "description": "a body over 64 KiB"},
         422: {
