@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,41 @@ def table(results: list[PhaseResult], baseline: PhaseResult | None) -> str:
                 "yes" if r.verified else "NO",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return aligned(rows)
+
+
+def peer_table(peers: list[peer.PeerResult]) -> str:
+    """The peer's runs: one row per client count, the best marked."""
+    top = peer.best(peers)
+    head = (
+        "peer (old design)",
+        "commands",
+        "seconds",
+        "commands/s",
+        "p50 ms",
+        "p99 ms",
+        "verified",
+    )
+    rows = [head]
+    for r in peers:
+        rows.append(
+            (
+                f"{r.clients} clients" + (" (best)" if r is top else ""),
+                f"{r.commands:,}",
+                f"{r.seconds:.2f}",
+                f"{r.commands_per_s:,.0f}",
+                f"{r.p50_ms:.1f}",
+                f"{r.p99_ms:.1f}",
+                "yes" if r.verified else "NO",
+            )
+        )
+    return aligned(rows)
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as text columns: the first left-aligned, the others right-aligned, a rule under the
+    header row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w)
@@ -128,7 +163,7 @@ def report(
         print(table(results, baseline))
         if peers:
             print()
-            print(peer.table(peers))
+            print(peer_table(peers))
             if peer_ratio is not None and thr and best_peer:
                 print(
                     f"ratio_to_peer: {peer_ratio:.2f}x (throughput {thr.commands_per_s:,.0f}/s"
