@@ -62,11 +62,21 @@ def authenticate(
     conn: Annotated[psycopg.Connection, Depends(transaction)],
 ) -> ApiKey:
     """The active key of the request (401 otherwise)."""
+    return _active_key(conn, _bearer_secret(credentials))
+
+
+def _bearer_secret(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The key the request presents (401 when there is none)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized()
+    return credentials.credentials
+
+
+def _active_key(conn: psycopg.Connection, secret: str) -> ApiKey:
+    """The active key `secret` names (401 otherwise)."""
     # No tenant is bound yet, so the reader sees no row of any table here; it reaches the key
     # table only through the SECURITY DEFINER function ledger_api_key (migration 010).
-    key = verify_key(conn, credentials.credentials)
+    key = verify_key(conn, secret)
     if key is None:
         raise _unauthorized()
     return key
@@ -101,12 +111,9 @@ def require_briefly(scope: str) -> Callable[..., Caller]:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         pool: Annotated[ConnectionPool, Depends(db_pool)],
     ) -> Caller:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise _unauthorized()
+        secret = _bearer_secret(credentials)
         with read_transaction(pool) as conn:
-            key = verify_key(conn, credentials.credentials)
-        if key is None:
-            raise _unauthorized()
+            key = _active_key(conn, secret)
         return check_caller(key, tid, scope)
 
     return check
@@ -124,13 +131,9 @@ def session(
     dependency in its thread pool, and at 500 requests/s on two cores those hand-offs (about
     seven a request) cost more CPU than the queries.
     """
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise _unauthorized()
+    secret = _bearer_secret(credentials)
     with read_transaction(request.app.state.pool) as conn:
-        # No tenant is bound yet: the reader reaches the key table only through ledger_api_key.
-        key = verify_key(conn, credentials.credentials)
-        if key is None:
-            raise _unauthorized()
+        key = _active_key(conn, secret)
         bind_tenant(conn, check_caller(key, tid, "read").tenant_id)
         yield conn
 
