@@ -261,8 +261,9 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 -- stored state. The budgets come from the ledger itself (a loose index scan over
 -- UNIQUE (tenant_id, budget_id, sequence): one index probe per budget, never a table scan) and
 -- from the checkpoints (a budget whose rows all vanished); the last row is one backward index
--- probe. Nothing here trusts the projections, which ledger_app can edit. Cost ∝ budgets:
--- later runs use reconcile_touched_since.
+-- probe. Nothing here trusts the projections, which ledger_app can edit (the balance row comes
+-- along, same columns as reconcile_touched_since, for the drift check). Cost ∝ budgets: later
+-- runs use reconcile_touched_since.
 WITH RECURSIVE in_ledger AS (
     (SELECT tenant_id, budget_id FROM ledger
      WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
@@ -282,7 +283,13 @@ WITH RECURSIVE in_ledger AS (
     WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
 )
-SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at
+SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at,
+       false AS from_window, NULL::text AS base_hash,
+       p.tenant_id, p.funded, p.reserved, p.charged, p.available,
+       json_build_array(p.currency, p.opened, p.budget_limit, p.utilization_pct::text,
+                        p.sequence, p.last_hash, p.period_start, p.config, p.digits,
+                        p.above_soft, p.above_hard, p.cap_reached_alerted, p.snapshot_seq,
+                        p.monitors)::text
 FROM budgets b
 LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
 LEFT JOIN LATERAL (SELECT l.sequence, l.hash FROM ledger l
@@ -306,19 +313,26 @@ ORDER BY id DESC
 LIMIT 1
 
 -- name: reconcile_touched_since
--- Later incremental runs: the candidates are the budgets of ledger rows recorded at or after
--- %(since)s (the last run's start minus the margin; the BRIN index ledger_recorded_at_brin reads
--- only the block ranges written since, so the cost follows the new rows, not the history), each
--- kept when its last row is not its checkpoint (one backward index probe), plus the budgets the
--- last run found drifting (always replayed: they are reported until fixed). Same columns as
--- reconcile_touched_budgets. A row written with an old recorded_at is not a candidate: the
--- periodic --full finds it (docs/reconciler.md).
+-- Later incremental runs, set-based (no per-budget probe but one, below): the candidates are
+-- the budgets of ledger rows recorded at or after %(since)s (the last run's start minus the
+-- margin; the BRIN index ledger_recorded_at_brin reads only the block ranges written since, so
+-- the cost follows the new rows, not the history), grouped with the highest sequence among those
+-- rows, joined to their checkpoint and balance row; a candidate is kept when that sequence is not
+-- its checkpoint's (new rows, or rows lost) or its balance row's sequence is not (a cheap extra
+-- trigger: it can only add budgets to replay). The budgets the last run found drifting are
+-- always kept (reported until fixed). For each kept budget whose new rows are all in the range
+-- (from_window), the hash of its checkpointed row (one index probe, by its sequence and
+-- recorded_at, so one partition is read; NULL when the row is gone): its new rows come from
+-- reconcile_rows_since, not from one read per budget. The balance row comes
+-- as the seven columns of reconcile_balances (NULLs without one). A row written with an old
+-- recorded_at is not a candidate: the periodic --full finds it (docs/reconciler.md).
 WITH candidates AS (
-    SELECT DISTINCT tenant_id, budget_id FROM ledger
+    SELECT tenant_id, budget_id, max(sequence) AS top FROM ledger
     WHERE recorded_at >= %(since)s
       AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
       AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+    GROUP BY tenant_id, budget_id
 ), drifting AS (
     SELECT DISTINCT tenant_id, budget_id
     FROM unnest(%(drifting_tenants)s::text[], %(drifting_budgets)s::text[])
@@ -326,26 +340,62 @@ WITH candidates AS (
     WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
       AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
+), kept AS (
+    -- from_window: the budget's new rows are all in the range (its checkpoint was written at
+    -- or after the last run's start), so reconcile_rows_since reads them; else (the drifting
+    -- budgets, older checkpoints) reconcile_events_of reads them from the checkpoint.
+    SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text AS state, c.recorded_at,
+           coalesce(c.verified_at >= %(since)s::timestamptz + %(margin)s::interval, false)
+               AS from_window,
+           p.tenant_id AS p_tenant, p.funded, p.reserved, p.charged, p.available,
+           json_build_array(p.currency, p.opened, p.budget_limit, p.utilization_pct::text,
+                            p.sequence, p.last_hash, p.period_start, p.config, p.digits,
+                            p.above_soft, p.above_hard, p.cap_reached_alerted, p.snapshot_seq,
+                            p.monitors)::text AS balance
+    FROM candidates b
+    LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
+    LEFT JOIN budget_balances p ON p.tenant_id = b.tenant_id AND p.budget_id = b.budget_id
+    WHERE (c.sequence IS NULL OR b.top <> c.sequence OR p.sequence IS DISTINCT FROM c.sequence)
+      AND NOT EXISTS (SELECT 1 FROM drifting d
+                      WHERE d.tenant_id = b.tenant_id AND d.budget_id = b.budget_id)
+    UNION ALL
+    SELECT d.tenant_id, d.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at, false,
+           p.tenant_id, p.funded, p.reserved, p.charged, p.available,
+           json_build_array(p.currency, p.opened, p.budget_limit, p.utilization_pct::text,
+                            p.sequence, p.last_hash, p.period_start, p.config, p.digits,
+                            p.above_soft, p.above_hard, p.cap_reached_alerted, p.snapshot_seq,
+                            p.monitors)::text
+    FROM drifting d
+    LEFT JOIN reconcile_checkpoints c ON c.tenant_id = d.tenant_id AND c.budget_id = d.budget_id
+    LEFT JOIN budget_balances p ON p.tenant_id = d.tenant_id AND p.budget_id = d.budget_id
 )
-SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at
-FROM candidates b
-LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
-LEFT JOIN LATERAL (SELECT l.sequence, l.hash FROM ledger l
-                   WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
-                     AND c.sequence IS NOT NULL AND l.sequence >= c.sequence
-                     AND l.recorded_at >= coalesce(c.recorded_at - %(margin)s::interval,
-                                                   '-infinity')
-                   ORDER BY l.sequence DESC LIMIT 1) AS head ON true
-LEFT JOIN budget_balances p ON p.tenant_id = b.tenant_id AND p.budget_id = b.budget_id
-WHERE (c.sequence IS NULL OR head.sequence IS NULL
-       OR (head.sequence, head.hash) <> (c.sequence, c.hash)
-       OR p.sequence IS DISTINCT FROM c.sequence)
-  AND NOT EXISTS (SELECT 1 FROM drifting d
-                  WHERE d.tenant_id = b.tenant_id AND d.budget_id = b.budget_id)
-UNION ALL
-SELECT d.tenant_id, d.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at
-FROM drifting d
-LEFT JOIN reconcile_checkpoints c ON c.tenant_id = d.tenant_id AND c.budget_id = d.budget_id
+SELECT k.tenant_id, k.budget_id, k.sequence, k.hash, k.state, k.recorded_at, k.from_window,
+       base.hash, k.p_tenant, k.funded, k.reserved, k.charged, k.available, k.balance
+FROM kept k
+LEFT JOIN LATERAL (SELECT l.event->>'hash' AS hash FROM ledger l
+                   WHERE l.tenant_id = k.tenant_id AND l.budget_id = k.budget_id
+                     AND k.from_window AND l.sequence = k.sequence
+                     AND l.recorded_at >= k.recorded_at - %(margin)s::interval
+                     AND l.recorded_at <= k.recorded_at + %(margin)s::interval
+                   LIMIT 1) AS base ON true
+
+-- name: reconcile_rows_since
+-- The new rows of the budgets replayed from their checkpoint, in ONE pass over the range the
+-- candidates came from (recorded_at >= %(since)s: the partitions written since), each
+-- budget's rows after its checkpointed sequence; same columns as reconcile_ledger_scan. No ORDER
+-- BY (no sort): the replay applies each budget's rows in sequence order whatever order they
+-- come in (an early row is held until its predecessor came), as in a full run's physical scan.
+-- The bound is a constant, so the plan holds only the partitions written since (the
+-- planner then joins the keys to them, typically by index, rows in cache). A row after the
+-- checkpoint recorded before the range (a clock behind by more than the margin) is not read: the replay sees a gap, or a
+-- balance row ahead of it, and re-reads that budget whole (BudgetReplay.unseen_rows).
+SELECT l.tenant_id, l.budget_id, l.sequence, l.type, l.funded, l.reserved, l.charged,
+       l.available, l.event::text, l.mac, l.mac_key_id, l.reason, l.utilization_bp
+FROM ledger l
+JOIN (SELECT e->>0 AS tenant_id, e->>1 AS budget_id, (e->>2)::bigint AS after
+      FROM json_array_elements(%(keys)s::json) AS e) AS t
+  ON l.tenant_id = t.tenant_id AND l.budget_id = t.budget_id AND l.sequence > t.after
+WHERE l.recorded_at >= %(since)s
 
 -- name: reconcile_checkpoint_totals
 -- For the report: how many budgets carry a checkpoint and the events those cover (a scan of

@@ -27,6 +27,7 @@ import gc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 import psycopg
@@ -87,9 +88,12 @@ def replay_shard(
     shard: int = 0,
     shards: int = 1,
     on_progress: Callable[[int], None] | None = None,
+    totals: bool = True,
 ) -> ShardResult:
     """Scan one shard of the ledger in physical order, replaying every budget side by side,
-    then read the projections (same snapshot) and compare budget by budget."""
+    then read the projections (same snapshot) and compare budget by budget; incremental shard 0
+    adds the checkpoint totals to the skipped counts unless `totals` is false (the caller then
+    adds them: `checkpoint_totals`)."""
     result = ShardResult()
     params = {"tenant": opts.tenant, "budget": opts.budget, "shard": shard, "shards": shards}
     budgets: dict[tuple[str, str], BudgetReplay] = {}
@@ -119,68 +123,51 @@ def replay_shard(
             now = conn.execute("SELECT now()").fetchone()
             result.started_at = now[0] if now else None
             scan_params: dict[str, object] = dict(params)
+            # (query, params) of the ledger reads, each ordered by budget (or physical).
+            scans: list[tuple[str, Mapping[str, object]]] = []
             if opts.incremental:
-                touched = _touched(conn, opts, params, result)
+                touched, since = _touched(conn, opts, params, result if totals else None)
                 if keys is not None:  # the legacy seals of the touched budgets only
                     for r in conn.execute(
                         q["reconcile_legacy_seals_of"],
                         {"keys": _json([[k[0], k[1]] for k in touched])},
                     ):
                         seals[(r[0], r[1])] = LegacySeal(r[2], r[3], r[4], r[5])
-                # Per touched budget: [tenant, budget, first sequence read, lower bound of
-                # recorded_at (null: none), replayed whole?]
-                reads: list[list[object]] = []
-                margin = timedelta(seconds=opts.candidate_margin_seconds)
-                for t, b, seq, hash_, state, at in touched:
-                    replay = budgets[(t, b)] = new(t, b)
-                    read: list[object] = [t, b, 1, None, True]
-                    reads.append(read)
-                    if seq is None:
-                        continue
-                    checkpoints[(t, b)] = (int(seq), str(hash_))
-                    replay.checkpoint = checkpoints[(t, b)]
-                    result.skipped_budgets -= 1  # counted in the totals, but replayed
-                    result.skipped_events -= int(seq)
-                    start = _checkpoint_state(state, t, b, int(seq), str(hash_))
-                    if start is not None:
-                        replay.start_at_checkpoint(start)
-                        read[2], read[4] = int(seq), False
-                        if at is not None:  # only the partitions from its month on are read
-                            read[3] = at - margin
-                            replay.bounded = True
-                # Only the touched budgets' rows and projections are read, by index. The keys
-                # go as one JSON array: psycopg renders a Python list of 50,000 ids as an array
-                # literal ~10x slower than orjson writes the same list.
-                scan_params = {"keys": _json(reads)}
-                scan, balances, reservations = (
-                    q["reconcile_events_of"],
-                    q["reconcile_balances_of"],
-                    q["reconcile_reservations_of"],
-                )
+                reads, streamed, whole = _plan_reads(touched, opts, new, budgets, checkpoints,
+                                                     result)  # fmt: skip
+                # The keys go as one JSON array: psycopg renders a Python list of 50,000 ids
+                # as an array literal ~10x slower than orjson writes the same list.
+                if streamed:  # one pass over the range the candidates came from
+                    scans.append(
+                        (q["reconcile_rows_since"], {"keys": _json(streamed), "since": since})
+                    )
+                if reads:  # one index range scan per budget
+                    scans.append((q["reconcile_events_of"], {"keys": _json(reads)}))
+                # The balance rows came with the candidates.
+                scan_params = {"keys": _json(whole)}
+                balances, reservations = None, q["reconcile_reservations_of"]
             else:
                 for r in conn.execute(q["reconcile_checkpoints"], params):
                     checkpoints[(r[0], r[1])] = (int(r[2]), str(r[3]))
                     if r[4] is not None:
                         stored_states[(r[0], r[1])] = r[4]
-                scan, balances, reservations = (
-                    q["reconcile_ledger_scan"],
-                    q["reconcile_balances"],
-                    q["reconcile_reservations"],
-                )
-            with conn.cursor(name=f"reconcile_{shard}") as cur:
-                cur.itersize = FETCH
-                cur.execute(scan, scan_params)
-                while rows := cur.fetchmany(FETCH):
-                    for row in rows:
-                        budget = get((row[0], row[1]))
-                        if budget is None:
-                            budget = budgets[(row[0], row[1])] = new(row[0], row[1])
-                        budget.feed(row)
-                    if on_progress is not None:
-                        on_progress(len(rows))
+                scans.append((q["reconcile_ledger_scan"], scan_params))
+                balances, reservations = q["reconcile_balances"], q["reconcile_reservations"]
+            for i, (scan, scan_args) in enumerate(scans):
+                with conn.cursor(name=f"reconcile_{shard}_{i}") as cur:
+                    cur.itersize = FETCH
+                    cur.execute(scan, scan_args)
+                    while rows := cur.fetchmany(FETCH):
+                        for row in rows:
+                            budget = get((row[0], row[1]))
+                            if budget is None:
+                                budget = budgets[(row[0], row[1])] = new(row[0], row[1])
+                            budget.feed(row)
+                        if on_progress is not None:
+                            on_progress(len(rows))
             # The projections first: a bounded replay ending before its balance row's sequence
             # missed rows (`unseen_rows`).
-            for row in conn.execute(balances, scan_params):
+            for row in conn.execute(balances, scan_params) if balances is not None else ():
                 budget = get((row[0], row[1]))
                 if budget is None:
                     budget = budgets[(row[0], row[1])] = new(row[0], row[1])
@@ -234,28 +221,86 @@ def _touched(
     conn: psycopg.Connection,
     opts: ReconcileOptions,
     params: Mapping[str, object],
-    result: ShardResult,
-) -> list[tuple[str, str, int | None, str | None, str | None, datetime | None]]:
-    """The shard's touched budgets, each with its checkpoint (sequence, hash, state, recorded_at)
-    if any; adds the checkpoint totals (shard 0) to the skipped counts, which the caller
-    corrects."""
+    result: ShardResult | None,
+) -> tuple[list[tuple[Any, ...]], datetime | None]:
+    """The shard's touched budgets (`reconcile_touched_since` columns: the checkpoint if any,
+    where its new rows are read, the balance row) and the start of the range of new rows (None
+    on the first run); adds the checkpoint totals (shard 0) to the skipped counts, which the
+    caller corrects."""
     q = queries()
     margin = timedelta(seconds=opts.candidate_margin_seconds)
-    if params["shard"] == 0:
-        totals = conn.execute(q["reconcile_checkpoint_totals"], params).fetchone()
-        if totals is not None:
-            result.skipped_budgets += int(totals[0])
-            result.skipped_events += int(totals[1])
+    if result is not None and params["shard"] == 0:
+        add_checkpoint_totals(conn, params, result)
     last = conn.execute(q["reconcile_last_run"]).fetchone()
     if last is None:  # the first run: probe every budget
-        return list(conn.execute(q["reconcile_touched_budgets"], {**params, "margin": margin}))
+        rows = conn.execute(q["reconcile_touched_budgets"], {**params, "margin": margin})
+        return list(rows), None
+    since = last[0] - margin
     return list(
         conn.execute(
             q["reconcile_touched_since"],
-            {**params, "since": last[0] - margin, "margin": margin,
+            {**params, "since": since, "margin": margin,
              "drifting_tenants": last[1], "drifting_budgets": last[2]},
         )
-    )  # fmt: skip
+    ), since  # fmt: skip
+
+
+def add_checkpoint_totals(
+    conn: psycopg.Connection, params: Mapping[str, object], result: ShardResult
+) -> None:
+    """Add the checkpoints' count and covered events to the skipped counts (a scan of every
+    checkpoint: the run's one read ∝ budgets)."""
+    totals = conn.execute(queries()["reconcile_checkpoint_totals"], params).fetchone()
+    if totals is not None:
+        result.skipped_budgets += int(totals[0])
+        result.skipped_events += int(totals[1])
+
+
+def _plan_reads(
+    touched: list[tuple[Any, ...]],
+    opts: ReconcileOptions,
+    new: Callable[[str, str], BudgetReplay],
+    budgets: dict[tuple[str, str], BudgetReplay],
+    checkpoints: dict[tuple[str, str], tuple[int, str]],
+    result: ShardResult,
+) -> tuple[list[list[object]], list[list[object]], list[list[object]]]:
+    """Start the replay of each touched budget (from its checkpoint's state when usable) and say
+    where its rows come from: the per-budget reads (`reconcile_events_of` keys: tenant, budget,
+    first sequence, lower bound of recorded_at or None, replayed whole?), the budgets whose new
+    rows all lie in the range (`reconcile_rows_since` keys: tenant, budget, checkpointed
+    sequence), and every budget with whether it is replayed whole (`reconcile_reservations_of`)."""
+    reads: list[list[object]] = []
+    streamed: list[list[object]] = []
+    projected: list[list[object]] = []
+    margin = timedelta(seconds=opts.candidate_margin_seconds)
+    for row in touched:
+        t, b, seq, hash_, state, at, from_window, base_hash = row[:8]
+        replay = budgets[(t, b)] = new(t, b)
+        if row[8] is not None:
+            replay.balance = balance_from_row((row[8], b, *row[9:14]))
+        read: list[object] = [t, b, 1, None, True]
+        if seq is not None:
+            checkpoints[(t, b)] = replay.checkpoint = (int(seq), str(hash_))
+            result.skipped_budgets -= 1  # counted in the totals, but replayed
+            result.skipped_events -= int(seq)
+            start = _checkpoint_state(state, t, b, int(seq), str(hash_))
+            if start is not None:
+                replay.start_at_checkpoint(start)
+                read[2], read[4] = int(seq), False
+                if at is not None:  # only the partitions from its month on are read
+                    read[3] = at - margin
+                    replay.bounded = True
+                    if from_window:
+                        projected.append(read)
+                        # The checkpointed row, probed by the candidate query, must still carry
+                        # its hash; if not (or gone), `lost_base` re-reads the budget whole.
+                        if base_hash == hash_:
+                            replay.base_seen = True
+                            streamed.append([t, b, int(seq)])
+                        continue
+        reads.append(read)
+        projected.append(read)
+    return reads, streamed, projected
 
 
 def _checkpoint_state(
