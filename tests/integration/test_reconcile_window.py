@@ -1,0 +1,104 @@
+"""Incremental reconcile, the set-based reads (docs/reconciler.md, "Incremental reconcile"): the
+candidates with their checkpoint, balance row and checkpointed row's hash in one query, the new
+rows of the budgets the last run checkpointed in one pass over the range since it, and the
+per-budget read kept for the others (the last run's drifting budgets, older checkpoints).
+The straddling rows (one row after the checkpoint recorded before the range) are in
+test_reconcile_partitions.py.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+import structlog
+
+from budget_ledger.projections.store import queries
+from tests.integration.test_partitioned_ledger import _month, _name
+from tests.integration.test_reconcile_incremental import (
+    HOT,
+    _append,
+    _checkpoint,
+    _events_of,
+    _run,
+    _sql,
+    checkpointed,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["checkpointed"]  # the fixture, imported for pytest
+
+
+def test_a_checkpointed_row_changed_in_place_is_found_with_new_rows(checkpointed: str) -> None:
+    url = checkpointed
+    seq = _checkpoint(url, HOT)
+    assert seq is not None
+    # The owner rewrites the stored hash of the checkpointed row; new rows follow it.
+    _sql(url, "UPDATE ledger SET event = jsonb_set(event, '{hash}', '\"0000\"')"
+         " WHERE tenant_id = %s AND budget_id = %s AND sequence = %s", *HOT, seq)  # fmt: skip
+    _append(url, HOT, 2, offset=10_000)
+    report = _run(url)
+    # The candidate query's probe sees another hash: the budget is re-read whole, which names
+    # the changed row, and its checkpoint stays.
+    assert [(b.budget_id, b.sequence) for b in report.broken] == [(HOT[1], seq)]
+    assert report.events == seq + 2 and _checkpoint(url, HOT) == seq
+
+
+def test_a_drifting_budget_is_replayed_from_its_older_checkpoint(checkpointed: str) -> None:
+    url = checkpointed
+    before = _events_of(url, HOT)
+    _append(url, HOT, 2, offset=10_000)
+    _sql(url, "UPDATE budget_balances SET funded = funded + 1 WHERE tenant_id = %s"
+         " AND budget_id = %s", *HOT)  # fmt: skip
+    assert [d.field for d in _run(url).drifts] == ["funded"]
+    assert _checkpoint(url, HOT) == before  # held, older than the run that found the drift
+    _sql(url, "UPDATE budget_balances SET funded = funded - 1 WHERE tenant_id = %s"
+         " AND budget_id = %s", *HOT)  # fmt: skip
+    _append(url, HOT, 2, offset=10_002)
+    with structlog.testing.capture_logs() as logs:
+        report = _run(url)
+    # Its rows since that checkpoint straddle the range of the last run: read from the
+    # checkpoint by index (not the one-pass read, which would see a gap and re-read it whole).
+    assert report.clean and (report.budgets, report.events) == (1, 4)
+    assert not [e for e in logs if e["event"] == "reconcile_rows_outside_bound"]
+    assert _checkpoint(url, HOT) == before + 4
+
+
+def test_the_one_pass_read_plans_only_the_partitions_since_the_range(checkpointed: str) -> None:
+    with psycopg.connect(checkpointed) as conn:
+        plan = [
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN " + queries()["reconcile_rows_since"],
+                {"keys": f'[["{HOT[0]}", "{HOT[1]}", 0]]', "since": _month(1)},
+            )
+        ]
+    text = "\n".join(plan)
+    assert _name(_month(1)) in text, text
+    assert _name(_month(0)) not in text, text  # pruned when planned: the bound is a constant
+
+
+def test_the_candidates_need_no_probe_for_budgets_without_new_rows(checkpointed: str) -> None:
+    # Every row of the fill is in the range (recorded now): the candidates' scan sees them all,
+    # and the checkpointed row is probed for none (their last row is their checkpoint).
+    with psycopg.connect(checkpointed) as conn:
+        conn.execute("SET jit = off")
+        params = {"tenant": None, "budget": None, "shard": 0, "shards": 1,
+                  "since": _month(-1), "drifting_tenants": [], "drifting_budgets": [],
+                  "margin": timedelta(hours=1)}  # fmt: skip
+        plan = [
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + queries()["reconcile_touched_since"],
+                params,
+            )
+        ]
+    probes = [line for line in plan if " on ledger_" in line and _alias(line) in {"l", "l_"}]
+    assert probes and all("never executed" in line for line in probes), "\n".join(plan)
+
+
+def _alias(line: str) -> str:
+    """The alias of a plan line's relation, digits dropped (the probe reads the ledger as l)."""
+    words = line.split(" on ")[1].split()
+    return words[1].rstrip("0123456789") if len(words) > 1 else ""
