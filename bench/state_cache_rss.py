@@ -5,10 +5,12 @@
 For each `--cache` size (0 = unbounded, -1 = the consumer's default) a fresh database and topics
 get the same seeded command stream (`bench.replay_bench.command_stream`: opens first, then a
 random mix over every budget), produced while one `budget-ledger consume` child process with
-LEDGER_STATE_CACHE_BUDGETS set applies it (the producer stays at most 200k messages ahead). The
-child's RSS is sampled at every tenth of the stream; at the end the script reads its peak RSS
-(VmHWM), its RSS (VmRSS) and its state-cache metrics. It also measures, in process, the memory one
-cached budget state takes (tracemalloc over the states of the same stream). Prints one JSON line.
+LEDGER_STATE_CACHE_BUDGETS (and LEDGER_STATE_CACHE_MB, from `--cache-mb`) set applies it (the
+producer stays at most 200k messages ahead). The child's RSS is sampled at every tenth of the
+stream; at the end the script reads its peak RSS (VmHWM), its RSS (VmRSS) and its state-cache
+metrics. It also measures, in process, the memory one cached budget state takes (tracemalloc
+over the states of the same stream). Prints one JSON line. Other LEDGER_* variables of the
+caller (e.g. LEDGER_KAFKA_FETCH_QUEUE_KB) reach the consumer.
 """
 
 from __future__ import annotations
@@ -68,12 +70,17 @@ def _metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     wanted = ("ledger_state_loads_total", "ledger_state_evictions_total",
-              "ledger_state_cached_budgets")  # fmt: skip
+              "ledger_state_cached_budgets", "ledger_state_cached_bytes")  # fmt: skip
     return {
         line.split()[0]: float(line.split()[1])
         for line in text.splitlines()
         if line.split(" ")[0] in wanted
     }
+
+
+def _label(bound: int) -> int | str:
+    """A cache bound as given on the command line: a number, "unbounded" (0), "default" (-1)."""
+    return bound if bound > 0 else ("unbounded" if bound == 0 else "default")
 
 
 def run_once(args: argparse.Namespace, cache: int) -> dict[str, Any]:
@@ -104,6 +111,10 @@ def run_once(args: argparse.Namespace, cache: int) -> dict[str, Any]:
             env["LEDGER_STATE_CACHE_BUDGETS"] = str(cache)
         else:  # the consumer's default
             env.pop("LEDGER_STATE_CACHE_BUDGETS", None)
+        if args.cache_mb >= 0:
+            env["LEDGER_STATE_CACHE_MB"] = str(args.cache_mb)
+        else:
+            env.pop("LEDGER_STATE_CACHE_MB", None)
         # Started first and fed while it runs, so its memory follows the history it has applied
         # (a stream produced in full beforehand would also fill librdkafka's fetch queue at once).
         consumer = subprocess.Popen(
@@ -164,7 +175,8 @@ def run_once(args: argparse.Namespace, cache: int) -> dict[str, Any]:
         seconds = time.monotonic() - started
         time.sleep(0.5)  # the cache gauge is set just after the last commit
         return {
-            "cache_budgets": cache if cache > 0 else ("unbounded" if cache == 0 else "default"),
+            "cache_budgets": _label(cache),
+            "cache_mb": _label(args.cache_mb),
             "ledger_events": events[0] if events else 0,
             "consumer_peak_rss_mb": round(vm_hwm_kb(consumer.pid) / 1024, 1),
             # After the last batch: the cached states, without the fetch queue's peak.
@@ -188,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=int, default=50_000)
     parser.add_argument("--cache", type=int, nargs="+", default=[10_000, 0],
                         help="cache sizes (0 = unbounded, -1 = the default)")  # fmt: skip
+    parser.add_argument("--cache-mb", type=int, default=-1,
+                        help="LEDGER_STATE_CACHE_MB of every run (0 = no byte bound, -1 = the "
+                        "default)")  # fmt: skip
     parser.add_argument("--no-trace", action="store_true",
                         help="skip the in-process bytes-per-budget measurement")  # fmt: skip
     parser.add_argument("--seed", type=int, default=7)

@@ -92,7 +92,7 @@ class CommandConsumer:
         self.stop = stop or threading.Event()
         self.partitions: dict[int, PartitionState] = {}
         # One LRU of budget states for all owned partitions: the bound is per process.
-        self.cache = StateCache(settings.state_cache_budgets)
+        self.cache = StateCache(settings.state_cache_budgets, settings.state_cache_mb * 2**20)
         self.ctx = BatchContext(
             topic=settings.topic_commands,
             events_topic=settings.topic_events,
@@ -327,6 +327,7 @@ class CommandConsumer:
             self.timings.record([m.timestamp_ms for m in batch])
         metrics.STATE_EVICTIONS.inc(merge_states(self.partitions, out))
         metrics.STATE_CACHED.set(len(self.cache))
+        metrics.STATE_CACHED_BYTES.set(self.cache.estimated_bytes)
         metrics.record_batch(out, len(batch), time.perf_counter() - started)
         self._log_dead_letters(out)
         self._observe_lag(out)

@@ -66,7 +66,12 @@ def command_consumer_config(settings: Settings, **overrides: Any) -> dict[str, A
         # (broker CPU at 5,000 commands/s: 79 -> 65 us/command), for at most 5 ms of latency.
         "fetch.wait.max.ms": 5,
         "fetch.min.bytes": 65_536,
-        "queued.max.messages.kbytes": 65_536,
+        # The pre-fetch queue is full whenever the consumer has a backlog, so its bound is a
+        # floor of the consumer's memory. librdkafka's defaults (100,000 messages or 64 MB, per
+        # partition as measured) held ~470,000 commands, ~100 MB, on 4 partitions where a
+        # batch takes 2,000 (docs/scaling.md, "Consumer memory").
+        "queued.max.messages.kbytes": settings.kafka_fetch_queue_kb,
+        "queued.min.messages": settings.kafka_fetch_queue_messages,
     }
     if settings.group_instance_id:
         # Static membership: a restart within session.timeout.ms resumes without a rebalance.

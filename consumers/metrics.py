@@ -45,6 +45,9 @@ STATE_EVICTIONS = Counter(
     "ledger_state_evictions_total", "Budget states evicted from the consumer's state cache"
 )
 STATE_CACHED = Gauge("ledger_state_cached_budgets", "Budget states held in the consumer's cache")
+STATE_CACHED_BYTES = Gauge(
+    "ledger_state_cached_bytes", "Estimated bytes of the budget states in the consumer's cache"
+)
 
 
 def record_batch(out: BatchOutput, messages: int, seconds: float) -> None:

@@ -481,16 +481,20 @@ def _dead_letter(
 
 def merge_states(partitions: MutableMapping[int, PartitionState], out: BatchOutput) -> int:
     """After a successful commit: move positions on, keep the batch's final budget states, then
-    evict the coldest budgets beyond the cache bound; returns how many were evicted."""
+    evict the coldest budgets beyond the cache's bounds; returns how many were evicted."""
     for partition, (_, new_offset) in out.positions.items():
         part = partitions.get(partition)
         if part is not None:
             part.next_offset = new_offset
     caches: dict[int, StateCache] = {}  # partitions may share one cache: evict each once
+    batch: set[BudgetKey] = set()
     for partition, states in out.new_states.items():
         part = partitions.get(partition)
         if part is not None:
             for bkey, state in states.items():
                 part.budgets.put(partition, bkey, state)
+            batch.update(states)
             caches[id(part.budgets)] = part.budgets
-    return sum(cache.evict() for cache in caches.values())
+    # The byte bound keeps the batch's own budgets even past it: a budget heavier than the whole
+    # bound must not be reloaded by every batch that uses it.
+    return sum(cache.evict(keep=batch) for cache in caches.values())

@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     # Budget states one consumer keeps in memory (LRU; 0 = unbounded). Colder ones are evicted
     # after a commit and reloaded by the next batch that needs them (docs/scaling.md).
     state_cache_budgets: int = Field(default=100_000, ge=0, le=100_000_000)
+    # ...and at most this many MB of budget state, estimated from each state's open
+    # reservations and monitors (0 = no byte bound): what keeps the cache's memory flat when
+    # the cached budgets carry more open reservations over time.
+    state_cache_mb: int = Field(default=128, ge=0, le=1_000_000)
+    # The command consumer's pre-fetch queue, per assigned partition (librdkafka
+    # queued.max.messages.kbytes and queued.min.messages): read ahead of the batches and held in
+    # memory while the consumer has a backlog (docs/scaling.md, "Consumer memory").
+    kafka_fetch_queue_kb: int = Field(default=8_192, ge=1_024, le=2_097_151)
+    kafka_fetch_queue_messages: int = Field(default=10_000, ge=1_000, le=10_000_000)
     # How soon the group notices a dead consumer and hands its partitions to the others.
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     # Static group membership (Kafka group.instance.id), empty = off: a member restarted with

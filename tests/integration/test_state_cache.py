@@ -116,6 +116,7 @@ def test_the_memory_bench_runs_and_bounds_the_cache(
     bounded, unbounded = doc["runs"]
     assert bounded["ledger_events"] == unbounded["ledger_events"] == 600
     assert bounded["ledger_state_cached_budgets"] == 10
+    assert 0 < bounded["ledger_state_cached_bytes"] < unbounded["ledger_state_cached_bytes"]
     assert bounded["ledger_state_evictions_total"] > 0
     assert unbounded["ledger_state_cached_budgets"] == 150
     assert doc["bytes_per_cached_budget"] > 0

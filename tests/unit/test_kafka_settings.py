@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer
 
 from budget_ledger.consumers.kafka_config import (
     admin_config,
@@ -242,3 +243,23 @@ def test_a_json_setting_that_does_not_parse_is_a_one_line_error_without_its_valu
         load_settings()
     assert "signing_keys" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+def test_the_command_consumers_prefetch_queue_is_bounded_by_its_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LEDGER_KAFKA_FETCH_QUEUE_MESSAGES", raising=False)
+    monkeypatch.delenv("LEDGER_KAFKA_FETCH_QUEUE_KB", raising=False)
+    defaults = command_consumer_config(load_settings())
+    # Well under librdkafka's own defaults (100,000 messages, 64 MB per partition), which held
+    # ~100 MB of commands in a consumer with a backlog (docs/scaling.md, "Consumer memory").
+    assert defaults["queued.min.messages"] == 10_000
+    assert defaults["queued.max.messages.kbytes"] == 8_192
+    monkeypatch.setenv("LEDGER_KAFKA_FETCH_QUEUE_MESSAGES", "4000")
+    monkeypatch.setenv("LEDGER_KAFKA_FETCH_QUEUE_KB", "2048")
+    tuned = command_consumer_config(load_settings())
+    assert (tuned["queued.min.messages"], tuned["queued.max.messages.kbytes"]) == (4_000, 2_048)
+    with pytest.raises(SettingsError):
+        load_settings(kafka_fetch_queue_messages=10)
+    # librdkafka accepts the properties (its constructor checks names and ranges; no broker).
+    Consumer({**tuned, "bootstrap.servers": "127.0.0.1:1"}).close()

@@ -9,10 +9,12 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import immutables
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from bench.replay_bench import START, command_stream, hash_partition
 from budget_ledger.consumers.processor import (
@@ -23,7 +25,11 @@ from budget_ledger.consumers.processor import (
     merge_states,
     process_batch,
 )
-from budget_ledger.consumers.state_cache import StateCache
+from budget_ledger.consumers.state_cache import (
+    BYTES_PER_RESERVATION,
+    StateCache,
+    estimated_bytes,
+)
 from budget_ledger.ledger.budget import BudgetState, initial_state
 from budget_ledger.ledger.history import ReplayFailed, replay
 from budget_ledger.ledger.state import Reservation, ReservationStatus, compact
@@ -85,14 +91,112 @@ def test_a_partition_is_dropped_alone() -> None:
 def test_merge_states_keeps_a_shared_cache_within_its_bound() -> None:
     cache = StateCache(2)
     parts = {0: PartitionState(0, cache), 1: PartitionState(0, cache)}
+    cache.put(1, ("t", "old"), _state("old"))
     out = BatchOutput(positions={0: (0, 3), 1: (0, 2)})
-    out.new_states = {
-        0: {("t", "a"): _state("a"), ("t", "b"): _state("b")},
-        1: {("t", "c"): _state("c")},
-    }
+    out.new_states = {0: {("t", "a"): _state("a")}, 1: {("t", "c"): _state("c")}}
     assert merge_states(parts, out) == 1
-    assert len(cache) == 2 and ("t", "c") in cache
+    assert list(cache) == [("t", "a"), ("t", "c")]
     assert (parts[0].next_offset, parts[1].next_offset) == (3, 2)
+
+
+def test_the_byte_bound_never_evicts_the_batch_just_committed_but_the_count_bound_does() -> None:
+    heavy = _with_reservations("h", 50)
+    cache = StateCache(0, estimated_bytes(heavy) - 1)  # one budget over the byte bound
+    parts = {0: PartitionState(0, cache)}
+    cache.put(0, ("t", "old"), _state("old"))
+    out = BatchOutput(positions={0: (0, 3)})
+    out.new_states = {0: {("t", "h"): heavy}}
+    assert merge_states(parts, out) == 1  # only the budget the batch did not use
+    assert list(cache) == [("t", "h")] and cache.over_bound()
+    assert cache.evict() == 1 and len(cache) == 0 and cache.estimated_bytes == 0
+    counted = StateCache(2)  # a count stays a hard bound, as LEDGER_STATE_CACHE_BUDGETS was
+    for name in "abc":
+        counted.put(0, ("t", name), _state(name))
+    assert counted.evict(keep={("t", k) for k in "abc"}) == 1 and len(counted) == 2
+
+
+def _with_reservations(budget: str, n: int, sequence: int = 0) -> BudgetState:
+    held = immutables.Map(
+        {
+            f"r{i}": Reservation(f"r{i}", 100, ReservationStatus.RESERVED, 0, None, f"c{i}", i, i)
+            for i in range(n)
+        }
+    )
+    return replace(_state(budget, sequence), reservations=held)
+
+
+def test_the_byte_bound_counts_open_reservations() -> None:
+    light, heavy = _with_reservations("a", 0), _with_reservations("b", 5)
+    assert estimated_bytes(heavy) == estimated_bytes(light) + 5 * BYTES_PER_RESERVATION
+    cache = StateCache(0, 3 * estimated_bytes(light))  # room for 3 light budgets
+    for name in "xyz":
+        cache.put(0, ("t", name), _with_reservations(name, 0))
+    assert cache.evict() == 0 and len(cache) == 3
+    cache.put(0, ("t", "b"), heavy)  # one more budget, carrying reservations: 3 go
+    assert cache.evict() == 3 and list(cache) == [("t", "b")]
+    cache.put(0, ("t", "b"), _with_reservations("b", 1, 9))  # settled: lighter, weight follows
+    assert cache.estimated_bytes == estimated_bytes(_with_reservations("b", 1))
+
+
+class CacheMachine(RuleBasedStateMachine):
+    """Random puts (states of 0-6 reservations), evictions, partition drops and clears on a
+    cache of 1-3 budgets and/or a few KB, against a plain model: LRU order, the running byte
+    total, the count bound after every eviction, and the byte bound except for kept budgets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache = StateCache()
+        self.model: dict[Key, tuple[int, BudgetState]] = {}  # insertion order = use order
+
+    @initialize(capacity=st.integers(0, 3), kb=st.sampled_from([0, 2, 3, 5]))
+    def make(self, capacity: int, kb: int) -> None:
+        self.cache = StateCache(capacity, kb * 1024)
+
+    @rule(part=st.integers(0, 2), name=st.sampled_from("abcdef"), held=st.integers(0, 6))
+    def put(self, part: int, name: str, held: int) -> None:
+        state = _with_reservations(name, held)
+        self.cache.put(part, ("t", name), state)
+        self.model.pop(("t", name), None)
+        self.model[("t", name)] = (part, state)
+
+    @rule(keep=st.sets(st.sampled_from("abcdef"), max_size=3))
+    def evict(self, keep: set[str]) -> None:
+        kept = {("t", k) for k in keep}
+        dropped = self.cache.evict(keep=kept)
+        cap, max_bytes = self.cache.capacity, self.cache.max_bytes
+        strict = max(0, len(self.model) - cap) if cap is not None else 0
+        for i, key in enumerate(list(self.model)[:dropped]):
+            assert i < strict or key not in kept  # past the count, kept budgets stay
+            del self.model[key]
+        assert cap is None or len(self.model) <= cap
+        if max_bytes is not None and self._bytes() > max_bytes:
+            assert next(iter(self.model)) in kept  # stopped only at a kept budget
+
+    @rule(part=st.integers(0, 2))
+    def drop(self, part: int) -> None:
+        gone = [k for k, (p, _) in self.model.items() if p == part]
+        assert self.cache.drop_partition(part) == len(gone)
+        for key in gone:
+            del self.model[key]
+
+    @rule()
+    def clear(self) -> None:
+        self.cache.clear()
+        self.model.clear()
+
+    def _bytes(self) -> int:
+        return sum(estimated_bytes(s) for _, s in self.model.values())
+
+    @invariant()
+    def agrees(self) -> None:
+        assert list(self.cache) == list(self.model)
+        assert self.cache.estimated_bytes == self._bytes()
+        for key, (_, state) in self.model.items():
+            assert self.cache.get(key) is state
+
+
+CacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_the_cache_machine = CacheMachine.TestCase
 
 
 RefKey = tuple[str, str, str]
@@ -178,6 +282,8 @@ def _run(
         merge_states(parts, out)
         if cache.capacity is not None:
             assert len(cache) <= cache.capacity
+        if cache.over_bound():  # only the batch just committed may hold it over its byte bound
+            assert next(iter(cache)) in {k for states in out.new_states.values() for k in states}
         if ledger.compacted:
             for key in cache:
                 held = cache.get(key)
@@ -209,7 +315,8 @@ def _written(outs: list[BatchOutput]) -> list[Any]:
     seed=st.integers(0, 10_000),
     n=st.integers(20, 250),
     budgets=st.integers(2, 8),
-    capacity=st.integers(1, 2),
+    capacity=st.integers(0, 2),
+    kb=st.sampled_from([0, 2, 4]),
     batch=st.integers(1, 40),
     partitions=st.integers(1, 3),
     redeliver=st.lists(st.integers(0, 249), max_size=8),
@@ -221,6 +328,7 @@ def test_a_tiny_cache_decides_exactly_like_an_unbounded_one(
     n: int,
     budgets: int,
     capacity: int,
+    kb: int,
     batch: int,
     partitions: int,
     redeliver: list[int],
@@ -239,12 +347,14 @@ def test_a_tiny_cache_decides_exactly_like_an_unbounded_one(
     messages = _messages(commands, partitions)
     # Budgets whose balance rows lack the snapshot columns (written before migration 007).
     old = frozenset((f"tenant-{i % 2}", f"budget-{i}") for i in no_snapshot)
-    tiny, tiny_ledger = _run(messages, batch, StateCache(capacity), partitions, _Ledger(True, old))
+    # Bounded by 1-2 budgets, or by a few KB of estimated state (a budget weighs >= 1.1 KB).
+    tiny_cache = StateCache(capacity, kb * 1024) if capacity or kb else StateCache(1)
+    tiny, tiny_ledger = _run(messages, batch, tiny_cache, partitions, _Ledger(True, old))
     full, full_ledger = _run(messages, batch, StateCache(), partitions)
     assert _written(tiny) == _written(full)
     assert tiny_ledger.events == full_ledger.events
     assert full_ledger.loads <= budgets  # unbounded: each budget is loaded once
-    if budgets > capacity + 1 and n > 4 * budgets:
+    if capacity and budgets > capacity + 1 and n > 4 * budgets:
         assert tiny_ledger.loads >= full_ledger.loads
 
 
