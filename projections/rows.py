@@ -16,6 +16,11 @@ BalanceRow = tuple[object, ...]
 ReservationRow = tuple[object, ...]
 
 
+# Configs rendered recently (one budget's states share one config object). Small on purpose: it
+# holds each config alive, and at 100,000 entries it held ~36 MB (tracemalloc), mostly for
+# budgets the consumer had evicted (docs/scaling.md, "Consumer memory"); a batch touches at
+# most a few thousand.
+_CONFIG_CACHE_SIZE = 8_192
 _CONFIG_CACHE: dict[int, tuple[BudgetConfig, str]] = {}
 
 
@@ -24,7 +29,7 @@ def _config_json(config: BudgetConfig) -> str:
     if hit is not None and hit[0] is config:
         return hit[1]
     text = orjson.dumps(config).decode()
-    if len(_CONFIG_CACHE) >= 100_000:
+    if len(_CONFIG_CACHE) >= _CONFIG_CACHE_SIZE:
         _CONFIG_CACHE.clear()
     _CONFIG_CACHE[id(config)] = (config, text)
     return text
