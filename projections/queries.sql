@@ -316,10 +316,11 @@ LIMIT 1
 -- Later incremental runs, set-based (no per-budget probe but one, below): the candidates are
 -- the budgets of ledger rows recorded at or after %(since)s (the last run's start minus the
 -- margin; the BRIN index ledger_recorded_at_brin reads only the block ranges written since, so
--- the cost follows the new rows, not the history), grouped with the highest sequence among those
--- rows, joined to their checkpoint and balance row; a candidate is kept when that sequence is not
--- its checkpoint's (new rows, or rows lost) or its balance row's sequence is not (a cheap extra
--- trigger: it can only add budgets to replay). The budgets the last run found drifting are
+-- the cost follows the new rows, not the history), each with its last row among those rows
+-- (sequence and hash), joined to its checkpoint and balance row; a candidate is kept when that
+-- row is not its checkpoint (new rows, rows lost, or the checkpointed row rewritten) or its
+-- balance row's sequence is not the checkpoint's (a cheap extra trigger: it can only add
+-- budgets to replay). The budgets the last run found drifting are
 -- always kept (reported until fixed). For each kept budget whose new rows are all in the range
 -- (from_window), the hash of its checkpointed row (one index probe, by its sequence and
 -- recorded_at, so one partition is read; NULL when the row is gone): its new rows come from
@@ -327,12 +328,14 @@ LIMIT 1
 -- as the seven columns of reconcile_balances (NULLs without one). A row written with an old
 -- recorded_at is not a candidate: the periodic --full finds it (docs/reconciler.md).
 WITH candidates AS (
-    SELECT tenant_id, budget_id, max(sequence) AS top FROM ledger
+    SELECT DISTINCT ON (tenant_id, budget_id) tenant_id, budget_id, sequence AS top,
+           hash AS top_hash
+    FROM ledger
     WHERE recorded_at >= %(since)s
       AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
       AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
-    GROUP BY tenant_id, budget_id
+    ORDER BY tenant_id, budget_id, sequence DESC
 ), drifting AS (
     SELECT DISTINCT tenant_id, budget_id
     FROM unnest(%(drifting_tenants)s::text[], %(drifting_budgets)s::text[])
@@ -355,7 +358,8 @@ WITH candidates AS (
     FROM candidates b
     LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
     LEFT JOIN budget_balances p ON p.tenant_id = b.tenant_id AND p.budget_id = b.budget_id
-    WHERE (c.sequence IS NULL OR b.top <> c.sequence OR p.sequence IS DISTINCT FROM c.sequence)
+    WHERE (c.sequence IS NULL OR (b.top, b.top_hash) <> (c.sequence, c.hash)
+           OR p.sequence IS DISTINCT FROM c.sequence)
       AND NOT EXISTS (SELECT 1 FROM drifting d
                       WHERE d.tenant_id = b.tenant_id AND d.budget_id = b.budget_id)
     UNION ALL

@@ -17,6 +17,7 @@ import structlog
 from budget_ledger.projections.store import queries
 from tests.integration.test_partitioned_ledger import _month, _name
 from tests.integration.test_reconcile_incremental import (
+    COLD,
     HOT,
     _append,
     _checkpoint,
@@ -43,6 +44,21 @@ def test_a_checkpointed_row_changed_in_place_is_found_with_new_rows(checkpointed
     # the changed row, and its checkpoint stays.
     assert [(b.budget_id, b.sequence) for b in report.broken] == [(HOT[1], seq)]
     assert report.events == seq + 2 and _checkpoint(url, HOT) == seq
+
+
+def test_a_rewritten_checkpointed_last_row_in_the_range_is_found(checkpointed: str) -> None:
+    url = checkpointed
+    seq = _checkpoint(url, COLD)
+    assert seq is not None
+    # The owner rewrites the budget's last row (its checkpoint), event and hash column alike,
+    # and moves it into the range of the next run (recorded now); no new row. The candidates'
+    # last row is not the checkpoint, so the budget is replayed: re-read whole, it is named.
+    _sql(url, "UPDATE ledger SET event = jsonb_set(event, '{hash}', '\"0000\"'), hash = '0000',"
+         " recorded_at = now() WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
+         *COLD, seq)  # fmt: skip
+    report = _run(url)
+    assert [(b.budget_id, b.sequence) for b in report.broken] == [(COLD[1], seq)]
+    assert _checkpoint(url, COLD) == seq
 
 
 def test_a_drifting_budget_is_replayed_from_its_older_checkpoint(checkpointed: str) -> None:
@@ -80,8 +96,8 @@ def test_the_one_pass_read_plans_only_the_partitions_since_the_range(checkpointe
 
 
 def test_the_candidates_need_no_probe_for_budgets_without_new_rows(checkpointed: str) -> None:
-    # Every row of the fill is in the range (recorded now): the candidates' scan sees them all,
-    # and the checkpointed row is probed for none (their last row is their checkpoint).
+    # Every row of the fill is in the range: the candidates' scan sees them all, and the
+    # checkpointed row is probed for none (their last row is their checkpoint).
     with psycopg.connect(checkpointed) as conn:
         conn.execute("SET jit = off")
         params = {"tenant": None, "budget": None, "shard": 0, "shards": 1,
