@@ -109,6 +109,18 @@ RETURNING key_id
 SELECT key_id, tenant_id, name, scopes, secret_hash, revoked_at
 FROM ledger_api_key(%(key_id)s)
 
+-- name: open_session
+-- A request's key (as lookup_api_key) and, in the same statement, its tenant bound for the rest
+-- of the transaction (set_config(..., true) is SET LOCAL) only when the key's hash matches, it
+-- is active, may act for the tenant and holds the scope. The API checks the same again to choose
+-- its answer (401/403); a request that fails the check reads under row-level security with no
+-- tenant, so sees no row at all. The last column is the bound tenant, or NULL.
+SELECT key_id, tenant_id, name, scopes, secret_hash, revoked_at,
+       CASE WHEN secret_hash = %(digest)s AND revoked_at IS NULL
+                 AND (tenant_id IS NULL OR tenant_id = %(tenant)s) AND %(scope)s = ANY (scopes)
+            THEN set_config('ledger.tenant_id', %(tenant)s, true) END
+FROM ledger_api_key(%(key_id)s)
+
 -- ---------------------------------------------------------------------------------------------
 -- Alert history and dead-lettered commands (migration 012; projections/alert_reads.py).
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime
 
-from budget_ledger.entrypoints.api.auth import ID_PATTERN, ReadSession, TenantId
+from budget_ledger.entrypoints.api.auth import ID_PATTERN, Access, ReadSession, TenantId, read
 from budget_ledger.entrypoints.api.models import (
     AUTH_ERRORS,
     BudgetOut,
@@ -22,6 +22,7 @@ from budget_ledger.entrypoints.api.models import (
     ReservationOut,
     ReservationPage,
     UtilizationOut,
+    model_response,
 )
 from budget_ledger.projections.api_reads import (
     MAX_PAGE,
@@ -99,9 +100,11 @@ def budgets(
 
 
 @router.get("/{bid}", response_model=BudgetOut, responses=_NOT_FOUND, summary="one budget")
-def budget(tid: TenantId, bid: BudgetId, conn: ReadSession) -> BudgetOut:
+async def budget(tid: TenantId, bid: BudgetId, access: Access) -> Response:
     """Balances, limits, currency, period start and `next_reset_at` (null for rolling)."""
-    return BudgetOut.of(budget_or_404(conn, tid, bid))
+    return model_response(
+        await read(access, lambda conn: BudgetOut.of(budget_or_404(conn, tid, bid)))
+    )
 
 
 @router.get(
@@ -110,25 +113,29 @@ def budget(tid: TenantId, bid: BudgetId, conn: ReadSession) -> BudgetOut:
     responses=_NOT_FOUND,
     summary="balances and cap flags, now or at a point in time",
 )
-def utilization(
+async def utilization(
     tid: TenantId,
     bid: BudgetId,
-    conn: ReadSession,
+    access: Access,
     as_of: Annotated[
         AwareDatetime | None,
         Query(description="RFC 3339 with offset: the balances after the last event by then"),
     ] = None,
-) -> UtilizationOut:
+) -> Response:
     """With `as_of`, the balances in the budget's last ledger event recorded at or before it
     (404 when it had none by then), with the cap flags of the limits in force then."""
-    budget = budget_or_404(conn, tid, bid)
-    if as_of is None:
-        return UtilizationOut.current(budget)
-    as_of = in_utc("as_of", as_of)
-    at = balances_as_of(conn, budget, as_of)
-    if at is None:
-        raise HTTPException(404, "the budget has no ledger event at or before as_of")
-    return UtilizationOut.at(budget, at, as_of)
+    at_time = None if as_of is None else in_utc("as_of", as_of)
+
+    def balances(conn: psycopg.Connection) -> UtilizationOut:
+        budget = budget_or_404(conn, tid, bid)
+        if at_time is None:
+            return UtilizationOut.current(budget)
+        at = balances_as_of(conn, budget, at_time)
+        if at is None:
+            raise HTTPException(404, "the budget has no ledger event at or before as_of")
+        return UtilizationOut.at(budget, at, at_time)
+
+    return model_response(await read(access, balances))
 
 
 @router.get(

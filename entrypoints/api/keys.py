@@ -14,7 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 
@@ -108,11 +108,15 @@ def verify_key(conn: psycopg.Connection, key: str) -> ApiKey | None:
     key_id = key_id_of(key)
     if key_id is None:
         return None
-    row = conn.execute(queries()["lookup_api_key"], {"key_id": key_id}).fetchone()
+    return active_key(key, conn.execute(queries()["lookup_api_key"], {"key_id": key_id}).fetchone())
+
+
+def active_key(key: str, row: tuple[Any, ...] | None) -> ApiKey | None:
+    """The active key that `key` is, given the stored row of its id (None: no such id)."""
     if row is None:
         key_matches(key, bytes(32))  # the same work as for a known id: no timing hint
         return None
-    stored_id, tenant_id, name, scopes, stored_hash, revoked_at = row
+    stored_id, tenant_id, name, scopes, stored_hash, revoked_at = row[:6]
     if not key_matches(key, bytes(stored_hash)) or revoked_at is not None:
         return None
     return ApiKey(stored_id, tenant_id, name, frozenset(scopes), None, revoked_at)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from fastapi import Response
 from pydantic import BaseModel, Field
 
 from budget_ledger.projections.api_reads import BalancesAt, BudgetView, ReservationView
@@ -13,6 +14,12 @@ from budget_ledger.schemas.events import rfc3339_utc
 from budget_ledger.schemas.money import to_decimal_str
 
 Money = str  # decimal text, e.g. "12.50"
+
+
+def model_response(model: BaseModel) -> Response:
+    """`model` as JSON, the body FastAPI would render for it, serialized once by pydantic (FastAPI
+    validates a returned model against the response model again; a returned Response it sends)."""
+    return Response(model.model_dump_json(by_alias=True), media_type="application/json")
 
 
 def _time(dt: datetime | None) -> str | None:

@@ -15,15 +15,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     if args.workers > 1:
-        _serve_workers(args.host, args.port, args.workers)
+        _serve_workers(args.host, args.port, args.workers, args.access_log)
     else:
         from budget_ledger.entrypoints.api.app import create_app
 
-        uvicorn.run(create_app(settings), host=args.host, port=args.port)
+        app = create_app(settings)
+        uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log)
     return EXIT_OK
 
 
-def _serve_workers(host: str, port: int, workers: int) -> None:
+def _serve_workers(host: str, port: int, workers: int, access_log: bool) -> None:
     """`uvicorn.run(..., workers=N)` with TCP_NODELAY on the listening socket.
 
     uvicorn binds it without naming the protocol (proto 0), so asyncio in the workers does not
@@ -37,7 +38,9 @@ def _serve_workers(host: str, port: int, workers: int) -> None:
     from uvicorn.supervisors import Multiprocess
 
     # Each worker process builds its own app (and pool) from the environment.
-    config = uvicorn.Config(APP_FACTORY, factory=True, host=host, port=port, workers=workers)
+    config = uvicorn.Config(
+        APP_FACTORY, factory=True, host=host, port=port, workers=workers, access_log=access_log
+    )
     sock = config.bind_socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     Multiprocess(config, sockets=[sock]).run()
@@ -55,4 +58,12 @@ def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (1)")
+    # Off by default, as in gunicorn: the ingress in front logs requests, and uvicorn's line
+    # per request (plain text, not the ledger's structured logs) costs CPU at every request.
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log every request, uvicorn's access log (off)",
+    )
     p.set_defaults(handler=cmd_serve)

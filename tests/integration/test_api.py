@@ -24,10 +24,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from budget_ledger.entrypoints.api.app import create_app
-from budget_ledger.entrypoints.api.keys import create_key, revoke_key
+from budget_ledger.entrypoints.api.keys import create_key, key_hash, key_id_of, revoke_key
 from budget_ledger.ledger.db import pool as make_pool
 from budget_ledger.ledger.settings import Settings
-from budget_ledger.projections.api_reads import tenant_session
+from budget_ledger.projections.api_reads import keyed_session, tenant_session
 from tests.integration.api_world import KeySpec, Services, api_world
 from tests.integration.support import (
     cli,
@@ -405,6 +405,36 @@ def test_the_session_shows_one_tenant_even_to_a_query_without_a_tenant_filter(
         pool.close()
 
 
+def test_the_database_binds_a_tenant_only_for_a_key_that_may_read_it(world: World) -> None:
+    """`keyed_session` binds in SQL on the conditions `check_caller` checks in Python: every
+    refusal leaves the transaction without a tenant, so it reads nothing."""
+    pool = make_pool(world.settings.database_url, "ledger_reader", 2)
+
+    def bound(label: str, tenant: str, scope: str = "read", key: str | None = None) -> bool:
+        key = key or world.keys[label]
+        key_id = key_id_of(key)
+        assert key_id is not None
+        with keyed_session(pool, key_id, key_hash(key), tenant, scope) as (row, conn):
+            seen = {r[0] for r in conn.execute("SELECT tenant_id FROM budget_balances")}
+            assert row is not None
+            assert seen == ({tenant} if row[-1] == tenant else set())
+            return row[-1] == tenant
+
+    try:
+        assert bound("acme", "acme") and bound("platform", "globex")
+        assert not bound("acme", "globex")  # another tenant's key
+        assert not bound("acme_write_only", "acme")  # no read scope
+        assert bound("acme_write_only", "acme", scope="write")
+        assert not bound("revoked", "acme")
+        forged = world.keys["acme"][:-4] + "AAAA"  # the right id, a wrong secret
+        assert not bound("acme", "acme", key=forged)
+        with keyed_session(pool, "0" * 16, bytes(32), "acme", "read") as (row, conn):
+            assert row is None  # no such key
+            assert conn.execute("SELECT count(*) FROM budget_balances").fetchone() == (0,)
+    finally:
+        pool.close()
+
+
 # --- the keys command ----------------------------------------------------------------------------
 
 
@@ -487,8 +517,10 @@ def test_ledger_by_type_and_time_window(client: TestClient, world: World) -> Non
 # --- the server ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_serve_answers_over_http(world: World, workers: str) -> None:
+@pytest.mark.parametrize(
+    ("workers", "access_log"), [("1", "--access-log"), ("2", "--no-access-log")]
+)
+def test_serve_answers_over_http(world: World, workers: str, access_log: str) -> None:
     import socket
     import subprocess
     import sys
@@ -503,8 +535,8 @@ def test_serve_answers_over_http(world: World, workers: str) -> None:
     env = {**cli_env(world.settings), "LEDGER_CURRENCIES": orjson.dumps(CURRENCIES).decode()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "budget_ledger.entrypoints.cli", "serve", "--port", str(port),
-         "--workers", workers],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+         "--workers", workers, access_log],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -513,7 +545,7 @@ def test_serve_answers_over_http(world: World, workers: str) -> None:
             try:
                 return httpx.get(f"{base}/openapi.json", timeout=2).status_code == 200
             except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 return False
 
         wait_for(up, timeout=60, what="the API server")
@@ -526,6 +558,9 @@ def test_serve_answers_over_http(world: World, workers: str) -> None:
         proc.terminate()
         # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (one process).
         assert proc.wait(30) in (0, -15)
+    # A line per request with --access-log; none without (the default).
+    logged = proc.stdout.read().decode() if proc.stdout else ""
+    assert ("GET /v1/tenants/acme/budgets/b4" in logged) == (access_log == "--access-log"), logged
 
 
 # --- no request makes it fail --------------------------------------------------------------------

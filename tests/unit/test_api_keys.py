@@ -123,5 +123,5 @@ def test_serve_with_workers_listens_with_tcp_nodelay(monkeypatch: pytest.MonkeyP
             pass
 
     monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", Supervisor)
-    serve._serve_workers("127.0.0.1", 0, 2)
+    serve._serve_workers("127.0.0.1", 0, 2, access_log=False)
     assert seen and all(seen)
