@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -49,9 +50,12 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
         )
         # The one producer of the writes: made here, never at import, closed on shutdown.
         app.state.publisher = CommandPublisher(settings)
+        # The threads of the hot reads (auth.read): one per pooled connection, so none waits.
+        app.state.readers = ThreadPoolExecutor(settings.api_pool_size, "api-read")
         try:
             yield
         finally:
+            app.state.readers.shutdown()
             app.state.publisher.close()
             if own:
                 app.state.pool.close()
