@@ -191,7 +191,8 @@ async def read(access: ReadAccess, work: Callable[[psycopg.Connection], T]) -> T
 
 
 def session(access: Access) -> Iterator[psycopg.Connection]:
-    """`read_session` as a dependency, for handlers that hold the session while they stream."""
+    """`read_session` as a dependency (the other reads: pages, and reports that stream while
+    they hold it); FastAPI enters and leaves it in its thread pool."""
     with read_session(access) as conn:
         yield conn
 
