@@ -1,20 +1,14 @@
-"""The sharded multiprocessing driver: one forked worker per shard, progress summed across them.
-
-An incremental run's checkpoint totals (for the report's skipped counts: a scan of every
-checkpoint, ~1 s at 1M budgets) are read by the parent in a thread while the workers replay,
-instead of by shard 0 before its replay: off the run's critical path.
-"""
+"""The sharded multiprocessing driver: one forked worker per shard, progress summed across them."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from budget_ledger.ledger.db import connect
 from budget_ledger.projections.reconcile_options import ReconcileOptions
-from budget_ledger.projections.shard import ShardResult, add_checkpoint_totals, replay_shard
+from budget_ledger.projections.shard import ShardResult, replay_shard
 
 
 def _worker(
@@ -26,7 +20,7 @@ def _worker(
 
     try:
         with connect(dsn, role=opts.role) as conn:
-            out.put((shard, replay_shard(conn, opts, shard, shards, progress, totals=False)))
+            out.put((shard, replay_shard(conn, opts, shard, shards, progress)))
     except Exception as exc:  # reported to the parent, which fails the run
         out.put((shard, exc))
 
@@ -47,11 +41,6 @@ def replay_all(
     ]
     for p in procs:
         p.start()
-    totals = ShardResult()
-    failed: list[BaseException] = []
-    reader = threading.Thread(target=_totals, args=(dsn, opts, totals, failed), daemon=True)
-    if opts.incremental:
-        reader.start()
     results: list[ShardResult] = []
     seen = 0
     while len(results) < opts.workers:
@@ -73,24 +62,7 @@ def replay_all(
             raise RuntimeError("a replay worker died without a result")
     for p in procs:
         p.join()
-    if opts.incremental:
-        reader.join()
-        if failed:
-            raise failed[0]
     merged = ShardResult()
     for r in results:
         merged.merge(r)
-    merged.skipped_budgets += totals.skipped_budgets
-    merged.skipped_events += totals.skipped_events
     return merged
-
-
-def _totals(
-    dsn: str, opts: ReconcileOptions, out: ShardResult, failed: list[BaseException]
-) -> None:
-    params = {"tenant": opts.tenant, "budget": opts.budget}
-    try:
-        with connect(dsn, role=opts.role, autocommit=True) as conn:
-            add_checkpoint_totals(conn, params, out)
-    except Exception as exc:  # re-raised by the caller, like a worker's
-        failed.append(exc)

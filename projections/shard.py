@@ -88,12 +88,9 @@ def replay_shard(
     shard: int = 0,
     shards: int = 1,
     on_progress: Callable[[int], None] | None = None,
-    totals: bool = True,
 ) -> ShardResult:
     """Scan one shard of the ledger in physical order, replaying every budget side by side,
-    then read the projections (same snapshot) and compare budget by budget; incremental shard 0
-    adds the checkpoint totals to the skipped counts unless `totals` is false (the caller then
-    adds them: `checkpoint_totals`)."""
+    then read the projections (same snapshot) and compare budget by budget."""
     result = ShardResult()
     params = {"tenant": opts.tenant, "budget": opts.budget, "shard": shard, "shards": shards}
     budgets: dict[tuple[str, str], BudgetReplay] = {}
@@ -126,7 +123,7 @@ def replay_shard(
             # (query, params) of the ledger reads, each ordered by budget (or physical).
             scans: list[tuple[str, Mapping[str, object]]] = []
             if opts.incremental:
-                touched, since = _touched(conn, opts, params, result if totals else None)
+                touched, since = _touched(conn, opts, params, result)
                 if keys is not None:  # the legacy seals of the touched budgets only
                     for r in conn.execute(
                         q["reconcile_legacy_seals_of"],
@@ -221,7 +218,7 @@ def _touched(
     conn: psycopg.Connection,
     opts: ReconcileOptions,
     params: Mapping[str, object],
-    result: ShardResult | None,
+    result: ShardResult,
 ) -> tuple[list[tuple[Any, ...]], datetime | None]:
     """The shard's touched budgets (`reconcile_touched_since` columns: the checkpoint if any,
     where its new rows are read, the balance row) and the start of the range of new rows (None
@@ -229,8 +226,8 @@ def _touched(
     caller corrects."""
     q = queries()
     margin = timedelta(seconds=opts.candidate_margin_seconds)
-    if result is not None and params["shard"] == 0:
-        add_checkpoint_totals(conn, params, result)
+    if params["shard"] == 0:
+        _add_checkpoint_totals(conn, params, result)
     last = conn.execute(q["reconcile_last_run"]).fetchone()
     if last is None:  # the first run: probe every budget
         rows = conn.execute(q["reconcile_touched_budgets"], {**params, "margin": margin})
@@ -245,7 +242,7 @@ def _touched(
     ), since  # fmt: skip
 
 
-def add_checkpoint_totals(
+def _add_checkpoint_totals(
     conn: psycopg.Connection, params: Mapping[str, object], result: ShardResult
 ) -> None:
     """Add the checkpoints' count and covered events to the skipped counts (a scan of every
