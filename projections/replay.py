@@ -9,7 +9,8 @@ budget, never the end of the whole replay.
 
 A replay may start from a verified state at the budget's reconcile checkpoint
 (`BudgetReplay.start_at_checkpoint`, incremental runs): it is then fed the checkpointed row,
-which must still carry the checkpointed hash, and the rows after it. Anything else (the
+which must still carry the checkpointed hash, and the rows after it (or only the rows after it,
+when the caller already checked that row's hash and set `base_seen`). Anything else (the
 checkpointed row changed or gone) falls back to an ordered re-read of the whole history, which
 names the broken link exactly as a full run does.
 

@@ -7,18 +7,21 @@ the budgets that need it, then reads the projections in the same snapshot and co
 
 Incremental mode (`ReconcileOptions.incremental`) reads only the budgets whose ledger moved past
 their checkpoint: among the budgets of rows recorded since the last run began, minus a margin
-(`reconcile_touched_since`, a BRIN range of the ledger), plus those the last run found drifting;
-the first run ever probes every budget (`reconcile_touched_budgets`). A touched budget with a
-stored checkpoint state is replayed from it (its checkpointed row and the rows after it, by
-index), else from its first event; then its projection rows are compared (for one replayed from
-its checkpoint: the balance row, its open reservations and those its new events settled). The
-other budgets are counted as skipped, their rows never read.
+(`reconcile_touched_since`: one set-based query over a BRIN range of the ledger, which also
+brings each kept budget's checkpoint, balance row and the stored hash of its checkpointed row),
+plus those the last run found drifting; the first run ever probes every budget
+(`reconcile_touched_budgets`). A touched budget with a stored checkpoint state is replayed from
+it: its new rows come from one statement for the shard over that same range
+(`reconcile_rows_since`) when the last run wrote its checkpoint, else from an index range scan
+from its checkpointed row (`reconcile_events_of`; from its first event without a usable state).
+Then its projection rows are compared (for one replayed from its checkpoint: the balance row,
+its open reservations and those its new events settled). The other budgets are counted as
+skipped, their rows never read.
 
-The reads of a budget with a checkpoint are bounded below by the recorded_at of its checkpointed
-row minus the margin (migration 011), so Postgres reads only the recent monthly partitions:
-the head probe of the candidate query and `reconcile_events_of` for a budget replayed from its
-checkpoint. Rows the bound may have hidden send the budget to the unbounded ordered re-read
-(`BudgetReplay.unseen_rows`).
+The per-budget reads from a checkpoint are bounded below by the recorded_at of its checkpointed
+row minus the margin (migration 011), so Postgres reads only the recent monthly partitions; the
+one-pass read is bounded by the range's start. Rows a bound may have hidden send the budget to
+the unbounded ordered re-read (`BudgetReplay.unseen_rows`).
 """
 
 from __future__ import annotations
