@@ -262,8 +262,9 @@ WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
 -- UNIQUE (tenant_id, budget_id, sequence): one index probe per budget, never a table scan) and
 -- from the checkpoints (a budget whose rows all vanished); the last row is one backward index
 -- probe. Nothing here trusts the projections, which ledger_app can edit (the balance row comes
--- along, same columns as reconcile_touched_since, for the drift check). Cost ∝ budgets: later
--- runs use reconcile_touched_since.
+-- along, same columns as reconcile_touched_since, for the drift check; not the open
+-- reservations: reconcile_reservations_of reads them). Cost ∝ budgets: later runs use
+-- reconcile_touched_since.
 WITH RECURSIVE in_ledger AS (
     (SELECT tenant_id, budget_id FROM ledger
      WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
@@ -289,7 +290,8 @@ SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text, c.recorded_a
        json_build_array(p.currency, p.opened, p.budget_limit, p.utilization_pct::text,
                         p.sequence, p.last_hash, p.period_start, p.config, p.digits,
                         p.above_soft, p.above_hard, p.cap_reached_alerted, p.snapshot_seq,
-                        p.monitors)::text
+                        p.monitors)::text,
+       NULL::text AS open_reservations
 FROM budgets b
 LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
 LEFT JOIN LATERAL (SELECT l.sequence, l.hash FROM ledger l
@@ -325,7 +327,9 @@ LIMIT 1
 -- (from_window), the hash of its checkpointed row (one index probe, by its sequence and
 -- recorded_at, so one partition is read; NULL when the row is gone): its new rows come from
 -- reconcile_rows_since, not from one read per budget. The balance row comes
--- as the seven columns of reconcile_balances (NULLs without one). A row written with an old
+-- as the seven columns of reconcile_balances (NULLs without one), then the budget's OPEN
+-- reservations as one JSON array of reconcile_reservations arrays (NULL: none; through the
+-- partial index reservations_open_by_budget). A row written with an old
 -- recorded_at is not a candidate: the periodic --full finds it (docs/reconciler.md).
 WITH candidates AS (
     -- The last row as one text, zero-padded sequence then hash, so that a hash aggregate's max
@@ -375,7 +379,14 @@ WITH candidates AS (
     LEFT JOIN budget_balances p ON p.tenant_id = d.tenant_id AND p.budget_id = d.budget_id
 )
 SELECT k.tenant_id, k.budget_id, k.sequence, k.hash, k.state, k.recorded_at, k.from_window,
-       base.hash, k.p_tenant, k.funded, k.reserved, k.charged, k.available, k.balance
+       base.hash, k.p_tenant, k.funded, k.reserved, k.charged, k.available, k.balance,
+       (SELECT json_agg(json_build_array(
+                   r.ref_id, r.status, r.amount, r.charged,
+                   to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                   r.command_id, r.created_seq, r.updated_seq))::text
+        FROM reservations r
+        WHERE r.tenant_id = k.tenant_id AND r.budget_id = k.budget_id
+          AND r.status = 'reserved') AS open_reservations
 FROM kept k
 LEFT JOIN LATERAL (SELECT l.event->>'hash' AS hash FROM ledger l
                    WHERE l.tenant_id = k.tenant_id AND l.budget_id = k.budget_id

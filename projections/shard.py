@@ -143,8 +143,11 @@ def replay_shard(
                     )
                 if reads:  # one index range scan per budget
                     scans.append((q["reconcile_events_of"], {"keys": _json(reads)}))
-                # The balance rows came with the candidates.
-                scan_params = {"keys": _json(whole)}
+                # The balance rows came with the candidates, and after the first run the open
+                # reservations too: only the budgets replayed whole read theirs (all of them).
+                if since is not None:
+                    whole = [k for k in whole if k[4]]
+                scan_params = {"keys": _json(whole)} if whole else {}
                 balances, reservations = None, q["reconcile_reservations_of"]
             else:
                 for r in conn.execute(q["reconcile_checkpoints"], params):
@@ -172,7 +175,7 @@ def replay_shard(
                 if budget is None:
                     budget = budgets[(row[0], row[1])] = new(row[0], row[1])
                 budget.balance = balance_from_row(row)
-            for row in conn.execute(reservations, scan_params):
+            for row in conn.execute(reservations, scan_params) if scan_params else ():
                 budget = get((row[0], row[1]))
                 if budget is None:
                     budget = budgets[(row[0], row[1])] = new(row[0], row[1])
@@ -278,6 +281,9 @@ def _plan_reads(
         replay = budgets[(t, b)] = new(t, b)
         if row[8] is not None:
             replay.balance = balance_from_row((row[8], b, *row[9:14]))
+        if row[14] is not None:  # the open reservations (after the first run)
+            for res in _LOADS(row[14]):
+                replay.reservations[res[0]] = res
         read: list[object] = [t, b, 1, None, True]
         if seq is not None:
             checkpoints[(t, b)] = replay.checkpoint = (int(seq), str(hash_))
