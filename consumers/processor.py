@@ -486,7 +486,6 @@ def merge_states(partitions: MutableMapping[int, PartitionState], out: BatchOutp
         part = partitions.get(partition)
         if part is not None:
             part.next_offset = new_offset
-    caches: dict[int, StateCache] = {}  # partitions may share one cache: evict each once
     batch: set[BudgetKey] = set()
     for partition, states in out.new_states.items():
         part = partitions.get(partition)
@@ -494,7 +493,9 @@ def merge_states(partitions: MutableMapping[int, PartitionState], out: BatchOutp
             for bkey, state in states.items():
                 part.budgets.put(partition, bkey, state)
             batch.update(states)
-            caches[id(part.budgets)] = part.budgets
+    # Every owned cache, not only those this batch wrote to: one held over its byte bound by the
+    # previous batch is brought back within it now. Partitions may share one cache: evict once.
+    caches = {id(part.budgets): part.budgets for part in partitions.values()}
     # The byte bound keeps the batch's own budgets even past it: a budget heavier than the whole
     # bound must not be reloaded by every batch that uses it.
     return sum(cache.evict(keep=batch) for cache in caches.values())
