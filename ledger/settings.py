@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # ...and at most this many MB of budget state, estimated from each state's open
     # reservations and monitors (0 = no byte bound): what keeps the cache's memory flat when
     # the cached budgets carry more open reservations over time.
-    state_cache_mb: int = Field(default=128, ge=0, le=1_000_000)
+    state_cache_mb: int = Field(default=112, ge=0, le=1_000_000)
     # The command consumer's pre-fetch queue, per assigned partition (librdkafka
     # queued.max.messages.kbytes and queued.min.messages): read ahead of the batches and held in
     # memory while the consumer has a backlog (docs/scaling.md, "Consumer memory").
