@@ -131,6 +131,16 @@ ORDER BY parts.t, parts.p
 INSERT INTO outbox (topic, key, payload, headers)
 VALUES (%(topic)s, %(key)s, %(payload)s, %(headers)s::jsonb)
 
+-- name: record_alert
+-- A reconciler alert in the alert history (migration 012) beside its outbox row: once per budget
+-- and ledger position, so an hourly run that finds the same drift again publishes it again but
+-- records it once (the history is append-only: DO NOTHING, never an update).
+INSERT INTO alerts (tenant_id, budget_id, sequence, type, severity, utilization_bp,
+                    threshold_bp, recorded_at, payload)
+VALUES (%(tenant)s, %(budget)s, %(sequence)s, %(type)s, %(severity)s, %(utilization_bp)s,
+        %(threshold_bp)s, %(recorded_at)s, %(payload)s::jsonb)
+ON CONFLICT (tenant_id, budget_id, sequence, type, monitor_id) DO NOTHING
+
 -- name: ledger_hashes
 -- The --source kafka comparison: what the events topic should hold, budget by budget.
 SELECT tenant_id, budget_id, sequence, hash, kafka_topic, kafka_partition, kafka_offset

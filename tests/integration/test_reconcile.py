@@ -45,6 +45,14 @@ def _alerts(url: str) -> list[dict]:
     return [orjson.loads(bytes(r[0])) for r in rows]
 
 
+def _history(url: str) -> list[tuple[str, str, str, dict]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT type, tenant_id, budget_id, payload FROM alerts ORDER BY recorded_at"
+        ).fetchall()
+    return [(t, tenant, budget, payload) for t, tenant, budget, payload in rows]
+
+
 @pytest.fixture
 def filled(settings: Settings) -> Settings:
     fill(settings.database_url, 3000, 40, seed=11)
@@ -91,6 +99,11 @@ def test_altered_projection_is_drift_with_alert_then_rebuild_fixes_it(
     assert [(a["type"], a["tenant_id"], a["budget_id"]) for a in alerts] == [
         ("drift_detected", "tenant-1", "budget-1")
     ]
+    # The alert history has it too (GET .../alerts): once, though the next run publishes it again.
+    assert _history(filled.database_url) == [("drift_detected", "tenant-1", "budget-1", alerts[0])]
+    assert _run(filled, "reconcile") == 1
+    assert len(_alerts(filled.database_url)) == 2
+    assert _history(filled.database_url) == [("drift_detected", "tenant-1", "budget-1", alerts[0])]
     assert _run(filled, "rebuild") == 0
     assert _run(filled, "reconcile", "--no-alerts") == 0
 
