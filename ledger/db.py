@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 
 class DatabaseUnavailable(psycopg.OperationalError):
@@ -41,6 +41,19 @@ def pool(dsn: str, role: str | None = None, size: int = 4) -> ConnectionPool:
         conn.commit()
 
     return ConnectionPool(dsn, min_size=1, max_size=size, configure=configure, open=True)
+
+
+def read_only_pool(dsn: str, role: str, size: int) -> AsyncConnectionPool:
+    """An asyncio pool, not opened yet, whose connections run as `role` and begin every
+    transaction READ ONLY (the API's hot reads: no thread, and no statement for either)."""
+
+    async def configure(conn: psycopg.AsyncConnection) -> None:
+        await conn.execute("SET jit = off")  # as `_configure`
+        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        await conn.commit()
+        await conn.set_read_only(True)
+
+    return AsyncConnectionPool(dsn, min_size=1, max_size=size, configure=configure, open=False)
 
 
 def copy_rows(conn: psycopg.Connection, statement: str, rows: Iterable[Sequence[object]]) -> None:

@@ -7,8 +7,8 @@ never today's currency table); the API renders them with `schemas.money`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from budget_ledger.ledger.db import connect
 from budget_ledger.ledger.evolve import config_from_data
@@ -74,6 +74,24 @@ def keyed_session(
     params = {"key_id": key_id, "digest": digest, "tenant": tenant_id, "scope": scope}
     with read_transaction(pool) as conn:
         yield conn.execute(queries()["open_session"], params).fetchone(), conn
+
+
+@asynccontextmanager
+async def keyed_session_async(
+    pool: AsyncConnectionPool, key_id: str, digest: bytes, tenant_id: str, scope: str
+) -> AsyncIterator[tuple[tuple[Any, ...] | None, psycopg.AsyncConnection]]:
+    """`keyed_session` on the event loop, for the API's hot reads (`db.read_only_pool`: its
+    transactions begin READ ONLY)."""
+    params = {"key_id": key_id, "digest": digest, "tenant": tenant_id, "scope": scope}
+    async with pool.connection() as conn:
+        try:
+            cur = await conn.execute(queries()["open_session"], params)
+            yield await cur.fetchone(), conn
+        except BaseException:
+            await conn.rollback()
+            raise
+        else:
+            await conn.commit()
 
 
 @contextmanager
@@ -181,6 +199,15 @@ def get_budget(conn: psycopg.Connection, tenant_id: str, budget_id: str) -> Budg
     return None if row is None else _budget(row)
 
 
+async def get_budget_async(
+    conn: psycopg.AsyncConnection, tenant_id: str, budget_id: str
+) -> BudgetView | None:
+    """`get_budget` on the event loop."""
+    cur = await conn.execute(queries()["get_budget"], {"tenant": tenant_id, "budget": budget_id})
+    row = await cur.fetchone()
+    return None if row is None else _budget(row)
+
+
 @dataclass(frozen=True, slots=True)
 class BalancesAt:
     """A budget's balances after one ledger event (money in minor units)."""
@@ -197,17 +224,18 @@ class BalancesAt:
     hard_cap_approaching: bool
 
 
-def balances_as_of(
-    conn: psycopg.Connection, budget: BudgetView, as_of: datetime
+async def balances_as_of(
+    conn: psycopg.AsyncConnection, budget: BudgetView, as_of: datetime
 ) -> BalancesAt | None:
     """The balances after `budget`'s last event recorded at or before `as_of`, with the flags
     of the configuration in force then (None: no event by then)."""
-    row = conn.execute(
-        queries()["event_as_of"],
-        {"tenant": budget.tenant_id, "budget": budget.budget_id, "as_of": as_of},
-    ).fetchone()
-    if row is None:
-        return None
+    params = {"tenant": budget.tenant_id, "budget": budget.budget_id, "as_of": as_of}
+    cur = await conn.execute(queries()["event_as_of"], params)
+    row = await cur.fetchone()
+    return None if row is None else _balances_at(budget, row)
+
+
+def _balances_at(budget: BudgetView, row: tuple[Any, ...]) -> BalancesAt:
     seq, funded, reserved, charged, available, recorded_at, event, config_event = row
     wire = orjson.loads(event)
     config = None

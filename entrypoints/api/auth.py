@@ -8,25 +8,24 @@ scope (named). Only then is the request's one transaction bound to the tenant
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import unicodedata
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from budget_ledger.entrypoints.api.keys import ApiKey, active_key, key_hash, key_id_of, verify_key
-from budget_ledger.projections.api_reads import keyed_session, read_transaction
+from budget_ledger.projections.api_reads import (
+    keyed_session,
+    keyed_session_async,
+    read_transaction,
+)
 from budget_ledger.schemas.limits import MAX_ID_LENGTH, id_problem
-
-T = TypeVar("T")
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `budget-ledger keys create`")
 
@@ -130,7 +129,7 @@ class ReadAccess:
     """A read request's key and the path's tenant, not verified yet (`read_session` does)."""
 
     pool: ConnectionPool
-    readers: Executor
+    hot_pool: AsyncConnectionPool
     secret: str
     tenant_id: str
 
@@ -143,7 +142,7 @@ async def read_access(
     """A read request's key and tenant (401 when it presents no key). Async and without I/O,
     so FastAPI calls it in the event loop: no hop to its thread pool."""
     state = request.app.state
-    return ReadAccess(state.pool, state.readers, _bearer_secret(credentials), tid)
+    return ReadAccess(state.pool, state.hot_pool, _bearer_secret(credentials), tid)
 
 
 Access = Annotated[ReadAccess, Depends(read_access)]
@@ -157,37 +156,44 @@ def read_session(access: ReadAccess) -> Iterator[psycopg.Connection]:
     The database binds the tenant in the statement that reads the key, on the same conditions
     as `check_caller` (projections.api_reads.keyed_session): one round trip for all of it.
     """
-    key_id = key_id_of(access.secret)
-    if key_id is None:
-        raise _unauthorized()
-    tenant = access.tenant_id
-    digest = key_hash(access.secret)
-    with keyed_session(access.pool, key_id, digest, tenant, "read") as (row, conn):
-        key = active_key(access.secret, row)
-        if key is None:
-            raise _unauthorized()
-        check_caller(key, tenant, "read")
-        if row is None or row[-1] != tenant:
-            # Python and SQL decide the same thing; should they ever differ, answer nothing.
-            raise RuntimeError("the key check and the tenant binding disagree")
+    key_id, digest = _presented(access)
+    with keyed_session(access.pool, key_id, digest, access.tenant_id, "read") as (row, conn):
+        _verify(access, row)
         yield conn
 
 
-async def read(access: ReadAccess, work: Callable[[psycopg.Connection], T]) -> T:
-    """`work` on the request's read session, in one hand-off to the app's reader threads.
+@asynccontextmanager
+async def hot_session(access: ReadAccess) -> AsyncIterator[psycopg.AsyncConnection]:
+    """`read_session` on the event loop, for the hot reads (a budget, its utilization).
 
-    A sync dependency and handler make three hops through FastAPI's thread pool (anyio), and
-    at 500 requests/s on two cores those hops cost more CPU than the queries; an executor's
-    hand-off costs about a third of anyio's.
+    A sync session costs hand-offs to a thread and back, and at 500 requests/s on two cores
+    those cost more CPU than the queries; this one runs in the request's own task.
     """
+    key_id, digest = _presented(access)
+    tenant = access.tenant_id
+    async with keyed_session_async(access.hot_pool, key_id, digest, tenant, "read") as (row, conn):
+        _verify(access, row)
+        yield conn
 
-    def run() -> T:
-        with read_session(access) as conn:
-            return work(conn)
 
-    # As anyio would: the handler's context variables (e.g. bound log fields) go along.
-    call = contextvars.copy_context().run
-    return await asyncio.get_running_loop().run_in_executor(access.readers, call, run)
+def _presented(access: ReadAccess) -> tuple[str, bytes]:
+    """The id and digest of the key the request presents (401 when it is not a key of ours)."""
+    key_id = key_id_of(access.secret)
+    if key_id is None:
+        raise _unauthorized()
+    return key_id, key_hash(access.secret)
+
+
+def _verify(access: ReadAccess, row: tuple[Any, ...] | None) -> None:
+    """401/403 unless the key's `row` (a session's first statement) is an active key that may
+    read the tenant; an error if the database bound the tenant otherwise than that says."""
+    key = active_key(access.secret, row)
+    if key is None:
+        raise _unauthorized()
+    check_caller(key, access.tenant_id, "read")
+    if row is None or row[-1] != access.tenant_id:
+        # Python and SQL decide the same thing; should they ever differ, answer nothing.
+        raise RuntimeError("the key check and the tenant binding disagree")
 
 
 def session(access: Access) -> Iterator[psycopg.Connection]:

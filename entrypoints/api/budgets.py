@@ -13,7 +13,13 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime
 
-from budget_ledger.entrypoints.api.auth import ID_PATTERN, Access, ReadSession, TenantId, read
+from budget_ledger.entrypoints.api.auth import (
+    ID_PATTERN,
+    Access,
+    ReadSession,
+    TenantId,
+    hot_session,
+)
 from budget_ledger.entrypoints.api.models import (
     AUTH_ERRORS,
     BudgetOut,
@@ -29,6 +35,7 @@ from budget_ledger.projections.api_reads import (
     BudgetView,
     balances_as_of,
     get_budget,
+    get_budget_async,
     list_budgets,
     list_reservations,
 )
@@ -84,7 +91,10 @@ def in_utc(name: str, value: datetime) -> datetime:
 
 def budget_or_404(conn: psycopg.Connection, tid: str, bid: str) -> BudgetView:
     """The tenant's opened budget `bid` (404 otherwise)."""
-    budget = get_budget(conn, tid, bid)
+    return _or_404(get_budget(conn, tid, bid))
+
+
+def _or_404(budget: BudgetView | None) -> BudgetView:
     if budget is None:
         raise HTTPException(404, "no such budget")
     return budget
@@ -102,9 +112,9 @@ def budgets(
 @router.get("/{bid}", response_model=BudgetOut, responses=_NOT_FOUND, summary="one budget")
 async def budget(tid: TenantId, bid: BudgetId, access: Access) -> Response:
     """Balances, limits, currency, period start and `next_reset_at` (null for rolling)."""
-    return model_response(
-        await read(access, lambda conn: BudgetOut.of(budget_or_404(conn, tid, bid)))
-    )
+    async with hot_session(access) as conn:
+        found = await get_budget_async(conn, tid, bid)
+    return model_response(BudgetOut.of(_or_404(found)))
 
 
 @router.get(
@@ -125,17 +135,14 @@ async def utilization(
     """With `as_of`, the balances in the budget's last ledger event recorded at or before it
     (404 when it had none by then), with the cap flags of the limits in force then."""
     at_time = None if as_of is None else in_utc("as_of", as_of)
-
-    def balances(conn: psycopg.Connection) -> UtilizationOut:
-        budget = budget_or_404(conn, tid, bid)
-        if at_time is None:
-            return UtilizationOut.current(budget)
-        at = balances_as_of(conn, budget, at_time)
-        if at is None:
-            raise HTTPException(404, "the budget has no ledger event at or before as_of")
-        return UtilizationOut.at(budget, at, at_time)
-
-    return model_response(await read(access, balances))
+    async with hot_session(access) as conn:
+        budget = _or_404(await get_budget_async(conn, tid, bid))
+        at = None if at_time is None else await balances_as_of(conn, budget, at_time)
+    if at_time is None:
+        return model_response(UtilizationOut.current(budget))
+    if at is None:
+        raise HTTPException(404, "the budget has no ledger event at or before as_of")
+    return model_response(UtilizationOut.at(budget, at, at_time))
 
 
 @router.get(
