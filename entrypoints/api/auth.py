@@ -2,8 +2,9 @@
 
 401 for no key, a malformed, unknown or revoked key or a wrong secret (one answer for all, so
 a caller learns nothing about which); 403 for a tenant the key may not act for, or a missing
-scope (named). Only then is the request's one transaction bound to the tenant
-(projections.api_reads.bind_tenant).
+scope (named). Only a key that passes is the request's one transaction bound to the tenant
+with: by the database, in the statement that reads the key (reads: `read_session`,
+`hot_session`), or by `projections.api_reads.bind_tenant` after the check (the others).
 """
 
 from __future__ import annotations
