@@ -51,7 +51,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
         )
         # The one producer of the writes: made here, never at import, closed on shutdown.
         app.state.publisher = CommandPublisher(settings)
-        # The hot reads' pool (auth.hot_session): asyncio, so they need no thread.
+        # The hot reads' pool (auth.hot_read): asyncio, so they need no thread.
         app.state.hot_pool = read_only_pool(
             settings.api_dsn(), settings.api_database_role, settings.api_pool_size
         )

@@ -4,14 +4,14 @@
 a caller learns nothing about which); 403 for a tenant the key may not act for, or a missing
 scope (named). Only a key that passes is the request's one transaction bound to the tenant
 with: by the database, in the statement that reads the key (reads: `read_session`,
-`hot_session`), or by `projections.api_reads.bind_tenant` after the check (the others).
+`hot_read`), or by `projections.api_reads.bind_tenant` after the check (the others).
 """
 
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,8 +22,9 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from budget_ledger.entrypoints.api.keys import ApiKey, active_key, key_hash, key_id_of, verify_key
 from budget_ledger.projections.api_reads import (
+    Read,
+    keyed_reads,
     keyed_session,
-    keyed_session_async,
     read_transaction,
 )
 from budget_ledger.schemas.limits import MAX_ID_LENGTH, id_problem
@@ -163,18 +164,19 @@ def read_session(access: ReadAccess) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-@asynccontextmanager
-async def hot_session(access: ReadAccess) -> AsyncIterator[psycopg.AsyncConnection]:
-    """`read_session` on the event loop, for the hot reads (a budget, its utilization).
+async def hot_read(access: ReadAccess, reads: Sequence[Read]) -> list[tuple[Any, ...] | None]:
+    """The first row of each read, in the request's one read-only transaction, bound to the
+    path's tenant once the key is verified (401/403 otherwise, before any row is used).
 
-    A sync session costs hand-offs to a thread and back, and at 500 requests/s on two cores
-    those cost more CPU than the queries; this one runs in the request's own task.
+    For the hot reads (a budget, its utilization): the whole transaction is one round trip on
+    the asyncio pool (`projections.api_reads.keyed_reads`), in the request's own task — a sync
+    session costs hand-offs to a thread and back, more CPU at 500 requests/s than the queries.
     """
     key_id, digest = _presented(access)
     tenant = access.tenant_id
-    async with keyed_session_async(access.hot_pool, key_id, digest, tenant, "read") as (row, conn):
-        _verify(access, row)
-        yield conn
+    row, rows = await keyed_reads(access.hot_pool, key_id, digest, tenant, "read", reads)
+    _verify(access, row)
+    return rows
 
 
 def _presented(access: ReadAccess) -> tuple[str, bytes]:

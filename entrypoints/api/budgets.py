@@ -18,7 +18,7 @@ from budget_ledger.entrypoints.api.auth import (
     Access,
     ReadSession,
     TenantId,
-    hot_session,
+    hot_read,
 )
 from budget_ledger.entrypoints.api.models import (
     AUTH_ERRORS,
@@ -33,9 +33,11 @@ from budget_ledger.entrypoints.api.models import (
 from budget_ledger.projections.api_reads import (
     MAX_PAGE,
     BudgetView,
-    balances_as_of,
+    as_of_read,
+    balances_at,
+    budget_read,
+    budget_view,
     get_budget,
-    get_budget_async,
     list_budgets,
     list_reservations,
 )
@@ -112,9 +114,8 @@ def budgets(
 @router.get("/{bid}", response_model=BudgetOut, responses=_NOT_FOUND, summary="one budget")
 async def budget(tid: TenantId, bid: BudgetId, access: Access) -> Response:
     """Balances, limits, currency, period start and `next_reset_at` (null for rolling)."""
-    async with hot_session(access) as conn:
-        found = await get_budget_async(conn, tid, bid)
-    return model_response(BudgetOut.of(_or_404(found)))
+    (row,) = await hot_read(access, [budget_read(tid, bid)])
+    return model_response(BudgetOut.of(_or_404(None if row is None else budget_view(row))))
 
 
 @router.get(
@@ -134,15 +135,16 @@ async def utilization(
 ) -> Response:
     """With `as_of`, the balances in the budget's last ledger event recorded at or before it
     (404 when it had none by then), with the cap flags of the limits in force then."""
-    at_time = None if as_of is None else in_utc("as_of", as_of)
-    async with hot_session(access) as conn:
-        budget = _or_404(await get_budget_async(conn, tid, bid))
-        at = None if at_time is None else await balances_as_of(conn, budget, at_time)
-    if at_time is None:
+    if as_of is None:
+        (row,) = await hot_read(access, [budget_read(tid, bid)])
+        budget = _or_404(None if row is None else budget_view(row))
         return model_response(UtilizationOut.current(budget))
+    at_time = in_utc("as_of", as_of)
+    row, at = await hot_read(access, [budget_read(tid, bid), as_of_read(tid, bid, at_time)])
+    budget = _or_404(None if row is None else budget_view(row))
     if at is None:
         raise HTTPException(404, "the budget has no ledger event at or before as_of")
-    return model_response(UtilizationOut.at(budget, at, at_time))
+    return model_response(UtilizationOut.at(budget, balances_at(budget, at), at_time))
 
 
 @router.get(

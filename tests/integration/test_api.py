@@ -7,6 +7,7 @@ One database is filled once for the module (two tenants that share a budget id, 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,8 +27,14 @@ from hypothesis import strategies as st
 from budget_ledger.entrypoints.api.app import create_app
 from budget_ledger.entrypoints.api.keys import create_key, key_hash, key_id_of, revoke_key
 from budget_ledger.ledger.db import pool as make_pool
+from budget_ledger.ledger.db import read_only_pool
 from budget_ledger.ledger.settings import Settings
-from budget_ledger.projections.api_reads import keyed_session, tenant_session
+from budget_ledger.projections.api_reads import (
+    budget_read,
+    keyed_reads,
+    keyed_session,
+    tenant_session,
+)
 from tests.integration.api_world import KeySpec, Services, api_world
 from tests.integration.support import (
     cli,
@@ -433,6 +440,29 @@ def test_the_database_binds_a_tenant_only_for_a_key_that_may_read_it(world: Worl
             assert conn.execute("SELECT count(*) FROM budget_balances").fetchone() == (0,)
     finally:
         pool.close()
+
+
+def test_pipelined_reads_of_a_refused_key_see_no_rows(world: World) -> None:
+    """`keyed_reads` sends the reads with the key statement, before the API checks the key: for
+    a key that may not read the tenant they run without one and find nothing."""
+
+    async def reads(label: str, tenant: str) -> tuple[object, list[object]]:
+        pool = read_only_pool(world.settings.database_url, "ledger_reader", 1)
+        await pool.open()
+        try:
+            key = world.keys[label]
+            key_id = key_id_of(key)
+            assert key_id is not None
+            got = [budget_read(tenant, "b1"), budget_read(tenant, "b2")]
+            return await keyed_reads(pool, key_id, key_hash(key), tenant, "read", got)
+        finally:
+            await pool.close()
+
+    row, (b1, b2) = asyncio.run(reads("acme", "acme"))
+    assert row is not None and row[-1] == "acme" and b1 is not None and b2 is not None
+    for label, tenant in [("acme", "globex"), ("revoked", "acme"), ("acme_write_only", "acme")]:
+        row, rows = asyncio.run(reads(label, tenant))
+        assert row is not None and row[-1] is None and rows == [None, None], label
 
 
 # --- the keys command ----------------------------------------------------------------------------
