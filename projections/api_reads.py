@@ -71,9 +71,13 @@ def keyed_session(
     bound, and row-level security shows the transaction no rows). The key look-up and the
     binding are one statement (a round trip fewer than `verify_key` and `bind_tenant`).
     """
-    params = {"key_id": key_id, "digest": digest, "tenant": tenant_id, "scope": scope}
+    params = _key_params(key_id, digest, tenant_id, scope)
     with read_transaction(pool) as conn:
         yield conn.execute(queries()["open_session"], params).fetchone(), conn
+
+
+def _key_params(key_id: str, digest: bytes, tenant_id: str, scope: str) -> dict[str, Any]:
+    return {"key_id": key_id, "digest": digest, "tenant": tenant_id, "scope": scope}
 
 
 # One read of `keyed_reads`: a named query of `api_queries.sql` and its parameters.
@@ -95,7 +99,7 @@ async def keyed_reads(
     Sending the reads before the key is checked is safe: they run after the key statement, and
     a key that fails it leaves them without a tenant, so row-level security shows them no rows.
     """
-    params = {"key_id": key_id, "digest": digest, "tenant": tenant_id, "scope": scope}
+    params = _key_params(key_id, digest, tenant_id, scope)
     async with pool.connection() as conn:
         try:
             async with conn.pipeline():

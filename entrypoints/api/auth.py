@@ -3,7 +3,7 @@
 401 for no key, a malformed, unknown or revoked key or a wrong secret (one answer for all, so
 a caller learns nothing about which); 403 for a tenant the key may not act for, or a missing
 scope (named). Only a key that passes is the request's one transaction bound to the tenant
-with: by the database, in the statement that reads the key (reads: `read_session`,
+with: by the database, in the statement that reads the key (reads: `session`,
 `hot_read`), or by `projections.api_reads.bind_tenant` after the check (the others).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -128,7 +127,7 @@ def require_briefly(scope: str) -> Callable[..., Caller]:
 
 @dataclass(frozen=True, slots=True)
 class ReadAccess:
-    """A read request's key and the path's tenant, not verified yet (`read_session` does)."""
+    """A read request's key and the path's tenant, not verified yet (`session`, `hot_read`)."""
 
     pool: ConnectionPool
     hot_pool: AsyncConnectionPool
@@ -148,20 +147,6 @@ async def read_access(
 
 
 Access = Annotated[ReadAccess, Depends(read_access)]
-
-
-@contextmanager
-def read_session(access: ReadAccess) -> Iterator[psycopg.Connection]:
-    """The request's one read-only transaction, bound to the path's tenant once the key is
-    verified, may act for it and holds `read` (401/403 otherwise).
-
-    The database binds the tenant in the statement that reads the key, on the same conditions
-    as `check_caller` (projections.api_reads.keyed_session): one round trip for all of it.
-    """
-    key_id, digest = _presented(access)
-    with keyed_session(access.pool, key_id, digest, access.tenant_id, "read") as (row, conn):
-        _verify(access, row)
-        yield conn
 
 
 async def hot_read(access: ReadAccess, reads: Sequence[Read]) -> list[tuple[Any, ...] | None]:
@@ -200,9 +185,15 @@ def _verify(access: ReadAccess, row: tuple[Any, ...] | None) -> None:
 
 
 def session(access: Access) -> Iterator[psycopg.Connection]:
-    """`read_session` as a dependency (the other reads: pages, and reports that stream while
-    they hold it); FastAPI enters and leaves it in its thread pool."""
-    with read_session(access) as conn:
+    """The request's one read-only transaction, bound to the path's tenant once the key is
+    verified, may act for it and holds `read` (401/403 otherwise): a dependency for the other
+    reads (pages, and reports that stream while they hold it), which FastAPI enters and leaves
+    in its thread pool. The database binds the tenant in the statement that reads the key, on
+    the same conditions as `check_caller` (projections.api_reads.keyed_session).
+    """
+    key_id, digest = _presented(access)
+    with keyed_session(access.pool, key_id, digest, access.tenant_id, "read") as (row, conn):
+        _verify(access, row)
         yield conn
 
 

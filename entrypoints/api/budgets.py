@@ -96,6 +96,11 @@ def budget_or_404(conn: psycopg.Connection, tid: str, bid: str) -> BudgetView:
     return _or_404(get_budget(conn, tid, bid))
 
 
+def _found(row: tuple[Any, ...] | None) -> BudgetView:
+    """The budget of `budget_read`'s row (404 when there is none)."""
+    return _or_404(None if row is None else budget_view(row))
+
+
 def _or_404(budget: BudgetView | None) -> BudgetView:
     if budget is None:
         raise HTTPException(404, "no such budget")
@@ -115,7 +120,7 @@ def budgets(
 async def budget(tid: TenantId, bid: BudgetId, access: Access) -> Response:
     """Balances, limits, currency, period start and `next_reset_at` (null for rolling)."""
     (row,) = await hot_read(access, [budget_read(tid, bid)])
-    return model_response(BudgetOut.of(_or_404(None if row is None else budget_view(row))))
+    return model_response(BudgetOut.of(_found(row)))
 
 
 @router.get(
@@ -137,11 +142,11 @@ async def utilization(
     (404 when it had none by then), with the cap flags of the limits in force then."""
     if as_of is None:
         (row,) = await hot_read(access, [budget_read(tid, bid)])
-        budget = _or_404(None if row is None else budget_view(row))
+        budget = _found(row)
         return model_response(UtilizationOut.current(budget))
     at_time = in_utc("as_of", as_of)
     row, at = await hot_read(access, [budget_read(tid, bid), as_of_read(tid, bid, at_time)])
-    budget = _or_404(None if row is None else budget_view(row))
+    budget = _found(row)
     if at is None:
         raise HTTPException(404, "the budget has no ledger event at or before as_of")
     return model_response(UtilizationOut.at(budget, balances_at(budget, at), at_time))
