@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("incremental", help="time an incremental reconcile (no checkpoint moves)")
     i.add_argument("--database", required=True)
     i.add_argument("--runs", type=int, default=3)
+    i.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     commands = {"fill": fill, "measure": measure, "restart": restart, "append": append,
                 "seed-checkpoints": seed_checkpoints, "incremental": incremental,

@@ -119,7 +119,7 @@ def incremental(args: argparse.Namespace) -> int:
 
     url = _with_db(load_settings().database_url, args.database)
     for run in range(1, args.runs + 1):
-        opts = ReconcileOptions(workers=2, progress=False, incremental=True)
+        opts = ReconcileOptions(workers=args.workers, progress=False, incremental=True)
         t0 = time.perf_counter()
         report = reconcile(url, opts)
         took = time.perf_counter() - t0

@@ -423,6 +423,11 @@ JOIN (SELECT e->>0 AS tenant_id, e->>1 AS budget_id, (e->>2)::bigint AS after
   ON l.tenant_id = t.tenant_id AND l.budget_id = t.budget_id AND l.sequence > t.after
 WHERE l.recorded_at >= %(since)s
 
+-- name: summarize_new_ranges
+-- Before an incremental run: summarise the BRIN ranges of ledger (recorded_at) that autovacuum
+-- has not (migration 019), returns how many.
+SELECT ledger_summarize_new_ranges()
+
 -- name: reconcile_checkpoint_totals
 -- For the report: how many budgets carry a checkpoint and the events those cover (a scan of
 -- the checkpoints, narrow rows; the large states are stored out of line).

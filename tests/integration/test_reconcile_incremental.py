@@ -356,6 +356,58 @@ def test_the_candidate_query_reads_the_brin_index(checkpointed: str) -> None:
         assert kinds == {"brin"}, plan
 
 
+def _blocks_read_for_future_rows(url: str) -> int:
+    """Heap blocks a BRIN scan for rows recorded after tomorrow reads (there are none): 0 when
+    every block range holding rows is summarised, every such block otherwise."""
+    with psycopg.connect(url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = [r[0] for r in conn.execute(
+            "EXPLAIN (ANALYZE) SELECT count(*) FROM ledger"
+            " WHERE recorded_at >= now() + interval '1 day'")]  # fmt: skip
+    return sum(int(part.split("=")[1]) for line in plan if "Heap Blocks:" in line
+               for part in line.split() if "=" in part)  # fmt: skip
+
+
+def test_an_incremental_run_first_summarizes_the_ranges_autovacuum_left(checkpointed: str) -> None:
+    # A busy day overflows autosummarize's queue (migration 019): every range of the ledger
+    # unsummarised, as PostgreSQL leaves them when it drops the requests.
+    with psycopg.connect(checkpointed, autocommit=True) as conn:
+        ranges = conn.execute(
+            "SELECT DISTINCT i.indexrelid::regclass::text, (l.ctid::text::point)[0]::bigint"
+            " / 128 * 128 FROM ledger l JOIN pg_index i ON i.indrelid = l.tableoid"
+            " JOIN pg_inherits h ON h.inhrelid = i.indexrelid"
+            " AND h.inhparent = 'ledger_recorded_at_brin'::regclass"
+        ).fetchall()
+        assert ranges
+        for index, block in ranges:
+            conn.execute("SELECT brin_desummarize_range(%s::regclass, %s)", (index, block))
+    before = _blocks_read_for_future_rows(checkpointed)
+    assert before > 0  # every block of the ledger, for a query that matches no row
+    report = _run(checkpointed)
+    assert report.clean and report.events == 0
+    assert _blocks_read_for_future_rows(checkpointed) == 0
+    with psycopg.connect(checkpointed) as conn:  # nothing left for the owner to summarise
+        left = conn.execute(
+            "SELECT sum(brin_summarize_new_values(inhrelid)) FROM pg_inherits"
+            " WHERE inhparent = 'ledger_recorded_at_brin'::regclass"
+        ).fetchone()
+    assert left is not None and left[0] == 0
+
+
+def test_every_reconciling_role_may_summarize_but_not_the_tenant_reader(
+    checkpointed: str,
+) -> None:
+    with psycopg.connect(checkpointed, autocommit=True) as conn:
+        for role in ("ledger_app", "ledger_reconciler", "ledger_reader"):
+            conn.execute(f"SET ROLE {role}")
+            row = conn.execute("SELECT ledger_summarize_new_ranges()").fetchone()
+            assert row is not None and row[0] >= 0
+            conn.execute("RESET ROLE")
+        conn.execute("SET ROLE ledger_tenant_reader")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT ledger_summarize_new_ranges()")
+
+
 def test_a_row_forged_with_the_app_credentials_is_reported_by_an_incremental_run(
     settings: Settings, app_login: tuple[str, str]
 ) -> None:
