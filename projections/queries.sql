@@ -359,12 +359,15 @@ WITH candidates AS (
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
       AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
 ), kept AS (
-    -- from_window: the budget's new rows are all in the range (its checkpoint was written at
-    -- or after the last run's start), so reconcile_rows_since reads them; else (the drifting
-    -- budgets, older checkpoints) reconcile_events_of reads them from the checkpoint.
+    -- from_window: the budget's new rows are all in the range, so reconcile_rows_since reads
+    -- them; else (the drifting budgets) reconcile_events_of reads them from the checkpoint.
+    -- Every checkpointed candidate's are: the last recorded run checkpointed each budget with
+    -- rows recorded since ITS range began, or reported it drifting, so a row after a checkpoint
+    -- older than that run was recorded after it began, minus the margin - which is where this
+    -- range begins (a clock behind by more than the margin breaks this: the replay then sees a
+    -- gap and re-reads the budget whole, BudgetReplay.unseen_rows).
     SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text AS state, c.recorded_at,
-           coalesce(c.verified_at >= %(since)s::timestamptz + %(margin)s::interval, false)
-               AS from_window,
+           c.sequence IS NOT NULL AS from_window,
            p.tenant_id AS p_tenant, p.funded, p.reserved, p.charged, p.available,
            json_build_array(p.currency, p.opened, p.budget_limit, p.utilization_pct::text,
                             p.sequence, p.last_hash, p.period_start, p.config, p.digits,

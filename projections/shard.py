@@ -157,6 +157,12 @@ def replay_shard(
                 scans.append((q["reconcile_ledger_scan"], scan_params))
                 balances, reservations = q["reconcile_balances"], q["reconcile_reservations"]
             for i, (scan, scan_args) in enumerate(scans):
+                # The one-pass read joins the keys to the range's rows: the planner, which
+                # guesses 100 keys, would probe the ledger once per key (2.3x slower measured
+                # at 25,000 keys); the other statements of the run keep their nested loops.
+                one_pass = scan is q["reconcile_rows_since"]
+                if one_pass:
+                    conn.execute("SET LOCAL enable_nestloop = off")
                 with conn.cursor(name=f"reconcile_{shard}_{i}") as cur:
                     cur.itersize = FETCH
                     cur.execute(scan, scan_args)
@@ -168,6 +174,8 @@ def replay_shard(
                             budget.feed(row)
                         if on_progress is not None:
                             on_progress(len(rows))
+                if one_pass:
+                    conn.execute("SET LOCAL enable_nestloop = on")
             # The projections first: a bounded replay ending before its balance row's sequence
             # missed rows (`unseen_rows`).
             for row in conn.execute(balances, scan_params) if balances is not None else ():

@@ -81,6 +81,33 @@ def test_a_drifting_budget_is_replayed_from_its_older_checkpoint(checkpointed: s
     assert _checkpoint(url, HOT) == before + 4
 
 
+def test_a_budget_checkpointed_before_the_last_run_is_read_by_the_one_pass(
+    checkpointed: str,
+) -> None:
+    url = checkpointed
+    cold = _checkpoint(url, COLD)
+    _append(url, HOT, 2, offset=10_000)
+    assert _run(url).events == 2  # the last run: COLD's checkpoint is now older than it
+    _append(url, COLD, 3, offset=10_002)
+    with psycopg.connect(url) as conn:
+        last = conn.execute(queries()["reconcile_last_run"]).fetchone()
+        assert last is not None
+        margin = timedelta(hours=1)
+        params = {"tenant": None, "budget": None, "shard": 0, "shards": 1,
+                  "since": last[0] - margin, "margin": margin,
+                  "drifting_tenants": last[1], "drifting_budgets": last[2]}  # fmt: skip
+        rows = conn.execute(queries()["reconcile_touched_since"], params).fetchall()
+    # Its new rows are all in the range (docs/reconciler.md): the one-pass read, with its
+    # checkpointed row probed, not a read per budget from the checkpoint.
+    [(tenant, budget, seq, hash_, from_window, base_hash)] = [r[:4] + r[6:8] for r in rows]
+    assert (tenant, budget, seq, from_window, base_hash) == (*COLD, cold, True, hash_)
+    with structlog.testing.capture_logs() as logs:
+        report = _run(url)
+    assert report.clean and (report.budgets, report.events) == (1, 3)
+    assert not [e for e in logs if e["event"] == "reconcile_rows_outside_bound"]
+    assert _checkpoint(url, COLD) == (cold or 0) + 3
+
+
 def test_the_one_pass_read_plans_only_the_partitions_since_the_range(checkpointed: str) -> None:
     with psycopg.connect(checkpointed) as conn:
         plan = [
