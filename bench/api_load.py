@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import os
 import random
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +49,14 @@ class Results:
     """What the load run saw: latencies (seconds, from the due time) of 200 answers, errors."""
 
     latencies: list[float] = field(default_factory=list)
+    # (due time, latency) of each 200 answer, for `--timeline`.
+    answered: list[tuple[float, float]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     sent: int = 0
     elapsed: float = 0.0
     max_send_lag: float = 0.0
+    # The longest pause of this (client) process's garbage collector while measuring.
+    max_gc_pause: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
 
     def error(self, what: str) -> None:
@@ -152,6 +159,7 @@ async def _connection_worker(
             if record:
                 if status == 200:
                     results.latencies.append(done - due)
+                    results.answered.append((due, done - due))
                 else:
                     results.error(f"HTTP {status}")
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
@@ -235,6 +243,7 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
         **{f"{k}_ms": v for k, v in ms.items()},
         "max_ms": round(max(lat) * 1000, 2) if lat else None,
         "max_send_lag_ms": round(results.max_send_lag * 1000, 2),
+        "client_max_gc_pause_ms": round(results.max_gc_pause * 1000, 2),
         # % of one core over the measured run: the API's processes, this client, PostgreSQL (all
         # of its backends, other work's too), the whole machine, and what was neither.
         "cpu_pct": results.cpu,
@@ -242,6 +251,37 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
             10 * results.cpu.get("api", 0) * results.elapsed / max(1, len(lat)), 2
         ),
     }
+
+
+@contextlib.contextmanager
+def _gc_pauses() -> Iterator[list[float]]:
+    """Track the longest collection of this process meanwhile (a client pause would delay
+    answers it reads and count against the server)."""
+    longest = [0.0]
+    began = [0.0]
+
+    def track(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            longest[0] = max(longest[0], time.perf_counter() - began[0])
+
+    gc.callbacks.append(track)
+    try:
+        yield longest
+    finally:
+        gc.callbacks.remove(track)
+
+
+def write_timeline(path: Path, results: Results) -> None:
+    """Each answer's due time on the wall clock and its latency, to line stalls up with other
+    logs (PostgreSQL's, vmstat's) by time."""
+    # perf_counter has no epoch: anchor it to the wall clock once.
+    offset = time.time() - time.perf_counter()
+    with path.open("w") as out:
+        out.write("due_epoch_s,latency_ms\n")
+        for due, latency in results.answered:
+            out.write(f"{due + offset:.4f},{latency * 1000:.3f}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--healthz", action="store_true", help="load GET /healthz instead (the HTTP stack alone)"
     )
+    p.add_argument(
+        "--timeline",
+        type=Path,
+        help="write one CSV row per answer: wall-clock due time (UTC epoch s), latency ms",
+    )
     args = p.parse_args(argv)
     args.load_before = round(os.getloadavg()[0], 2)
 
@@ -289,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         sampler.add("api", descendants(server.pid))
         sampler.add("client", [os.getpid()])
         sampler.start()
-        results = asyncio.run(drive(port, load, args.rate, args.duration, args.connections))
+        with _gc_pauses() as longest:
+            results = asyncio.run(drive(port, load, args.rate, args.duration, args.connections))
+        results.max_gc_pause = longest[0]
         results.cpu = sampler.stop()
     finally:
         server.terminate()
@@ -302,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
     figures = report(args, results)
+    if args.timeline is not None:
+        write_timeline(args.timeline, results)
     if args.json:
         print(orjson.dumps(figures).decode())
     else:
