@@ -26,15 +26,9 @@ def _worker(
 
 
 def replay_all(
-    dsn: str,
-    opts: ReconcileOptions,
-    on_progress: Callable[[int], None] | None = None,
-    alongside: Callable[[], None] | None = None,
+    dsn: str, opts: ReconcileOptions, on_progress: Callable[[int], None] | None = None
 ) -> ShardResult:
-    """Replay every shard (in this process when workers == 1, else in worker processes); call
-    `alongside` in this process meanwhile (before the shard when there is one)."""
-    if alongside is not None and opts.workers <= 1:
-        alongside()
+    """Replay every shard (in this process when workers == 1, else in worker processes)."""
     if opts.workers <= 1:
         with connect(dsn, role=opts.role) as conn:
             return replay_shard(conn, opts, 0, 1, on_progress)
@@ -47,8 +41,6 @@ def replay_all(
     ]
     for p in procs:
         p.start()
-    if alongside is not None:
-        alongside()
     results: list[ShardResult] = []
     seen = 0
     while len(results) < opts.workers:

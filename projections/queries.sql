@@ -432,8 +432,12 @@ WHERE l.recorded_at >= %(since)s
 SELECT ledger_summarize_new_ranges()
 
 -- name: reconcile_checkpoint_totals
--- For the report: how many budgets carry a checkpoint and the events those cover (a scan of
--- the checkpoints, narrow rows; the large states are stored out of line).
+-- For the report: how many budgets carry a checkpoint and the events those cover, as the
+-- checkpoint writes keep them (migration 020): one row, not a scan of the checkpoints.
+SELECT budgets, events FROM reconcile_checkpoint_totals
+
+-- name: reconcile_checkpoint_totals_of
+-- The same for the checkpoints of one tenant or budget (a run with --tenant or --budget).
 SELECT count(*), coalesce(sum(sequence), 0)
 FROM reconcile_checkpoints
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)

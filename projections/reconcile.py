@@ -83,15 +83,11 @@ def reconcile(
     started = time.perf_counter()
     if opts.incremental:
         _summarize_new_ranges(dsn, opts)
-        # The checkpoint totals (a scan of every checkpoint, the run's one read ∝ budgets) are
-        # only for the report's skipped counts: read while the workers replay, not before.
-        totals: list[tuple[int, int]] = []
-        shard = replay_all(
-            dsn, opts, on_progress, lambda: totals.append(_checkpoint_totals(dsn, opts))
-        )
+        budgets, events = _checkpoint_totals(dsn, opts)
+        shard = replay_all(dsn, opts, on_progress)
         # The shards subtracted what they replayed of the checkpointed budgets.
-        shard.skipped_budgets += totals[0][0]
-        shard.skipped_events += totals[0][1]
+        shard.skipped_budgets += budgets
+        shard.skipped_events += events
     else:
         shard = replay_all(dsn, opts, on_progress)
     report = ReconcileReport(
@@ -160,6 +156,8 @@ def _checkpoint_totals(dsn: str, opts: ReconcileOptions) -> tuple[int, int]:
     """How many budgets carry a checkpoint (of the run's tenant and budget, if given) and the
     events those checkpoints cover."""
     params = {"tenant": opts.tenant, "budget": opts.budget}
+    every = opts.tenant is None and opts.budget is None
+    query = queries()["reconcile_checkpoint_totals" if every else "reconcile_checkpoint_totals_of"]
     with connect(dsn, role=opts.role, autocommit=True) as conn:
-        row = conn.execute(queries()["reconcile_checkpoint_totals"], params).fetchone()
+        row = conn.execute(query, params).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
