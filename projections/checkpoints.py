@@ -12,6 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
 import psycopg
 
 from budget_ledger.ledger.db import connect
@@ -62,17 +63,8 @@ def advance_checkpoints(
     q = queries()
     with conn, conn.transaction():
         if rows:
-            conn.execute(
-                q["upsert_checkpoints"],
-                {
-                    "tenants": [r[0] for r in rows],
-                    "budgets": [r[1] for r in rows],
-                    "sequences": [r[2] for r in rows],
-                    "hashes": [r[3] for r in rows],
-                    "states": [r[4] for r in rows],
-                    "recorded_ats": [r[5] for r in rows],
-                },
-            )
+            document = orjson.dumps([(*r[:4], orjson.Fragment(r[4]), r[5]) for r in rows])
+            conn.execute(q["upsert_checkpoints"], {"rows": document.decode()})
         if run is not None:
             drifting = sorted(run.drifting)
             conn.execute(

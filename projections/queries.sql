@@ -432,12 +432,8 @@ WHERE l.recorded_at >= %(since)s
 SELECT ledger_summarize_new_ranges()
 
 -- name: reconcile_checkpoint_totals
--- For the report: how many budgets carry a checkpoint and the events those cover, as the
--- checkpoint writes keep them (migration 020): one row, not a scan of the checkpoints.
-SELECT budgets, events FROM reconcile_checkpoint_totals
-
--- name: reconcile_checkpoint_totals_of
--- The same for the checkpoints of one tenant or budget (a run with --tenant or --budget).
+-- For the report: how many budgets carry a checkpoint and the events those cover (a scan of
+-- the checkpoints: ~1.35 GB for 1M of them, their states of ~750 bytes are stored inline).
 SELECT count(*), coalesce(sum(sequence), 0)
 FROM reconcile_checkpoints
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
@@ -510,12 +506,13 @@ WHERE r.status <> 'reserved'
 
 -- name: upsert_checkpoints
 -- Advance the checkpoints of budgets that verified clean, with their verified state (run as
--- ledger_reconciler).
+-- ledger_reconciler). The rows come as ONE JSON array of [tenant, budget, sequence, hash,
+-- state, recorded_at] arrays, the state as a JSON object in place: psycopg renders Python
+-- lists as array literals, and 50,000 checkpoints took 7.8 s to send and parse as six arrays
+-- against 2.2 s as one JSON document (the 20M-event ledger, a loaded machine).
 INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash, state, recorded_at)
-SELECT t, b, s, h, st::jsonb, at
-FROM unnest(%(tenants)s::text[], %(budgets)s::text[], %(sequences)s::bigint[],
-            %(hashes)s::text[], %(states)s::text[], %(recorded_ats)s::timestamptz[])
-     AS v(t, b, s, h, st, at)
+SELECT e->>0, e->>1, (e->>2)::bigint, e->>3, e->4, (e->>5)::timestamptz
+FROM jsonb_array_elements(%(rows)s::jsonb) AS e
 ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
     sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, state = EXCLUDED.state,
     recorded_at = EXCLUDED.recorded_at, verified_at = now(), verified_by = current_user

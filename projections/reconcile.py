@@ -83,13 +83,7 @@ def reconcile(
     started = time.perf_counter()
     if opts.incremental:
         _summarize_new_ranges(dsn, opts)
-        budgets, events = _checkpoint_totals(dsn, opts)
-        shard = replay_all(dsn, opts, on_progress)
-        # The shards subtracted what they replayed of the checkpointed budgets.
-        shard.skipped_budgets += budgets
-        shard.skipped_events += events
-    else:
-        shard = replay_all(dsn, opts, on_progress)
+    shard = replay_all(dsn, opts, on_progress)
     report = ReconcileReport(
         events=shard.events,
         budgets=shard.budgets,
@@ -150,14 +144,3 @@ def _summarize_new_ranges(dsn: str, opts: ReconcileOptions) -> None:
         ranges=int(row[0]) if row else 0,
         seconds=round(time.perf_counter() - t0, 3),
     )
-
-
-def _checkpoint_totals(dsn: str, opts: ReconcileOptions) -> tuple[int, int]:
-    """How many budgets carry a checkpoint (of the run's tenant and budget, if given) and the
-    events those checkpoints cover."""
-    params = {"tenant": opts.tenant, "budget": opts.budget}
-    every = opts.tenant is None and opts.budget is None
-    query = queries()["reconcile_checkpoint_totals" if every else "reconcile_checkpoint_totals_of"]
-    with connect(dsn, role=opts.role, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)

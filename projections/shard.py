@@ -126,7 +126,7 @@ def replay_shard(
             # (query, params) of the ledger reads, each ordered by budget (or physical).
             scans: list[tuple[str, Mapping[str, object]]] = []
             if opts.incremental:
-                touched, since = _touched(conn, opts, params)
+                touched, since = _touched(conn, opts, params, result)
                 if keys is not None:  # the legacy seals of the touched budgets only
                     for r in conn.execute(
                         q["reconcile_legacy_seals_of"],
@@ -232,12 +232,16 @@ def _touched(
     conn: psycopg.Connection,
     opts: ReconcileOptions,
     params: Mapping[str, object],
+    result: ShardResult,
 ) -> tuple[list[tuple[Any, ...]], datetime | None]:
     """The shard's touched budgets (`reconcile_touched_since` columns: the checkpoint if any,
     where its new rows are read, the balance row) and the start of the range of new rows (None
-    on the first run)."""
+    on the first run); adds the checkpoint totals (shard 0) to the skipped counts, which the
+    caller corrects."""
     q = queries()
     margin = timedelta(seconds=opts.candidate_margin_seconds)
+    if params["shard"] == 0:
+        _add_checkpoint_totals(conn, params, result)
     last = conn.execute(q["reconcile_last_run"]).fetchone()
     if last is None:  # the first run: probe every budget
         rows = conn.execute(q["reconcile_touched_budgets"], {**params, "margin": margin})
@@ -250,6 +254,17 @@ def _touched(
              "drifting_tenants": last[1], "drifting_budgets": last[2]},
         )
     ), since  # fmt: skip
+
+
+def _add_checkpoint_totals(
+    conn: psycopg.Connection, params: Mapping[str, object], result: ShardResult
+) -> None:
+    """Add the checkpoints' count and covered events to the skipped counts (a scan of every
+    checkpoint: the run's one read ∝ budgets)."""
+    totals = conn.execute(queries()["reconcile_checkpoint_totals"], params).fetchone()
+    if totals is not None:
+        result.skipped_budgets += int(totals[0])
+        result.skipped_events += int(totals[1])
 
 
 def _plan_reads(

@@ -455,47 +455,6 @@ def test_ledger_app_cannot_write_or_become_the_checkpoint_writer(
         conn.execute("SELECT 1 FROM ledger LIMIT 1")
 
 
-def test_the_checkpoint_totals_follow_every_write(
-    checkpointed: str, app_login: tuple[str, str]
-) -> None:
-    url = checkpointed
-
-    def kept_and_counted() -> tuple[Any, Any]:
-        with psycopg.connect(url) as conn:
-            kept = conn.execute("SELECT budgets, events FROM reconcile_checkpoint_totals")
-            counted = conn.execute(
-                "SELECT count(*), coalesce(sum(sequence), 0) FROM reconcile_checkpoints"
-            )
-            return kept.fetchone(), counted.fetchone()
-
-    kept, counted = kept_and_counted()
-    assert kept == counted == (BUDGETS, EVENTS)
-    _append(url, HOT, 3, offset=10_000)
-    assert _run(url).checkpoints_advanced == 1  # the reconciler's upsert, an UPDATE
-    kept, counted = kept_and_counted()
-    assert kept == counted == (BUDGETS, EVENTS + 3)
-    for statement in (
-        "UPDATE reconcile_checkpoints SET sequence = sequence - 1 WHERE budget_id <> 'budget-1'",
-        "DELETE FROM reconcile_checkpoints WHERE tenant_id = 'tenant-2'",
-        "INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash)"
-        " VALUES ('t', 'b', 7, 'h'), ('t', 'c', 9, 'h')",
-        "INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash)"
-        " VALUES ('t', 'b', 8, 'h') ON CONFLICT (tenant_id, budget_id) DO UPDATE"
-        " SET sequence = excluded.sequence",
-    ):
-        _sql(url, statement)
-        kept, counted = kept_and_counted()
-        assert kept == counted, statement
-    assert kept[0] < BUDGETS + 2  # the DELETE took some
-    with (  # the app may only read them
-        psycopg.connect(as_login(url, *app_login)) as conn,
-        pytest.raises(psycopg.errors.InsufficientPrivilege),
-    ):
-        conn.execute("UPDATE reconcile_checkpoint_totals SET budgets = 0")
-    _sql(url, "TRUNCATE reconcile_checkpoints")
-    assert kept_and_counted() == ((0, 0), (0, 0))
-
-
 def test_a_login_that_cannot_write_checkpoints_is_a_one_line_error(
     checkpointed: str, settings: Settings, app_login: tuple[str, str]
 ) -> None:
