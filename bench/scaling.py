@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--database", required=True)
     i.add_argument("--runs", type=int, default=3)
     i.add_argument("--workers", type=int, default=2)
+    i.add_argument("--write", action="store_true", help="the last run writes its checkpoints")
     args = p.parse_args(argv)
     commands = {"fill": fill, "measure": measure, "restart": restart, "append": append,
                 "seed-checkpoints": seed_checkpoints, "incremental": incremental,

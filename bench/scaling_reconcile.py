@@ -113,7 +113,8 @@ def append(args: argparse.Namespace) -> int:
 
 def incremental(args: argparse.Namespace) -> int:
     """Time `reconcile` (incremental, as the hourly/daily job runs it) without moving the
-    checkpoints, so it can be repeated on the same ledger."""
+    checkpoints, so it can be repeated on the same ledger; with `--write`, the last run writes
+    its checkpoints and records itself, as the job does (the ledger is then reconciled)."""
     from budget_ledger.ledger.settings import load_settings
     from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
 
@@ -121,9 +122,11 @@ def incremental(args: argparse.Namespace) -> int:
     for run in range(1, args.runs + 1):
         opts = ReconcileOptions(workers=args.workers, progress=False, incremental=True)
         t0 = time.perf_counter()
-        report = reconcile(url, opts)
+        write = args.write and run == args.runs
+        report = reconcile(url, opts, checkpoint_dsn=url if write else None)
         took = time.perf_counter() - t0
+        wrote = f", wrote {report.checkpoints_advanced:,} checkpoints" if write else ""
         print(f"incremental reconcile {run}: {took:.2f} s, replayed {report.events:,} events of "
               f"{report.budgets:,} budgets, skipped {report.skipped_events:,} events / "
-              f"{report.skipped_budgets:,} budgets, clean={report.clean}")  # fmt: skip
+              f"{report.skipped_budgets:,} budgets, clean={report.clean}{wrote}")  # fmt: skip
     return 0
