@@ -63,8 +63,7 @@ def advance_checkpoints(
     q = queries()
     with conn, conn.transaction():
         if rows:
-            document = orjson.dumps([(*r[:4], orjson.Fragment(r[4]), r[5]) for r in rows])
-            conn.execute(q["upsert_checkpoints"], {"rows": document.decode()})
+            conn.execute(q["upsert_checkpoints"], {"rows": orjson.dumps(rows).decode()})
         if run is not None:
             drifting = sorted(run.drifting)
             conn.execute(

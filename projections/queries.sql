@@ -258,7 +258,7 @@ ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
 -- name: reconcile_checkpoints
 -- One shard's checkpoints (full runs): the last (sequence, hash) a run verified clean, per
 -- budget, and the state stored there, which the replay checks when it reaches that sequence.
-SELECT tenant_id, budget_id, sequence, hash, state::text
+SELECT tenant_id, budget_id, sequence, hash, state
 FROM reconcile_checkpoints
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
@@ -294,7 +294,7 @@ WITH RECURSIVE in_ledger AS (
     WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
 )
-SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at,
+SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state, c.recorded_at,
        false AS from_window, NULL::text AS base_hash,
        p.tenant_id, p.funded, p.reserved, p.charged, p.available,
        json_build_array(p.currency, p.opened, p.budget_limit, p.utilization_pct::text,
@@ -366,7 +366,7 @@ WITH candidates AS (
     -- older than that run was recorded after it began, minus the margin - which is where this
     -- range begins (a clock behind by more than the margin breaks this: the replay then sees a
     -- gap and re-reads the budget whole, BudgetReplay.unseen_rows).
-    SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state::text AS state, c.recorded_at,
+    SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state, c.recorded_at,
            c.sequence IS NOT NULL AS from_window,
            p.tenant_id AS p_tenant, p.funded, p.reserved, p.charged, p.available,
            json_build_array(p.currency, p.opened, p.budget_limit, p.utilization_pct::text,
@@ -381,7 +381,7 @@ WITH candidates AS (
       AND NOT EXISTS (SELECT 1 FROM drifting d
                       WHERE d.tenant_id = b.tenant_id AND d.budget_id = b.budget_id)
     UNION ALL
-    SELECT d.tenant_id, d.budget_id, c.sequence, c.hash, c.state::text, c.recorded_at, false,
+    SELECT d.tenant_id, d.budget_id, c.sequence, c.hash, c.state, c.recorded_at, false,
            p.tenant_id, p.funded, p.reserved, p.charged, p.available,
            json_build_array(p.currency, p.opened, p.budget_limit, p.utilization_pct::text,
                             p.sequence, p.last_hash, p.period_start, p.config, p.digits,
@@ -507,11 +507,11 @@ WHERE r.status <> 'reserved'
 -- name: upsert_checkpoints
 -- Advance the checkpoints of budgets that verified clean, with their verified state (run as
 -- ledger_reconciler). The rows come as ONE JSON array of [tenant, budget, sequence, hash,
--- state, recorded_at] arrays, the state as a JSON object in place: psycopg renders Python
--- lists as array literals, and 50,000 checkpoints took 7.8 s to send and parse as six arrays
--- against 2.2 s as one JSON document (the 20M-event ledger, a loaded machine).
+-- state text, recorded_at] arrays: psycopg renders Python lists as array literals, and 50,000
+-- checkpoints took 7.8 s to send and parse as six arrays against ~1 s as one JSON document
+-- (the 20M-event ledger, a loaded machine; the state is text since migration 020).
 INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash, state, recorded_at)
-SELECT e->>0, e->>1, (e->>2)::bigint, e->>3, e->4, (e->>5)::timestamptz
+SELECT e->>0, e->>1, (e->>2)::bigint, e->>3, e->>4, (e->>5)::timestamptz
 FROM jsonb_array_elements(%(rows)s::jsonb) AS e
 ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
     sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, state = EXCLUDED.state,
