@@ -3,6 +3,7 @@ seconds of load against `serve --workers 2`; every request answered 200. No time
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -40,3 +41,16 @@ def test_api_load_bench_smoke_run_answers_every_request(
     dues = sorted(float(r[0]) for r in rows)
     assert abs(time.time() - dues[-1]) < 120 and abs((dues[-1] - dues[0]) - 99 / 50) < 0.01
     assert max(float(r[1]) for r in rows) == pytest.approx(figures["max_ms"], abs=0.01)
+
+
+def test_stall_watch_writes_a_line_every_quarter_second(pg_admin_dsn: str, tmp_path: Path) -> None:
+    out = tmp_path / "watch.txt"
+    cmd = [sys.executable, "-m", "bench.stall_watch", "--seconds", "1.2", "--out", str(out)]
+    env = {**os.environ, "LEDGER_DATABASE_URL": pg_admin_dsn}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-4000:]
+    lines = out.read_text().splitlines()
+    assert 3 <= len(lines) <= 5
+    stamps = [float(line.split()[0]) for line in lines]
+    assert all(0.2 < b - a < 0.5 for a, b in itertools.pairwise(stamps))
+    assert all(line.split()[1].startswith("canary=") and " | [" in line for line in lines)
