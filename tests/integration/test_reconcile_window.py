@@ -1,7 +1,7 @@
 """Incremental reconcile, the set-based reads (docs/reconciler.md, "Incremental reconcile"): the
 candidates with their checkpoint, balance row and checkpointed row's hash in one query, the new
-rows of the budgets the last run checkpointed in one pass over the range since it, and the
-per-budget read kept for the others (the last run's drifting budgets, older checkpoints).
+rows of every checkpointed candidate in one pass over the range since the last run, and the
+per-budget read kept for the last run's drifting budgets.
 The straddling rows (one row after the checkpoint recorded before the range) are in
 test_reconcile_partitions.py.
 """
