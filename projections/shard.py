@@ -12,8 +12,9 @@ brings each kept budget's checkpoint, balance row and the stored hash of its che
 plus those the last run found drifting; the first run ever probes every budget
 (`reconcile_touched_budgets`). A touched budget with a stored checkpoint state is replayed from
 it: its new rows come from one statement for the shard over that same range
-(`reconcile_rows_since`) when the last run wrote its checkpoint, else from an index range scan
-from its checkpointed row (`reconcile_events_of`; from its first event without a usable state).
+(`reconcile_rows_since`, a hash join), except for the budgets the last run found drifting,
+read by an index range scan from the checkpointed row (`reconcile_events_of`; from the first
+event without a usable state).
 Then its projection rows are compared (for one replayed from its checkpoint: the balance row,
 its open reservations and those its new events settled). The other budgets are counted as
 skipped, their rows never read.
