@@ -27,24 +27,45 @@ def vm_hwm_kb(pid: int) -> int:
     return 0
 
 
-def _ticks(pid: int) -> int | None:
+def _stat(pid: int) -> tuple[str, list[str]] | None:
+    """A process's name and the fields of /proc/<pid>/stat after it (None: gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
+    head, _, tail = stat.rpartition(")")
+    return head.partition("(")[2], tail.split()
+
+
+def _cpu(fields: list[str]) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
 
 
+def _ticks(pid: int) -> int | None:
+    stat = _stat(pid)
+    return None if stat is None else _cpu(stat[1])
+
+
 def _ppid(pid: int) -> int | None:
+    stat = _stat(pid)
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+        return None if stat is None else int(stat[1][1])
+    except (ValueError, IndexError):
         return None
 
 
 def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def process_ticks() -> dict[int, tuple[str, int]]:
+    """Every process's name and CPU time (user + system, in clock ticks)."""
+    out: dict[int, tuple[str, int]] = {}
+    for pid in _all_pids():
+        stat = _stat(pid)
+        if stat is not None:  # else gone meanwhile
+            out[pid] = (stat[0], _cpu(stat[1]))
+    return out
 
 
 def listening_pid(port: int) -> int | None:

@@ -26,24 +26,9 @@ from pathlib import Path
 
 import psycopg
 
-HZ = os.sysconf("SC_CLK_TCK")
+from bench.procstat import TICK, process_ticks
+
 QUARTER = 0.25
-
-
-def cpu_ticks() -> dict[int, tuple[str, int]]:
-    """Every process's name and CPU time (user + system, in clock ticks)."""
-    out: dict[int, tuple[str, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                head, _, tail = stat.read().rpartition(")")
-        except OSError:
-            continue  # gone meanwhile
-        fields = tail.split()
-        out[int(entry)] = (head.partition("(")[2], int(fields[11]) + int(fields[12]))
-    return out
 
 
 def canary(longest: Synchronized[float]) -> None:
@@ -94,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         psycopg.connect(load_settings().database_url, autocommit=True) as conn,
         args.out.open("w") as out,
     ):
-        before, then = cpu_ticks(), time.time()
+        before, then = process_ticks(), time.time()
         end = then + args.seconds
         while time.time() < end:
             time.sleep(QUARTER)
-            now, at = cpu_ticks(), time.time()
+            now, at = process_ticks(), time.time()
             span = at - then
             busy = sorted(
-                ((ticks - before[pid][1]) / HZ / span * 100, name, pid)
+                ((ticks - before[pid][1]) / TICK / span * 100, name, pid)
                 for pid, (name, ticks) in now.items()
                 if pid in before
             )
