@@ -161,9 +161,13 @@ def replay_shard(
                 # The one-pass read joins the keys to the range's rows: the planner, which
                 # guesses 100 keys, would probe the ledger once per key (2.3x slower measured
                 # at 25,000 keys); the other statements of the run keep their nested loops.
-                one_pass = scan is q["reconcile_rows_since"]
-                if one_pass:
-                    conn.execute("SET LOCAL enable_nestloop = off")
+                # The session's own setting comes back after it, whatever it was.
+                nestloop = None
+                if scan is q["reconcile_rows_since"]:
+                    nestloop = conn.execute(
+                        "SELECT current_setting('enable_nestloop'),"
+                        " set_config('enable_nestloop', 'off', true)"
+                    ).fetchone()
                 with conn.cursor(name=f"reconcile_{shard}_{i}") as cur:
                     cur.itersize = FETCH
                     cur.execute(scan, scan_args)
@@ -175,8 +179,8 @@ def replay_shard(
                             budget.feed(row)
                         if on_progress is not None:
                             on_progress(len(rows))
-                if one_pass:
-                    conn.execute("SET LOCAL enable_nestloop = on")
+                if nestloop is not None:
+                    conn.execute("SELECT set_config('enable_nestloop', %s, true)", nestloop[:1])
             # The projections first: a bounded replay ending before its balance row's sequence
             # missed rows (`unseen_rows`).
             for row in conn.execute(balances, scan_params) if balances is not None else ():
