@@ -214,12 +214,13 @@ def replay_shard(
                     budget.end_of_checkpoint()
             if opts.incremental:
                 _read_settled_since(conn, budgets)
+        # Report order: by budget (Python's order; the findings do not depend on it). Still
+        # without the collector: enabled here, its first full pass walks every replay object.
+        for key in sorted(budgets):
+            _finish(budgets[key], result)
     finally:
         if gc_was_enabled:
             gc.enable()
-    # Report order: by budget (Python's order; the findings do not depend on it).
-    for key in sorted(budgets):
-        _finish(budgets[key], result)
     return result
 
 
