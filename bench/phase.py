@@ -20,6 +20,7 @@ import psycopg
 from bench import workload
 from bench.databases import _with_db, create_database, drop_database
 from bench.procstat import vm_hwm_kb
+from bench.topics import delete_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -239,20 +240,11 @@ class Phase:
             if c.poll() is None:
                 c.kill()
                 c.wait()
-        if keep or self.args.use_database:
+        if keep:
+            print(f"kept database {self.database_url} and its topics", file=sys.stderr)
+            return
+        delete_topics(self.settings)
+        if self.args.use_database:
             print(f"kept database {self.database_url}", file=sys.stderr)
             return
         drop_database(self.args.database_url, self.database_url)
-        try:
-            from confluent_kafka.admin import AdminClient
-
-            from budget_ledger.consumers.kafka_config import admin_config
-
-            s = self.settings
-            admin = AdminClient(admin_config(s))
-            for f in admin.delete_topics(
-                [s.topic_commands, s.topic_events, s.topic_alerts, s.topic_dlq]
-            ).values():
-                f.result(30)
-        except Exception as exc:
-            print(f"note: topics not deleted: {exc}", file=sys.stderr)

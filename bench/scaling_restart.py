@@ -10,6 +10,7 @@ import orjson
 import psycopg
 
 from bench.scaling_history import HOT, PARTITIONS, _with_db
+from bench.topics import delete_topics
 
 
 def restart(args: argparse.Namespace) -> int:
@@ -113,4 +114,5 @@ def restart(args: argparse.Namespace) -> int:
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(30)
         conn.close()
+        delete_topics(settings)
     return 0

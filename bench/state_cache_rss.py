@@ -34,6 +34,7 @@ from bench import workload
 from bench.__main__ import add_service_arguments, create_database, drop_database
 from bench.procstat import vm_hwm_kb
 from bench.replay_bench import build_rows, command_stream
+from bench.topics import delete_topics
 from budget_ledger.consumers.client import settings_signer
 from budget_ledger.consumers.kafka_config import producer_config
 from budget_ledger.consumers.topics import create_topics
@@ -190,6 +191,7 @@ def run_once(args: argparse.Namespace, cache: int) -> dict[str, Any]:
         if consumer is not None:
             consumer.terminate()
             consumer.wait(30)
+        delete_topics(settings)
         drop_database(args.database_url, url)
 
 
