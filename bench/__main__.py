@@ -11,7 +11,9 @@ child processes:
 - throughput: `--commands` commands over `--budgets` budgets, produced unpaced;
 - baseline: the same consumer with one command per transaction (`--batch-max-messages 1`), on a
   smaller slice (`--baseline-commands`, budgets scaled to keep the same commands per budget);
-- latency: a fixed offered load (`--latency-rate` commands/s for `--latency-seconds`);
+- latency: a fixed offered load (`--latency-rate` commands/s for `--latency-seconds`), then
+  the same again while another process keeps one core busy (`latency-busy`;
+  `--no-busy-latency` skips it);
 - peer: the old system's design on the same workload, no Kafka (`bench/peer.py`): one
   transaction per command through `FOR UPDATE` stored functions, `--peer-clients` concurrent
   clients (each count in its own fresh database, verified); `ratio_to_peer` = throughput / the
@@ -126,6 +128,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=2.0,
         help="offered load before the measured latency window (applied and verified, not measured)",
     )
+    p.add_argument(
+        "--no-busy-latency",
+        action="store_true",
+        help="skip the second latency phase, run while another process keeps one core busy",
+    )
     p.add_argument("--seed", type=int, default=6)
     p.add_argument(
         "--settle-seconds",
@@ -207,19 +214,21 @@ def main(argv: list[str] | None = None) -> int:
             results.append(baseline)
         if args.latency_seconds > 0 and args.latency_rate > 0:
             n = int(args.latency_rate * args.latency_seconds)
-            results.append(
-                run_phase(
-                    args,
-                    workdir,
-                    "latency",
-                    n,
-                    args.budgets,
-                    args.consumers,
-                    args.batch_max_messages,
-                    rate=args.latency_rate,
-                    warmup=int(args.latency_rate * args.latency_warmup_seconds),
+            for busy in (False,) if args.no_busy_latency else (False, True):
+                results.append(
+                    run_phase(
+                        args,
+                        workdir,
+                        "latency-busy" if busy else "latency",
+                        n,
+                        args.budgets,
+                        args.consumers,
+                        args.batch_max_messages,
+                        rate=args.latency_rate,
+                        warmup=int(args.latency_rate * args.latency_warmup_seconds),
+                        busy_core=busy,
+                    )
                 )
-            )
     verified = report(args, info, started, results, baseline, peers)
     return 0 if verified else 1
 

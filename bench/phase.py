@@ -36,6 +36,8 @@ class PhaseResult:
     consumers: int
     batch_max_messages: int
     offered_rate: float | None
+    # Another process kept one core busy during the timed part (the latency phase's noise test).
+    busy_core: bool = False
     seconds: float = 0.0
     commands_per_s: float = 0.0
     p50_ms: float = 0.0

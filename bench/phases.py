@@ -4,8 +4,11 @@ the peer phase (the old design at each client count)."""
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,7 +37,9 @@ def run_phase(
     batch_max_messages: int | None,
     rate: float = 0.0,
     warmup: int = 0,
+    busy_core: bool = False,
 ) -> PhaseResult:
+    """One consumer phase; with ``busy_core`` a process spins on one core for its timed part."""
     prefix = f"{mode}-"
     prep_file = workdir / f"{mode}.prepare.msgs"
     timed_file = workdir / f"{mode}.timed.msgs"
@@ -53,7 +58,9 @@ def run_phase(
         signer,
     )
     n_timed = n_all - warmup
-    result = PhaseResult(mode, n_timed, budgets, consumers, batch_max_messages or 0, rate or None)
+    result = PhaseResult(
+        mode, n_timed, budgets, consumers, batch_max_messages or 0, rate or None, busy_core
+    )
     _say(
         args,
         f"[{mode}] {n_prep:,} preparation + "
@@ -77,17 +84,20 @@ def run_phase(
             kafka_port=int(args.kafka_bootstrap.rsplit(":", 1)[1]),
             pg_port=urlsplit(args.database_url).port or 5432,
         )
-        handle = phase.produce(timed_file, rate=rate, linger_ms=5 if rate else 20, mark=warmup)
-        sampler.add("producer", [handle["proc"].pid])
-        sampler.start()
-        record = phase.wait_produced(handle)
-        phase.wait_applied(n_prep + n_all, timeout=max(600, 3 * commands / 500))
-        result.cpu = sampler.stop()
+        with _spinning(busy_core) as hog:
+            if hog is not None:
+                sampler.add("busy_core", [hog])
+            handle = phase.produce(timed_file, rate=rate, linger_ms=5 if rate else 20, mark=warmup)
+            sampler.add("producer", [handle["proc"].pid])
+            sampler.start()
+            record = phase.wait_produced(handle)
+            phase.wait_applied(n_prep + n_all, timeout=max(600, 3 * commands / 500))
+            result.cpu = sampler.stop()
         window = sampler.seconds
         result.cpu_us_per_command = {
             k: round(v / 100 * window / n_all * 1e6, 1)
             for k, v in result.cpu.items()
-            if k not in ("machine_busy", "other")
+            if k not in ("machine_busy", "other", "busy_core")
         }
         result.max_rss_mb = round(phase.stop_consumers(), 1)
 
@@ -139,6 +149,21 @@ def run_phase(
         f"{result.max_rss_mb:.0f} MB, verified={result.verified} {result.problems or ''}",
     )
     return result
+
+
+@contextmanager
+def _spinning(on: bool) -> Iterator[int | None]:
+    """With ``on``: a child process that keeps one core busy (the noise of another job on a
+    shared machine) until the block ends; yields its pid, else None."""
+    if not on:
+        yield None
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield hog.pid
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 def run_peer(args: argparse.Namespace, workdir: Path) -> list[peer.PeerResult]:

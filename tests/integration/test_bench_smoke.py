@@ -1,5 +1,5 @@
 """Smoke run of the end-to-end benchmark (`python -m bench`): a few thousand commands through all
-three phases against the real services, asserting that its ledger verification passed.
+its phases against the real services, asserting that its ledger verification passed.
 
 No timed assertions: the figures depend on the machine; only correctness is checked here.
 """
@@ -32,11 +32,18 @@ def test_bench_smoke_run_verifies_the_ledger(pg_admin_dsn: str, kafka_bootstrap:
     doc = orjson.loads(result.stdout)
     assert doc["verified"] is True
     phases = {p["mode"]: p for p in doc["phases"]}
-    assert set(phases) == {"throughput", "baseline", "latency"}
+    assert set(phases) == {"throughput", "baseline", "latency", "latency-busy"}
     assert phases["throughput"]["commands"] == 3000
     assert phases["baseline"]["commands"] == 300
     assert phases["baseline"]["batch_max_messages"] == 1
     assert phases["latency"]["commands"] == 800
+    # The same load again while another process spins on one core: it ran, and it is not
+    # counted as the ledger's CPU.
+    busy = phases["latency-busy"]
+    assert busy["busy_core"] is True and phases["latency"]["busy_core"] is False
+    assert busy["commands"] == 800
+    assert busy["cpu"]["busy_core"] > 25
+    assert "busy_core" not in busy["cpu_us_per_command"]
     for phase in phases.values():
         assert phase["verified"] is True, phase["problems"]
         assert phase["problems"] == []
