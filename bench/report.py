@@ -20,6 +20,20 @@ from bench.phase import PhaseResult
 _CPU_GOAL_OF = ("consumer", "postgres")
 
 
+def cpu_probe_ms() -> float:
+    """Milliseconds a fixed pure-Python loop takes (best of three): the machine's speed at the
+    moment. On this shared VM it moved between 78 and 117 ms on an idle guest, so figures of
+    runs with different probes are not comparable."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        s = 0
+        for i in range(1_000_000):
+            s += i * i % 7
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 1)
+
+
 def machine() -> dict[str, Any]:
     mem_kb = 0
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -30,6 +44,7 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "cpu_probe_ms": cpu_probe_ms(),
         "host": platform.node(),
     }
 
@@ -150,6 +165,7 @@ def report(
         "max_rss_255mb": None if rss is None else rss <= 255,
     }
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["cpu_probe_ms_end"] = cpu_probe_ms()
     doc = {
         "verified": verified,
         "machine": info,
@@ -169,7 +185,9 @@ def report(
         print()
         print(
             f"machine: {info['nproc']} cores, {info['memory_gb']} GB, Python {info['python']}, "
-            f"load average {info['load_average']} -> {info['load_average_end']}"
+            f"load average {info['load_average']} -> {info['load_average_end']}, CPU probe "
+            f"{info['cpu_probe_ms']} -> {info['cpu_probe_ms_end']} ms (a fixed loop: lower is "
+            "a faster machine)"
         )
         print(table(results, baseline))
         if peers:

@@ -51,5 +51,7 @@ def test_bench_smoke_run_verifies_the_ledger(pg_admin_dsn: str, kafka_bootstrap:
         # Refusals are part of the mix, and every command became one event.
         assert sum(phase["outcomes"].values()) > phase["commands"]
     assert doc["ratio_to_baseline"] is not None
+    # The machine's speed at the start and the end of the run (a fixed loop's milliseconds).
+    assert doc["machine"]["cpu_probe_ms"] > 0 and doc["machine"]["cpu_probe_ms_end"] > 0
     # The peer (the old design, bench/peer.py) ran on the same commands and verified.
     assert doc["peer_best_clients"] == 2 and doc["ratio_to_peer"] > 0
