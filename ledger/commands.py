@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from budget_ledger.ledger.frozen import quick_init
 
+
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Amount:
     """A commanded amount: ``minor`` units at the budget's digits, or None when the text has
@@ -22,6 +25,7 @@ class Amount:
     text: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CommandBase:
     """What every command carries."""
@@ -33,6 +37,7 @@ class CommandBase:
     metadata: Mapping[str, Any] | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OpenBudget(CommandBase):
     """Create a budget; ``digits`` is None when its currency is not in the currency table."""
@@ -51,6 +56,7 @@ class OpenBudget(CommandBase):
     type: str = "open_budget"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ConfigureBudget(CommandBase):
     """Change the limits named in ``changes`` (money values as `Amount`, None clears)."""
@@ -59,6 +65,7 @@ class ConfigureBudget(CommandBase):
     type: str = "configure_budget"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Fund(CommandBase):
     """Top up the budget."""
@@ -68,6 +75,7 @@ class Fund(CommandBase):
     type: str = "fund"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Reserve(CommandBase):
     """Hold ``amount`` for the reward ``ref_id``."""
@@ -79,6 +87,7 @@ class Reserve(CommandBase):
     type: str = "reserve"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Charge(CommandBase):
     """Charge a held reservation (all of it when ``amount`` is None); release the rest."""
@@ -88,6 +97,7 @@ class Charge(CommandBase):
     type: str = "charge"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Release(CommandBase):
     """Free a held reservation."""
@@ -96,6 +106,7 @@ class Release(CommandBase):
     type: str = "release"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ExpireReservations(CommandBase):
     """Expire every held reservation whose expiry is at or before ``as_of``."""
@@ -104,6 +115,7 @@ class ExpireReservations(CommandBase):
     type: str = "expire_reservations"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClosePeriod(CommandBase):
     """Close the current period at ``period_end``."""
@@ -112,6 +124,7 @@ class ClosePeriod(CommandBase):
     type: str = "close_period"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Adjust(CommandBase):
     """Audited correction of the period's funding by a signed amount."""
@@ -122,6 +135,7 @@ class Adjust(CommandBase):
     type: str = "adjust"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SetMonitor(CommandBase):
     """Add (or replace) the balance monitor ``monitor_id``: ``metric operator threshold``; the
@@ -134,6 +148,7 @@ class SetMonitor(CommandBase):
     type: str = "set_monitor"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RemoveMonitor(CommandBase):
     """Remove the balance monitor ``monitor_id``."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from budget_ledger.ledger.frozen import quick_init
+
 #: ``prev_hash`` of a budget's first event.
 GENESIS_HASH: Final = "0" * 64
 
@@ -29,6 +31,7 @@ class Money:
 Detail = tuple[str | Money | datetime, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LedgerEvent:
     """One immutable ledger entry: the outcome of exactly one command, with balances after it.

@@ -15,11 +15,13 @@ from typing import Any
 import orjson
 
 from budget_ledger.ledger.budget import Alert, BudgetState, LedgerEvent, alerts_for, decide, evolve
+from budget_ledger.ledger.frozen import quick_init
 from budget_ledger.schemas.codec import alert_to_wire, seal
 from budget_ledger.schemas.commands import Command
 from budget_ledger.schemas.to_domain import domain_command
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """What one command leaves: the state after it, its sealed event (and that event's wire

@@ -17,6 +17,7 @@ from typing import Final
 import immutables
 
 from budget_ledger.ledger.events import GENESIS_HASH
+from budget_ledger.ledger.frozen import quick_init
 
 
 class ReservationStatus(StrEnum):
@@ -68,6 +69,7 @@ class Monitor:
 _NO_MONITORS: Final[immutables.Map[str, Monitor]] = immutables.Map()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """One reserve, by ``ref_id``, with its current status."""
@@ -97,6 +99,7 @@ class BudgetConfig:
     reservation_ttl_seconds: int | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BudgetState:
     """Everything the rules need about one budget; rebuilt exactly by folding its events."""

@@ -31,6 +31,7 @@ DOMAIN = {
     "ledger.commands",
     "ledger.decide",
     "ledger.events",
+    "ledger.frozen",
     "ledger.evolve",
     "ledger.periods",
     "ledger.reasons",
