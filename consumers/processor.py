@@ -16,6 +16,7 @@ import orjson
 from budget_ledger.consumers.state_cache import StateCache
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.chain_mac import ChainKey, event_mac
+from budget_ledger.ledger.frozen import quick_init
 from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.idempotency import classify, fingerprint
 from budget_ledger.ledger.record import record
@@ -61,6 +62,7 @@ MAX_ID_CHARS = 256
 LEDGER_ROW_PARTITION, LEDGER_ROW_OFFSET = 14, 15
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A Kafka message as the processor needs it."""

@@ -1,4 +1,5 @@
-"""`quick_init`: a faster ``__init__`` for the domain's hottest frozen dataclasses.
+"""`quick_init`: a faster ``__init__`` for the hottest frozen dataclasses (the domain's values,
+the consumer's incoming message).
 
 A frozen dataclass's generated ``__init__`` stores every field with
 ``object.__setattr__(self, "name", value)`` (its own ``__setattr__`` refuses), a global and an

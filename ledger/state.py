@@ -84,6 +84,7 @@ class Reservation:
     updated_seq: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BudgetConfig:
     """Limits of a budget; money in minor units."""

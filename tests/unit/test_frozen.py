@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from budget_ledger.consumers.processor import Incoming
 from budget_ledger.ledger import commands, events, record, state
 from budget_ledger.ledger.frozen import quick_init
 
@@ -15,6 +16,8 @@ QUICK = [
     events.LedgerEvent,
     state.BudgetState,
     state.Reservation,
+    state.BudgetConfig,
+    Incoming,
     record.Recorded,
     *(
         c
