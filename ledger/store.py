@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
+import orjson
 import psycopg
 
 from budget_ledger.ledger.budget import BudgetState, initial_state
@@ -82,8 +83,7 @@ def lookup_prior(
     if not keys:
         return {}
     rows = conn.execute(
-        queries()["select_prior_commands"],
-        {"tenants": [k[0] for k in keys], "command_ids": [k[1] for k in keys]},
+        queries()["select_prior_commands"], {"keys": orjson.dumps(keys).decode()}
     ).fetchall()
     return {(t, c): (fp, ev) for t, c, fp, ev in rows}
 

@@ -165,11 +165,6 @@ def lookup_settled(conn: psycopg.Connection, keys: list[RefKey]) -> Mapping[RefK
     if not keys:
         return {}
     rows = conn.execute(
-        _queries()["select_settled_reservations"],
-        {
-            "tenants": [k[0] for k in keys],
-            "budgets": [k[1] for k in keys],
-            "refs": [k[2] for k in keys],
-        },
+        _queries()["select_settled_reservations"], {"keys": orjson.dumps(keys).decode()}
     ).fetchall()
     return {(r[0], r[1], r[2]): reservation_from_row(r[2:]) for r in rows}
