@@ -42,6 +42,7 @@ def quick_init(cls: type[T]) -> type[T]:
             signature.append(f"{f.name}=_default{i}")
     body = "".join(f"    _set{i}(self, {name})\n" for i, name in enumerate(names)) or "    pass\n"
     source = f"def __init__(self, {', '.join(signature)}):\n{body}"
+    # Built from the dataclass's own field names (identifiers), as dataclasses builds its own.
     exec(source, namespace)
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"

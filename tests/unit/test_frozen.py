@@ -44,9 +44,9 @@ def _values(cls: type) -> list[object]:
 
 @pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
 def test_the_domain_classes_use_it(cls: type) -> None:
-    assert cls.__init__.__code__.co_filename.endswith("<string>")
+    # dataclasses' own __init__ names object.__setattr__; this one the bound slot setters.
+    assert "_set0" in cls.__init__.__code__.co_names
     assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
-    assert "_set0" in cls.__init__.__code__.co_names or not dataclasses.fields(cls)
 
 
 @pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
