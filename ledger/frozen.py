@@ -27,20 +27,18 @@ def quick_init(cls: type[T]) -> type[T]:
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__}: quick_init does not call __post_init__")
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    names: list[str] = []
     namespace: dict[str, Any] = {}
     signature: list[str] = []
     for i, f in enumerate(fields):
         if not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING:
             raise TypeError(f"{cls.__name__}.{f.name}: quick_init takes plain fields only")
-        names.append(f.name)
         namespace[f"_set{i}"] = _slot(cls, f.name).__set__
         if f.default is dataclasses.MISSING:
             signature.append(f.name)
         else:
             namespace[f"_default{i}"] = f.default
             signature.append(f"{f.name}=_default{i}")
-    body = "".join(f"    _set{i}(self, {name})\n" for i, name in enumerate(names)) or "    pass\n"
+    body = "".join(f"    _set{i}(self, {f.name})\n" for i, f in enumerate(fields)) or "    pass\n"
     source = f"def __init__(self, {', '.join(signature)}):\n{body}"
     # Built from the dataclass's own field names (identifiers), as dataclasses builds its own.
     exec(source, namespace)
