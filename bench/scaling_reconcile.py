@@ -21,7 +21,7 @@ def seed_checkpoints(args: argparse.Namespace) -> int:
     from budget_ledger.ledger.db import connect
     from budget_ledger.ledger.settings import load_settings
     from budget_ledger.projections.checkpoint_state import encode_state
-    from budget_ledger.projections.checkpoints import RunRecord, advance_checkpoints
+    from budget_ledger.projections.checkpoints import RunRecord, advance_checkpoints, record_run
     from budget_ledger.projections.state_loading import load_states
 
     url = _with_db(load_settings().database_url, args.database)
@@ -45,9 +45,8 @@ def seed_checkpoints(args: argparse.Namespace) -> int:
             conn.rollback()
             rows = [(k[0], k[1], s.sequence, s.last_hash, encode_state(s), at.get(k))
                     for k, s in found]  # fmt: skip
-            last = i + CHUNK >= len(keys)
-            run = RunRecord("full", started, True, events, len(keys), ()) if last else None
-            done += advance_checkpoints(url, rows, run=run)
+            done += advance_checkpoints(url, rows)
+        record_run(url, RunRecord("full", started, True, events, len(keys), ()))
     print(f"seeded {done:,} checkpoints in {time.perf_counter() - t0:.0f} s")
     return 0
 

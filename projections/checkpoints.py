@@ -12,10 +12,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import orjson
 import psycopg
 
-from budget_ledger.ledger.db import connect
+from budget_ledger.ledger.db import connect, copy_rows
 from budget_ledger.projections.store import queries
 
 CHECKPOINT_ROLE = "ledger_reconciler"
@@ -46,36 +45,44 @@ def advance_checkpoints(
     verified: Sequence[Verified],
     exclude: Collection[tuple[str, str]] = (),
     role: str | None = CHECKPOINT_ROLE,
-    run: RunRecord | None = None,
 ) -> int:
-    """Set the checkpoints (and states) of budgets that verified clean (minus `exclude`), and
-    record `run`, in one transaction; returns how many checkpoints were set."""
+    """Set the checkpoints (and states) of budgets that verified clean (minus `exclude`) in one
+    transaction; returns how many were set."""
     rows = [v for v in verified if (v[0], v[1]) not in exclude]
-    if not rows and run is None:
+    if not rows:
         return 0
+    q = queries()
+    with _connect(dsn, role) as conn, conn.transaction():
+        conn.execute(q["create_staging_checkpoints"])
+        copy_rows(conn, q["copy_staging_checkpoints"], rows)
+        conn.execute(q["merge_checkpoints"])
+    return len(rows)
+
+
+def record_run(dsn: str, run: RunRecord, role: str | None = CHECKPOINT_ROLE) -> None:
+    """Record an unfiltered run whose checkpoints are all committed: the next incremental run
+    starts looking at the rows recorded since `run.started_at` (minus the margin)."""
+    drifting = sorted(run.drifting)
+    with _connect(dsn, role) as conn, conn.transaction():
+        conn.execute(
+            queries()["insert_reconcile_run"],
+            {
+                "mode": run.mode,
+                "started_at": run.started_at,
+                "clean": run.clean,
+                "events": run.events,
+                "budgets": run.budgets,
+                "drifting_tenants": [d[0] for d in drifting],
+                "drifting_budgets": [d[1] for d in drifting],
+            },
+        )
+
+
+def _connect(dsn: str, role: str | None) -> psycopg.Connection:
     try:
-        conn = connect(dsn, role=role)
+        return connect(dsn, role=role)
     except psycopg.errors.InsufficientPrivilege:
         raise CheckpointsRefused(
             f"the login of LEDGER_DATABASE_URL cannot SET ROLE {role}: grant it that role "
             "(migration 006), or run reconcile with --no-checkpoints"
         ) from None
-    q = queries()
-    with conn, conn.transaction():
-        if rows:
-            conn.execute(q["upsert_checkpoints"], {"rows": orjson.dumps(rows).decode()})
-        if run is not None:
-            drifting = sorted(run.drifting)
-            conn.execute(
-                q["insert_reconcile_run"],
-                {
-                    "mode": run.mode,
-                    "started_at": run.started_at,
-                    "clean": run.clean,
-                    "events": run.events,
-                    "budgets": run.budgets,
-                    "drifting_tenants": [d[0] for d in drifting],
-                    "drifting_budgets": [d[1] for d in drifting],
-                },
-            )
-    return len(rows)

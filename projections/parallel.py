@@ -1,4 +1,8 @@
-"""The sharded multiprocessing driver: one forked worker per shard, progress summed across them."""
+"""The sharded multiprocessing driver: one forked worker per shard, progress summed across them.
+
+`finish` runs in each worker on its shard's result before the result travels to the parent
+(the reconciler writes the shard's checkpoints there, in parallel, instead of sending them).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,18 @@ from budget_ledger.ledger.db import connect
 from budget_ledger.projections.reconcile_options import ReconcileOptions
 from budget_ledger.projections.shard import ShardResult, replay_shard
 
+#: Work done where a shard was replayed, on its result, before the result is returned.
+Finish = Callable[[ShardResult], None]
+
 
 def _worker(
-    dsn: str, opts: ReconcileOptions, shard: int, shards: int, counter: Any, out: Any
+    dsn: str,
+    opts: ReconcileOptions,
+    shard: int,
+    shards: int,
+    counter: Any,
+    out: Any,
+    finish: Finish | None,
 ) -> None:
     def progress(n: int) -> None:
         with counter.get_lock():
@@ -20,23 +33,35 @@ def _worker(
 
     try:
         with connect(dsn, role=opts.role) as conn:
-            out.put((shard, replay_shard(conn, opts, shard, shards, progress)))
+            result = replay_shard(conn, opts, shard, shards, progress)
+        if finish is not None:
+            finish(result)
+        out.put((shard, result))
     except Exception as exc:  # reported to the parent, which fails the run
         out.put((shard, exc))
 
 
 def replay_all(
-    dsn: str, opts: ReconcileOptions, on_progress: Callable[[int], None] | None = None
+    dsn: str,
+    opts: ReconcileOptions,
+    on_progress: Callable[[int], None] | None = None,
+    finish: Finish | None = None,
 ) -> ShardResult:
-    """Replay every shard (in this process when workers == 1, else in worker processes)."""
+    """Replay every shard (in this process when workers == 1, else in worker processes), each
+    result passed to `finish` where it was computed; returns them merged."""
     if opts.workers <= 1:
         with connect(dsn, role=opts.role) as conn:
-            return replay_shard(conn, opts, 0, 1, on_progress)
+            result = replay_shard(conn, opts, 0, 1, on_progress)
+        if finish is not None:
+            finish(result)
+        return result
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(dsn, opts, i, opts.workers, counter, out), daemon=True)
+        ctx.Process(
+            target=_worker, args=(dsn, opts, i, opts.workers, counter, out, finish), daemon=True
+        )
         for i in range(opts.workers)
     ]
     for p in procs:

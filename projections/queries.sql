@@ -504,15 +504,23 @@ JOIN reservations r
   ON r.tenant_id = k.tenant_id AND r.budget_id = k.budget_id AND r.ref_id = k.ref_id
 WHERE r.status <> 'reserved'
 
--- name: upsert_checkpoints
+-- name: create_staging_checkpoints
+-- The checkpoints of one shard arrive by COPY (one round trip), then one merge: 50,000
+-- checkpoints with their ~700-byte states took 0.8 s this way against 1.2 s as one JSON
+-- document through jsonb_array_elements (the 20M-event ledger, 2026-11-27).
+CREATE TEMP TABLE staging_checkpoints (
+    tenant_id text, budget_id text, sequence bigint, hash text, state text,
+    recorded_at timestamptz
+) ON COMMIT DROP
+
+-- name: copy_staging_checkpoints
+COPY staging_checkpoints (tenant_id, budget_id, sequence, hash, state, recorded_at) FROM STDIN
+
+-- name: merge_checkpoints
 -- Advance the checkpoints of budgets that verified clean, with their verified state (run as
--- ledger_reconciler). The rows come as ONE JSON array of [tenant, budget, sequence, hash,
--- state text, recorded_at] arrays: psycopg renders Python lists as array literals, and 50,000
--- checkpoints took 7.8 s to send and parse as six arrays against ~1 s as one JSON document
--- (the 20M-event ledger, a loaded machine; the state is text since migration 020).
+-- ledger_reconciler).
 INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash, state, recorded_at)
-SELECT e->>0, e->>1, (e->>2)::bigint, e->>3, e->>4, (e->>5)::timestamptz
-FROM jsonb_array_elements(%(rows)s::jsonb) AS e
+SELECT tenant_id, budget_id, sequence, hash, state, recorded_at FROM staging_checkpoints
 ON CONFLICT (tenant_id, budget_id) DO UPDATE SET
     sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, state = EXCLUDED.state,
     recorded_at = EXCLUDED.recorded_at, verified_at = now(), verified_by = current_user

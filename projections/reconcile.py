@@ -18,15 +18,16 @@ The names callers used before the split are re-exported here.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import psycopg
 import structlog
 
 from budget_ledger.ledger.db import connect
-from budget_ledger.projections.checkpoints import RunRecord, advance_checkpoints
+from budget_ledger.projections.checkpoints import RunRecord, advance_checkpoints, record_run
 from budget_ledger.projections.drift import BALANCE_FIELDS, RESERVATION_FIELDS, Drift
 from budget_ledger.projections.drift_alerts import publish_alerts
 from budget_ledger.projections.parallel import replay_all
@@ -83,7 +84,14 @@ def reconcile(
     started = time.perf_counter()
     if opts.incremental:
         _summarize_new_ranges(dsn, opts)
-    shard = replay_all(dsn, opts, on_progress)
+    # Before the replay: a budget with a Kafka finding is not checkpointed, and the shards
+    # write their checkpoints themselves, in parallel, as soon as they are done.
+    kafka = kafka_check() if kafka_check is not None else None
+    finish = None
+    if checkpoint_dsn is not None:
+        held = set(kafka.drifting_budgets()) if kafka is not None else set()
+        finish = functools.partial(_write_checkpoints, checkpoint_dsn, held)
+    shard = replay_all(dsn, opts, on_progress, finish)
     report = ReconcileReport(
         events=shard.events,
         budgets=shard.budgets,
@@ -93,32 +101,27 @@ def reconcile(
         mode="incremental" if opts.incremental else "full",
         skipped_budgets=shard.skipped_budgets,
         skipped_events=shard.skipped_events,
+        checkpoints_advanced=shard.checkpoints_advanced,
     )
+    if kafka is not None:
+        report.kafka = kafka
+        for t, b in kafka.drifting_budgets():
+            report.drifting.setdefault((t, b), (0, 0))
     with connect(dsn, role=opts.role, autocommit=True) as conn:
         report.unpublished = check_unpublished(conn, opts.unpublished_grace_seconds)
         report.seconds = time.perf_counter() - started
-        if kafka_check is not None:
-            report.kafka = kafka_check()
-            for t, b in report.kafka.drifting_budgets():
-                report.drifting.setdefault((t, b), (0, 0))
         if alerts_topic is not None:
             report.alerts_published = publish_alerts(conn, report, alerts_topic)
-    if checkpoint_dsn is not None:
-        # Only a run over every budget may say where the next incremental run starts looking.
-        run = None
-        if opts.tenant is None and opts.budget is None and shard.started_at is not None:
-            run = RunRecord(
-                report.mode,
-                shard.started_at,
-                report.clean,
-                report.events,
-                report.budgets,
-                report.drifting.keys(),
-            )
-        # After the Kafka check: a budget with a Kafka finding does not advance either.
-        report.checkpoints_advanced = advance_checkpoints(
-            checkpoint_dsn, shard.verified, exclude=report.drifting, run=run
-        )
+    # Only a run over every budget may say where the next incremental run starts looking, and
+    # only once every shard's checkpoints are committed: a run that fails in between leaves
+    # checkpoints without a record, and the next run then looks from the older record on.
+    whole = opts.tenant is None and opts.budget is None
+    if checkpoint_dsn is not None and whole and shard.started_at is not None:
+        record_run(
+            checkpoint_dsn,
+            RunRecord(report.mode, shard.started_at, report.clean, report.events,
+                      report.budgets, report.drifting.keys()),
+        )  # fmt: skip
     log.info(
         "reconciled",
         mode=report.mode,
@@ -131,6 +134,13 @@ def reconcile(
         clean=report.clean,
     )
     return report
+
+
+def _write_checkpoints(dsn: str, held: Collection[tuple[str, str]], shard: ShardResult) -> None:
+    """In the shard's worker: set the checkpoints of its budgets that verified clean (not those
+    `held` back by a Kafka finding); only their count travels back."""
+    shard.checkpoints_advanced = advance_checkpoints(dsn, shard.verified, exclude=held)
+    shard.verified = []
 
 
 def _summarize_new_ranges(dsn: str, opts: ReconcileOptions) -> None:

@@ -64,8 +64,9 @@ class ShardResult:
     skipped_budgets: int = 0
     skipped_events: int = 0
     # (tenant, budget, sequence, hash, state JSON, recorded_at of that row) of every budget that
-    # verified clean: the new checkpoints.
+    # verified clean: the new checkpoints (emptied once written where the shard ran).
     verified: list[Verified] = field(default_factory=list)
+    checkpoints_advanced: int = 0
     # The database's clock at the start of the earliest shard's transaction (recorded with the
     # run: the next incremental run looks at the rows recorded since, minus a margin).
     started_at: datetime | None = None
@@ -77,6 +78,7 @@ class ShardResult:
         self.skipped_budgets += other.skipped_budgets
         self.skipped_events += other.skipped_events
         self.verified.extend(other.verified)
+        self.checkpoints_advanced += other.checkpoints_advanced
         self.drifts.extend(other.drifts)
         self.broken.extend(other.broken)
         self.drifting.update(other.drifting)
