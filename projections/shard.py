@@ -267,9 +267,10 @@ def _touched(
 def _add_checkpoint_totals(
     conn: psycopg.Connection, params: Mapping[str, object], result: ShardResult
 ) -> None:
-    """Add the checkpoints' count and covered events to the skipped counts (a scan of every
-    checkpoint: the run's one read ∝ budgets)."""
-    totals = conn.execute(queries()["reconcile_checkpoint_totals"], params).fetchone()
+    """Add the checkpoints' count and covered events to the skipped counts."""
+    whole = params["tenant"] is None and params["budget"] is None
+    name = "reconcile_checkpoint_totals" if whole else "reconcile_checkpoint_totals_of"
+    totals = conn.execute(queries()[name], None if whole else params).fetchone()
     if totals is not None:
         result.skipped_budgets += int(totals[0])
         result.skipped_events += int(totals[1])

@@ -428,6 +428,46 @@ def test_a_row_forged_with_the_app_credentials_is_reported_by_an_incremental_run
     assert report.skipped_budgets == BUDGETS - 1
 
 
+def _totals(url: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The kept totals of the checkpoints (migration 021), and the same counted."""
+    with psycopg.connect(url) as conn:
+        kept = conn.execute("SELECT budgets, events FROM reconcile_checkpoint_totals").fetchall()
+        counted = conn.execute(
+            "SELECT count(*), coalesce(sum(sequence), 0) FROM reconcile_checkpoints"
+        ).fetchone()
+    assert len(kept) == 1 and counted is not None
+    return kept[0], counted
+
+
+def test_the_checkpoint_totals_follow_every_write_of_the_checkpoints(
+    checkpointed: str, app_login: tuple[str, str]
+) -> None:
+    url = checkpointed
+    assert _totals(url) == ((BUDGETS, EVENTS), (BUDGETS, EVENTS))
+    _append(url, HOT, 5, offset=10_000)
+    assert _run(url).checkpoints_advanced == 1  # an upsert that updates
+    assert _totals(url)[0] == (BUDGETS, EVENTS + 5) == _totals(url)[1]
+    for statement in (
+        "UPDATE reconcile_checkpoints SET sequence = sequence - 1 WHERE sequence > 3",
+        "INSERT INTO reconcile_checkpoints (tenant_id, budget_id, sequence, hash)"
+        " VALUES ('t', 'b', 7, 'h'), ('t', 'c', 9, 'h')",
+        "DELETE FROM reconcile_checkpoints WHERE budget_id IN ('b', 'c')",
+        "DELETE FROM reconcile_checkpoints WHERE tenant_id = 'nobody'",
+    ):
+        _sql(url, statement)
+        kept, counted = _totals(url)
+        assert kept == counted, statement
+    _sql(url, "TRUNCATE reconcile_checkpoints")
+    assert _totals(url) == ((0, 0), (0, 0))
+    # The totals move only with the checkpoints: no role writes them directly.
+    for role_url, role in ((as_login(url, *app_login), None), (url, "ledger_reconciler")):
+        with (
+            connect(role_url, role=role) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            conn.execute("UPDATE reconcile_checkpoint_totals SET events = 1")
+
+
 def test_ledger_app_cannot_write_or_become_the_checkpoint_writer(
     checkpointed: str, app_login: tuple[str, str]
 ) -> None:
