@@ -117,9 +117,16 @@ def incremental(args: argparse.Namespace) -> int:
     from budget_ledger.ledger.settings import load_settings
     from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
 
-    url = _with_db(load_settings().database_url, args.database)
+    settings = load_settings()
+    url = _with_db(settings.database_url, args.database)
+    _print_range(url, settings.reconcile_margin_seconds)
     for run in range(1, args.runs + 1):
-        opts = ReconcileOptions(workers=args.workers, progress=False, incremental=True)
+        opts = ReconcileOptions(
+            workers=args.workers,
+            progress=False,
+            incremental=True,
+            candidate_margin_seconds=settings.reconcile_margin_seconds,
+        )
         t0 = time.perf_counter()
         write = args.write and run == args.runs
         report = reconcile(url, opts, checkpoint_dsn=url if write else None)
@@ -129,3 +136,26 @@ def incremental(args: argparse.Namespace) -> int:
               f"{report.budgets:,} budgets, skipped {report.skipped_events:,} events / "
               f"{report.skipped_budgets:,} budgets, clean={report.clean}{wrote}")  # fmt: skip
     return 0
+
+
+def _print_range(url: str, margin_seconds: float) -> None:
+    """How many ledger rows the candidate query will read: those recorded since the last
+    recorded run began, minus the margin. A daily run reads about one day's rows; rows appended
+    within the margin before the last run are read again (already checkpointed), so appends
+    made minutes apart make the range several days' worth, not what a daily run sees."""
+    from datetime import timedelta
+
+    from budget_ledger.ledger.db import connect
+
+    with connect(url, autocommit=True) as conn:
+        last = conn.execute("SELECT max(started_at) FROM reconcile_runs").fetchone()
+        if last is None or last[0] is None:
+            print("candidate range: no recorded run (the first run probes every budget)")
+            return
+        since = last[0] - timedelta(seconds=margin_seconds)
+        rows = conn.execute(
+            "SELECT count(*) FROM ledger WHERE recorded_at >= %s", (since,)
+        ).fetchone()
+    count = rows[0] if rows else 0
+    print(f"candidate range: {count:,} ledger rows recorded since {since:%H:%M:%S} "
+          f"(the last run's start minus the {margin_seconds:.0f} s margin)")  # fmt: skip

@@ -139,8 +139,14 @@ def reconcile(
 def _write_checkpoints(dsn: str, held: Collection[tuple[str, str]], shard: ShardResult) -> None:
     """In the shard's worker: set the checkpoints of its budgets that verified clean (not those
     `held` back by a Kafka finding); only their count travels back."""
+    t0 = time.perf_counter()
     shard.checkpoints_advanced = advance_checkpoints(dsn, shard.verified, exclude=held)
     shard.verified = []
+    log.info(
+        "checkpoints_written",
+        checkpoints=shard.checkpoints_advanced,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
 
 
 def _summarize_new_ranges(dsn: str, opts: ReconcileOptions) -> None:
