@@ -96,6 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--runs", type=int, default=3)
     i.add_argument("--workers", type=int, default=2)
     i.add_argument("--write", action="store_true", help="the last run writes its checkpoints")
+    i.add_argument(
+        "--day",
+        type=int,
+        default=0,
+        metavar="EVENTS",
+        help="first make a day: wait out the margin after the newest row, reconcile (writing), "
+        "append EVENTS events; the range then holds them only",
+    )
+    i.add_argument("--budgets", type=int, default=0, help="--day: over this many (events/2)")
+    i.add_argument("--seed", type=int, default=12, help="--day: the append's seed")
     args = p.parse_args(argv)
     commands = {"fill": fill, "measure": measure, "restart": restart, "append": append,
                 "seed-checkpoints": seed_checkpoints, "incremental": incremental,
