@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from bench.scaling_history import CHUNK, TOPIC, _base, _money, _step, _with_db, _Writer
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.commands import Charge, Reserve
+from budget_ledger.projections.reconcile_options import ReconcileOptions
 
 
 def seed_checkpoints(args: argparse.Namespace) -> int:
@@ -115,20 +116,20 @@ def incremental(args: argparse.Namespace) -> int:
     checkpoints, so it can be repeated on the same ledger; with `--write`, the last run writes
     its checkpoints and records itself, as the job does (the ledger is then reconciled)."""
     from budget_ledger.ledger.settings import load_settings
-    from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
+    from budget_ledger.projections.reconcile import reconcile
 
     settings = load_settings()
     url = _with_db(settings.database_url, args.database)
+    opts = ReconcileOptions(
+        workers=args.workers,
+        progress=False,
+        incremental=True,
+        candidate_margin_seconds=settings.reconcile_margin_seconds,
+    )
     if args.day:
-        _make_day(url, args, settings.reconcile_margin_seconds)
-    _print_range(url, settings.reconcile_margin_seconds)
+        _make_day(url, args, opts)
+    _print_range(url, opts.candidate_margin_seconds)
     for run in range(1, args.runs + 1):
-        opts = ReconcileOptions(
-            workers=args.workers,
-            progress=False,
-            incremental=True,
-            candidate_margin_seconds=settings.reconcile_margin_seconds,
-        )
         t0 = time.perf_counter()
         write = args.write and run == args.runs
         report = reconcile(url, opts, checkpoint_dsn=url if write else None)
@@ -140,22 +141,20 @@ def incremental(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_day(url: str, args: argparse.Namespace, margin_seconds: float) -> None:
+def _make_day(url: str, args: argparse.Namespace, opts: ReconcileOptions) -> None:
     """A day as the daily run sees it: the last recorded run begins more than the margin after
     the newest row (so the range holds none of the rows it checkpoints), then `--day` new
     events. The candidate range then holds those only, not every append of the margin."""
     from budget_ledger.ledger.db import connect
-    from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
+    from budget_ledger.projections.reconcile import reconcile
 
     with connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT max(recorded_at), now() FROM ledger").fetchone()
     if row is not None and row[0] is not None:
-        wait = margin_seconds + 1 - (row[1] - row[0]).total_seconds()
+        wait = opts.candidate_margin_seconds + 1 - (row[1] - row[0]).total_seconds()
         if wait > 0:
             print(f"waiting {wait:.0f} s: the margin after the newest row")
             time.sleep(wait)
-    opts = ReconcileOptions(workers=args.workers, progress=False, incremental=True,
-                            candidate_margin_seconds=margin_seconds)  # fmt: skip
     report = reconcile(url, opts, checkpoint_dsn=url)
     print(f"reconciled what was pending: {report.events:,} events, clean={report.clean}")
     append(argparse.Namespace(database=args.database, events=args.day, budgets=args.budgets,
