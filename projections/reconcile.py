@@ -87,9 +87,9 @@ def reconcile(
     # Before the replay: a budget with a Kafka finding is not checkpointed, and the shards
     # write their checkpoints themselves, in parallel, as soon as they are done.
     kafka = kafka_check() if kafka_check is not None else None
+    held = kafka.drifting_budgets() if kafka is not None else set()
     finish = None
     if checkpoint_dsn is not None:
-        held = set(kafka.drifting_budgets()) if kafka is not None else set()
         finish = functools.partial(_write_checkpoints, checkpoint_dsn, held)
     shard = replay_all(dsn, opts, on_progress, finish)
     report = ReconcileReport(
@@ -105,8 +105,8 @@ def reconcile(
     )
     if kafka is not None:
         report.kafka = kafka
-        for t, b in kafka.drifting_budgets():
-            report.drifting.setdefault((t, b), (0, 0))
+        for key in held:
+            report.drifting.setdefault(key, (0, 0))
     with connect(dsn, role=opts.role, autocommit=True) as conn:
         report.unpublished = check_unpublished(conn, opts.unpublished_grace_seconds)
         report.seconds = time.perf_counter() - started
