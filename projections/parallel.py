@@ -1,7 +1,8 @@
 """The sharded multiprocessing driver: one forked worker per shard, progress summed across them.
 
 `finish` runs in each worker on its shard's result before the result travels to the parent
-(the reconciler writes the shard's checkpoints there, in parallel, instead of sending them).
+(the reconciler writes the shard's checkpoints there, in parallel, instead of sending them);
+`alongside` runs in the parent while the workers replay (it would otherwise wait idle).
 """
 
 from __future__ import annotations
@@ -46,14 +47,18 @@ def replay_all(
     opts: ReconcileOptions,
     on_progress: Callable[[int], None] | None = None,
     finish: Finish | None = None,
+    alongside: Callable[[], None] | None = None,
 ) -> ShardResult:
     """Replay every shard (in this process when workers == 1, else in worker processes), each
-    result passed to `finish` where it was computed; returns them merged."""
+    result passed to `finish` where it was computed, and call `alongside` meanwhile (after the
+    workers are forked: no thread of it is copied into them); returns the results merged."""
     if opts.workers <= 1:
         with connect(dsn, role=opts.role) as conn:
             result = replay_shard(conn, opts, 0, 1, on_progress)
         if finish is not None:
             finish(result)
+        if alongside is not None:
+            alongside()
         return result
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
@@ -66,6 +71,13 @@ def replay_all(
     ]
     for p in procs:
         p.start()
+    if alongside is not None:
+        try:
+            alongside()
+        except BaseException:
+            for p in procs:
+                p.kill()
+            raise
     results: list[ShardResult] = []
     seen = 0
     while len(results) < opts.workers:

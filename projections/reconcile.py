@@ -91,7 +91,13 @@ def reconcile(
     finish = None
     if checkpoint_dsn is not None:
         finish = functools.partial(_write_checkpoints, checkpoint_dsn, held)
-    shard = replay_all(dsn, opts, on_progress, finish)
+    unpublished: list[Unpublished] = []
+
+    def check_relay() -> None:  # in the parent, while the workers replay
+        with connect(dsn, role=opts.role, autocommit=True) as conn:
+            unpublished.extend(check_unpublished(conn, opts.unpublished_grace_seconds))
+
+    shard = replay_all(dsn, opts, on_progress, finish, alongside=check_relay)
     report = ReconcileReport(
         events=shard.events,
         budgets=shard.budgets,
@@ -102,15 +108,15 @@ def reconcile(
         skipped_budgets=shard.skipped_budgets,
         skipped_events=shard.skipped_events,
         checkpoints_advanced=shard.checkpoints_advanced,
+        unpublished=unpublished,
     )
     if kafka is not None:
         report.kafka = kafka
         for key in held:
             report.drifting.setdefault(key, (0, 0))
-    with connect(dsn, role=opts.role, autocommit=True) as conn:
-        report.unpublished = check_unpublished(conn, opts.unpublished_grace_seconds)
-        report.seconds = time.perf_counter() - started
-        if alerts_topic is not None:
+    report.seconds = time.perf_counter() - started
+    if alerts_topic is not None:
+        with connect(dsn, role=opts.role, autocommit=True) as conn:
             report.alerts_published = publish_alerts(conn, report, alerts_topic)
     # Only a run over every budget may say where the next incremental run starts looking, and
     # only once every shard's checkpoints are committed: a run that fails in between leaves
