@@ -102,6 +102,22 @@ def test_migrate_creates_this_month_and_three_ahead_and_ensure_is_idempotent(
             ensure_partitions(conn, -1)
 
 
+def test_no_partition_asks_autovacuum_for_brin_summaries(database_url: str) -> None:
+    # Migration 023: autosummarize off on every partition's index of ledger_recorded_at_brin,
+    # those the migration found and those created later (a new one copies the parent's "on").
+    with psycopg.connect(database_url) as conn:
+        assert [m.outcome for m in ensure_partitions(conn, 5)][-2:] == ["created"] * 2
+        options = dict(
+            conn.execute(
+                "SELECT c.relname, c.reloptions FROM pg_inherits i"
+                " JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'ledger_recorded_at_brin'::regclass"
+            ).fetchall()
+        )
+        assert len(options) == len(list_partitions(conn))  # one each, DEFAULT included
+        assert all(opts == ["autosummarize=off"] for opts in options.values()), options
+
+
 def test_ensure_takes_no_lock_on_partitions_that_exist(database_url: str) -> None:
     # A long reader (a full reconcile) holds the current month; a routine ensure must not queue
     # behind it (its pending lock would make every writer queue behind it in turn).
