@@ -208,7 +208,7 @@ def fill_split(dsn: str, n: int, budgets: int, seed: int, tail: int) -> tuple[in
 def write_batches(dsn: str, batches: Iterable[BatchOutput]) -> int:
     """COPY the batches' ledger and projection rows, mark them published; returns events."""
     from budget_ledger.ledger import store
-    from budget_ledger.ledger.db import connect, copy_rows
+    from budget_ledger.ledger.db import connect
     from budget_ledger.projections.store import upsert_projections
 
     total = 0
@@ -217,7 +217,7 @@ def write_batches(dsn: str, batches: Iterable[BatchOutput]) -> int:
     with connect(dsn) as conn:
         for out in batches:
             with conn.transaction():
-                copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
+                store.append_ledger_rows(conn, out.ledger_rows)
                 upsert_projections(conn, out.balance_rows, out.reservation_rows)
             total += len(out.ledger_rows)
             for row in out.ledger_rows:

@@ -53,11 +53,10 @@ class _Writer:
 
     def flush(self) -> None:
         from budget_ledger.ledger import store
-        from budget_ledger.ledger.db import copy_rows
         from budget_ledger.projections.store import upsert_projections
 
         with self.conn.transaction():
-            copy_rows(self.conn, store.queries()["copy_ledger"], self.ledger_rows)
+            store.append_ledger_rows(self.conn, self.ledger_rows)
             if self.reservation_rows or self.balance_rows:
                 upsert_projections(self.conn, self.balance_rows, self.reservation_rows)
         self.written += len(self.ledger_rows)

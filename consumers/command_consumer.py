@@ -192,8 +192,7 @@ class CommandConsumer:
             conn, self.settings.consumer_group, self.settings.topic_commands, out.positions
         )
         if out.ledger_rows:
-            copy = "copy_ledger_mac" if self.ctx.chain_key is not None else "copy_ledger"
-            copy_rows(conn, store.queries()[copy], out.ledger_rows)
+            store.append_ledger_rows(conn, out.ledger_rows, keyed=self.ctx.chain_key is not None)
         upsert_projections(conn, out.balance_rows, out.reservation_rows)
         if out.outbox_rows:
             copy_rows(conn, store.queries()["copy_outbox"], out.outbox_rows)

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 
@@ -56,11 +57,31 @@ def read_only_pool(dsn: str, role: str, size: int) -> AsyncConnectionPool:
     return AsyncConnectionPool(dsn, min_size=1, max_size=size, configure=configure, open=False)
 
 
-def copy_rows(conn: psycopg.Connection, statement: str, rows: Iterable[Sequence[object]]) -> None:
-    """Stream rows into a table with a `COPY ... FROM STDIN` statement (one round trip)."""
-    with conn.cursor() as cur, cur.copy(statement) as copy:
-        for row in rows:
-            copy.write_row(row)
+def copy_rows(
+    conn: psycopg.Connection,
+    statement: str,
+    rows: Iterable[Sequence[object]],
+    types: Sequence[str] | None = None,
+) -> None:
+    """Stream rows into a table with a `COPY ... FROM STDIN` statement (one round trip). With
+    `types` (the columns' PostgreSQL types) the statement is `FORMAT BINARY`: nothing is
+    formatted as text here nor parsed from text there, and a jsonb column's value is its JSON
+    text, sent as it is."""
+    with conn.cursor() as cur:
+        if types is not None:
+            set_json_dumps(_json_text, context=cur)
+        with cur.copy(statement) as copy:
+            if types is not None:
+                copy.set_types(list(types))
+            for row in rows:
+                copy.write_row(row)
+
+
+def _json_text(value: object) -> str:
+    # The rows carry JSON already serialised (the ledger's event: the exact text that was hashed).
+    if not isinstance(value, str):
+        raise TypeError(f"a jsonb column takes JSON text here, not {type(value).__name__}")
+    return value
 
 
 def _one_line(exc: BaseException) -> str:

@@ -89,12 +89,13 @@ ORDER BY l.tenant_id, l.budget_id, l.sequence
 
 -- name: copy_ledger
 -- reason and utilization_bp (migration 014): the event's, as columns for the report's
--- index-only scan (utilization_bp = the event's utilization_pct × 100).
+-- index-only scan (utilization_bp = the event's utilization_pct × 100). Binary: the columns'
+-- types are store._LEDGER_TYPES (store.append_ledger_rows).
 COPY ledger (tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id,
              currency, amount, funded, reserved, charged, available, kafka_topic,
              kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash, reason,
              utilization_bp)
-FROM STDIN
+FROM STDIN (FORMAT BINARY)
 
 -- name: copy_ledger_mac
 -- copy_ledger with the keyed chain's columns (a consumer that holds LEDGER_CHAIN_KEY_ID).
@@ -102,7 +103,7 @@ COPY ledger (tenant_id, budget_id, sequence, type, command_id, command_fingerpri
              currency, amount, funded, reserved, charged, available, kafka_topic,
              kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash, reason,
              utilization_bp, mac, mac_key_id)
-FROM STDIN
+FROM STDIN (FORMAT BINARY)
 
 -- name: copy_outbox
 COPY outbox (topic, key, payload, headers) FROM STDIN

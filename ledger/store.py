@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Final
 
 import orjson
 import psycopg
 
 from budget_ledger.ledger.budget import BudgetState, initial_state
+from budget_ledger.ledger.db import copy_rows
 from budget_ledger.ledger.history import ReplayFailed, replay
 from budget_ledger.ledger.sql import load_queries
 
@@ -25,6 +27,27 @@ class Fenced(Exception):
 def queries() -> dict[str, str]:
     """The event store's named queries (`ledger/queries.sql`)."""
     return load_queries("budget_ledger.ledger")
+
+
+#: The PostgreSQL types of `copy_ledger`'s columns, in its order (a binary COPY needs them), and
+#: of the two that `copy_ledger_mac` adds.
+_LEDGER_TYPES: Final = (
+    "text", "text", "int8", "text", "text", "text", "text", "text", "int8", "int8", "int8",
+    "int8", "int8", "text", "int4", "int8", "jsonb", "timestamptz", "text", "text", "text",
+    "numeric",
+)  # fmt: skip
+_MAC_TYPES: Final = ("text", "text")
+
+
+def append_ledger_rows(
+    conn: psycopg.Connection, rows: Sequence[Sequence[object]], keyed: bool = False
+) -> None:
+    """COPY a batch's ledger rows (`consumers.processor` layout; with the MAC columns when
+    `keyed`) in binary, in the caller's transaction."""
+    if keyed:
+        copy_rows(conn, queries()["copy_ledger_mac"], rows, _LEDGER_TYPES + _MAC_TYPES)
+    else:
+        copy_rows(conn, queries()["copy_ledger"], rows, _LEDGER_TYPES)
 
 
 @dataclass(frozen=True, slots=True)

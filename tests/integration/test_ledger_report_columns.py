@@ -95,7 +95,7 @@ def _write_mixed(url: str) -> None:
                 if i % 2:
                     copy_rows(conn, _COPY_LEGACY, [r[:20] for r in out.ledger_rows])
                 else:
-                    copy_rows(conn, store.queries()["copy_ledger"], out.ledger_rows)
+                    store.append_ledger_rows(conn, out.ledger_rows)
                 upsert_projections(conn, out.balance_rows, out.reservation_rows)
         conn.commit()
 

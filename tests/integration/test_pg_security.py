@@ -29,7 +29,7 @@ from budget_ledger.consumers.processor import (
 from budget_ledger.consumers.relay import Relay
 from budget_ledger.ledger import store
 from budget_ledger.ledger.chain_mac import ChainKey, ChainKeyring
-from budget_ledger.ledger.db import connect, copy_rows
+from budget_ledger.ledger.db import connect
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.ledger.store import load_budgets
 from budget_ledger.projections.chain_seal import seal_legacy
@@ -207,8 +207,7 @@ def _batch(
 
 def _write(conn: psycopg.Connection, out: BatchOutput, keyed: bool) -> None:
     with conn.transaction():
-        q = store.queries()["copy_ledger_mac" if keyed else "copy_ledger"]
-        copy_rows(conn, q, out.ledger_rows)
+        store.append_ledger_rows(conn, out.ledger_rows, keyed)
         upsert_projections(conn, out.balance_rows, out.reservation_rows)
 
 

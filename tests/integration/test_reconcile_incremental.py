@@ -22,7 +22,7 @@ from budget_ledger.entrypoints.cli import build_parser
 from budget_ledger.entrypoints.errors import CliError
 from budget_ledger.ledger import store
 from budget_ledger.ledger.chain_mac import ChainKey, ChainKeyring
-from budget_ledger.ledger.db import connect, copy_rows
+from budget_ledger.ledger.db import connect
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.ledger.state import compact
 from budget_ledger.ledger.store import load_budgets
@@ -109,8 +109,7 @@ def _append(
         )
         assert len(out.ledger_rows) == n and not out.dead_letters
         with conn.transaction():
-            q = store.queries()["copy_ledger_mac" if chain_key else "copy_ledger"]
-            copy_rows(conn, q, out.ledger_rows)
+            store.append_ledger_rows(conn, out.ledger_rows, keyed=chain_key is not None)
             upsert_projections(conn, out.balance_rows, out.reservation_rows)
 
 
