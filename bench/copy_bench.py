@@ -21,7 +21,7 @@ import psycopg
 from bench.scaling import _with_db
 from budget_ledger.ledger.db import copy_rows
 from budget_ledger.ledger.settings import load_settings
-from budget_ledger.ledger.store import _LEDGER_TYPES
+from budget_ledger.ledger.store import LEDGER_COPY_TYPES
 
 _COLUMNS = (
     "tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id, currency,"
@@ -57,7 +57,7 @@ def main() -> None:
         conn.commit()
         statements = {
             "text": (f"COPY copy_bench ({_COLUMNS}) FROM STDIN", None),
-            "binary": (f"COPY copy_bench ({_COLUMNS}) FROM STDIN (FORMAT BINARY)", _LEDGER_TYPES),
+            "binary": (f"COPY copy_bench ({_COLUMNS}) FROM STDIN (FORMAT BINARY)", LEDGER_COPY_TYPES),
         }
         print(f"{len(rows):,} ledger rows; seconds: wall / this process's CPU / backend's CPU")
         for n in range(1, args.rounds + 1):

@@ -90,7 +90,7 @@ ORDER BY l.tenant_id, l.budget_id, l.sequence
 -- name: copy_ledger
 -- reason and utilization_bp (migration 014): the event's, as columns for the report's
 -- index-only scan (utilization_bp = the event's utilization_pct × 100). Binary: the columns'
--- types are store._LEDGER_TYPES (store.append_ledger_rows).
+-- types are store.LEDGER_COPY_TYPES (store.append_ledger_rows).
 COPY ledger (tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id,
              currency, amount, funded, reserved, charged, available, kafka_topic,
              kafka_partition, kafka_offset, event, recorded_at, prev_hash, hash, reason,

@@ -31,7 +31,7 @@ def queries() -> dict[str, str]:
 
 #: The PostgreSQL types of `copy_ledger`'s columns, in its order (a binary COPY needs them), and
 #: of the two that `copy_ledger_mac` adds.
-_LEDGER_TYPES: Final = (
+LEDGER_COPY_TYPES: Final = (
     "text", "text", "int8", "text", "text", "text", "text", "text", "int8", "int8", "int8",
     "int8", "int8", "text", "int4", "int8", "jsonb", "timestamptz", "text", "text", "text",
     "numeric",
@@ -45,9 +45,9 @@ def append_ledger_rows(
     """COPY a batch's ledger rows (`consumers.processor` layout; with the MAC columns when
     `keyed`) in binary, in the caller's transaction."""
     if keyed:
-        copy_rows(conn, queries()["copy_ledger_mac"], rows, _LEDGER_TYPES + _MAC_TYPES)
+        copy_rows(conn, queries()["copy_ledger_mac"], rows, LEDGER_COPY_TYPES + _MAC_TYPES)
     else:
-        copy_rows(conn, queries()["copy_ledger"], rows, _LEDGER_TYPES)
+        copy_rows(conn, queries()["copy_ledger"], rows, LEDGER_COPY_TYPES)
 
 
 @dataclass(frozen=True, slots=True)
