@@ -57,7 +57,10 @@ def main() -> None:
         conn.commit()
         statements = {
             "text": (f"COPY copy_bench ({_COLUMNS}) FROM STDIN", None),
-            "binary": (f"COPY copy_bench ({_COLUMNS}) FROM STDIN (FORMAT BINARY)", LEDGER_COPY_TYPES),
+            "binary": (
+                f"COPY copy_bench ({_COLUMNS}) FROM STDIN (FORMAT BINARY)",
+                LEDGER_COPY_TYPES,
+            ),
         }
         print(f"{len(rows):,} ledger rows; seconds: wall / this process's CPU / backend's CPU")
         for n in range(1, args.rounds + 1):
