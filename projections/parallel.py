@@ -50,8 +50,9 @@ def replay_all(
     alongside: Callable[[], None] | None = None,
 ) -> ShardResult:
     """Replay every shard (in this process when workers == 1, else in worker processes), each
-    result passed to `finish` where it was computed, and call `alongside` meanwhile (after the
-    workers are forked: no thread of it is copied into them); returns the results merged."""
+    result passed to `finish` where it was computed, and call `alongside` meanwhile (once the
+    workers are forked, so that nothing it opens is inherited by them); returns the results
+    merged."""
     if opts.workers <= 1:
         with connect(dsn, role=opts.role) as conn:
             result = replay_shard(conn, opts, 0, 1, on_progress)
