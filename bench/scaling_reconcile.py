@@ -7,6 +7,7 @@ import argparse
 import time
 from datetime import UTC, datetime
 
+from bench.report import cpu_probe_ms
 from bench.scaling_history import CHUNK, TOPIC, _base, _money, _step, _with_db, _Writer
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.commands import Charge, Reserve
@@ -129,6 +130,8 @@ def incremental(args: argparse.Namespace) -> int:
     if args.day:
         _make_day(url, args, opts)
     _print_range(url, opts.candidate_margin_seconds)
+    # The machine's speed moves from minute to minute here: say what it was.
+    print(f"CPU probe {cpu_probe_ms()} ms (bench.report: a fixed loop, lower is faster)")
     for run in range(1, args.runs + 1):
         t0 = time.perf_counter()
         write = args.write and run == args.runs
