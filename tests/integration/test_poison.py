@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ import psycopg
 import pytest
 
 import budget_ledger.ledger.record as record_mod
+from budget_ledger.consumers import poison
 from budget_ledger.ledger import store
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.settings import Settings
@@ -154,8 +156,9 @@ def test_each_kind_of_poison_fails_alone(settings: Settings) -> None:
     # Without the edge validation, each fails here, alone, as:
     expected = [
         ("storage_refused", "UntranslatableCharacter (22P05)"),  # NUL in the event's jsonb
-        ("storage_refused", "cannot contain NUL"),  # refused by psycopg before it is sent
-        ("storage_refused", "cannot contain NUL"),
+        # NUL in a text column: refused by Postgres (the ledger rows go by binary COPY)
+        ("storage_refused", "CharacterNotInRepertoire (22021)"),
+        ("storage_refused", "CharacterNotInRepertoire (22021)"),
         ("storage_refused", "UntranslatableCharacter (22P05)"),
         ("internal_error", "OverflowError"),  # the year 0 in UTC
         ("internal_error", "OverflowError"),  # the year 10000 in UTC
@@ -173,6 +176,24 @@ def test_each_kind_of_poison_fails_alone(settings: Settings) -> None:
             assert fragment in headers["reason"], (command, headers)
         assert headers["tenant_id"] == "acme"
         assert headers["command_id"] == command["command_id"].replace("\u0000", "\ufffd")
+
+
+def test_a_nul_in_a_binary_ledger_copy_is_refused_and_its_row_named(database_url: str) -> None:
+    # Behind the edge validation: what the bisection's hint relies on when a batch's ledger
+    # COPY (binary) carries a NUL byte in a text column.
+    def row(sequence: int, command_id: str) -> tuple[object, ...]:
+        return ("acme", "nul", sequence, "budget_opened", command_id, "fp", None, None, None,
+                0, 0, 0, 0, "t", 0, sequence, "{}", datetime.now(UTC), "p", "h", None,
+                None)  # fmt: skip
+
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.DataError) as refused:
+            store.append_ledger_rows(conn, [row(1, "ok"), row(2, "c-\u0000-bad"), row(3, "ok")])
+        assert poison.is_data_error(refused.value)
+        assert refused.value.sqlstate == "22021"  # CharacterNotInRepertoire
+        assert poison.copy_line(refused.value) == ("ledger", 2)
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (0,)
 
 
 def test_a_failure_in_the_rules_dead_letters_only_that_command(
