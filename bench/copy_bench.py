@@ -13,11 +13,11 @@ format and round: wall seconds, this process's CPU, and the server backend's CPU
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import psycopg
 
+from bench import procstat
 from bench.scaling import _with_db
 from budget_ledger.ledger.db import copy_rows
 from budget_ledger.ledger.settings import load_settings
@@ -28,13 +28,10 @@ _COLUMNS = (
     " amount, funded, reserved, charged, available, kafka_topic, kafka_partition, kafka_offset,"
     " event, recorded_at, prev_hash, hash, reason, utilization_bp"
 )
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return (procstat._ticks(pid) or 0) / procstat.TICK
 
 
 def main() -> None:
