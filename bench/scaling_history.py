@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
 import psycopg
 from psycopg import sql
 
@@ -123,7 +122,7 @@ def _step(w: _Writer, state: BudgetState, command: Command, now: datetime) -> Bu
     from budget_ledger.projections.rows import reservation_row
 
     unsealed = decide(state, command, now)
-    event, wire = seal(unsealed, state.digits if state.opened else 2)
+    event, text = seal(unsealed, state.digits if state.opened else 2)
     after = evolve(state, event)
     key = f"{state.tenant_id}:{state.budget_id}".encode()
     part = partition_for(key, PARTITIONS)
@@ -133,7 +132,7 @@ def _step(w: _Writer, state: BudgetState, command: Command, now: datetime) -> Bu
         (event.tenant_id, event.budget_id, event.sequence, event.type, event.command_id,
          hashlib.sha256(event.command_id.encode()).hexdigest(), event.ref_id, event.currency,
          event.amount, event.funded, event.reserved, event.charged, event.available, w.topic,
-         part, offset, orjson.dumps(wire).decode(), event.recorded_at, event.prev_hash,
+         part, offset, text, event.recorded_at, event.prev_hash,
          event.hash, event.reason, event.utilization_bp)
     )  # fmt: skip
     ref = event.ref_id

@@ -65,7 +65,7 @@ def copy_rows(
 ) -> None:
     """Stream rows into a table with a `COPY ... FROM STDIN` statement (one round trip). With
     `types` (the columns' PostgreSQL types) the statement is `FORMAT BINARY`: nothing is
-    formatted as text here nor parsed from text there, and a jsonb column's value is its JSON
+    formatted as text here nor parsed from text there, and a json column's value is its JSON
     text, sent as it is."""
     with conn.cursor() as cur:
         if types is not None:
@@ -80,7 +80,7 @@ def copy_rows(
 def _json_text(value: object) -> str:
     # The rows carry JSON already serialised (the ledger's event: the exact text that was hashed).
     if not isinstance(value, str):
-        raise TypeError(f"a jsonb column takes JSON text here, not {type(value).__name__}")
+        raise TypeError(f"a json column takes JSON text here, not {type(value).__name__}")
     return value
 
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from budget_ledger.ledger.budget import Alert, BudgetState, LedgerEvent, alerts_for, decide, evolve
 from budget_ledger.ledger.frozen import quick_init
 from budget_ledger.schemas.codec import alert_to_wire, seal
@@ -24,12 +22,11 @@ from budget_ledger.schemas.to_domain import domain_command
 @quick_init
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """What one command leaves: the state after it, its sealed event (and that event's wire
-    dict and JSON text), and its alerts (and their wire dicts)."""
+    """What one command leaves: the state after it, its sealed event (and the text the ledger
+    stores for it), and its alerts (and their wire dicts)."""
 
     state: BudgetState
     event: LedgerEvent
-    wire: dict[str, Any]
     text: str
     alerts: tuple[Alert, ...]
     alert_wires: tuple[dict[str, Any], ...]
@@ -41,11 +38,11 @@ def record(
     """Apply ``command`` to ``state`` as the ledger's single writer does."""
     unsealed = decide(state, domain_command(command, state.digits, currencies), now)
     after_digits = state.digits if state.opened else _opened_digits(unsealed)
-    event, wire = seal(unsealed, after_digits)
+    event, text = seal(unsealed, after_digits)
     after = evolve(state, event)
     alerts = alerts_for(state, after, event)
     alert_wires = tuple(alert_to_wire(a, after.digits) for a in alerts)
-    return Recorded(after, event, wire, orjson.dumps(wire).decode(), alerts, alert_wires)
+    return Recorded(after, event, text, alerts, alert_wires)
 
 
 def _opened_digits(event: LedgerEvent) -> int:

@@ -33,7 +33,7 @@ def queries() -> dict[str, str]:
 #: of the two that `copy_ledger_mac` adds.
 LEDGER_COPY_TYPES: Final = (
     "text", "text", "int8", "text", "text", "text", "text", "text", "int8", "int8", "int8",
-    "int8", "int8", "text", "int4", "int8", "jsonb", "timestamptz", "text", "text", "text",
+    "int8", "int8", "text", "int4", "int8", "json", "timestamptz", "text", "text", "text",
     "numeric",
 )  # fmt: skip
 _MAC_TYPES: Final = ("text", "text")

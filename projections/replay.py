@@ -2,7 +2,7 @@
 
 A `BudgetReplay` is fed the budget's ledger rows in physical order and applies them strictly in
 sequence order; each applied row's link is checked (sequence, `prev_hash`, the hash recomputed
-through `schemas.hashing.chain_hash`, the row's columns against the hashed event (type,
+through `schemas.hashing.event_digest`, the row's columns against the hashed event (type,
 `reason`, `utilization_bp`) and the replayed balances). Only the first broken link of a budget
 is kept. An event that `evolve` cannot fold (an evolver raising) is a broken link of that
 budget, never the end of the whole replay.
@@ -34,7 +34,7 @@ from budget_ledger.ledger.history import fold
 from budget_ledger.ledger.state import compact
 from budget_ledger.projections.checkpoint_state import StateUnreadable, decode_state
 from budget_ledger.schemas.codec import pct_bp
-from budget_ledger.schemas.hashing import chain_hash
+from budget_ledger.schemas.hashing import event_digest
 
 # Ledger row layout of `reconcile_ledger_scan` / `reconcile_budget_events`.
 _SEQ, _TYPE, _FUNDED, _RESERVED, _CHARGED, _AVAILABLE, _BODY = 2, 3, 4, 5, 6, 7, 8
@@ -312,7 +312,7 @@ def _link_problem(
         return f"sequence {kind}: expected {s.sequence + 1}, found {seq}"
     if d.get("prev_hash") != s.last_hash:
         return f"prev_hash does not match the hash of sequence {s.sequence}"
-    if chain_hash(s.last_hash, d) != stored_hash:
+    if event_digest(s.last_hash, row[_BODY], d) != stored_hash:
         return "hash mismatch: the event was altered after it was written"
     if d.get("sequence") != seq or d.get("type") != row[_TYPE]:
         return "row columns (sequence/type) differ from the hashed event"

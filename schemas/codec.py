@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
+import orjson
+
 from budget_ledger.ledger.alerts import ALERT_MONEY_KEYS
 from budget_ledger.ledger.events import Alert, LedgerEvent, Money
 from budget_ledger.schemas.events import (
@@ -22,10 +24,11 @@ from budget_ledger.schemas.events import (
     TIME_DATA_KEYS,
     rfc3339_utc,
 )
-from budget_ledger.schemas.hashing import chain_hash
+from budget_ledger.schemas.hashing import seal_body
 from budget_ledger.schemas.money import fraction_digits, to_decimal_str, to_minor
 
 _parse_time: Final = datetime.fromisoformat
+_SORTED: Final = orjson.OPT_SORT_KEYS
 
 
 def pct_text(bp: int) -> str:
@@ -148,11 +151,10 @@ def event_to_wire(ev: LedgerEvent, digits: int) -> dict[str, Any]:
     return wire
 
 
-def seal(ev: LedgerEvent, digits: int) -> tuple[LedgerEvent, dict[str, Any]]:
-    """Hash ``ev`` onto its chain (``ev.prev_hash``): the sealed event and its wire dict."""
-    wire = _wire_body(ev, digits)
-    digest = chain_hash(ev.prev_hash, wire)
-    wire["hash"] = digest
+def seal(ev: LedgerEvent, digits: int) -> tuple[LedgerEvent, str]:
+    """Hash ``ev`` onto its chain (``ev.prev_hash``): the sealed event and the text the ledger
+    stores for it (its canonical wire bytes with the hash appended, `seal_body`)."""
+    digest, text = seal_body(ev.prev_hash, orjson.dumps(_wire_body(ev, digits), option=_SORTED))
     # Positional, not dataclasses.replace (which costs ~1.5 us more on this per-command path).
     sealed = LedgerEvent(
         ev.type, ev.tenant_id, ev.budget_id, ev.sequence, ev.command_id, ev.command_type,
@@ -160,7 +162,7 @@ def seal(ev: LedgerEvent, digits: int) -> tuple[LedgerEvent, dict[str, Any]]:
         ev.charged, ev.available, ev.utilization_bp, ev.recorded_at, ev.metadata, ev.prev_hash,
         digest,
     )  # fmt: skip
-    return sealed, wire
+    return sealed, text
 
 
 def event_from_wire(d: Mapping[str, Any], digits: int) -> LedgerEvent:

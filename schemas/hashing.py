@@ -7,6 +7,11 @@ unchanged, so the reconciler can recompute a hash from the stored JSONB. Floats 
 
 ``hash = sha256(prev_hash.encode("ascii") + canonical(wire_event_without_hash)).hexdigest()``
 with ``prev_hash = GENESIS_HASH`` (`ledger.events`) for a budget's first event.
+
+The ledger stores each event as exactly the bytes that were hashed with ``"hash"`` appended as
+the last key (`sealed_text`, migration 024): a reader finds the hashed bytes by cutting that key
+off (`event_digest`) instead of re-encoding the parsed event. Rows stored before migration 024
+(JSONB's own rendering) are re-encoded.
 """
 
 from __future__ import annotations
@@ -60,3 +65,24 @@ def chain_hash(prev_hash: str, wire_event_without_hash: Mapping[str, Any]) -> st
     if not isinstance(obj, dict):
         obj = dict(obj)
     return hashlib.sha256(prev_hash.encode("ascii") + orjson.dumps(obj, option=_OPTS)).hexdigest()
+
+
+# What `sealed_text` appends: `,"hash":"` + 64 hex digits + `"}` in place of the body's `}`.
+_HASH_KEY: Final = ',"hash":"'
+_SUFFIX_LEN: Final = len(_HASH_KEY) + 64 + 2
+
+
+def seal_body(prev_hash: str, body: bytes) -> tuple[str, str]:
+    """The hex hash of canonical event bytes ``body`` on ``prev_hash``, and the text the ledger
+    stores: ``body`` with ``"hash"`` appended as its last key."""
+    digest = hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+    return digest, f'{body[:-1].decode()}{_HASH_KEY}{digest}"}}'
+
+
+def event_digest(prev_hash: str, text: str, wire_event_without_hash: Mapping[str, Any]) -> str:
+    """The hash a stored event's hashed part gives on ``prev_hash``: over its exact bytes when
+    ``text`` is in `seal_body`'s layout, else (a JSONB-era row) over the re-encoded dict."""
+    if text[-_SUFFIX_LEN : -_SUFFIX_LEN + len(_HASH_KEY)] == _HASH_KEY and text[-2:] == '"}':
+        body = f"{text[:-_SUFFIX_LEN]}}}".encode()
+        return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+    return chain_hash(prev_hash, wire_event_without_hash)

@@ -121,7 +121,7 @@ def test_a_broken_chain_names_its_first_bad_link(client: TestClient, world: Worl
     with psycopg.connect(world.settings.database_url) as conn:
         conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
         conn.execute(
-            "UPDATE ledger SET event = jsonb_set(event, '{command_id}', '\"forged\"') "
+            "UPDATE ledger SET event = jsonb_set(event::jsonb, '{command_id}', '\"forged\"')::json "
             "WHERE tenant_id = 'acme' AND budget_id = 'chain' AND sequence = 2"
         )
         conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")

@@ -110,10 +110,21 @@ def test_altered_projection_is_drift_with_alert_then_rebuild_fixes_it(
 
 def test_altered_and_deleted_ledger_rows_name_the_first_broken_link(filled: Settings) -> None:
     with psycopg.connect(filled.database_url) as conn:
+        # Every event is stored as its hashed bytes with the hash appended (migration 024).
+        assert conn.execute(
+            'SELECT count(*) FROM ledger WHERE event::text NOT LIKE \'{"amount":%,"hash":"%"}\''
+        ).fetchone() == (0,)
         conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        # Re-rendered by JSONB (the layout of rows written before migration 024) ...
         conn.execute(
-            "UPDATE ledger SET event = jsonb_set(event, '{command_id}', '\"forged\"') "
+            "UPDATE ledger SET event = jsonb_set(event::jsonb, '{command_id}', '\"forged\"')::json "
             "WHERE tenant_id = 'tenant-2' AND budget_id = 'budget-2' AND sequence = 5"
+        )
+        # ... and edited in place, keeping the stored layout.
+        conn.execute(
+            'UPDATE ledger SET event = replace(event::text, \'"command_id":"\', '
+            '\'"command_id":"x\')::json '
+            "WHERE tenant_id = 'tenant-1' AND budget_id = 'budget-7' AND sequence = 3"
         )
         conn.execute(
             "DELETE FROM ledger WHERE tenant_id = 'tenant-0' AND budget_id = 'budget-3' "
@@ -122,9 +133,15 @@ def test_altered_and_deleted_ledger_rows_name_the_first_broken_link(filled: Sett
         conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
     report = reconcile(filled.database_url, ReconcileOptions(progress=False))
     broken = {(b.tenant_id, b.budget_id): b for b in report.broken}
-    assert set(broken) == {("tenant-2", "budget-2"), ("tenant-0", "budget-3")}
+    assert set(broken) == {
+        ("tenant-2", "budget-2"),
+        ("tenant-1", "budget-7"),
+        ("tenant-0", "budget-3"),
+    }
     assert broken[("tenant-2", "budget-2")].sequence == 5
     assert "hash mismatch" in broken[("tenant-2", "budget-2")].problem
+    assert broken[("tenant-1", "budget-7")].sequence == 3
+    assert "hash mismatch" in broken[("tenant-1", "budget-7")].problem
     assert broken[("tenant-0", "budget-3")].sequence == 8
     assert "gap" in broken[("tenant-0", "budget-3")].problem
     assert not report.clean

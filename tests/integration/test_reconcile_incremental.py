@@ -117,7 +117,7 @@ def _tamper(url: str, key: tuple[str, str], sequence: int) -> None:
     with psycopg.connect(url) as conn:
         conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
         conn.execute(
-            "UPDATE ledger SET event = jsonb_set(event, '{command_id}', '\"forged\"') "
+            "UPDATE ledger SET event = jsonb_set(event::jsonb, '{command_id}', '\"forged\"')::json "
             "WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
             (*key, sequence),
         )

@@ -114,7 +114,7 @@ def test_a_row_hidden_outside_the_bound_is_found(ledger: str) -> None:
     _sql(
         url,
         "UPDATE ledger SET recorded_at = '2025-06-01T00:00:00Z',"
-        " event = jsonb_set(event, '{command_id}', '\"forged\"')"
+        " event = jsonb_set(event::jsonb, '{command_id}', '\"forged\"')::json"
         " WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
         *HOT,
         before + 1,

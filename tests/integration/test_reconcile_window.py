@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import orjson
 import psycopg
 import pytest
 import structlog
@@ -31,13 +32,32 @@ pytestmark = pytest.mark.integration
 __all__ = ["checkpointed"]  # the fixture, imported for pytest
 
 
-def test_a_checkpointed_row_changed_in_place_is_found_with_new_rows(checkpointed: str) -> None:
+# The checkpointed row's event with another hash: re-rendered by JSONB (the layout of rows
+# stored before migration 024), and edited in place in the stored layout (the hash's last 4
+# digits), which the probe reads by byte offsets.
+REWRITES = {
+    "jsonb": "jsonb_set(event::jsonb, '{hash}', '\"0000\"')::json",
+    "in_place": "(left(event::text, -6) || '0000\"}')::json",
+}
+
+
+@pytest.mark.parametrize("rewrite", sorted(REWRITES))
+def test_a_checkpointed_row_changed_in_place_is_found_with_new_rows(
+    checkpointed: str, rewrite: str
+) -> None:
     url = checkpointed
     seq = _checkpoint(url, HOT)
     assert seq is not None
     # The owner rewrites the stored hash of the checkpointed row; new rows follow it.
-    _sql(url, "UPDATE ledger SET event = jsonb_set(event, '{hash}', '\"0000\"')"
+    _sql(url, f"UPDATE ledger SET event = {REWRITES[rewrite]}"
          " WHERE tenant_id = %s AND budget_id = %s AND sequence = %s", *HOT, seq)  # fmt: skip
+    with psycopg.connect(url) as conn:
+        text, column = conn.execute(
+            "SELECT event::text, hash FROM ledger WHERE tenant_id = %s AND budget_id = %s"
+            " AND sequence = %s", (*HOT, seq)
+        ).fetchone()  # fmt: skip
+    assert orjson.loads(text)["hash"] != column and orjson.loads(text)["hash"].endswith("0000")
+    assert text.endswith('0000"}') == (rewrite == "in_place")
     _append(url, HOT, 2, offset=10_000)
     report = _run(url)
     # The candidate query's probe sees another hash: the budget is re-read whole, which names
@@ -53,8 +73,9 @@ def test_a_rewritten_checkpointed_last_row_in_the_range_is_found(checkpointed: s
     # The owner rewrites the budget's last row (its checkpoint), event and hash column alike,
     # and moves it into the range of the next run (recorded now); no new row. The candidates'
     # last row is not the checkpoint, so the budget is replayed: re-read whole, it is named.
-    _sql(url, "UPDATE ledger SET event = jsonb_set(event, '{hash}', '\"0000\"'), hash = '0000',"
-         " recorded_at = now() WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
+    _sql(url, "UPDATE ledger SET event = jsonb_set(event::jsonb, '{hash}', '\"0000\"')::json,"
+         " hash = '0000', recorded_at = now()"
+         " WHERE tenant_id = %s AND budget_id = %s AND sequence = %s",
          *COLD, seq)  # fmt: skip
     report = _run(url)
     assert [(b.budget_id, b.sequence) for b in report.broken] == [(COLD[1], seq)]

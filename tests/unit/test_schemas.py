@@ -4,6 +4,7 @@ canonical encoding, idempotency fingerprints, and the exported JSON Schemas."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +28,7 @@ from budget_ledger.schemas.codec import (
 )
 from budget_ledger.schemas.commands import CommandInvalid, Reserve, parse_command
 from budget_ledger.schemas.events import json_schemas, rfc3339_utc
-from budget_ledger.schemas.hashing import canonical, chain_hash
+from budget_ledger.schemas.hashing import canonical, chain_hash, event_digest
 from budget_ledger.schemas.limits import id_problem
 from budget_ledger.schemas.money import normalize_decimal, to_decimal_str, to_minor
 
@@ -349,8 +350,29 @@ def test_any_valid_reserve_round_trips_through_its_fingerprint(cents: int, ref: 
 
 def test_seal_changes_only_the_hash_and_the_hash_covers_the_wire() -> None:
     ev = dataclasses.replace(_event(), hash="")
-    sealed, wire = seal(ev, 2)
+    sealed, text = seal(ev, 2)
     assert sealed == dataclasses.replace(ev, hash=sealed.hash)  # every other field kept
+    wire = orjson.loads(text)
     assert wire == event_to_wire(sealed, 2)
     body = {k: v for k, v in wire.items() if k != "hash"}
     assert chain_hash(ev.prev_hash, body) == sealed.hash
+    # Stored as the hashed bytes themselves, the hash appended as the last key.
+    assert text == canonical(body).decode()[:-1] + f',"hash":"{sealed.hash}"}}'
+
+
+def test_event_digest_hashes_the_stored_bytes_or_re_encodes_a_jsonb_era_row() -> None:
+    sealed, text = seal(dataclasses.replace(_event(), hash=""), 2)
+    body = orjson.loads(text)
+    del body["hash"]
+    assert event_digest(sealed.prev_hash, text, body) == sealed.hash
+    # JSONB's rendering of the same event (rows written before migration 024): re-encoded.
+    jsonb_era = json.dumps({**body, "hash": sealed.hash}, ensure_ascii=False)
+    assert event_digest(sealed.prev_hash, jsonb_era, body) == sealed.hash
+    # The stored bytes are what is verified: an edit that keeps the layout breaks the hash,
+    # even one that leaves the parsed event the same (a space).
+    forged = text.replace('"command_id":"c-7"', '"command_id":"c-8"')
+    assert forged != text and event_digest(sealed.prev_hash, forged, body) != sealed.hash
+    spaced = text.replace('"type":', '"type": ')
+    assert orjson.loads(spaced) == orjson.loads(text)
+    assert event_digest(sealed.prev_hash, spaced, body) != sealed.hash
+    assert event_digest(GENESIS_HASH, text, body) != sealed.hash  # another predecessor

@@ -1,0 +1,22 @@
+-- The ledger's event column keeps the exact text the consumer wrote instead of JSONB.
+--
+-- Since this migration the consumer stores each event as the very bytes its hash was computed
+-- over (canonical JSON: sorted keys, compact) with "hash" appended as the last key
+-- (schemas.hashing.seal_body). Readers that verify the chain (the reconciler) cut that key off
+-- and hash the bytes as they are, instead of parsing, re-encoding and then hashing; Postgres
+-- neither parses each event into JSONB on the way in (~4.5 us a row here, against ~2.5 us for
+-- json's validation) nor renders it back on the way out (~2 us a row).
+--
+-- json, not text: Postgres still refuses a value that is not JSON, and the few queries that
+-- look inside an event (`event -> 'data'`, `event ->> 'reason'`, the API's config look-up and
+-- the report's pre-014 rows) work unchanged. `event::text` is the stored text.
+--
+-- Rows written before keep JSONB's rendering of themselves (keys by length, ", " and ": "),
+-- which the readers recognise and re-encode canonically to verify, as before: their hashes
+-- are unchanged and still verify.
+--
+-- Locks and cost: the type change rewrites every partition of the ledger and its indexes
+-- under an ACCESS EXCLUSIVE lock (20 s for 1M rows on the 2-core machine; plan ~10 min for
+-- 25M): stop the consumers first (docs/operations.md). The append-only trigger does not fire
+-- (a rewrite is not an UPDATE); grants and row-level security policies are unchanged.
+ALTER TABLE ledger ALTER COLUMN event TYPE json USING event::json;
