@@ -9,7 +9,7 @@ unchanged, so the reconciler can recompute a hash from the stored JSONB. Floats 
 with ``prev_hash = GENESIS_HASH`` (`ledger.events`) for a budget's first event.
 
 The ledger stores each event as exactly the bytes that were hashed with ``"hash"`` appended as
-the last key (`sealed_text`, migration 024): a reader finds the hashed bytes by cutting that key
+the last key (`seal_body`, migration 024): a reader finds the hashed bytes by cutting that key
 off (`event_digest`) instead of re-encoding the parsed event. Rows stored before migration 024
 (JSONB's own rendering) are re-encoded.
 """
@@ -72,9 +72,10 @@ _HASH_KEY: Final = ',"hash":"'
 _SUFFIX_LEN: Final = len(_HASH_KEY) + 64 + 2
 
 
-def seal_body(prev_hash: str, body: bytes) -> tuple[str, str]:
-    """The hex hash of canonical event bytes ``body`` on ``prev_hash``, and the text the ledger
-    stores: ``body`` with ``"hash"`` appended as its last key."""
+def seal_body(prev_hash: str, wire_event_without_hash: dict[str, Any]) -> tuple[str, str]:
+    """`chain_hash` of an event, and the text the ledger stores for it: the hashed bytes with
+    ``"hash"`` appended as the last key."""
+    body = orjson.dumps(wire_event_without_hash, option=_OPTS)
     digest = hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
     return digest, f'{body[:-1].decode()}{_HASH_KEY}{digest}"}}'
 
