@@ -182,6 +182,19 @@ def test_states_load_from_projections_as_a_replay_and_settled_refs_stay_refused(
         assert load_states(conn, keys) == {k: compact(s) for k, s in replayed.items()}  # type: ignore[arg-type]
 
 
+def _generic_plans(conn: psycopg.Connection[Any], statement: str, fill: str) -> list[str]:
+    """The generic plan of a once-per-batch look-up (keys as a JSON array), as the consumer's
+    prepared statement keeps it: on the table never analysed, then after `fill` added 3,000
+    rows to it (still not analysed)."""
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.execute(sql.SQL("PREPARE lookup(text) AS {}").format(sql.SQL(statement)))  # type: ignore[arg-type]
+    plans = []
+    for rows in (0, 3000):
+        conn.execute(fill, (rows,))
+        plans.append("\n".join(r[0] for r in conn.execute("EXPLAIN EXECUTE lookup('[]')")))
+    return plans
+
+
 def test_the_settled_look_up_probes_the_primary_key_whatever_the_statistics(
     database_url: str,
 ) -> None:
@@ -190,16 +203,23 @@ def test_the_settled_look_up_probes_the_primary_key_whatever_the_statistics(
     # whole table, and stayed so while the table grew (1.6 ms a call at 2,000 commands/s).
     statement = projection_queries()["select_settled_reservations"].replace("%(keys)s", "$1")
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("SET plan_cache_mode = force_generic_plan")
-        conn.execute(sql.SQL("PREPARE settled(text) AS {}").format(sql.SQL(statement)))  # type: ignore[arg-type]
-        for rows in (0, 3000):
-            conn.execute(
-                "INSERT INTO reservations SELECT 't', 'b' || (i %% 500), 'r' || i, 'charged',"
-                " 100, 100, NULL, 'c' || i, 1, 2 FROM generate_series(1, %s) i",
-                (rows,),
-            )
-            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN EXECUTE settled('[]')"))
+        fill = ("INSERT INTO reservations SELECT 't', 'b' || (i %% 500), 'r' || i, 'charged',"
+                " 100, 100, NULL, 'c' || i, 1, 2 FROM generate_series(1, %s) i")  # fmt: skip
+        for plan in _generic_plans(conn, statement, fill):
             assert "Seq Scan" not in plan and "reservations_pkey" in plan, plan
         keys = orjson.dumps([["t", "b7", "r7"], ["t", "b7", "r8"]]).decode()
-        found = conn.execute(sql.SQL("EXECUTE settled({})").format(sql.Literal(keys)))
+        found = conn.execute(sql.SQL("EXECUTE lookup({})").format(sql.Literal(keys)))
         assert [r[:4] for r in found] == [("t", "b7", "r7", "charged")]
+
+
+def test_the_idempotency_look_up_probes_the_guard_whatever_the_statistics(
+    database_url: str,
+) -> None:
+    # The same for the batch's look-up of prior commands in ledger_commands.
+    statement = store.queries()["select_prior_commands"].replace("%(keys)s", "$1")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        fill = ("INSERT INTO ledger_commands SELECT 't', 'c' || i, 'fp', 'topic', 0, i, now()"
+                " FROM generate_series(1, %s) i")  # fmt: skip
+        for plan in _generic_plans(conn, statement, fill):
+            assert "Seq Scan on ledger_commands" not in plan, plan
+            assert "ledger_tenant_id_command_id_key" in plan, plan
