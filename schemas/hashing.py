@@ -64,10 +64,14 @@ def chain_hash(prev_hash: str, wire_event_without_hash: Mapping[str, Any]) -> st
     obj = wire_event_without_hash
     if not isinstance(obj, dict):
         obj = dict(obj)
-    return hashlib.sha256(prev_hash.encode("ascii") + orjson.dumps(obj, option=_OPTS)).hexdigest()
+    return _digest(prev_hash, orjson.dumps(obj, option=_OPTS))
 
 
-# What `sealed_text` appends: `,"hash":"` + 64 hex digits + `"}` in place of the body's `}`.
+def _digest(prev_hash: str, body: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+
+
+# What `seal_body` appends: `,"hash":"` + 64 hex digits + `"}` in place of the body's `}`.
 _HASH_KEY: Final = ',"hash":"'
 _SUFFIX_LEN: Final = len(_HASH_KEY) + 64 + 2
 
@@ -76,7 +80,7 @@ def seal_body(prev_hash: str, wire_event_without_hash: dict[str, Any]) -> tuple[
     """`chain_hash` of an event, and the text the ledger stores for it: the hashed bytes with
     ``"hash"`` appended as the last key."""
     body = orjson.dumps(wire_event_without_hash, option=_OPTS)
-    digest = hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+    digest = _digest(prev_hash, body)
     return digest, f'{body[:-1].decode()}{_HASH_KEY}{digest}"}}'
 
 
@@ -84,6 +88,5 @@ def event_digest(prev_hash: str, text: str, wire_event_without_hash: Mapping[str
     """The hash a stored event's hashed part gives on ``prev_hash``: over its exact bytes when
     ``text`` is in `seal_body`'s layout, else (a JSONB-era row) over the re-encoded dict."""
     if text[-_SUFFIX_LEN : -_SUFFIX_LEN + len(_HASH_KEY)] == _HASH_KEY and text[-2:] == '"}':
-        body = f"{text[:-_SUFFIX_LEN]}}}".encode()
-        return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+        return _digest(prev_hash, f"{text[:-_SUFFIX_LEN]}}}".encode())
     return chain_hash(prev_hash, wire_event_without_hash)
