@@ -31,7 +31,7 @@ _COLUMNS = (
 
 
 def _cpu(pid: int) -> float:
-    return (procstat._ticks(pid) or 0) / procstat.TICK
+    return (procstat.cpu_ticks(pid) or 0) / procstat.TICK
 
 
 def main() -> None:

@@ -41,7 +41,8 @@ def _cpu(fields: list[str]) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
 
 
-def _ticks(pid: int) -> int | None:
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU of ``pid`` in clock ticks (`TICK` a second); None once it is gone."""
     stat = _stat(pid)
     return None if stat is None else _cpu(stat[1])
 
@@ -140,7 +141,7 @@ class CpuSampler:
                 groups[name] = descendants(root)
         for name, pids in groups.items():
             for pid in pids:
-                t = _ticks(pid)
+                t = cpu_ticks(pid)
                 if t is None:
                     continue
                 self.first.setdefault(pid, t)
