@@ -21,6 +21,8 @@ CHECKPOINT_ROLE = "ledger_reconciler"
 
 #: (tenant, budget, sequence, hash, state JSON, recorded_at of that row or None): a checkpoint.
 Verified = tuple[str, str, int, str, str, datetime | None]
+#: Their PostgreSQL types, for the binary COPY into the staging table.
+_VERIFIED_TYPES = ("text", "text", "int8", "text", "text", "timestamptz")
 
 
 class CheckpointsRefused(Exception):
@@ -54,7 +56,7 @@ def advance_checkpoints(
     q = queries()
     with _connect(dsn, role) as conn, conn.transaction():
         conn.execute(q["create_staging_checkpoints"])
-        copy_rows(conn, q["copy_staging_checkpoints"], rows)
+        copy_rows(conn, q["copy_staging_checkpoints"], rows, _VERIFIED_TYPES)
         conn.execute(q["merge_checkpoints"])
     return len(rows)
 

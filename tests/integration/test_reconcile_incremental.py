@@ -508,8 +508,8 @@ def test_a_login_that_cannot_write_checkpoints_is_a_one_line_error(
 def test_a_forged_checkpoint_state_is_found_by_full(checkpointed: str) -> None:
     url = checkpointed
     seq = _checkpoint(url, COLD)
-    _sql(url, "UPDATE reconcile_checkpoints SET state = jsonb_set(state::jsonb,"
-         " '{funded_in_period}', to_jsonb((state::jsonb->>'funded_in_period')::bigint + 100))"
+    _sql(url, "UPDATE reconcile_checkpoints SET state = jsonb_set(state::jsonb,"  # funded
+         " '{6}', to_jsonb((state::jsonb->>6)::bigint + 100))"
          " WHERE tenant_id = %s"
          " AND budget_id = %s", *COLD)  # fmt: skip
     full = _run(url, full=True)
