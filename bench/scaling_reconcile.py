@@ -162,6 +162,39 @@ def _make_day(url: str, args: argparse.Namespace, opts: ReconcileOptions) -> Non
     print(f"reconciled what was pending: {report.events:,} events, clean={report.clean}")
     append(argparse.Namespace(database=args.database, events=args.day, budgets=args.budgets,
                               seed=args.seed))  # fmt: skip
+    _wait_for_autovacuum(url)
+
+
+def _wait_for_autovacuum(url: str) -> None:
+    """Wait until autovacuum has been idle in this database for one naptime (at most 10 min).
+
+    The append writes a day's events in seconds, so autovacuum's work on them (the month's
+    partition, the balance rows, the checkpoints) starts right after it, while a real day's
+    is spread over the day and long done when the daily run starts; timed right after the
+    append, the runs shared the two cores with it."""
+    from budget_ledger.ledger.db import connect
+
+    t0 = time.perf_counter()
+    with connect(url, autocommit=True) as conn:
+        nap = conn.execute(
+            "SELECT setting::int FROM pg_settings WHERE name = 'autovacuum_naptime'"
+        ).fetchone()
+        quiet_needed = (nap[0] if nap else 60) + 5
+        quiet_since, busy_polls = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 600:
+            busy = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE backend_type = 'autovacuum worker' AND datname = current_database()"
+            ).fetchone()
+            now = time.perf_counter()
+            if busy and busy[0]:
+                busy_polls += 1  # about a second each
+                quiet_since = now
+            elif now - quiet_since >= quiet_needed:
+                break
+            time.sleep(1)
+    print(f"waited {time.perf_counter() - t0:.0f} s for autovacuum to finish the day's work "
+          f"(seen working for ~{busy_polls} s)")  # fmt: skip
 
 
 def _print_range(url: str, margin_seconds: float) -> None:
