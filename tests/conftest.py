@@ -58,9 +58,11 @@ def _start_local(script: str, *sub: str) -> None:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of a real Kafka broker."""
+    """Bootstrap servers of a real Kafka broker; at the end of the session, the topics of every
+    prefix it handed out are deleted (those a test made after its own clean-up included)."""
     if bootstrap := os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
         yield bootstrap
+        _delete_session_topics(bootstrap)
     elif _docker_answers():
         from testcontainers.kafka import KafkaContainer
 
@@ -69,6 +71,7 @@ def kafka_bootstrap() -> Iterator[str]:
     else:
         _start_local("kafka.sh")
         yield LOCAL_KAFKA
+        _delete_session_topics(LOCAL_KAFKA)
 
 
 @pytest.fixture(scope="session")
@@ -185,10 +188,17 @@ def _drop_database(dsn: str, name: str) -> None:
             time.sleep(0.5)
 
 
+# Every prefix handed out this session: a test's process (an API app, a consumer) may create a
+# topic again after the test deleted its own; those were left on the broker run after run.
+_SESSION_PREFIXES: set[str] = set()
+
+
 @pytest.fixture
 def topic_prefix() -> str:
     """A unique prefix so that each test gets its own topics and consumer groups."""
-    return f"t{uuid.uuid4().hex[:10]}"
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    _SESSION_PREFIXES.add(prefix)
+    return prefix
 
 
 @pytest.fixture
@@ -227,6 +237,19 @@ def service_settings(
         **TEST_SIGNING,
         **overrides,
     )
+
+
+def _delete_session_topics(bootstrap: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        names = [t for t in admin.list_topics(timeout=10).topics
+                 if t.split(".", 1)[0] in _SESSION_PREFIXES]  # fmt: skip
+        for future in admin.delete_topics(names, operation_timeout=30).values() if names else ():
+            future.result(timeout=60)
+    except Exception as exc:  # cleanup only
+        print(f"could not delete the session's leftover topics: {exc}")
 
 
 def _delete_topics(bootstrap: str, prefix: str) -> None:
