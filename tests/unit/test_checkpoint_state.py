@@ -8,6 +8,7 @@ Histories are random command streams run through the consumer's own batch logic 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,11 +23,17 @@ from budget_ledger.ledger.state import (
     MAX_MINOR,
     BudgetConfig,
     BudgetState,
+    Monitor,
     Reservation,
     ReservationStatus,
     compact,
 )
-from budget_ledger.projections.checkpoint_state import StateUnreadable, decode_state, encode_state
+from budget_ledger.projections.checkpoint_state import (
+    _CONFIG_KEYS,
+    StateUnreadable,
+    decode_state,
+    encode_state,
+)
 from budget_ledger.projections.replay import BudgetReplay
 
 pytestmark = pytest.mark.unit
@@ -265,3 +272,16 @@ def test_a_tampered_row_after_the_checkpoint_is_the_broken_link(
     resumed = _replay(key, tampered, start)
     assert resumed.broken is not None and resumed.broken.sequence == k + 2
     assert "hash mismatch" in resumed.broken.problem
+
+
+def test_every_field_is_stored() -> None:
+    # Version 2 is positional: a field added to BudgetState (or BudgetConfig) must be added to
+    # encode_state and decode_state, or it would silently decode to its default.
+    monitored = replace(
+        funded_state(), monitors=immutables.Map({"m": Monitor("available", "<", 5, True)})
+    )
+    stored = orjson.loads(encode_state(monitored))
+    assert len(stored) == 1 + len(fields(BudgetState))
+    assert stored[5] == [getattr(monitored.config, f.name) for f in fields(BudgetConfig)]
+    assert tuple(f.name for f in fields(BudgetConfig)) == _CONFIG_KEYS
+    assert decode_state(encode_state(monitored)) == monitored
