@@ -17,6 +17,7 @@ budget, and write them all back: decoding and encoding them were ~15 % of such a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, Final
 
@@ -35,18 +36,8 @@ from budget_ledger.schemas.events import rfc3339_utc
 #: Version of the stored form written; version 1 is still read, anything else is replayed whole.
 VERSION: Final = 2
 _RESERVED = ReservationStatus.RESERVED
-#: A version 1 state's config keys, in `BudgetConfig` order (version 2 stores the values only).
-_CONFIG_KEYS: Final = (
-    "period",
-    "hard_cap",
-    "soft_cap",
-    "soft_threshold_pct",
-    "hard_threshold_pct",
-    "period_allowance",
-    "rollover",
-    "timezone",
-    "reservation_ttl_seconds",
-)
+#: A version 1 state's config keys: `BudgetConfig`'s fields, in order (version 2 stores the values).
+_CONFIG_KEYS: Final = tuple(f.name for f in fields(BudgetConfig))
 # Budgets share a handful of configs: one object per distinct config, so that what is cached by
 # the config's identity (`projections.rows`' JSON of it) is computed once, not once per budget.
 _CONFIGS: dict[tuple[tuple[Any, ...], tuple[type, ...]], BudgetConfig] = {}
