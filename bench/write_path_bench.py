@@ -1,0 +1,114 @@
+"""What each statement of the consumer's batch write costs PostgreSQL a row, by batch size.
+
+    .venv/bin/python -m bench.write_path_bench --database bench_scale_1m   # 20,000 rows, 2 rounds
+
+Reads `--rows` recent ledger rows and as many balance and reservation rows of `--database`
+(next to LEDGER_DATABASE_URL; any ledger the bench filled) and writes them back the way the
+consumer does, in statements of each `--batch` size: the ledger rows through
+`ledger.store.append_ledger_rows` (binary COPY into the partitioned ledger, its indexes and
+`ledger_commands` guard) under a new tenant and topic so that no key collides, all of a size in
+one transaction rolled back (nothing is written); the balance and reservation rows through the
+projections' staging COPY and merge (`projections/queries.sql`), one transaction a statement as
+the consumer commits a batch (the staging tables empty at commit), each row once a size: they
+are rewritten with their own values. Prints the backend's CPU a row (`/proc/<pid>/stat`) per
+statement and size: a per-statement cost shows as a higher figure at small batches, a per-row
+cost as the floor at large ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import psycopg
+
+from bench import procstat
+from bench.scaling import _with_db
+from budget_ledger.ledger.db import copy_rows
+from budget_ledger.ledger.settings import load_settings
+from budget_ledger.ledger.store import append_ledger_rows
+from budget_ledger.projections.store import queries
+
+_LEDGER = (
+    "tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id, currency,"
+    " amount, funded, reserved, charged, available, kafka_topic, kafka_partition, kafka_offset,"
+    " event::text, recorded_at, prev_hash, hash, reason, utilization_bp"
+)
+# The staging layout (`copy_staging_balances`), as the consumer's text COPY sends it.
+_BALANCES = (
+    "tenant_id, budget_id, currency, opened, funded, reserved, charged, available, budget_limit,"
+    " utilization_pct::text, sequence, last_hash, period_start, config::text, updated_at, digits,"
+    " above_soft, above_hard, cap_reached_alerted, snapshot_seq, monitors::text"
+)
+_RESERVATIONS = (
+    "tenant_id, budget_id, ref_id, status, amount, charged, expires_at, command_id, created_seq,"
+    " updated_seq"
+)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--database", required=True)
+    p.add_argument("--rows", type=int, default=20_000)
+    p.add_argument("--batch", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    q = queries()
+    url = _with_db(load_settings().database_url, args.database)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET jit = off")
+        ledger = [
+            # A new tenant, topic and offsets: the same rows again, colliding with nothing.
+            (f"zz-{r[0]}", *r[1:13], "zz.write-path-bench", r[14], i, *r[16:21],
+             None if r[21] is None else int(r[21]))
+            for i, r in enumerate(conn.execute(
+                f"SELECT {_LEDGER} FROM ledger ORDER BY recorded_at DESC LIMIT %s", (args.rows,)))
+        ]  # fmt: skip
+        balances = conn.execute(
+            f"SELECT {_BALANCES} FROM budget_balances LIMIT %s", (args.rows,)
+        ).fetchall()
+        reservations = conn.execute(
+            f"SELECT {_RESERVATIONS} FROM reservations LIMIT %s", (args.rows,)
+        ).fetchall()
+        conn.execute(q["create_staging"])
+        backend = conn.info.backend_pid
+
+        def staged(copy: str, merge: str) -> Callable[[Sequence[Sequence[object]]], None]:
+            def write(rows: Sequence[Sequence[object]]) -> None:
+                with conn.transaction():  # a batch's: the staging table empties at its commit
+                    copy_rows(conn, q[copy], rows)
+                    conn.execute(q[merge])
+
+            return write
+
+        # (rows, one statement's write, rolled back as a whole?)
+        writes: dict[str, tuple[list[tuple[object, ...]], Callable[..., None], bool]] = {
+            "ledger COPY": (ledger, lambda rows: append_ledger_rows(conn, rows), True),
+            "balances COPY + merge": (
+                balances, staged("copy_staging_balances", "merge_balances"), False),
+            "reservations COPY + merge": (
+                reservations, staged("copy_staging_reservations", "merge_reservations"), False),
+        }  # fmt: skip
+        print(f"{len(ledger):,} ledger, {len(balances):,} balance and {len(reservations):,} "
+              "reservation rows; the backend's CPU, µs a row")  # fmt: skip
+        for n in range(1, args.rounds + 1):
+            for name, (rows, write, rolled_back) in writes.items():
+                figures = []
+                for batch in args.batch:
+                    # The ledger's in one transaction rolled back; the others commit a batch each.
+                    scope: AbstractContextManager[object] = (
+                        conn.transaction(force_rollback=True) if rolled_back else nullcontext()
+                    )
+                    with scope:
+                        before = procstat.cpu_ticks(backend) or 0
+                        for i in range(0, len(rows), batch):
+                            write(rows[i : i + batch])
+                        ticks = (procstat.cpu_ticks(backend) or 0) - before
+                    per_row = ticks / procstat.TICK / max(len(rows), 1) * 1e6
+                    figures.append(f"{batch:>5} a statement {per_row:5.1f}")
+                print(f"round {n} {name:26s} " + " | ".join(figures))
+
+
+if __name__ == "__main__":
+    main()
