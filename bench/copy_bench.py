@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import psycopg
 
@@ -23,11 +24,24 @@ from budget_ledger.ledger.db import copy_rows
 from budget_ledger.ledger.settings import load_settings
 from budget_ledger.ledger.store import LEDGER_COPY_TYPES
 
+# The ledger's columns in the consumer's COPY layout (`ledger.store.append_ledger_rows`).
 _COLUMNS = (
     "tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id, currency,"
     " amount, funded, reserved, charged, available, kafka_topic, kafka_partition, kafka_offset,"
     " event, recorded_at, prev_hash, hash, reason, utilization_bp"
 )
+
+
+def recent_ledger_rows(conn: psycopg.Connection[Any], n: int) -> list[tuple[Any, ...]]:
+    """The `n` most recent ledger rows, as the consumer COPYs them (the event as its text)."""
+    return [
+        (*r[:21], None if r[21] is None else int(r[21]))  # utilization_bp: an int, as written
+        for r in conn.execute(
+            f"SELECT {_COLUMNS.replace('event,', 'event::text,')} FROM ledger"
+            " ORDER BY recorded_at DESC LIMIT %s",
+            (n,),
+        )
+    ]
 
 
 def _cpu(pid: int) -> float:
@@ -41,14 +55,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args()
     with psycopg.connect(_with_db(load_settings().database_url, args.database)) as conn:
-        rows = [
-            (*r[:21], None if r[21] is None else int(r[21]))  # utilization_bp: an int, as written
-            for r in conn.execute(
-                f"SELECT {_COLUMNS.replace('event,', 'event::text,')} FROM ledger"
-                " ORDER BY recorded_at DESC LIMIT %s",
-                (args.rows,),
-            )
-        ]
+        rows = recent_ledger_rows(conn, args.rows)
         backend = conn.info.backend_pid
         conn.execute(f"CREATE TEMP TABLE copy_bench AS SELECT {_COLUMNS} FROM ledger LIMIT 0")
         conn.commit()

@@ -24,17 +24,13 @@ from contextlib import AbstractContextManager, nullcontext
 import psycopg
 
 from bench import procstat
+from bench.copy_bench import recent_ledger_rows
 from bench.scaling import _with_db
 from budget_ledger.ledger.db import copy_rows
 from budget_ledger.ledger.settings import load_settings
 from budget_ledger.ledger.store import append_ledger_rows
 from budget_ledger.projections.store import queries
 
-_LEDGER = (
-    "tenant_id, budget_id, sequence, type, command_id, command_fingerprint, ref_id, currency,"
-    " amount, funded, reserved, charged, available, kafka_topic, kafka_partition, kafka_offset,"
-    " event::text, recorded_at, prev_hash, hash, reason, utilization_bp"
-)
 # The staging layout (`copy_staging_balances`), as the consumer's text COPY sends it.
 _BALANCES = (
     "tenant_id, budget_id, currency, opened, funded, reserved, charged, available, budget_limit,"
@@ -60,11 +56,9 @@ def main() -> None:
         conn.execute("SET jit = off")
         ledger = [
             # A new tenant, topic and offsets: the same rows again, colliding with nothing.
-            (f"zz-{r[0]}", *r[1:13], "zz.write-path-bench", r[14], i, *r[16:21],
-             None if r[21] is None else int(r[21]))
-            for i, r in enumerate(conn.execute(
-                f"SELECT {_LEDGER} FROM ledger ORDER BY recorded_at DESC LIMIT %s", (args.rows,)))
-        ]  # fmt: skip
+            (f"zz-{r[0]}", *r[1:13], "zz.write-path-bench", r[14], i, *r[16:])
+            for i, r in enumerate(recent_ledger_rows(conn, args.rows))
+        ]
         balances = conn.execute(
             f"SELECT {_BALANCES} FROM budget_balances LIMIT %s", (args.rows,)
         ).fetchall()
