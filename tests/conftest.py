@@ -62,7 +62,7 @@ def kafka_bootstrap() -> Iterator[str]:
     prefix it handed out are deleted (those a test made after its own clean-up included)."""
     if bootstrap := os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
         yield bootstrap
-        _delete_session_topics(bootstrap)
+        _delete_topics(bootstrap, *_SESSION_PREFIXES)
     elif _docker_answers():
         from testcontainers.kafka import KafkaContainer
 
@@ -71,7 +71,7 @@ def kafka_bootstrap() -> Iterator[str]:
     else:
         _start_local("kafka.sh")
         yield LOCAL_KAFKA
-        _delete_session_topics(LOCAL_KAFKA)
+        _delete_topics(LOCAL_KAFKA, *_SESSION_PREFIXES)
 
 
 @pytest.fixture(scope="session")
@@ -193,12 +193,18 @@ def _drop_database(dsn: str, name: str) -> None:
 _SESSION_PREFIXES: set[str] = set()
 
 
-@pytest.fixture
-def topic_prefix() -> str:
-    """A unique prefix so that each test gets its own topics and consumer groups."""
+def new_prefix() -> str:
+    """A new prefix of a test's topics and consumer groups (its topics are deleted at the end of
+    the session at the latest)."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     _SESSION_PREFIXES.add(prefix)
     return prefix
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A unique prefix so that each test gets its own topics and consumer groups."""
+    return new_prefix()
 
 
 @pytest.fixture
@@ -239,28 +245,16 @@ def service_settings(
     )
 
 
-def _delete_session_topics(bootstrap: str) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        names = [t for t in admin.list_topics(timeout=10).topics
-                 if t.split(".", 1)[0] in _SESSION_PREFIXES]  # fmt: skip
-        for future in admin.delete_topics(names, operation_timeout=30).values() if names else ():
-            future.result(timeout=60)
-    except Exception as exc:  # cleanup only
-        print(f"could not delete the session's leftover topics: {exc}")
-
-
-def _delete_topics(bootstrap: str, prefix: str) -> None:
+def _delete_topics(bootstrap: str, *prefixes: str) -> None:
     # Every test makes its own topics (4 x 4 partitions and more): kept, they pile up run after
     # run on the shared broker until its heap is exhausted (15,000 partitions took 512 MB).
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     try:
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{prefix}.")]
-        for future in admin.delete_topics(names, operation_timeout=10).values() if names else ():
-            future.result(timeout=15)
+        names = [t for t in admin.list_topics(timeout=10).topics
+                 if t.split(".", 1)[0] in prefixes]  # fmt: skip
+        for future in admin.delete_topics(names, operation_timeout=30).values() if names else ():
+            future.result(timeout=60)
     except Exception as exc:  # cleanup only: a broker a test left down must not fail the test
-        print(f"could not delete the topics of {prefix}: {exc}")
+        print(f"could not delete the topics of {', '.join(sorted(prefixes))}: {exc}")

@@ -4,7 +4,6 @@ consumer that has applied a first stream of commands."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import psycopg
 
 from budget_ledger.entrypoints.api.keys import create_key
 from budget_ledger.ledger.settings import Settings
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.conftest import _delete_topics, cloned_database, new_prefix, service_settings
 from tests.integration.support import ledger_count, produce, running_consumer, wait_for
 
 # (label, tenant or None for a platform key, scopes[, the key's name: the label if left out])
@@ -37,11 +36,6 @@ class World:
 
     settings: Settings
     keys: dict[str, str]
-
-
-def new_prefix() -> str:
-    """A new prefix of a test's topics and consumer groups."""
-    return f"t{uuid.uuid4().hex[:10]}"
 
 
 def make_keys(database_url: str, specs: Sequence[KeySpec]) -> dict[str, str]:

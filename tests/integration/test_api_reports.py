@@ -39,7 +39,7 @@ from budget_ledger.projections.readers import create_reader
 from budget_ledger.projections.reports import REFUSAL_REASONS, current_period, tenant_reports
 from budget_ledger.schemas.events import ALERT_TYPES, EVENT_TYPES
 from budget_ledger.schemas.money import to_minor
-from tests.conftest import _delete_topics, as_login, cloned_database, service_settings
+from tests.conftest import _delete_topics, as_login, cloned_database, new_prefix, service_settings
 from tests.integration.support import (
     cli,
     cli_env,
@@ -83,7 +83,7 @@ class World:
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
+    prefix = new_prefix()
     with cloned_database(pg_admin_dsn, template_database) as url:
         settings = service_settings(kafka_bootstrap, url, prefix, app_login, currencies=CURRENCIES)
         try:

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from budget_ledger.entrypoints.api.app import create_app
 from budget_ledger.entrypoints.api.keys import create_key
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.schemas.codec import make_alert_id
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.conftest import _delete_topics, cloned_database, new_prefix, service_settings
 from tests.integration.support import (
     fund,
     ledger_count,
@@ -117,7 +116,7 @@ class ServerThread:
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
+    prefix = new_prefix()
     with cloned_database(pg_admin_dsn, template_database) as db:
         settings = service_settings(
             kafka_bootstrap, db, prefix, app_login, webhook_allow_private=True

@@ -6,7 +6,6 @@ rebuild agree; and the HTTP endpoints publish and read monitors."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections.rebuild import rebuild
 from budget_ledger.projections.reconcile import reconcile
 from budget_ledger.projections.reconcile_options import ReconcileOptions
-from tests.conftest import _delete_topics, cloned_database, service_settings
+from tests.conftest import _delete_topics, cloned_database, new_prefix, service_settings
 from tests.integration.support import (
     _cmd,
     fund,
@@ -53,7 +52,7 @@ class World:
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
+    prefix = new_prefix()
     with cloned_database(pg_admin_dsn, template_database) as url:
         settings = service_settings(kafka_bootstrap, url, prefix, app_login)
         with psycopg.connect(url) as conn:

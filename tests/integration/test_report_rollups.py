@@ -36,7 +36,7 @@ from budget_ledger.projections import reports
 from budget_ledger.projections.api_reads import BudgetView, bind_tenant, get_budget
 from budget_ledger.projections.readers import create_reader
 from budget_ledger.projections.reports import PERIODS, RangeSpec, budget_report, tenant_reports
-from tests.conftest import _delete_topics, as_login, cloned_database, service_settings
+from tests.conftest import _delete_topics, as_login, cloned_database, new_prefix, service_settings
 from tests.integration.support import cli, ledger_count, produce, running_consumer, wait_for
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ class World:
 def world(
     kafka_bootstrap: str, pg_admin_dsn: str, template_database: str, app_login: tuple[str, str]
 ) -> Iterator[World]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
+    prefix = new_prefix()
     with cloned_database(pg_admin_dsn, template_database) as url:
         s = service_settings(kafka_bootstrap, url, prefix, app_login, currencies=CURRENCIES)
         try:

@@ -25,7 +25,8 @@ from budget_ledger.consumers.webhook_deliverer import Deliverer
 from budget_ledger.entrypoints.api.app import create_app
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.schemas.codec import make_alert_id
-from tests.integration.api_world import KeySpec, Services, api_world, new_prefix
+from tests.conftest import new_prefix
+from tests.integration.api_world import KeySpec, Services, api_world
 from tests.integration.support import scalar, wait_for
 
 pytestmark = pytest.mark.integration
