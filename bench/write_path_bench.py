@@ -13,6 +13,12 @@ the consumer commits a batch (the staging tables empty at commit), each row once
 are rewritten with their own values. Prints the backend's CPU a row (`/proc/<pid>/stat`) per
 statement and size: a per-statement cost shows as a higher figure at small batches, a per-row
 cost as the floor at large ones.
+
+`--ledger-parts` instead times the ledger COPY (statements of 1,000 rows) with each of its
+indexes, or its `ledger_commands` guard, dropped inside the transaction that is rolled back
+(nothing changes; the partition and `ledger_commands` are vacuumed before each measure, since
+the rolled-back rows of the one before would otherwise slow the next): what each costs a row
+is the difference from "all".
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import psycopg
+from psycopg import sql
 
 from bench import procstat
 from bench.copy_bench import recent_ledger_rows
@@ -49,6 +56,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=20_000)
     p.add_argument("--batch", type=int, nargs="+", default=[10, 100, 1000])
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--ledger-parts", action="store_true", help="what each ledger index costs")
     args = p.parse_args()
     q = queries()
     url = _with_db(load_settings().database_url, args.database)
@@ -59,6 +67,9 @@ def main() -> None:
             (f"zz-{r[0]}", *r[1:13], "zz.write-path-bench", r[14], i, *r[16:])
             for i, r in enumerate(recent_ledger_rows(conn, args.rows))
         ]
+        if args.ledger_parts:
+            _ledger_parts(conn, ledger, args.rounds)
+            return
         balances = conn.execute(
             f"SELECT {_BALANCES} FROM budget_balances LIMIT %s", (args.rows,)
         ).fetchall()
@@ -102,6 +113,46 @@ def main() -> None:
                     per_row = ticks / procstat.TICK / max(len(rows), 1) * 1e6
                     figures.append(f"{batch:>5} a statement {per_row:5.1f}")
                 print(f"round {n} {name:26s} " + " | ".join(figures))
+
+
+# What the ledger's write maintains besides its heap (migrations 001, 008): each dropped in turn.
+_LEDGER_PARTS: dict[str, str | None] = {
+    "all": None,
+    "without ledger_pkey (Kafka position)": "ALTER TABLE ledger DROP CONSTRAINT ledger_pkey",
+    "without the partition's sequence key": "ALTER TABLE {part} DROP CONSTRAINT {key}",
+    "without ledger_budget_pages": "DROP INDEX ledger_budget_pages",
+    "without ledger_config_events": "DROP INDEX ledger_config_events",
+    "without ledger_recorded_at_brin": "DROP INDEX ledger_recorded_at_brin",
+    "without the ledger_commands guard": "DROP TRIGGER ledger_commands_guard ON ledger",
+}
+
+
+def _ledger_parts(conn: psycopg.Connection, rows: list[tuple[object, ...]], rounds: int) -> None:
+    """The ledger COPY's backend CPU a row with each part dropped (rolled back), by round."""
+    found = conn.execute(
+        "SELECT tableoid::regclass::text FROM ledger ORDER BY recorded_at DESC LIMIT 1"
+    ).fetchone()
+    if found is None:
+        raise SystemExit("the ledger is empty")
+    part = found[0]
+    key = sql.Identifier(f"{part}_sequence_key")
+    backend = conn.info.backend_pid
+    figures: dict[str, list[float]] = {name: [] for name in _LEDGER_PARTS}
+    for _ in range(rounds):
+        for name, ddl in _LEDGER_PARTS.items():
+            conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(part)))
+            conn.execute("VACUUM ledger_commands")
+            with conn.transaction(force_rollback=True):
+                if ddl is not None:
+                    conn.execute(sql.SQL(ddl).format(part=sql.Identifier(part), key=key))
+                before = procstat.cpu_ticks(backend) or 0
+                for i in range(0, len(rows), 1000):
+                    append_ledger_rows(conn, rows[i : i + 1000])
+                ticks = (procstat.cpu_ticks(backend) or 0) - before
+            figures[name].append(ticks / procstat.TICK / max(len(rows), 1) * 1e6)
+    print(f"{len(rows):,} ledger rows into {part}, 1,000 a COPY; the backend's CPU, µs a row")
+    for name, values in figures.items():
+        print(f"{name:40s} " + " ".join(f"{v:5.1f}" for v in values))
 
 
 if __name__ == "__main__":
