@@ -22,11 +22,14 @@ from confluent_kafka import Producer
 from budget_ledger.consumers.kafka_config import PARTITIONER, client_config
 from budget_ledger.ledger.settings import load_settings
 
+#: A message's headers as confluent-kafka takes them.
+Headers = list[tuple[str, str | bytes | None]]
 
-def _message(line: bytes) -> tuple[bytes, bytes, list[tuple[str, bytes]] | None]:
+
+def _message(line: bytes) -> tuple[bytes, bytes, Headers | None]:
     # key TAB value [TAB headers]: a signed (privileged) command carries its headers as JSON.
     key, value, *rest = line.split(b"\t", 2)
-    headers = [(k, v.encode()) for k, v in orjson.loads(rest[0])] if rest else None
+    headers: Headers | None = [(k, v.encode()) for k, v in orjson.loads(rest[0])] if rest else None
     return key, value, headers
 
 

@@ -138,7 +138,7 @@ def report(
     peers: list[peer.PeerResult],
 ) -> bool:
     """Print the table (or with --json, the JSON document) of a run; whether all verified."""
-    verified = all(r.verified for r in [*results, *peers])
+    verified = all(r.verified for r in results) and all(p.verified for p in peers)
     thr = next((r for r in results if r.mode == "throughput"), None)
     lat = next((r for r in results if r.mode == "latency"), None)
     busy = next((r for r in results if r.mode == "latency-busy"), None)

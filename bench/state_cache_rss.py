@@ -138,8 +138,8 @@ def run_once(args: argparse.Namespace, cache: int) -> dict[str, Any]:
             while done >= next_sample > 0 and len(samples) < 10:
                 samples.append({
                     "commands_applied": done,
-                    "rss_mb": round(_rss_kb(consumer.pid) / 1024, 1),  # type: ignore[union-attr]
-                    "peak_rss_mb": round(vm_hwm_kb(consumer.pid) / 1024, 1),  # type: ignore[union-attr]
+                    "rss_mb": round(_rss_kb(consumer.pid) / 1024, 1),
+                    "peak_rss_mb": round(vm_hwm_kb(consumer.pid) / 1024, 1),
                     "seconds": round(time.monotonic() - started, 1),
                 })  # fmt: skip
                 next_sample += total // 10

@@ -20,7 +20,7 @@ if (($# == 0)) && [[ "${LEDGER_SKIP_STATIC:-0}" != 1 ]]; then
     # Markdown, where the docs align comments on purpose.
     echo "== ruff format --check (Python files)" >&2
     "$VENV/bin/ruff" format --check --exclude '*.md' .
-    echo "== mypy --strict -p budget_ledger" >&2
+    echo "== mypy --strict -p budget_ledger -p bench" >&2
     bash "$HERE/typecheck.sh"
 fi
 

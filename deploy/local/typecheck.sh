@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# mypy --strict on the one import package, budget_ledger. Its subpackages are the top folders
+# mypy --strict on the one import package, budget_ledger, and on the benchmarks (bench/, run from
+# the repository's root as `python -m bench...`). The package's subpackages are the top folders
 # (ledger/, schemas/, ...) mapped by pyproject.toml's package-dir; Python finds them through
 # setuptools' editable import hook, which mypy (like every static tool) cannot run. So mypy reads
 # a view instead: .typecheck/budget_ledger/<pkg> -> ../../<pkg> (symlinks, remade on every run,
@@ -34,5 +35,5 @@ done
 
 # mypy_path = ".typecheck" in pyproject.toml; `-p` checks the package and every module under it.
 rc=0
-"$VENV/bin/mypy" -p budget_ledger "$@" | sed -E "s#^\.typecheck/budget_ledger/([a-z_]+/)#\1#; s#^\.typecheck/##" || rc=$?
+"$VENV/bin/mypy" -p budget_ledger -p bench "$@" | sed -E "s#^\.typecheck/budget_ledger/([a-z_]+/)#\1#; s#^\.typecheck/##" || rc=$?
 exit "$rc"
