@@ -28,18 +28,23 @@ pytestmark = pytest.mark.integration
 
 
 def test_sweeper_expires_reservations_through_the_budgets_partition(settings: Settings) -> None:
-    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    # 3 s ahead: a consumer slow to join its group must still take the reservation before it
+    # expires (with 1 s, one CI run's sweep found nothing to expire).
+    soon = datetime.now(UTC) + timedelta(seconds=3)
     commands = [
         open_budget("acme", "b1", "open-1", period="monthly", timezone="Africa/Harare"),
         fund("acme", "b1", "fund-1", "50.00"),
-        reserve("acme", "b1", "res-1", "20.00", "r1", expires_at=soon),
+        reserve("acme", "b1", "res-1", "20.00", "r1", expires_at=soon.isoformat()),
         reserve("acme", "b1", "res-2", "5.00", "r2"),
     ]
     producer = Producer(producer_config(settings))
     with running_consumer(settings, relay=False):
         produce(settings, commands)
         wait_for(lambda: ledger_count(settings.database_url) == 4, what="4 events")
-        time.sleep(1.2)
+        assert scalar(settings.database_url, "SELECT type FROM ledger WHERE sequence = 3") == (
+            "funds_reserved"
+        )
+        time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.2)
         assert sweep_once(settings, producer) == 1
         wait_for(lambda: ledger_count(settings.database_url) == 5, what="the expiry event")
         # A second sweep finds nothing more to expire.
