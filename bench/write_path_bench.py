@@ -24,6 +24,7 @@ is the difference from "all".
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -106,13 +107,23 @@ def main() -> None:
                         conn.transaction(force_rollback=True) if rolled_back else nullcontext()
                     )
                     with scope:
-                        before = procstat.cpu_ticks(backend) or 0
-                        for i in range(0, len(rows), batch):
-                            write(rows[i : i + batch])
-                        ticks = (procstat.cpu_ticks(backend) or 0) - before
-                    per_row = ticks / procstat.TICK / max(len(rows), 1) * 1e6
+                        per_row = _backend_us_a_row(backend, rows, write, batch)
                     figures.append(f"{batch:>5} a statement {per_row:5.1f}")
                 print(f"round {n} {name:26s} " + " | ".join(figures))
+
+
+def _backend_us_a_row(
+    backend: int,
+    rows: Sequence[tuple[object, ...]],
+    write: Callable[[Sequence[tuple[object, ...]]], None],
+    batch: int,
+) -> float:
+    """Write `rows` in statements of `batch`; the backend's CPU a row, in µs."""
+    before = procstat.cpu_ticks(backend) or 0
+    for i in range(0, len(rows), batch):
+        write(rows[i : i + batch])
+    ticks = (procstat.cpu_ticks(backend) or 0) - before
+    return ticks / procstat.TICK / max(len(rows), 1) * 1e6
 
 
 # What the ledger's write maintains besides its heap (migrations 001, 008): each dropped in turn.
@@ -145,11 +156,8 @@ def _ledger_parts(conn: psycopg.Connection, rows: list[tuple[object, ...]], roun
             with conn.transaction(force_rollback=True):
                 if ddl is not None:
                     conn.execute(sql.SQL(ddl).format(part=sql.Identifier(part), key=key))
-                before = procstat.cpu_ticks(backend) or 0
-                for i in range(0, len(rows), 1000):
-                    append_ledger_rows(conn, rows[i : i + 1000])
-                ticks = (procstat.cpu_ticks(backend) or 0) - before
-            figures[name].append(ticks / procstat.TICK / max(len(rows), 1) * 1e6)
+                write = functools.partial(append_ledger_rows, conn)
+                figures[name].append(_backend_us_a_row(backend, rows, write, 1000))
     print(f"{len(rows):,} ledger rows into {part}, 1,000 a COPY; the backend's CPU, µs a row")
     for name, values in figures.items():
         print(f"{name:40s} " + " ".join(f"{v:5.1f}" for v in values))
