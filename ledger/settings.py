@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # memory while the consumer has a backlog (docs/scaling.md, "Consumer memory").
     kafka_fetch_queue_kb: int = Field(default=8_192, ge=1_024, le=2_097_151)
     kafka_fetch_queue_messages: int = Field(default=10_000, ge=1_000, le=10_000_000)
+    # How long the broker may hold the consumer's fetch for 64 KB to gather (librdkafka
+    # fetch.wait.max.ms): longer means fewer, larger batches at moderate rates, so less CPU a
+    # command everywhere, for at most that much latency (docs/performance.md, "Fetch wait").
+    kafka_fetch_wait_ms: int = Field(default=15, ge=1, le=500)
     # How soon the group notices a dead consumer and hands its partitions to the others.
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     # Static group membership (Kafka group.instance.id), empty = off: a member restarted with

@@ -245,9 +245,10 @@ def test_a_json_setting_that_does_not_parse_is_a_one_line_error_without_its_valu
     assert "s3cret" not in str(caught.value)
 
 
-def test_the_command_consumers_prefetch_queue_is_bounded_by_its_settings(
+def test_the_command_consumers_prefetch_queue_and_fetch_wait_follow_its_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("LEDGER_KAFKA_FETCH_WAIT_MS", raising=False)
     monkeypatch.delenv("LEDGER_KAFKA_FETCH_QUEUE_MESSAGES", raising=False)
     monkeypatch.delenv("LEDGER_KAFKA_FETCH_QUEUE_KB", raising=False)
     defaults = command_consumer_config(load_settings())
@@ -261,5 +262,11 @@ def test_the_command_consumers_prefetch_queue_is_bounded_by_its_settings(
     assert (tuned["queued.min.messages"], tuned["queued.max.messages.kbytes"]) == (4_000, 2_048)
     with pytest.raises(SettingsError):
         load_settings(kafka_fetch_queue_messages=10)
+    # The broker holds a fetch for 64 KB at most this long (docs/performance.md, "Fetch wait").
+    assert defaults["fetch.wait.max.ms"] == 15
+    monkeypatch.setenv("LEDGER_KAFKA_FETCH_WAIT_MS", "5")
+    assert command_consumer_config(load_settings())["fetch.wait.max.ms"] == 5
+    with pytest.raises(SettingsError):
+        load_settings(kafka_fetch_wait_ms=0)
     # librdkafka accepts the properties (its constructor checks names and ranges; no broker).
     Consumer({**tuned, "bootstrap.servers": "127.0.0.1:1"}).close()
