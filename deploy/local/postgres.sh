@@ -144,6 +144,10 @@ configure_cluster() {
     cat >"$tmp" <<EOF
 # Managed by deploy/local/postgres.sh — rewritten on every start.
 listen_addresses = '${HOST}'
+# Loopback only: TLS would encrypt traffic that never leaves the host, at ~10 us of CPU a
+# command on each side at 5,000 commands/s (docs/performance.md, "TLS on loopback"). Debian's
+# default is on. A real deployment keeps TLS: sslmode=verify-full in the URLs (docs/security.md).
+ssl = off
 max_connections = 200
 # A quarter of the machine's memory, at most 4 GB (${buffers} MB here): the balance rows, the
 # checkpoints and the recent ledger stay in PostgreSQL's own cache; 512 MB re-read them from the
