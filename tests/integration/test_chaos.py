@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -132,6 +133,7 @@ class Chaos:
         # A broker restart takes 6-40 s on a loaded machine: it runs beside the fault plan, so
         # the plan keeps its timing and the run stays bounded.
         self.restarting: threading.Thread | None = None
+        self.restarted = False  # whether the last restart thread's start succeeded
         self.revive_at: dict[str, float] = {}
 
     def plan(self, seconds: float) -> list[tuple[float, str]]:
@@ -148,15 +150,28 @@ class Chaos:
         """Bring back what is due: a killed broker after a few seconds, killed processes."""
         now = time.monotonic()
         if self.broker_down and now >= self.broker_down[1] and self.restarting is None:
-            self.restarting = threading.Thread(target=start_brokers, args=(self.broker_down[0],))
+            self.restarting = threading.Thread(target=self._restart, args=(self.broker_down[0],))
             self.restarting.start()
         if self.restarting is not None and not self.restarting.is_alive():
             self.restarting = None
-            self.broker_down = None
+            if self.restarted or self.broker_down is None:
+                self.broker_down = None
+            else:  # the start failed (seen once: a node still in recovery): try again soon
+                self.broker_down = (self.broker_down[0], now + 2.0)
+                self.counts["broker_restart_retried"] += 1
         for name, at in list(self.revive_at.items()):
             if now >= at:
                 self.procs.start(name, *self.procs.args[name])
                 del self.revive_at[name]
+
+    def _restart(self, node: int) -> None:
+        """The restart thread: a failed start is noted for `housekeeping`, never raised."""
+        self.restarted = False
+        try:
+            start_brokers(node)
+            self.restarted = True
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"broker {node} did not start, will retry: {str(exc)[:300]}")
 
     def inject(self, kind: str) -> None:
         """One fault of `kind`."""
