@@ -9,7 +9,7 @@ hold right now, and a `Reservation` has a ``reserved_amount``, a ``charged_amoun
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Final
@@ -204,7 +204,21 @@ def compact(state: BudgetState, refs: Iterable[str] | None = None) -> BudgetStat
     kept = held.mutate()
     for ref in gone:
         del kept[ref]
-    return replace(state, reservations=kept.finish())
+    return with_reservations(state, kept.finish())
+
+
+def with_reservations(
+    state: BudgetState, reservations: immutables.Map[str, Reservation]
+) -> BudgetState:
+    """``state`` with another reservations map (the consumer's per-batch compaction and
+    settled look-up). Positional: `dataclasses.replace` costs ~2.6 us more a call."""
+    s = state
+    return BudgetState(
+        s.tenant_id, s.budget_id, s.opened, s.currency, s.config, s.funded_in_period,
+        s.reserved_total, s.charged_in_period, s.sequence, s.last_hash, s.period_start,
+        reservations, s.cap_reached_alerted, s.digits, s.expiring, s.above_soft, s.above_hard,
+        s.monitors,
+    )  # fmt: skip
 
 
 def limit_of(config: BudgetConfig | None, funded: int) -> int:

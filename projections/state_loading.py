@@ -12,7 +12,6 @@ batch, only for the refs the batch's commands name.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -24,7 +23,13 @@ import psycopg
 from budget_ledger.ledger.budget import BudgetConfig, BudgetState, initial_state
 from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.sql import load_queries
-from budget_ledger.ledger.state import Monitor, Reservation, ReservationStatus, compact
+from budget_ledger.ledger.state import (
+    Monitor,
+    Reservation,
+    ReservationStatus,
+    compact,
+    with_reservations,
+)
 from budget_ledger.ledger.store import load_budgets
 
 BudgetKey = tuple[str, str]
@@ -127,7 +132,7 @@ def with_settled(state: BudgetState, settled: Iterable[Reservation]) -> BudgetSt
             merged[res.ref_id] = res
     if len(merged) == len(held):
         return state
-    return replace(state, reservations=merged.finish())
+    return with_reservations(state, merged.finish())
 
 
 def load_states(

@@ -1,4 +1,5 @@
-"""`evolve` carries every `BudgetState` field it does not compute, and fails loudly on bad events.
+"""`evolve` (and `with_reservations`) carry every `BudgetState` field they do not compute, and
+`evolve` fails loudly on bad events.
 
 Each field the evolver neither reads nor sets is replaced by a unique marker object; after the
 event the very same object must still be there. A field added to `BudgetState` later is covered
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from budget_ledger.ledger.budget import BudgetConfig, BudgetState, evolve
 from budget_ledger.ledger.events import LedgerEvent
-from budget_ledger.ledger.state import config_data
+from budget_ledger.ledger.state import config_data, with_reservations
 from budget_ledger.schemas.commands import Command
 from tests.unit.test_budget_rules import cmd, fund, open_, reserve, run
 
@@ -77,6 +78,20 @@ def test_every_other_field_survives(
     lost = [name for name, marker in markers.items() if getattr(after, name) is not marker]
     assert not lost, f"{event.type} reset {lost}"
     assert (after.sequence, after.last_hash) == (event.sequence, event.hash)
+
+
+def test_with_reservations_carries_every_other_field() -> None:
+    """Its positional constructor names every field: one added later and left out would fall
+    back to its default, and its marker would be lost."""
+    state, _, _ = run(open_(), fund("10.00"), reserve("r1", "9.00"))
+    markers: dict[str, Any] = {
+        f.name: _Marker(f.name) for f in fields(BudgetState) if f.name != "reservations"
+    }
+    new_map = state.reservations.delete("r1")
+    after = with_reservations(replace(state, **markers), new_map)
+    lost = [name for name, marker in markers.items() if getattr(after, name) is not marker]
+    assert not lost, f"with_reservations reset {lost}"
+    assert after.reservations is new_map
 
 
 def test_a_refusal_keeps_real_values() -> None:
