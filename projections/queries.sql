@@ -295,7 +295,7 @@ WITH RECURSIVE in_ledger AS (
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
 )
 SELECT b.tenant_id, b.budget_id, c.sequence, c.hash, c.state, c.recorded_at,
-       false AS from_window, NULL::text AS base_hash,
+       false AS from_window,
        p.tenant_id, p.funded, p.reserved, p.charged, p.available,
        json_build_array(p.currency, p.opened, p.budget_limit, p.utilization_pct::text,
                         p.sequence, p.last_hash, p.period_start, p.config, p.digits,
@@ -333,10 +333,10 @@ LIMIT 1
 -- row is not its checkpoint (new rows, rows lost, or the checkpointed row rewritten) or its
 -- balance row's sequence is not the checkpoint's (a cheap extra trigger: it can only add
 -- budgets to replay). The budgets the last run found drifting are
--- always kept (reported until fixed). For each kept budget whose new rows are all in the range
--- (from_window), the hash of its checkpointed row (one index probe, by its sequence and
--- recorded_at, so one partition is read; NULL when the row is gone): its new rows come from
--- reconcile_rows_since, not from one read per budget. The balance row comes
+-- always kept (reported until fixed). A kept budget whose new rows are all in the range
+-- (from_window) has them read by reconcile_rows_since, with its checkpointed row when that
+-- lies in the range too; no row before the range is read (its checkpointed row then neither:
+-- checked by --full, like every row before it; docs/reconciler.md). The balance row comes
 -- as the seven columns of reconcile_balances (NULLs without one), then the budget's OPEN
 -- reservations as one JSON array of reconcile_reservations arrays (NULL: none; through the
 -- partial index reservations_open_by_budget). A row written with an old
@@ -392,7 +392,7 @@ WITH candidates AS (
     LEFT JOIN budget_balances p ON p.tenant_id = d.tenant_id AND p.budget_id = d.budget_id
 )
 SELECT k.tenant_id, k.budget_id, k.sequence, k.hash, k.state, k.recorded_at, k.from_window,
-       base.hash, k.p_tenant, k.funded, k.reserved, k.charged, k.available, k.balance,
+       k.p_tenant, k.funded, k.reserved, k.charged, k.available, k.balance,
        (SELECT json_agg(json_build_array(
                    r.ref_id, r.status, r.amount, r.charged,
                    to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
@@ -401,28 +401,12 @@ SELECT k.tenant_id, k.budget_id, k.sequence, k.hash, k.state, k.recorded_at, k.f
         WHERE r.tenant_id = k.tenant_id AND r.budget_id = k.budget_id
           AND r.status = 'reserved') AS open_reservations
 FROM kept k
-LEFT JOIN LATERAL (SELECT CASE
-                       -- Stored in seal_body's layout (migration 024): the hash is the 64
-                       -- bytes before the closing '"}', preceded by ',"hash":"'. Cut out by
-                       -- byte offsets, not parsed (->> on json parses the whole event: ~3x).
-                       WHEN substring(textsend(l.event::text)
-                                      FROM octet_length(l.event::text) - 74 FOR 9)
-                            = '\x2c2268617368223a22'::bytea
-                       THEN encode(substring(textsend(l.event::text)
-                                             FROM octet_length(l.event::text) - 65 FOR 64),
-                                   'escape')
-                       ELSE l.event->>'hash' END AS hash
-                   FROM ledger l
-                   WHERE l.tenant_id = k.tenant_id AND l.budget_id = k.budget_id
-                     AND k.from_window AND l.sequence = k.sequence
-                     AND l.recorded_at >= k.recorded_at - %(margin)s::interval
-                     AND l.recorded_at <= k.recorded_at + %(margin)s::interval
-                   LIMIT 1) AS base ON true
 
 -- name: reconcile_rows_since
 -- The new rows of the budgets replayed from their checkpoint, in ONE pass over the range the
 -- candidates came from (recorded_at >= %(since)s: the partitions written since), each
--- budget's rows after its checkpointed sequence; same columns as reconcile_ledger_scan. No ORDER
+-- budget's rows from its checkpointed sequence on (the checkpointed row itself when it lies in
+-- the range: the replay checks its hash); same columns as reconcile_ledger_scan. No ORDER
 -- BY (no sort): the replay applies each budget's rows in sequence order whatever order they
 -- come in (an early row is held until its predecessor came), as in a full run's physical scan.
 -- The bound is a constant, so the plan holds only the partitions written since (the
@@ -434,7 +418,7 @@ SELECT l.tenant_id, l.budget_id, l.sequence, l.type, l.funded, l.reserved, l.cha
 FROM ledger l
 JOIN (SELECT e->>0 AS tenant_id, e->>1 AS budget_id, (e->>2)::bigint AS after
       FROM json_array_elements(%(keys)s::json) AS e) AS t
-  ON l.tenant_id = t.tenant_id AND l.budget_id = t.budget_id AND l.sequence > t.after
+  ON l.tenant_id = t.tenant_id AND l.budget_id = t.budget_id AND l.sequence >= t.after
 WHERE l.recorded_at >= %(since)s
 
 -- name: summarize_new_ranges

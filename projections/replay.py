@@ -10,7 +10,7 @@ budget, never the end of the whole replay.
 A replay may start from a verified state at the budget's reconcile checkpoint
 (`BudgetReplay.start_at_checkpoint`, incremental runs): it is then fed the checkpointed row,
 which must still carry the checkpointed hash, and the rows after it (or only the rows after it,
-when the caller already checked that row's hash and set `base_seen`). Anything else (the
+when that row lies before the range an incremental run reads: `base_trusted`). Anything else (the
 checkpointed row changed or gone) falls back to an ordered re-read of the whole history, which
 names the broken link exactly as a full run does.
 
@@ -82,6 +82,7 @@ class BudgetReplay:
         "balance",
         "base",
         "base_seen",
+        "base_trusted",
         "bounded",
         "broken",
         "checkpoint",
@@ -130,9 +131,11 @@ class BudgetReplay:
         # Full runs: the state stored at the checkpoint, checked when the replay reaches it.
         self.checkpoint_state: str | None = None
         # Started from the checkpoint's state: its sequence (0: replayed from the first event),
-        # and whether the checkpointed row was seen with its hash.
+        # whether the checkpointed row was seen with its hash, and whether it need not be (it
+        # lies before the range an incremental run reads; checked if it comes all the same).
         self.base = 0
         self.base_seen = False
+        self.base_trusted = False
         # Reservations settled at or before this sequence were verified by an earlier run: the
         # drift check leaves them out (and their projection rows are not read).
         self.settled_after = 0
@@ -189,11 +192,16 @@ class BudgetReplay:
 
     def lost_base(self) -> bool:
         """After the scan: started from a checkpoint whose row never came (deleted, or the
-        ledger ends before it); marks the budget for the ordered re-read."""
-        if self.base and not self.base_seen and not self.reread:
-            self._reread()
-            return True
-        return False
+        ledger ends before it), or was not read (`base_trusted`) and no row after it came
+        (the run expected some) or they broke (the checkpointed row may be what changed);
+        marks the budget for the ordered re-read, which names the first broken link as a full
+        run does."""
+        if not self.base or self.base_seen or self.reread:
+            return False
+        if self.base_trusted and self.events and self.broken is None:
+            return False  # the rows after it linked to the checkpointed hash
+        self._reread()
+        return True
 
     def unseen_rows(self) -> bool:
         """After a bounded scan: rows may lie outside the bound (a gap in the rows read, or

@@ -8,13 +8,13 @@ the budgets that need it, then reads the projections in the same snapshot and co
 Incremental mode (`ReconcileOptions.incremental`) reads only the budgets whose ledger moved past
 their checkpoint: among the budgets of rows recorded since the last run began, minus a margin
 (`reconcile_touched_since`: one set-based query over a BRIN range of the ledger, which also
-brings each kept budget's checkpoint, balance row and the stored hash of its checkpointed row),
+brings each kept budget's checkpoint and balance row),
 plus those the last run found drifting; the first run ever probes every budget
 (`reconcile_touched_budgets`). A touched budget with a stored checkpoint state is replayed from
-it: its new rows come from one statement for the shard over that same range
-(`reconcile_rows_since`, a hash join), except for the budgets the last run found drifting,
-read by an index range scan from the checkpointed row (`reconcile_events_of`; from the first
-event without a usable state).
+it: its new rows (and its checkpointed row, when recorded in the range) come from one
+statement for the shard over that same range (`reconcile_rows_since`, a hash join), except for
+the budgets the last run found drifting, read by an index range scan from the checkpointed row
+(`reconcile_events_of`; from the first event without a usable state).
 Then its projection rows are compared (for one replayed from its checkpoint: the balance row,
 its open reservations and those its new events settled). The other budgets are counted as
 skipped, their rows never read.
@@ -136,8 +136,8 @@ def replay_shard(
                         {"keys": _json([[k[0], k[1]] for k in touched])},
                     ):
                         seals[(r[0], r[1])] = LegacySeal(r[2], r[3], r[4], r[5])
-                reads, streamed, whole = _plan_reads(touched, opts, new, budgets, checkpoints,
-                                                     result)  # fmt: skip
+                reads, streamed, whole = _plan_reads(touched, since, opts, new, budgets,
+                                                     checkpoints, result)  # fmt: skip
                 # The keys go as one JSON array: psycopg renders a Python list of 50,000 ids
                 # as an array literal ~10x slower than orjson writes the same list.
                 if streamed:  # one pass over the range the candidates came from
@@ -278,6 +278,7 @@ def _add_checkpoint_totals(
 
 def _plan_reads(
     touched: list[tuple[Any, ...]],
+    since: datetime | None,
     opts: ReconcileOptions,
     new: Callable[[str, str], BudgetReplay],
     budgets: dict[tuple[str, str], BudgetReplay],
@@ -294,12 +295,12 @@ def _plan_reads(
     projected: list[list[object]] = []
     margin = timedelta(seconds=opts.candidate_margin_seconds)
     for row in touched:
-        t, b, seq, hash_, state, at, from_window, base_hash = row[:8]
+        t, b, seq, hash_, state, at, from_window = row[:7]
         replay = budgets[(t, b)] = new(t, b)
-        if row[8] is not None:
-            replay.balance = balance_from_row((row[8], b, *row[9:14]))
-        if row[14] is not None:  # the open reservations (after the first run)
-            for res in _LOADS(row[14]):
+        if row[7] is not None:
+            replay.balance = balance_from_row((row[7], b, *row[8:13]))
+        if row[13] is not None:  # the open reservations (after the first run)
+            for res in _LOADS(row[13]):
                 replay.reservations[res[0]] = res
         read: list[object] = [t, b, 1, None, True]
         if seq is not None:
@@ -313,13 +314,15 @@ def _plan_reads(
                 if at is not None:  # only the partitions from its month on are read
                     read[3] = at - margin
                     replay.bounded = True
-                    if from_window:
+                    if from_window and since is not None:
                         projected.append(read)
-                        # The checkpointed row, probed by the candidate query, must still carry
-                        # its hash; if not (or gone), `lost_base` re-reads the budget whole.
-                        if base_hash == hash_:
-                            replay.base_seen = True
-                            streamed.append([t, b, int(seq)])
+                        streamed.append([t, b, int(seq)])
+                        # A checkpointed row in the range comes with the one pass and must carry
+                        # its hash (else, or gone, `lost_base` re-reads the budget whole); one
+                        # recorded before the range is not read: a past run verified it, and
+                        # --full checks it again, like every row before it. Not probing it
+                        # saves a cold random read of an old partition per budget.
+                        replay.base_trusted = at < since
                         continue
         reads.append(read)
         projected.append(read)

@@ -1,7 +1,7 @@
 """Incremental reconcile, the set-based reads (docs/reconciler.md, "Incremental reconcile"): the
-candidates with their checkpoint, balance row and checkpointed row's hash in one query, the new
-rows of every checkpointed candidate in one pass over the range since the last run, and the
-per-budget read kept for the last run's drifting budgets.
+candidates with their checkpoint and balance row in one query, the new rows of every
+checkpointed candidate (and its checkpointed row, when recorded in the range) in one pass over
+the range since the last run, and the per-budget read kept for the last run's drifting budgets.
 The straddling rows (one row after the checkpoint recorded before the range) are in
 test_reconcile_partitions.py.
 """
@@ -34,7 +34,7 @@ __all__ = ["checkpointed"]  # the fixture, imported for pytest
 
 # The checkpointed row's event with another hash: re-rendered by JSONB (the layout of rows
 # stored before migration 024), and edited in place in the stored layout (the hash's last 4
-# digits), which the probe reads by byte offsets.
+# digits).
 REWRITES = {
     "jsonb": "jsonb_set(event::jsonb, '{hash}', '\"0000\"')::json",
     "in_place": "(left(event::text, -6) || '0000\"}')::json",
@@ -60,8 +60,10 @@ def test_a_checkpointed_row_changed_in_place_is_found_with_new_rows(
     assert text.endswith('0000"}') == (rewrite == "in_place")
     _append(url, HOT, 2, offset=10_000)
     report = _run(url)
-    # The candidate query's probe sees another hash: the budget is re-read whole, which names
-    # the changed row, and its checkpoint stays.
+    # The fill's rows were recorded before the range, so the checkpointed row is not read; the
+    # new rows chain from the changed hash (the consumer replayed the budget from the ledger),
+    # so they break, and the budget is re-read whole, which names the changed row; its
+    # checkpoint stays.
     assert [(b.budget_id, b.sequence) for b in report.broken] == [(HOT[1], seq)]
     assert report.events == seq + 2 and _checkpoint(url, HOT) == seq
 
@@ -118,10 +120,10 @@ def test_a_budget_checkpointed_before_the_last_run_is_read_by_the_one_pass(
                   "since": last[0] - margin, "margin": margin,
                   "drifting_tenants": last[1], "drifting_budgets": last[2]}  # fmt: skip
         rows = conn.execute(queries()["reconcile_touched_since"], params).fetchall()
-    # Its new rows are all in the range (docs/reconciler.md): the one-pass read, with its
-    # checkpointed row probed, not a read per budget from the checkpoint.
-    [(tenant, budget, seq, hash_, from_window, base_hash)] = [r[:4] + r[6:8] for r in rows]
-    assert (tenant, budget, seq, from_window, base_hash) == (*COLD, cold, True, hash_)
+    # Its new rows are all in the range (docs/reconciler.md): the one-pass read, not a read per
+    # budget from the checkpoint.
+    [(tenant, budget, seq, from_window)] = [r[:3] + r[6:7] for r in rows]
+    assert (tenant, budget, seq, from_window) == (*COLD, cold, True)
     with structlog.testing.capture_logs() as logs:
         report = _run(url)
     assert report.clean and (report.budgets, report.events) == (1, 3)
@@ -143,26 +145,33 @@ def test_the_one_pass_read_plans_only_the_partitions_since_the_range(checkpointe
     assert _name(_month(0)) not in text, text  # pruned when planned: the bound is a constant
 
 
-def test_the_candidates_need_no_probe_for_budgets_without_new_rows(checkpointed: str) -> None:
-    # Every row of the fill is in the range: the candidates' scan sees them all, and the
-    # checkpointed row is probed for none (their last row is their checkpoint).
-    with psycopg.connect(checkpointed) as conn:
-        conn.execute("SET jit = off")
-        params = {"tenant": None, "budget": None, "shard": 0, "shards": 1,
-                  "since": _month(-1), "drifting_tenants": [], "drifting_budgets": [],
-                  "margin": timedelta(hours=1)}  # fmt: skip
-        plan = [
-            r[0]
-            for r in conn.execute(
-                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + queries()["reconcile_touched_since"],
-                params,
-            )
-        ]
-    probes = [line for line in plan if " on ledger_" in line and _alias(line) in {"l", "l_"}]
-    assert probes and all("never executed" in line for line in probes), "\n".join(plan)
+def test_a_checkpointed_row_recorded_before_the_range_is_left_to_full(checkpointed: str) -> None:
+    """The one pass reads from the range's start: a checkpointed row recorded before it (the
+    fill's rows are) is not read again, so a change to it that the new rows do not reveal is
+    found by --full, as a change to any row before a checkpoint is (docs/reconciler.md)."""
+    url = checkpointed
+    seq = _checkpoint(url, HOT)
+    assert seq is not None
+    _append(url, HOT, 2, offset=10_000)  # chained from the genuine hash
+    _sql(url, f"UPDATE ledger SET event = {REWRITES['in_place']}"
+         " WHERE tenant_id = %s AND budget_id = %s AND sequence = %s", *HOT, seq)  # fmt: skip
+    report = _run(url)
+    assert report.clean and report.events == 2 and _checkpoint(url, HOT) == seq + 2
+    full = _run(url, full=True)
+    assert [(b.budget_id, b.sequence) for b in full.broken] == [(HOT[1], seq)]
 
 
-def _alias(line: str) -> str:
-    """The alias of a plan line's relation, digits dropped (the probe reads the ledger as l)."""
-    words = line.split(" on ")[1].split()
-    return words[1].rstrip("0123456789") if len(words) > 1 else ""
+def test_a_checkpointed_row_recorded_in_the_range_is_read_and_checked(checkpointed: str) -> None:
+    """Recorded in the range, the checkpointed row comes with the one pass and its hash is
+    checked, even when the rows after it chain from the genuine hash."""
+    url = checkpointed
+    _append(url, HOT, 1, offset=9_000)  # recorded now, then checkpointed
+    assert _run(url).checkpoints_advanced == 1
+    seq = _checkpoint(url, HOT)
+    assert seq is not None
+    _append(url, HOT, 2, offset=10_000)
+    _sql(url, f"UPDATE ledger SET event = {REWRITES['in_place']}"
+         " WHERE tenant_id = %s AND budget_id = %s AND sequence = %s", *HOT, seq)  # fmt: skip
+    report = _run(url)
+    assert [(b.budget_id, b.sequence) for b in report.broken] == [(HOT[1], seq)]
+    assert _checkpoint(url, HOT) == seq
