@@ -325,7 +325,7 @@ ORDER BY id DESC
 LIMIT 1
 
 -- name: reconcile_touched_since
--- Later incremental runs, set-based (no per-budget probe): the candidates are
+-- Later incremental runs, set-based (no per-budget probe but one, below): the candidates are
 -- the budgets of ledger rows recorded at or after %(since)s (the last run's start minus the
 -- margin; the BRIN index ledger_recorded_at_brin reads only the block ranges written since, so
 -- the cost follows the new rows, not the history), each with its last row among those rows
@@ -339,11 +339,7 @@ LIMIT 1
 -- checked by --full, like every row before it; docs/reconciler.md). The balance row comes
 -- as the seven columns of reconcile_balances (NULLs without one), then the budget's OPEN
 -- reservations as one JSON array of reconcile_reservations arrays (NULL: none; through the
--- partial index reservations_open_by_budget). The checkpoint, balance and open reservation rows
--- are read by budget_id = ANY (one array per tenant) as bitmap heap scans (the caller turns
--- index scans off for this statement, since the planner guesses 10 ids, and raises
--- effective_io_concurrency): pages in block order, prefetched, where a probe per budget waited
--- on each cold page in turn (docs/scaling.md). A row written with an old
+-- partial index reservations_open_by_budget). A row written with an old
 -- recorded_at is not a candidate: the periodic --full finds it (docs/reconciler.md).
 WITH candidates AS (
     -- The last row as one text, zero-padded sequence then hash, so that a hash aggregate's max
@@ -362,22 +358,6 @@ WITH candidates AS (
     WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
       AND (%(budget)s::text IS NULL OR budget_id = %(budget)s)
       AND (%(shards)s::int = 1 OR abs(hashtext(budget_id) %% %(shards)s::int) = %(shard)s::int)
-), wanted AS (
-    -- The candidates and the drifting budgets, one array per tenant, for the bitmap reads.
-    SELECT tenant_id, array_agg(budget_id) AS budgets
-    FROM (SELECT tenant_id, budget_id FROM candidates
-          UNION SELECT tenant_id, budget_id FROM drifting) AS k
-    GROUP BY tenant_id
-), cps AS (
-    SELECT c.tenant_id, c.budget_id, c.sequence, c.hash, c.state, c.recorded_at
-    FROM wanted w
-    CROSS JOIN LATERAL (SELECT * FROM reconcile_checkpoints c
-                        WHERE c.tenant_id = w.tenant_id AND c.budget_id = ANY (w.budgets)) AS c
-), bal AS (
-    SELECT p.*
-    FROM wanted w
-    CROSS JOIN LATERAL (SELECT * FROM budget_balances p
-                        WHERE p.tenant_id = w.tenant_id AND p.budget_id = ANY (w.budgets)) AS p
 ), kept AS (
     -- from_window: the budget's new rows are all in the range, so reconcile_rows_since reads
     -- them; else (the drifting budgets) reconcile_events_of reads them from the checkpoint.
@@ -394,8 +374,8 @@ WITH candidates AS (
                             p.above_soft, p.above_hard, p.cap_reached_alerted, p.snapshot_seq,
                             p.monitors)::text AS balance
     FROM candidates b
-    LEFT JOIN cps c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
-    LEFT JOIN bal p ON p.tenant_id = b.tenant_id AND p.budget_id = b.budget_id
+    LEFT JOIN reconcile_checkpoints c ON c.tenant_id = b.tenant_id AND c.budget_id = b.budget_id
+    LEFT JOIN budget_balances p ON p.tenant_id = b.tenant_id AND p.budget_id = b.budget_id
     WHERE (c.sequence IS NULL OR b.top <> lpad(c.sequence::text, 19, '0') || c.hash
            OR p.sequence IS DISTINCT FROM c.sequence)
       AND NOT EXISTS (SELECT 1 FROM drifting d
@@ -408,23 +388,19 @@ WITH candidates AS (
                             p.above_soft, p.above_hard, p.cap_reached_alerted, p.snapshot_seq,
                             p.monitors)::text
     FROM drifting d
-    LEFT JOIN cps c ON c.tenant_id = d.tenant_id AND c.budget_id = d.budget_id
-    LEFT JOIN bal p ON p.tenant_id = d.tenant_id AND p.budget_id = d.budget_id
+    LEFT JOIN reconcile_checkpoints c ON c.tenant_id = d.tenant_id AND c.budget_id = d.budget_id
+    LEFT JOIN budget_balances p ON p.tenant_id = d.tenant_id AND p.budget_id = d.budget_id
 )
 SELECT k.tenant_id, k.budget_id, k.sequence, k.hash, k.state, k.recorded_at, k.from_window,
-       k.p_tenant, k.funded, k.reserved, k.charged, k.available, k.balance, o.reservations
+       k.p_tenant, k.funded, k.reserved, k.charged, k.available, k.balance,
+       (SELECT json_agg(json_build_array(
+                   r.ref_id, r.status, r.amount, r.charged,
+                   to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                   r.command_id, r.created_seq, r.updated_seq))::text
+        FROM reservations r
+        WHERE r.tenant_id = k.tenant_id AND r.budget_id = k.budget_id
+          AND r.status = 'reserved') AS open_reservations
 FROM kept k
-LEFT JOIN (SELECT r.tenant_id, r.budget_id,
-                  json_agg(json_build_array(
-                      r.ref_id, r.status, r.amount, r.charged,
-                      to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                      r.command_id, r.created_seq, r.updated_seq))::text AS reservations
-           FROM wanted w
-           CROSS JOIN LATERAL (SELECT * FROM reservations r
-                               WHERE r.tenant_id = w.tenant_id AND r.budget_id = ANY (w.budgets)
-                                 AND r.status = 'reserved') AS r
-           GROUP BY r.tenant_id, r.budget_id) AS o
-  ON o.tenant_id = k.tenant_id AND o.budget_id = k.budget_id
 
 -- name: reconcile_rows_since
 -- The new rows of the budgets replayed from their checkpoint, in ONE pass over the range the

@@ -28,8 +28,7 @@ the unbounded ordered re-read (`BudgetReplay.unseen_rows`).
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,10 +46,6 @@ from budget_ledger.projections.replay import BrokenLink, BudgetReplay, LegacySea
 from budget_ledger.projections.store import queries
 
 FETCH = 20_000
-# Pages PostgreSQL asks the kernel for ahead of a bitmap heap scan (effective_io_concurrency)
-# while finding the candidates: 64 read 50,000 cold checkpoints in 1.2-1.3 s here, against
-# 5.3-6.3 s probed one by one and 1.8 s at 256 (docs/scaling.md).
-IO_CONCURRENCY = 64
 _LOADS = orjson.loads
 log = structlog.get_logger("reconcile")
 
@@ -168,11 +163,14 @@ def replay_shard(
                 # The one-pass read joins the keys to the range's rows: the planner, which
                 # guesses 100 keys, would probe the ledger once per key (2.3x slower measured
                 # at 25,000 keys); the other statements of the run keep their nested loops.
-                one_pass = scan is q["reconcile_rows_since"]
-                with (
-                    _planner(conn, "enable_nestloop", "off") if one_pass else nullcontext(),
-                    conn.cursor(name=f"reconcile_{shard}_{i}") as cur,
-                ):
+                # The session's own setting comes back after it, whatever it was.
+                nestloop = None
+                if scan is q["reconcile_rows_since"]:
+                    nestloop = conn.execute(
+                        "SELECT current_setting('enable_nestloop'),"
+                        " set_config('enable_nestloop', 'off', true)"
+                    ).fetchone()
+                with conn.cursor(name=f"reconcile_{shard}_{i}") as cur:
                     cur.itersize = FETCH
                     cur.execute(scan, scan_args)
                     while rows := cur.fetchmany(FETCH):
@@ -183,6 +181,8 @@ def replay_shard(
                             budget.feed(row)
                         if on_progress is not None:
                             on_progress(len(rows))
+                if nestloop is not None:
+                    conn.execute("SELECT set_config('enable_nestloop', %s, true)", nestloop[:1])
             # The projections first: a bounded replay ending before its balance row's sequence
             # missed rows (`unseen_rows`).
             for row in conn.execute(balances, scan_params) if balances is not None else ():
@@ -255,33 +255,13 @@ def _touched(
         rows = conn.execute(q["reconcile_touched_budgets"], {**params, "margin": margin})
         return list(rows), None
     since = last[0] - margin
-    # The checkpoint, balance and reservation rows as bitmap heap scans, prefetched: the planner
-    # guesses 10 ids per array and would probe by index, waiting on each cold page in turn. The
-    # prefetch depth is raised to IO_CONCURRENCY for it, never lowered.
-    depth = conn.execute("SELECT current_setting('effective_io_concurrency')::int").fetchone()
-    prefetch = str(max(IO_CONCURRENCY, depth[0] if depth else 0))
-    with (
-        _planner(conn, "enable_indexscan", "off"),
-        _planner(conn, "effective_io_concurrency", prefetch),
-    ):
-        rows = conn.execute(
+    return list(
+        conn.execute(
             q["reconcile_touched_since"],
             {**params, "since": since, "margin": margin,
              "drifting_tenants": last[1], "drifting_budgets": last[2]},
-        )  # fmt: skip
-        return list(rows), since
-
-
-@contextmanager
-def _planner(conn: psycopg.Connection, name: str, value: str) -> Iterator[None]:
-    """A planner setting for the statements inside, then the session's own value back,
-    whatever it was (set for the transaction only: one that fails drops it anyway)."""
-    row = conn.execute(
-        "SELECT current_setting(%s), set_config(%s, %s, true)", (name, name, value)
-    ).fetchone()
-    yield
-    if row is not None:
-        conn.execute("SELECT set_config(%s, %s, true)", (name, row[0]))
+        )
+    ), since  # fmt: skip
 
 
 def _add_checkpoint_totals(
