@@ -57,6 +57,7 @@ def advance_checkpoints(
     with _connect(dsn, role) as conn, conn.transaction():
         conn.execute(q["create_staging_checkpoints"])
         copy_rows(conn, q["copy_staging_checkpoints"], rows, _VERIFIED_TYPES)
+        conn.execute(q["merge_checkpoints_memory"])
         conn.execute(q["merge_checkpoints"])
     return len(rows)
 
