@@ -80,10 +80,16 @@ def group_coordinator(bootstrap: str, group: str) -> int:
 
 
 def replication_of(bootstrap: str, topic: str) -> set[int]:
-    """The distinct replica counts of the partitions of `topic`."""
+    """The distinct replica counts of the partitions of `topic`, once the broker that answers
+    knows them: a topic just created reaches each broker's metadata a moment later (seen in CI:
+    an empty answer right after the creation)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    meta = admin.list_topics(topic, timeout=10).topics[topic]
-    return {len(p.replicas) for p in meta.partitions.values()}
+    deadline = time.monotonic() + 30
+    while True:
+        meta = admin.list_topics(topic, timeout=10).topics[topic]
+        if (meta.partitions and meta.error is None) or time.monotonic() > deadline:
+            return {len(p.replicas) for p in meta.partitions.values()}
+        time.sleep(0.2)
 
 
 # -- the chaos Postgres cluster -------------------------------------------------------------
