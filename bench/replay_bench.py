@@ -357,8 +357,7 @@ def _incremental_bench(dsn: str, args: argparse.Namespace) -> None:
         since = conn.execute("SELECT max(started_at) - interval '1 hour' FROM reconcile_runs")
         params = {"tenant": None, "budget": None, "shard": 0, "shards": 1,
                   "since": since.fetchone()[0],  # type: ignore[index]
-                  "drifting_tenants": [], "drifting_budgets": [],
-                  "margin": timedelta(hours=1)}  # fmt: skip
+                  "drifting_tenants": [], "drifting_budgets": []}  # fmt: skip
         plan = conn.execute(
             "EXPLAIN (ANALYZE, COSTS OFF) " + queries()["reconcile_touched_since"], params
         ).fetchall()

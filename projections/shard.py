@@ -258,7 +258,7 @@ def _touched(
     return list(
         conn.execute(
             q["reconcile_touched_since"],
-            {**params, "since": since, "margin": margin,
+            {**params, "since": since,
              "drifting_tenants": last[1], "drifting_budgets": last[2]},
         )
     ), since  # fmt: skip

@@ -9,7 +9,7 @@ Ledgers are filled by the consumer's own batch logic (the benchmark's filler, th
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -334,7 +334,7 @@ def test_the_candidate_query_reads_the_brin_index(checkpointed: str) -> None:
         conn.execute("SET enable_seqscan = off")  # a 1,200-row table: the planner would scan
         params = {"tenant": None, "budget": None, "shard": 0, "shards": 1,
                   "since": "2026-01-01T00:00:00Z", "drifting_tenants": [],
-                  "drifting_budgets": [], "margin": timedelta(hours=1)}  # fmt: skip
+                  "drifting_budgets": []}  # fmt: skip
         plan = "\n".join(
             r[0]
             for r in conn.execute(

@@ -115,9 +115,8 @@ def test_a_budget_checkpointed_before_the_last_run_is_read_by_the_one_pass(
     with psycopg.connect(url) as conn:
         last = conn.execute(queries()["reconcile_last_run"]).fetchone()
         assert last is not None
-        margin = timedelta(hours=1)
         params = {"tenant": None, "budget": None, "shard": 0, "shards": 1,
-                  "since": last[0] - margin, "margin": margin,
+                  "since": last[0] - timedelta(hours=1),
                   "drifting_tenants": last[1], "drifting_budgets": last[2]}  # fmt: skip
         rows = conn.execute(queries()["reconcile_touched_since"], params).fetchall()
     # Its new rows are all in the range (docs/reconciler.md): the one-pass read, not a read per
