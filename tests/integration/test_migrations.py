@@ -16,7 +16,7 @@ from budget_ledger.ledger.db import copy_rows
 from budget_ledger.ledger.migrate import migrate
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections.store import queries as projection_queries
-from tests.conftest import _with_database
+from tests.conftest import _drop_database, _with_database
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +45,7 @@ def v001_url(pg_admin_dsn: str) -> Iterator[str]:
     url = _with_database(pg_admin_dsn, name)
     assert migrate(url, target="001_ledger") == ["001_ledger"]
     yield url
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    _drop_database(pg_admin_dsn, name)  # waits out an autovacuum worker FORCE cannot stop
 
 
 def _fill_001(url: str) -> dict[int, int]:

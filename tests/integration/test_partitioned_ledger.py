@@ -30,7 +30,7 @@ from budget_ledger.ledger.table_partitions import (
 )
 from budget_ledger.projections.ledger_pages import PageCursor, ledger_page
 from budget_ledger.projections.rebuild import rebuild
-from tests.conftest import _with_database
+from tests.conftest import _drop_database, _with_database
 from tests.integration.test_ledger_fixture import _INSERT, _rows
 
 pytestmark = pytest.mark.integration
@@ -276,10 +276,7 @@ def v006_url(pg_admin_dsn: str) -> Iterator[str]:
     url = _with_database(pg_admin_dsn, name)
     migrate(url, target="006_reconcile_checkpoints")
     yield url
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    _drop_database(pg_admin_dsn, name)  # waits out an autovacuum worker FORCE cannot stop
 
 
 def _ledger_snapshot(url: str) -> list[tuple[object, ...]]:
