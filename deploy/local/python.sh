@@ -5,8 +5,8 @@
 # Why the distribution's first: Debian builds its CPython with profile-guided and link-time
 # optimisation, as the python:3.11-slim image of deploy/Dockerfile is built. A CPython built
 # from source without --enable-optimizations (pyenv's default, first on this machine's PATH)
-# ran the consumer's and the replay's Python 1.2-1.45x slower (docs/performance.md, "The
-# interpreter").
+# cost the consumer ~10 % and the replay ~15 % more CPU, a pure-Python loop 1.45x the time
+# (docs/performance.md, "The interpreter").
 set -euo pipefail
 if [[ -n "${PYTHON:-}" ]]; then
     echo "$PYTHON"
