@@ -43,6 +43,9 @@ class PhaseResult:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
+    # Paced phases: the p99 of the messages produced in each second of the window, in order
+    # (one stall sets a phase's p99 as surely as a slow second-long stretch; this tells which).
+    p99_by_second: list[float] = field(default_factory=list)
     max_rss_mb: float = 0.0
     batches: int = 0
     verified: bool = False

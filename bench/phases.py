@@ -27,6 +27,19 @@ def _percentile(sorted_values: list[int], q: float) -> float:
     return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
 
 
+def _seconds_over(result: PhaseResult, limit_ms: float = 50.0) -> str:
+    """For a paced phase: how many of its seconds had a p99 above `limit_ms`, and the worst."""
+    seconds = result.p99_by_second
+    if not seconds:
+        return ""
+    over = sum(1 for p99 in seconds if p99 > limit_ms)
+    worst = max(range(len(seconds)), key=seconds.__getitem__)
+    return (
+        f" ({over} of {len(seconds)} seconds with p99 > {limit_ms:.0f} ms;"
+        f" worst: second {worst + 1}, {seconds[worst]:.0f} ms)"
+    )
+
+
 def run_phase(
     args: argparse.Namespace,
     workdir: Path,
@@ -108,6 +121,7 @@ def run_phase(
         last_commit = 0
         covered = 0
         latencies: list[int] = []
+        by_second: dict[int, list[int]] = {}
         for path in phase.timing_files:
             batches, stamps = read_timings(path)
             i = 0
@@ -115,11 +129,14 @@ def run_phase(
                 chunk = stamps[i : i + n]
                 i += n
                 covered += sum(1 for ts in chunk if ts >= first_ms)
-                timed = [commit_ms - ts for ts in chunk if ts >= start_ms]
+                timed = [ts for ts in chunk if ts >= start_ms]
                 if timed:
                     result.batches += 1
-                    latencies.extend(timed)
+                    latencies.extend(commit_ms - ts for ts in timed)
                     last_commit = max(last_commit, commit_ms)
+                if rate:  # paced: each second of produce time apart
+                    for ts in timed:
+                        by_second.setdefault((ts - start_ms) // 1000, []).append(commit_ms - ts)
         latencies.sort()
         if covered != n_all:
             result.problems.append(f"timings cover {covered} of {n_all} produced messages")
@@ -131,6 +148,7 @@ def run_phase(
         result.p50_ms = _percentile(latencies, 0.50)
         result.p99_ms = _percentile(latencies, 0.99)
         result.max_ms = float(latencies[-1]) if latencies else 0.0
+        result.p99_by_second = [_percentile(sorted(by_second[k]), 0.99) for k in sorted(by_second)]
 
         problems, result.outcomes = verify(phase, n_prep + n_all)
         result.problems.extend(problems)
@@ -145,8 +163,8 @@ def run_phase(
     _say(
         args,
         f"[{mode}] {result.commands_per_s:,.0f} commands/s over {result.seconds:.2f} s, "
-        f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, max RSS "
-        f"{result.max_rss_mb:.0f} MB, verified={result.verified} {result.problems or ''}",
+        f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms{_seconds_over(result)}, "
+        f"max RSS {result.max_rss_mb:.0f} MB, verified={result.verified} {result.problems or ''}",
     )
     return result
 

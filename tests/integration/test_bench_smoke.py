@@ -44,6 +44,12 @@ def test_bench_smoke_run_verifies_the_ledger(pg_admin_dsn: str, kafka_bootstrap:
     assert busy["commands"] == 800
     assert busy["cpu"]["busy_core"] > 25
     assert "busy_core" not in busy["cpu_us_per_command"]
+    # Paced phases report a p99 per second of produce time (2 s at 400/s), none above the max.
+    for name in ("latency", "latency-busy"):
+        seconds = phases[name]["p99_by_second"]
+        assert 2 <= len(seconds) <= 3, seconds
+        assert all(0 <= p99 <= phases[name]["max_ms"] for p99 in seconds), seconds
+    assert phases["throughput"]["p99_by_second"] == []
     for phase in phases.values():
         assert phase["verified"] is True, phase["problems"]
         assert phase["problems"] == []
