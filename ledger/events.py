@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from budget_ledger.ledger.frozen import quick_init
+from budget_ledger.ledger.frozen import native_init, picklable
 
 #: ``prev_hash`` of a budget's first event.
 GENESIS_HASH: Final = "0" * 64
@@ -31,7 +31,6 @@ class Money:
 Detail = tuple[str | Money | datetime, ...]
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class LedgerEvent:
     """One immutable ledger entry: the outcome of exactly one command, with balances after it.
@@ -60,6 +59,55 @@ class LedgerEvent:
     prev_hash: str
     hash: str = ""
 
+    # Written out for the compiled build (native stores); interpreted, `native_init` below
+    # puts quick_init's in its place (a frozen class cannot assign its own fields in Python).
+    def __init__(
+        self,
+        type: str,
+        tenant_id: str,
+        budget_id: str,
+        sequence: int,
+        command_id: str,
+        command_type: str,
+        ref_id: str | None,
+        currency: str | None,
+        amount: int | None,
+        reason: str | None,
+        data: Mapping[str, Any],
+        funded: int,
+        reserved: int,
+        charged: int,
+        available: int,
+        utilization_bp: int,
+        recorded_at: datetime,
+        metadata: Mapping[str, Any] | None,
+        prev_hash: str,
+        hash: str = "",
+    ) -> None:
+        self.type = type  # type: ignore[misc]
+        self.tenant_id = tenant_id  # type: ignore[misc]
+        self.budget_id = budget_id  # type: ignore[misc]
+        self.sequence = sequence  # type: ignore[misc]
+        self.command_id = command_id  # type: ignore[misc]
+        self.command_type = command_type  # type: ignore[misc]
+        self.ref_id = ref_id  # type: ignore[misc]
+        self.currency = currency  # type: ignore[misc]
+        self.amount = amount  # type: ignore[misc]
+        self.reason = reason  # type: ignore[misc]
+        self.data = data  # type: ignore[misc]
+        self.funded = funded  # type: ignore[misc]
+        self.reserved = reserved  # type: ignore[misc]
+        self.charged = charged  # type: ignore[misc]
+        self.available = available  # type: ignore[misc]
+        self.utilization_bp = utilization_bp  # type: ignore[misc]
+        self.recorded_at = recorded_at  # type: ignore[misc]
+        self.metadata = metadata  # type: ignore[misc]
+        self.prev_hash = prev_hash  # type: ignore[misc]
+        self.hash = hash  # type: ignore[misc]
+
+
+native_init(LedgerEvent, __file__)
+
 
 @dataclass(frozen=True, slots=True)
 class Alert:
@@ -74,3 +122,6 @@ class Alert:
     sequence: int
     recorded_at: datetime
     data: Mapping[str, Any]
+
+
+picklable(Money, LedgerEvent, Alert)

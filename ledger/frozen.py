@@ -8,10 +8,19 @@ machine. The consumer builds two events and a state per command, and a replay on
 event. With ``slots=True`` every field is a slot whose descriptor can store the value directly;
 the ``__init__`` written here calls those descriptors (bound once, at class creation) and takes
 1.7 us. Same signature, defaults, frozenness, equality and hash: only the stores are cheaper.
+
+`native_init`: the three hottest classes (`LedgerEvent`, `BudgetState`, `Reservation`) write
+their ``__init__`` out instead, ``self.field = field`` for each field, because the core is also
+compiled with mypyc (docs/performance.md, "The compiled core"), which then stores each field
+natively (~10x cheaper than either Python ``__init__``) and keeps the class frozen for Python
+code. Interpreted, those assignments would meet the frozen ``__setattr__``: `native_init` puts
+`quick_init`'s ``__init__`` in their place. tests/unit/test_frozen.py checks that a written-out
+``__init__`` takes exactly the fields, in order, with their defaults.
 """
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 from typing import Any, TypeVar
 
@@ -49,6 +58,25 @@ def quick_init(cls: type[T]) -> type[T]:
     init.__annotations__ = {**{f.name: f.type for f in fields}, "return": None}
     setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses assigning to a method
     return cls
+
+
+def native_init(cls: type[T], module_file: str) -> None:
+    """Give ``cls`` `quick_init`'s ``__init__`` when its module (``module_file``) runs
+    interpreted; compiled, its own written-out ``__init__`` stays."""
+    if module_file.endswith(".py"):
+        quick_init(cls)
+
+
+def picklable(*classes: type) -> None:
+    """Pickle instances of the frozen dataclasses ``classes`` by their fields, rebuilt through
+    ``__init__``: compiled, mypyc's own pickling of a frozen class would assign the fields one by
+    one and be refused (results cross processes pickled: the reconciler's workers)."""
+    for cls in classes:
+        copyreg.pickle(cls, _by_fields)
+
+
+def _by_fields(obj: Any) -> tuple[type, tuple[Any, ...]]:
+    return type(obj), tuple(getattr(obj, f.name) for f in dataclasses.fields(obj))
 
 
 def _slot(cls: type, name: str) -> Any:

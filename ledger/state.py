@@ -17,7 +17,7 @@ from typing import Final
 import immutables
 
 from budget_ledger.ledger.events import GENESIS_HASH
-from budget_ledger.ledger.frozen import quick_init
+from budget_ledger.ledger.frozen import native_init, picklable, quick_init
 
 
 class ReservationStatus(StrEnum):
@@ -69,7 +69,6 @@ class Monitor:
 _NO_MONITORS: Final[immutables.Map[str, Monitor]] = immutables.Map()
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """One reserve, by ``ref_id``, with its current status."""
@@ -82,6 +81,31 @@ class Reservation:
     command_id: str
     created_seq: int
     updated_seq: int
+
+    # Written out for the compiled build (native stores); interpreted, `native_init` below
+    # puts quick_init's in its place (a frozen class cannot assign its own fields in Python).
+    def __init__(
+        self,
+        ref_id: str,
+        reserved_amount: int,
+        status: ReservationStatus,
+        charged_amount: int,
+        expires_at: datetime | None,
+        command_id: str,
+        created_seq: int,
+        updated_seq: int,
+    ) -> None:
+        self.ref_id = ref_id  # type: ignore[misc]
+        self.reserved_amount = reserved_amount  # type: ignore[misc]
+        self.status = status  # type: ignore[misc]
+        self.charged_amount = charged_amount  # type: ignore[misc]
+        self.expires_at = expires_at  # type: ignore[misc]
+        self.command_id = command_id  # type: ignore[misc]
+        self.created_seq = created_seq  # type: ignore[misc]
+        self.updated_seq = updated_seq  # type: ignore[misc]
+
+
+native_init(Reservation, __file__)
 
 
 @quick_init
@@ -100,7 +124,6 @@ class BudgetConfig:
     reservation_ttl_seconds: int | None = None
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class BudgetState:
     """Everything the rules need about one budget; rebuilt exactly by folding its events."""
@@ -131,6 +154,48 @@ class BudgetState:
     # Balance monitors by monitor_id (immutable values; empty for almost every budget).
     monitors: immutables.Map[str, Monitor] = _NO_MONITORS
 
+    # Written out for the compiled build (native stores); interpreted, `native_init` below
+    # puts quick_init's in its place (a frozen class cannot assign its own fields in Python).
+    def __init__(
+        self,
+        tenant_id: str,
+        budget_id: str,
+        opened: bool,
+        currency: str | None,
+        config: BudgetConfig | None,
+        funded_in_period: int,
+        reserved_total: int,
+        charged_in_period: int,
+        sequence: int,
+        last_hash: str,
+        period_start: datetime | None,
+        reservations: immutables.Map[str, Reservation],
+        cap_reached_alerted: bool = False,
+        digits: int = 0,
+        expiring: immutables.Map[str, datetime] = _NO_EXPIRIES,
+        above_soft: bool = False,
+        above_hard: bool = False,
+        monitors: immutables.Map[str, Monitor] = _NO_MONITORS,
+    ) -> None:
+        self.tenant_id = tenant_id  # type: ignore[misc]
+        self.budget_id = budget_id  # type: ignore[misc]
+        self.opened = opened  # type: ignore[misc]
+        self.currency = currency  # type: ignore[misc]
+        self.config = config  # type: ignore[misc]
+        self.funded_in_period = funded_in_period  # type: ignore[misc]
+        self.reserved_total = reserved_total  # type: ignore[misc]
+        self.charged_in_period = charged_in_period  # type: ignore[misc]
+        self.sequence = sequence  # type: ignore[misc]
+        self.last_hash = last_hash  # type: ignore[misc]
+        self.period_start = period_start  # type: ignore[misc]
+        self.reservations = reservations  # type: ignore[misc]
+        self.cap_reached_alerted = cap_reached_alerted  # type: ignore[misc]
+        self.digits = digits  # type: ignore[misc]
+        self.expiring = expiring  # type: ignore[misc]
+        self.above_soft = above_soft  # type: ignore[misc]
+        self.above_hard = above_hard  # type: ignore[misc]
+        self.monitors = monitors  # type: ignore[misc]
+
     @property
     def limit(self) -> int:
         """``funded_in_period`` capped by ``hard_cap`` when set."""
@@ -150,6 +215,10 @@ class BudgetState:
     def utilization_bp(self) -> int:
         """``committed / limit`` in basis points (see `utilization_bp`)."""
         return utilization_bp(self.reserved_total + self.charged_in_period, self.limit)
+
+
+native_init(BudgetState, __file__)
+picklable(Monitor, Reservation, BudgetState)
 
 
 def config_data(config: BudgetConfig) -> dict[str, object]:

@@ -30,6 +30,7 @@ import orjson
 
 from budget_ledger.ledger.budget import BudgetState, initial_state
 from budget_ledger.ledger.chain_mac import ChainKeyring, mac_problem, seal_verifies
+from budget_ledger.ledger.frozen import picklable
 from budget_ledger.ledger.history import fold
 from budget_ledger.ledger.state import compact
 from budget_ledger.projections.checkpoint_state import StateUnreadable, decode_state
@@ -66,6 +67,9 @@ class BrokenLink:
     budget_id: str
     sequence: int
     problem: str
+
+
+picklable(LegacySeal, BrokenLink)
 
 
 class BudgetReplay:

@@ -77,7 +77,7 @@ def _convert_data(
     out: dict[str, Any] = {}
     for k, v in data.items():
         if v is None:
-            out[k] = v
+            out[k] = None
         elif k in MONEY_DATA_KEYS:
             out[k] = money(v)
         elif k in TIME_DATA_KEYS:

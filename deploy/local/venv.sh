@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the project's virtualenv in .venv with the pinned versions, on the
-# interpreter python.sh picks; a venv built on another interpreter is built again.
+# interpreter python.sh picks; a venv built on another interpreter is built again. Then compiles
+# the pure core with mypyc (compile.sh), when a source changed since the last build.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PYTHON="$(bash "$ROOT/deploy/local/python.sh")"
@@ -21,4 +22,6 @@ if [[ ! -f "$stamp" ]]; then
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
+# The pure core compiled with mypyc (a no-op when the build is current): compile.sh.
+LEDGER_VENV="$VENV" bash "$ROOT/deploy/local/compile.sh" >&2
 echo "$VENV"

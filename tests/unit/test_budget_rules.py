@@ -8,6 +8,7 @@ the consumer runs them (translated with the budget's digits, decided, sealed, fo
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
@@ -418,7 +419,7 @@ def test_evolve_raises_on_a_malformed_event(
 
 
 def _fields(ev: LedgerEvent) -> dict[str, Any]:
-    return {f: getattr(ev, f) for f in LedgerEvent.__slots__}
+    return {f.name: getattr(ev, f.name) for f in dataclasses.fields(LedgerEvent)}
 
 
 # --- alerts ---------------------------------------------------------------------------------

@@ -1,21 +1,29 @@
-"""`ledger.frozen.quick_init`: the faster __init__ behaves as the one dataclasses writes."""
+"""`ledger.frozen`: the faster __init__ (quick_init's, or written out for the compiled core)
+behaves as the one dataclasses writes, and pickling goes through it."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import importlib
 import inspect
+import pickle
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from immutables import Map
 
 from budget_ledger.consumers.processor import Incoming
 from budget_ledger.ledger import commands, events, record, state
 from budget_ledger.ledger.frozen import quick_init
 
+# Written-out __init__ (native_init): quick_init's when interpreted, mypyc's stores compiled.
+NATIVE = [events.LedgerEvent, state.BudgetState, state.Reservation]
 QUICK = [
-    events.LedgerEvent,
-    state.BudgetState,
-    state.Reservation,
+    *NATIVE,
     state.BudgetConfig,
     Incoming,
     record.Recorded,
@@ -38,21 +46,72 @@ def _reference(cls: type) -> type:
     return dataclasses.make_dataclass(cls.__name__, fields, frozen=True, slots=True)
 
 
+_SAMPLES: dict[type, list[object]] = {
+    # Compiled, the fields are typed: the values must have the fields' types.
+    events.LedgerEvent: [
+        *("funds_reserved", "t", "b", 7, "c", "reserve", "r", "USD", 150, None, Map(k="v")),
+        *(1000, 150, 0, 850, 1500, datetime(2026, 1, 2, tzinfo=UTC), None, "p" * 64, "h" * 64),
+    ],
+    state.BudgetState: [
+        getattr(state.initial_state("t", "b"), f.name)
+        for f in dataclasses.fields(state.BudgetState)
+    ],
+    state.Reservation: ["r", 150, state.ReservationStatus.RESERVED, 0, None, "c", 7, 7],
+}
+
+
 def _values(cls: type) -> list[object]:
-    return [f"{f.name}-value" for f in dataclasses.fields(cls)]
+    return _SAMPLES.get(cls) or [f"{f.name}-value" for f in dataclasses.fields(cls)]
+
+
+def _interpreted(cls: type) -> bool:
+    return str(sys.modules[cls.__module__].__file__).endswith(".py")
 
 
 @pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
 def test_the_domain_classes_use_it(cls: type) -> None:
+    if cls in NATIVE and not _interpreted(cls):
+        assert type(cls.__init__).__name__ == "wrapper_descriptor"  # mypyc's native __init__
+        return
     # dataclasses' own __init__ names object.__setattr__; this one the bound slot setters.
     assert "_set0" in cls.__init__.__code__.co_names
     assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
 
 
+@pytest.mark.parametrize("cls", NATIVE, ids=lambda c: c.__name__)
+def test_a_written_out_init_takes_exactly_the_fields(cls: type) -> None:
+    """Its parameters are the fields in order with the same defaults, and it stores each one
+    under its own name: nothing else (the source is read: compiled, there is no signature)."""
+    package, name = cls.__module__.rsplit(".", 1)
+    source = Path(importlib.import_module(package).__path__[0], f"{name}.py")
+    body = next(
+        n
+        for n in ast.walk(ast.parse(source.read_text()))
+        if isinstance(n, ast.ClassDef) and n.name == cls.__name__
+    ).body
+    declared = [(n.target.id, n.value and ast.unparse(n.value)) for n in body
+                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]  # fmt: skip
+    init = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    params = [a.arg for a in init.args.args[1:]]
+    defaults = [None] * (len(params) - len(init.args.defaults)) + [
+        ast.unparse(d) for d in init.args.defaults
+    ]
+    assert list(zip(params, defaults, strict=True)) == declared
+    assert [ast.unparse(n) for n in init.body] == [f"self.{p} = {p}" for p in params]
+    assert [f.name for f in dataclasses.fields(cls)] == params
+
+
+@pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
+def test_pickled_and_copied_through_the_fields(cls: type) -> None:
+    obj = cls(*_values(cls))
+    assert pickle.loads(pickle.dumps(obj)) == obj
+
+
 @pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
 def test_same_signature_and_values_as_the_dataclass_init(cls: type) -> None:
     ref = _reference(cls)
-    assert inspect.signature(cls) == inspect.signature(ref)
+    if _interpreted(cls):
+        assert inspect.signature(cls) == inspect.signature(ref)
     values = _values(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     by_position, by_name = cls(*values), cls(**dict(zip(names, values, strict=True)))

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Compiles the ledger's pure core with mypyc (docs/performance.md, "The compiled core"): the
+# modules pyproject.toml lists under [tool.budget_ledger] compiled each get a C extension beside
+# their .py, which Python then imports instead. The source stays the one definition; the
+# extensions are build output (ignored by git), rebuilt here when a source changed (venv.sh runs
+# this, so every script that uses the venv does). Without a C compiler or Python's headers the
+# ledger runs interpreted, the same code, slower: a message says so. --clean removes every
+# compiled file (the core then runs interpreted until the next build).
+#
+# Usage: compile.sh [--clean]   (LEDGER_VENV picks the venv, as in venv.sh)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${LEDGER_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+cd "$ROOT"
+
+mapfile -t folders < <("$PY" - <<'PY'
+import tomllib
+
+dirs = tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"]
+for name, folder in dirs.items():
+    if name.startswith("budget_ledger."):
+        print(name.removeprefix("budget_ledger.") + "=" + folder)
+PY
+)
+mapfile -t modules < <("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["budget_ledger"]["compiled"]))')
+
+clean() {  # every extension in the package's folders, the shared runtime and the build record
+    local entry
+    for entry in "${folders[@]}"; do
+        find "${entry#*=}" -name '*.cpython-*.so' -delete
+    done
+    rm -f budget_ledger/_native__mypyc.*.so budget_ledger/_native.json
+}
+
+if [[ "${1:-}" == --clean ]]; then
+    clean
+    rm -rf .native
+    echo "compile.sh: compiled files removed; the core runs interpreted" >&2
+    exit 0
+fi
+
+if ! command -v cc >/dev/null || ! "$PY" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    clean
+    echo "compile.sh: no C compiler or no Python headers (gcc, python3-dev): the core runs interpreted" >&2
+    exit 0
+fi
+
+if "$PY" budget_ledger/native.py "${modules[@]}"; then
+    exit 0  # built from exactly these sources already
+fi
+
+# mypyc names a module after its path, so it builds in a view of the package's real layout:
+# .native/budget_ledger/<pkg> -> ../../<folder> (as typecheck.sh's view). The extensions it
+# writes there land in the repository's folders; the shared runtime and the record are copied.
+# The view is kept between runs: an extension newer than its C source is not built again.
+view=.native/budget_ledger
+mkdir -p "$view"
+for file in budget_ledger/*.py budget_ledger/py.typed; do
+    ln -sfn "../../$file" "$view/$(basename "$file")"
+done
+for entry in "${folders[@]}"; do
+    ln -sfn "../../${entry#*=}" "$view/${entry%%=*}"
+done
+# A module no longer listed must not keep its old extension.
+for entry in "${folders[@]}"; do
+    while IFS= read -r so; do
+        name="${so%%.cpython-*}"
+        module="budget_ledger.${entry%%=*}.$(basename "$name")"
+        printf '%s\n' "${modules[@]}" | grep -qx "$module" || rm -f "$so"
+    done < <(find "${entry#*=}" -name '*.cpython-*.so')
+done
+
+log=.native/build.log
+if ! "$PY" deploy/local/native.py .native "${modules[@]}" >"$log" 2>&1; then
+    grep -v '^x86_64\|^creating\|^copying' "$log" | tail -40 >&2
+    echo "compile.sh: the build failed (full log: $log)" >&2
+    exit 1
+fi
+cp -p "$view"/_native__mypyc.*.so "$view/_native.json" budget_ledger/
+echo "compile.sh: ${#modules[@]} modules compiled with mypyc" >&2
