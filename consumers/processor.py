@@ -16,7 +16,7 @@ import orjson
 from budget_ledger.consumers.state_cache import StateCache
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.chain_mac import ChainKey, event_mac
-from budget_ledger.ledger.frozen import quick_init
+from budget_ledger.ledger.frozen import picklable, quick_init
 from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.idempotency import classify, fingerprint
 from budget_ledger.ledger.record import record
@@ -144,6 +144,9 @@ class BatchContext:
     # The keyed chain's current key: each ledger row gets (mac, mac_key_id) appended (COPY it
     # with `copy_ledger_mac`). None: rows without a MAC, for `copy_ledger`.
     chain_key: ChainKey | None = None
+
+
+picklable(BatchContext)
 
 
 def process_batch(

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from budget_ledger.ledger.budget import BudgetState, evolve, initial_state
+from budget_ledger.ledger.frozen import picklable
 from budget_ledger.schemas.codec import event_from_wire, opened_digits
 
 #: A stored event as the readers fetch it: (tenant_id, budget_id, event JSON text).
@@ -29,6 +30,9 @@ class ReplayFailed:
     budget_id: str
     sequence: int
     reason: str
+
+
+picklable(ReplayFailed)
 
 
 def replay_digits(state: BudgetState, wire: Mapping[str, Any]) -> int:

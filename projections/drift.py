@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from budget_ledger.ledger.frozen import picklable
 from budget_ledger.projections.replay import BudgetReplay
 from budget_ledger.projections.rows import balance_row, reservation_row
 
@@ -70,6 +71,9 @@ class Drift:
     expected: Any
     actual: Any
     difference: int | None = None
+
+
+picklable(Drift)  # the workers send their drifts to the parent pickled
 
 
 def compare(budget: BudgetReplay) -> list[Drift]:

@@ -4,11 +4,13 @@ behaves as the one dataclasses writes, and pickling goes through it."""
 from __future__ import annotations
 
 import ast
+import copyreg
 import dataclasses
 import importlib
 import inspect
 import pickle
 import sys
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -180,3 +182,28 @@ def test_defaults_are_the_declared_ones() -> None:
 def test_refuses_what_it_cannot_copy_exactly(make: Any) -> None:
     with pytest.raises(TypeError, match="quick_init"):
         quick_init(make())
+
+
+def _compiled_modules() -> list[str]:
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    return list(tomllib.loads(pyproject.read_text())["tool"]["budget_ledger"]["compiled"])
+
+
+def test_every_frozen_class_of_the_compiled_core_pickles_by_its_fields() -> None:
+    """Compiled, a frozen dataclass cannot be unpickled field by field: each must be registered
+    with `picklable` (quick_init's classes stay Python classes, which pickle as before)."""
+    missing = []
+    for name in _compiled_modules():
+        module = importlib.import_module(name)
+        for cls in vars(module).values():
+            if not (
+                isinstance(cls, type)
+                and cls.__module__ == name
+                and dataclasses.is_dataclass(cls)
+                and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+            ):
+                continue
+            quick = "_set0" in getattr(getattr(cls.__init__, "__code__", None), "co_names", ())
+            if not quick and cls not in copyreg.dispatch_table:
+                missing.append(f"{name}.{cls.__name__}")
+    assert missing == []
