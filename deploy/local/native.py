@@ -1,8 +1,9 @@
 """Compile the modules named on the command line with mypyc, in place (run by compile.sh).
 
 Usage: ``python native.py ROOT MODULE...``. ROOT holds the package as ``budget_ledger/...``
-(compile.sh's view of the repository, or an installed site-packages); each module gets a C
-extension next to its ``.py`` and all share one runtime, ``budget_ledger/_native__mypyc``.
+(compile.sh's view of the repository, or the image's link to the installed package; not
+site-packages itself, where mypy takes every installed module for one of ours); each module
+gets a C extension next to its ``.py``, all sharing one runtime, ``budget_ledger/_native__mypyc``.
 ``budget_ledger/_native.json`` records the SHA-256 of every compiled source, so that
 `budget_ledger.native` can refuse to run extensions older than their source.
 """
