@@ -14,15 +14,11 @@ VENV="${LEDGER_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 cd "$ROOT"
 
-mapfile -t folders < <("$PY" - <<'PY'
-import tomllib
-
-dirs = tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"]
-for name, folder in dirs.items():
-    if name.startswith("budget_ledger."):
-        print(name.removeprefix("budget_ledger.") + "=" + folder)
-PY
-)
+# mypyc names a module after its path, so it builds in a view of the package's real layout,
+# .native/budget_ledger (package_view.sh, as typecheck.sh's): the extensions it writes there land
+# in the repository's folders; the shared runtime and the record are copied. The view is kept
+# between runs: an extension newer than its C source is not built again.
+mapfile -t folders < <(bash deploy/local/package_view.sh .native)
 mapfile -t modules < <("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["budget_ledger"]["compiled"]))')
 
 clean() {  # every extension in the package's folders, the shared runtime and the build record
@@ -51,18 +47,6 @@ if "$PY" budget_ledger/native.py "${modules[@]}"; then
     exit 0  # built from exactly these sources already
 fi
 
-# mypyc names a module after its path, so it builds in a view of the package's real layout:
-# .native/budget_ledger/<pkg> -> ../../<folder> (as typecheck.sh's view). The extensions it
-# writes there land in the repository's folders; the shared runtime and the record are copied.
-# The view is kept between runs: an extension newer than its C source is not built again.
-view=.native/budget_ledger
-mkdir -p "$view"
-for file in budget_ledger/*.py budget_ledger/py.typed; do
-    ln -sfn "../../$file" "$view/$(basename "$file")"
-done
-for entry in "${folders[@]}"; do
-    ln -sfn "../../${entry#*=}" "$view/${entry%%=*}"
-done
 # A module no longer listed must not keep its old extension.
 for entry in "${folders[@]}"; do
     while IFS= read -r so; do
@@ -78,5 +62,5 @@ if ! "$PY" deploy/local/native.py .native "${modules[@]}" >"$log" 2>&1; then
     echo "compile.sh: the build failed (full log: $log)" >&2
     exit 1
 fi
-cp -p "$view"/_native__mypyc.*.so "$view/_native.json" budget_ledger/
+cp -p .native/budget_ledger/_native__mypyc.*.so .native/budget_ledger/_native.json budget_ledger/
 echo "compile.sh: ${#modules[@]} modules compiled with mypyc" >&2
