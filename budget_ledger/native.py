@@ -21,19 +21,22 @@ class StaleBuild(RuntimeError):
     """A compiled module's source changed after it was compiled."""
 
 
+def _sources() -> dict[str, dict[str, str]]:
+    """The last build's record, module -> its source's path and SHA-256 ({}: interpreted)."""
+    if not _RECORD.exists() or not any(_RECORD.parent.glob("_native__mypyc.*")):
+        return {}
+    return dict(json.loads(_RECORD.read_text()))
+
+
 def compiled_modules() -> list[str]:
     """The modules of the last build (empty when the core runs interpreted)."""
-    if not _RECORD.exists() or not any(_RECORD.parent.glob("_native__mypyc.*")):
-        return []
-    return sorted(json.loads(_RECORD.read_text()))
+    return sorted(_sources())
 
 
 def stale_modules() -> list[str]:
     """The compiled modules whose source differs from the one they were built from."""
-    if not compiled_modules():
-        return []
     stale = []
-    for module, source in json.loads(_RECORD.read_text()).items():
+    for module, source in _sources().items():
         path = Path(source["path"])
         if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != source["sha256"]:
             stale.append(module)

@@ -19,7 +19,7 @@ cd "$ROOT"
 # in the repository's folders; the shared runtime and the record are copied. The view is kept
 # between runs: an extension newer than its C source is not built again.
 mapfile -t folders < <(bash deploy/local/package_view.sh .native)
-mapfile -t modules < <("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["budget_ledger"]["compiled"]))')
+mapfile -t modules < <("$PY" deploy/local/native.py --list)
 
 clean() {  # every extension in the package's folders, the shared runtime and the build record
     local entry
@@ -36,10 +36,9 @@ if [[ "${1:-}" == --clean ]]; then
     exit 0
 fi
 
-if ! command -v cc >/dev/null || ! "$PY" -c 'import os, sys, sysconfig
-sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+if ! missing="$(bash deploy/local/can_compile.sh "$PY")"; then
     clean
-    echo "compile.sh: no C compiler or no Python headers (gcc, python3-dev): the core runs interpreted" >&2
+    echo "compile.sh: missing $(echo $missing): the core runs interpreted" >&2
     exit 0
 fi
 
@@ -57,7 +56,7 @@ for entry in "${folders[@]}"; do
 done
 
 log=.native/build.log
-if ! "$PY" deploy/local/native.py .native "${modules[@]}" >"$log" 2>&1; then
+if ! "$PY" deploy/local/native.py .native >"$log" 2>&1; then
     grep -v '^x86_64\|^creating\|^copying' "$log" | tail -40 >&2
     echo "compile.sh: the build failed (full log: $log)" >&2
     exit 1

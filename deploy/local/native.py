@@ -1,11 +1,13 @@
-"""Compile the modules named on the command line with mypyc, in place (run by compile.sh).
+"""Compile the core with mypyc, in place (run by compile.sh and by the image's build stage).
 
-Usage: ``python native.py ROOT MODULE...``. ROOT holds the package as ``budget_ledger/...``
-(compile.sh's view of the repository, or the image's link to the installed package; not
-site-packages itself, where mypy takes every installed module for one of ours); each module
-gets a C extension next to its ``.py``, all sharing one runtime, ``budget_ledger/_native__mypyc``.
-``budget_ledger/_native.json`` records the SHA-256 of every compiled source, so that
-`budget_ledger.native` can refuse to run extensions older than their source.
+Usage: ``python native.py ROOT`` compiles the modules ``pyproject.toml`` lists under
+``[tool.budget_ledger] compiled``; ``python native.py --list`` prints them. ROOT holds the
+package as ``budget_ledger/...`` (compile.sh's view of the repository, or the image's link to the
+installed package; not site-packages itself, where mypy takes every installed module for one of
+ours); each module gets a C extension next to its ``.py``, all sharing one runtime,
+``budget_ledger/_native__mypyc``. ``budget_ledger/_native.json`` records the SHA-256 of every
+compiled source, so that `budget_ledger.native` can refuse to run extensions older than their
+source.
 """
 
 from __future__ import annotations
@@ -14,19 +16,28 @@ import hashlib
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 
-from mypyc.build import mypycify
-from setuptools import Distribution
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
-def main(root: str, modules: list[str]) -> None:
+def compiled_modules() -> list[str]:
+    """The modules to compile, as `pyproject.toml` lists them."""
+    return list(tomllib.loads(PYPROJECT.read_text())["tool"]["budget_ledger"]["compiled"])
+
+
+def build(root: str, modules: list[str]) -> None:
+    """Compile ``modules`` in place under ``root`` and record their sources."""
+    from mypyc.build import mypycify  # the build's tools only: --list needs neither
+    from setuptools import Distribution
+
     os.chdir(root)
     paths = [str(Path(*m.split(".")).with_suffix(".py")) for m in modules]
     extensions = mypycify(paths, opt_level="3", group_name="budget_ledger._native")
     dist = Distribution({"name": "budget-ledger-native", "ext_modules": extensions})
-    build = dist.get_command_obj("build_ext")
-    build.inplace = True  # type: ignore[attr-defined]
+    build_ext = dist.get_command_obj("build_ext")
+    build_ext.inplace = True  # type: ignore[attr-defined]
     dist.run_command("build_ext")
     sources = {
         m: {
@@ -39,4 +50,7 @@ def main(root: str, modules: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    if sys.argv[1:] == ["--list"]:
+        print("\n".join(compiled_modules()))
+    else:
+        build(sys.argv[1], compiled_modules())
