@@ -25,8 +25,11 @@ from budget_ledger.projections.rows import BalanceRow, ReservationRow, balance_r
 from budget_ledger.projections.state_loading import RefKey, with_settled
 from budget_ledger.schemas.commands import (
     Adjust,
+    Charge,
     Command,
     CommandInvalid,
+    Release,
+    Reserve,
     message_too_large,
     parse_command,
 )
@@ -334,7 +337,7 @@ def _unknown_refs(
     budget's state does not hold: the settled ones among them are looked up."""
     wanted: dict[RefKey, None] = {}
     for _, command, _ in valid:
-        ref = getattr(command, "ref_id", None)
+        ref = _ref_of(command)
         if ref is None or (command.tenant_id, command.command_id) in prior:
             continue  # no ref, or a repeated command id: it will not be decided
         bkey = (command.tenant_id, command.budget_id)
@@ -357,7 +360,7 @@ def _collect_reservation_rows(
         if bkey not in touched:
             continue
         _, state, seq0 = touched[bkey]
-        ref = getattr(command, "ref_id", None)
+        ref = _ref_of(command)
         if ref is None:
             if command.type == "expire_reservations" and bkey not in scanned:
                 scanned.add(bkey)
@@ -376,6 +379,13 @@ def _collect_reservation_rows(
     for bkey, ref in seen:
         changed.setdefault(bkey, set()).add(ref)
     return changed
+
+
+def _ref_of(command: Command) -> str | None:
+    """The reward a command names, if its type has one."""
+    # Not getattr(command, "ref_id", None): a pydantic model without the field raises (and
+    # catches) an AttributeError through Python code, ~2 us a call.
+    return command.ref_id if isinstance(command, (Reserve, Charge, Release)) else None
 
 
 def _validate(msg: Incoming, ctx: BatchContext) -> Command:

@@ -41,7 +41,7 @@ def record(
     event, text = seal(unsealed, after_digits)
     after = evolve(state, event)
     alerts = alerts_for(state, after, event)
-    alert_wires = tuple(alert_to_wire(a, after.digits) for a in alerts)
+    alert_wires = tuple(alert_to_wire(a, after.digits) for a in alerts) if alerts else ()
     return Recorded(after, event, text, alerts, alert_wires)
 
 
