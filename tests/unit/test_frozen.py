@@ -23,18 +23,13 @@ from budget_ledger.ledger import commands, events, record, state
 from budget_ledger.ledger.frozen import quick_init
 
 # Written-out __init__ (native_init): quick_init's when interpreted, mypyc's stores compiled.
-NATIVE = [events.LedgerEvent, state.BudgetState, state.Reservation]
-QUICK = [
-    *NATIVE,
-    state.BudgetConfig,
-    Incoming,
-    record.Recorded,
-    *(
-        c
-        for c in vars(commands).values()
-        if isinstance(c, type) and c.__module__ == commands.__name__ and dataclasses.is_dataclass(c)
-    ),
+COMMANDS = [
+    c
+    for c in vars(commands).values()
+    if isinstance(c, type) and c.__module__ == commands.__name__ and dataclasses.is_dataclass(c)
 ]
+NATIVE = [events.LedgerEvent, state.BudgetState, state.Reservation, *COMMANDS]
+QUICK = [*NATIVE, state.BudgetConfig, Incoming, record.Recorded]
 
 
 def _reference(cls: type) -> type:
@@ -62,8 +57,22 @@ _SAMPLES: dict[type, list[object]] = {
 }
 
 
+# A hashable value of its type for each non-text field of the domain commands (compiled, the
+# fields are typed; a field's runtime type there is a class, or `type` for a union).
+_AMOUNT = commands.Amount(150, "1.50")
+_AT = datetime(2026, 1, 2, tzinfo=UTC)
+_BY_NAME: dict[str, object] = {
+    "minor": 150, "digits": 2, "soft_threshold_pct": 80, "hard_threshold_pct": 95,
+    "reservation_ttl_seconds": 60, "rollover": True, "metadata": Map(k="v"), "changes": Map(k="v"),
+    "issued_at": _AT, "expires_at": _AT, "as_of": _AT, "period_end": _AT, "amount": _AMOUNT,
+    "hard_cap": _AMOUNT, "soft_cap": _AMOUNT, "period_allowance": _AMOUNT, "threshold": _AMOUNT,
+}  # fmt: skip
+
+
 def _values(cls: type) -> list[object]:
-    return _SAMPLES.get(cls) or [f"{f.name}-value" for f in dataclasses.fields(cls)]
+    return _SAMPLES.get(cls) or [
+        _BY_NAME.get(f.name, f"{f.name}-value") for f in dataclasses.fields(cls)
+    ]
 
 
 def _interpreted(cls: type) -> bool:
@@ -86,13 +95,19 @@ def test_a_written_out_init_takes_exactly_the_fields(cls: type) -> None:
     under its own name: nothing else (the source is read: compiled, there is no signature)."""
     package, name = cls.__module__.rsplit(".", 1)
     source = Path(importlib.import_module(package).__path__[0], f"{name}.py")
-    body = next(
-        n
-        for n in ast.walk(ast.parse(source.read_text()))
-        if isinstance(n, ast.ClassDef) and n.name == cls.__name__
-    ).body
-    declared = [(n.target.id, n.value and ast.unparse(n.value)) for n in body
-                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]  # fmt: skip
+    classes = {
+        n.name: n for n in ast.walk(ast.parse(source.read_text())) if isinstance(n, ast.ClassDef)
+    }
+
+    def declared_in(node: ast.ClassDef) -> list[tuple[str, str | None]]:
+        # A base class of the same module declares the first fields (a dataclass's order).
+        bases = [classes[b.id] for b in node.bases if isinstance(b, ast.Name) and b.id in classes]
+        return [*(d for b in bases for d in declared_in(b)),
+                *((n.target.id, n.value and ast.unparse(n.value)) for n in node.body
+                  if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name))]  # fmt: skip
+
+    declared = declared_in(classes[cls.__name__])
+    body = classes[cls.__name__].body
     init = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
     params = [a.arg for a in init.args.args[1:]]
     defaults = [None] * (len(params) - len(init.args.defaults)) + [
