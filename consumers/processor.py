@@ -16,7 +16,7 @@ import orjson
 from budget_ledger.consumers.state_cache import StateCache
 from budget_ledger.ledger.budget import BudgetState
 from budget_ledger.ledger.chain_mac import ChainKey, event_mac
-from budget_ledger.ledger.frozen import picklable, quick_init
+from budget_ledger.ledger.frozen import native_init, picklable
 from budget_ledger.ledger.history import ReplayFailed
 from budget_ledger.ledger.idempotency import classify, fingerprint
 from budget_ledger.ledger.record import record
@@ -65,7 +65,6 @@ MAX_ID_CHARS = 256
 LEDGER_ROW_PARTITION, LEDGER_ROW_OFFSET = 14, 15
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A Kafka message as the processor needs it."""
@@ -82,6 +81,26 @@ class Incoming:
     # Kafka headers (name, value); the signature of a privileged command travels here.
     headers: tuple[tuple[str, bytes | None], ...] = ()
 
+    # Written out: compiled, the stores are native; interpreted, `native_init` puts quick_init's
+    # in its place (a frozen class cannot assign its own fields in Python).
+    def __init__(
+        self,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int = 0,
+        original_size: int = 0,
+        headers: tuple[tuple[str, bytes | None], ...] = (),
+    ) -> None:
+        self.partition = partition  # type: ignore[misc]
+        self.offset = offset  # type: ignore[misc]
+        self.key = key  # type: ignore[misc]
+        self.value = value  # type: ignore[misc]
+        self.timestamp_ms = timestamp_ms  # type: ignore[misc]
+        self.original_size = original_size  # type: ignore[misc]
+        self.headers = headers  # type: ignore[misc]
+
     @classmethod
     def bounded(
         cls,
@@ -96,6 +115,10 @@ class Incoming:
         if value is not None and len(value) > MAX_MESSAGE_BYTES:
             return cls(partition, offset, key, value[:MAX_MESSAGE_BYTES], ts, len(value), headers)
         return cls(partition, offset, key, value, ts, 0, headers)
+
+
+native_init(Incoming, __file__)
+picklable(Incoming)
 
 
 @dataclass(slots=True)

@@ -28,8 +28,8 @@ COMMANDS = [
     for c in vars(commands).values()
     if isinstance(c, type) and c.__module__ == commands.__name__ and dataclasses.is_dataclass(c)
 ]
-NATIVE = [events.LedgerEvent, state.BudgetState, state.Reservation, *COMMANDS]
-QUICK = [*NATIVE, state.BudgetConfig, Incoming, record.Recorded]
+NATIVE = [events.LedgerEvent, state.BudgetState, state.Reservation, *COMMANDS, Incoming]
+QUICK = [*NATIVE, state.BudgetConfig, record.Recorded]
 
 
 def _reference(cls: type) -> type:
@@ -57,8 +57,9 @@ _SAMPLES: dict[type, list[object]] = {
 }
 
 
-# A hashable value of its type for each non-text field of the domain commands (compiled, the
-# fields are typed; a field's runtime type there is a class, or `type` for a union).
+# A hashable value of its type for each non-text field of the domain commands and `Incoming`
+# (compiled, the fields are typed; a field's runtime type there is a class, or `type` for a
+# union).
 _AMOUNT = commands.Amount(150, "1.50")
 _AT = datetime(2026, 1, 2, tzinfo=UTC)
 _BY_NAME: dict[str, object] = {
@@ -66,6 +67,9 @@ _BY_NAME: dict[str, object] = {
     "reservation_ttl_seconds": 60, "rollover": True, "metadata": Map(k="v"), "changes": Map(k="v"),
     "issued_at": _AT, "expires_at": _AT, "as_of": _AT, "period_end": _AT, "amount": _AMOUNT,
     "hard_cap": _AMOUNT, "soft_cap": _AMOUNT, "period_allowance": _AMOUNT, "threshold": _AMOUNT,
+    # Incoming
+    "partition": 3, "offset": 7, "key": b"t:b", "value": b"{}", "timestamp_ms": 1,
+    "original_size": 0, "headers": (("h", b"v"),),
 }  # fmt: skip
 
 
