@@ -1,5 +1,6 @@
-"""`quick_init`: a faster ``__init__`` for the hottest frozen dataclasses (the domain's values,
-the consumer's incoming message).
+"""`quick_init`: a faster ``__init__`` for hot frozen dataclasses that stay Python classes (a
+state's `BudgetConfig`, the writer's `Recorded`), and for the written-out ones below when the
+core runs interpreted.
 
 A frozen dataclass's generated ``__init__`` stores every field with
 ``object.__setattr__(self, "name", value)`` (its own ``__setattr__`` refuses), a global and an
@@ -9,13 +10,14 @@ event. With ``slots=True`` every field is a slot whose descriptor can store the 
 the ``__init__`` written here calls those descriptors (bound once, at class creation) and takes
 1.7 us. Same signature, defaults, frozenness, equality and hash: only the stores are cheaper.
 
-`native_init`: the three hottest classes (`LedgerEvent`, `BudgetState`, `Reservation`) write
-their ``__init__`` out instead, ``self.field = field`` for each field, because the core is also
-compiled with mypyc (docs/performance.md, "The compiled core"), which then stores each field
-natively (~10x cheaper than either Python ``__init__``) and keeps the class frozen for Python
-code. Interpreted, those assignments would meet the frozen ``__setattr__``: `native_init` puts
-`quick_init`'s ``__init__`` in their place. tests/unit/test_frozen.py checks that a written-out
-``__init__`` takes exactly the fields, in order, with their defaults.
+`native_init`: the hottest classes (`LedgerEvent`, `BudgetState`, `Reservation`, the domain
+commands, the consumer's `Incoming`) write their ``__init__`` out instead, ``self.field =
+field`` for each field, because the core is also compiled with mypyc (docs/performance.md, "The
+compiled core"), which then stores each field natively (~10x cheaper than either Python
+``__init__``) and keeps the class frozen for Python code. Interpreted, those assignments would
+meet the frozen ``__setattr__``: `native_init` puts `quick_init`'s ``__init__`` in their place.
+tests/unit/test_frozen.py checks that a written-out ``__init__`` takes exactly the fields, in
+order, with their defaults.
 """
 
 from __future__ import annotations
