@@ -19,7 +19,7 @@ from budget_ledger.ledger.budget import BudgetState, evolve, initial_state
 from budget_ledger.ledger.settings import Settings
 from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
 from budget_ledger.schemas.codec import event_from_wire, event_to_wire
-from budget_ledger.schemas.hashing import seal_body
+from tests.unfoldable import GHOST_REF, UNFOLDABLE_TYPE, unfoldable
 
 pytestmark = pytest.mark.integration
 
@@ -149,27 +149,23 @@ def test_altered_and_deleted_ledger_rows_name_the_first_broken_link(filled: Sett
 
 def test_an_evolve_exception_is_a_broken_link_and_the_replay_goes_on(filled: Settings) -> None:
     victim = ("tenant-1", "budget-4")
-    # An event `evolve` cannot fold (a charge of a reservation never made) that still verifies:
-    # sealed onto the chain as a writer would, its columns matching, so only the fold can fail.
-    # (The compiled core binds `evolve` at build time: the failure must come from the data.)
+    # Its sixth event re-sealed so that it verifies and only the fold fails, its columns
+    # matching (tests/unfoldable.py).
     with psycopg.connect(filled.database_url) as conn:
         where = "WHERE tenant_id = %s AND budget_id = %s AND sequence = 6"
         (text,) = conn.execute(f"SELECT event::text FROM ledger {where}", victim).fetchone()
-        wire = orjson.loads(text)
-        del wire["hash"]
-        wire.update(type="reservation_charged", ref_id="ghost")
-        digest, sealed = seal_body(wire["prev_hash"], wire)
+        digest, sealed = unfoldable(text)
         conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
         conn.execute(
             f"UPDATE ledger SET event = %s::json, type = %s, ref_id = %s, hash = %s {where}",
-            (sealed, "reservation_charged", "ghost", digest, *victim),
+            (sealed, UNFOLDABLE_TYPE, GHOST_REF, digest, *victim),
         )
         conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
     for workers in (1, 2):
         report = reconcile(filled.database_url, ReconcileOptions(workers=workers, progress=False))
         assert report.events == 3000 and report.budgets == 40
         assert [(b.tenant_id, b.budget_id, b.sequence, b.problem) for b in report.broken] == [
-            (*victim, 6, "event does not replay: KeyError: 'ghost'")
+            (*victim, 6, f"event does not replay: KeyError: '{GHOST_REF}'")
         ]
         # Drift is found for that budget only (its replay stopped short); the others verify.
         assert {(d.tenant_id, d.budget_id) for d in report.drifts} <= {victim}

@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import pytest
 
 from bench.replay_bench import build_rows, command_stream
 from budget_ledger.projections.reconcile_report import ReconcileReport, iter_lines
 from budget_ledger.projections.replay import BudgetReplay
-from budget_ledger.schemas.hashing import seal_body
+from tests.unfoldable import GHOST_REF, UNFOLDABLE_TYPE, unfoldable
 
 CURRENCIES = {"USD": 2, "ZWG": 2}
 Key = tuple[str, str]
@@ -66,15 +65,11 @@ def test_an_evolve_exception_is_a_broken_link_and_the_other_budgets_still_verify
     clean = _replay(rows)
     victim, seq = _first(rows, "budget_funded")
 
-    # An event `evolve` cannot fold (a charge of a reservation never made) that still verifies:
-    # sealed onto the chain as a writer would, its columns matching, so only the fold can fail.
-    # (The compiled core binds `evolve` at build time: the failure must come from the data.)
+    # That row re-sealed so that it verifies and only the fold fails, its type column matching
+    # (tests/unfoldable.py).
     def resealed(r: tuple[Any, ...]) -> tuple[Any, ...]:
-        wire = orjson.loads(r[8])
-        del wire["hash"]
-        wire.update(type="reservation_charged", ref_id="ghost")
-        _, text = seal_body(wire["prev_hash"], wire)
-        return (*r[:3], "reservation_charged", *r[4:8], text, *r[9:])
+        _, text = unfoldable(r[8])
+        return (*r[:3], UNFOLDABLE_TYPE, *r[4:8], text, *r[9:])
 
     budgets = _replay([resealed(r) if (r[0], r[1]) == victim and r[2] == seq else r for r in rows])
 
@@ -82,7 +77,7 @@ def test_an_evolve_exception_is_a_broken_link_and_the_other_budgets_still_verify
     assert list(broken) == [victim]
     link = broken[victim]
     assert link is not None and link.sequence == seq
-    assert link.problem == "event does not replay: KeyError: 'ghost'"
+    assert link.problem == f"event does not replay: KeyError: '{GHOST_REF}'"
     # The replay went on: every row was read, every other budget replayed to the same state.
     assert sum(b.events for b in budgets.values()) == len(rows)
     for key, budget in budgets.items():
