@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Final
 
 import orjson
 
@@ -404,11 +405,16 @@ def _collect_reservation_rows(
     return changed
 
 
+#: The command types that name a reward: every wire model with a ``ref_id`` field
+#: (tests/unit/test_processor.py checks this list against the models).
+REF_COMMANDS: Final = (Reserve, Charge, Release)
+
+
 def _ref_of(command: Command) -> str | None:
     """The reward a command names, if its type has one."""
     # Not getattr(command, "ref_id", None): a pydantic model without the field raises (and
     # catches) an AttributeError through Python code, ~2 us a call.
-    return command.ref_id if isinstance(command, (Reserve, Charge, Release)) else None
+    return command.ref_id if isinstance(command, REF_COMMANDS) else None
 
 
 def _validate(msg: Incoming, ctx: BatchContext) -> Command:

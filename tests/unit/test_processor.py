@@ -13,6 +13,7 @@ import budget_ledger.consumers.processor as processor
 import budget_ledger.ledger.record as record_mod
 from budget_ledger.consumers.processor import BatchContext, Incoming, PartitionState, process_batch
 from budget_ledger.ledger.budget import BudgetState, initial_state
+from budget_ledger.schemas.commands import COMMAND_MODELS
 
 pytestmark = pytest.mark.unit
 
@@ -229,3 +230,9 @@ def test_alerts_and_dead_letters_become_rows_of_the_batch() -> None:
         ("t", "c2", "fund", "idempotency_conflict", "cmd", 0, 5),
     ]
     assert len(_dlq(out)) == 3
+
+
+def test_the_commands_naming_a_reward_are_the_models_with_a_ref_id() -> None:
+    # `_ref_of` reads `ref_id` only of these types: a new model with the field must join them.
+    with_ref = {m for m in COMMAND_MODELS.values() if "ref_id" in m.model_fields}
+    assert set(processor.REF_COMMANDS) == with_ref
