@@ -179,9 +179,11 @@ class BudgetReplay:
                 pending[seq] = row
 
     def _check_base(self, row: tuple[Any, ...]) -> None:
-        """The checkpointed row: still there with the checkpointed hash, else re-read whole."""
+        """The checkpointed row: still there with the checkpointed hash, else re-read whole.
+        (It may come after rows that follow it: the state has moved on, the checkpoint not.)"""
+        cp = self.checkpoint
         try:
-            same = _LOADS(row[_BODY]).get("hash") == self.state.last_hash
+            same = cp is not None and _LOADS(row[_BODY]).get("hash") == cp[1]
         except (orjson.JSONDecodeError, AttributeError):
             same = False
         if same:
