@@ -28,7 +28,7 @@ the unbounded ordered re-read (`BudgetReplay.unseen_rows`).
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,7 +45,12 @@ from budget_ledger.projections.reconcile_options import ReconcileOptions
 from budget_ledger.projections.replay import BrokenLink, BudgetReplay, LegacySeal
 from budget_ledger.projections.store import queries
 
-FETCH = 20_000
+FETCH = 20_000  # rows between progress reports, and a re-read's fetch size
+# The ledger scan streams its rows in chunks (libpq's chunked mode) rather than FETCHing from a
+# server-side cursor: PostgreSQL produces the next rows while this process replays the last ones,
+# where a FETCH leaves one of the two idle (docs/performance.md, "The replay's scan streamed").
+STREAM_CHUNK = 1_000
+CHUNKED = psycopg.pq.version() >= 170000  # libpq 17 brought chunked rows; older: FETCH
 _LOADS = orjson.loads
 log = structlog.get_logger("reconcile")
 
@@ -170,17 +175,23 @@ def replay_shard(
                         "SELECT current_setting('enable_nestloop'),"
                         " set_config('enable_nestloop', 'off', true)"
                     ).fetchone()
-                with conn.cursor(name=f"reconcile_{shard}_{i}") as cur:
-                    cur.itersize = FETCH
-                    cur.execute(scan, scan_args)
-                    while rows := cur.fetchmany(FETCH):
-                        for row in rows:
-                            budget = get((row[0], row[1]))
-                            if budget is None:
-                                budget = budgets[(row[0], row[1])] = new(row[0], row[1])
-                            budget.feed(row)
+                n = 0
+                # Only the whole scan streams: the incremental reads' joins keep the plans made
+                # for a cursor (planned otherwise, one delivered a budget's rows in reverse).
+                whole_scan = scan is q["reconcile_ledger_scan"]
+                name = f"reconcile_{shard}_{i}"
+                for row in _ledger_rows(conn, name, scan, scan_args, whole_scan):
+                    budget = get((row[0], row[1]))
+                    if budget is None:
+                        budget = budgets[(row[0], row[1])] = new(row[0], row[1])
+                    budget.feed(row)
+                    n += 1
+                    if n == FETCH:
                         if on_progress is not None:
-                            on_progress(len(rows))
+                            on_progress(n)
+                        n = 0
+                if on_progress is not None and n:
+                    on_progress(n)
                 if nestloop is not None:
                     conn.execute("SELECT set_config('enable_nestloop', %s, true)", nestloop[:1])
             # The projections first: a bounded replay ending before its balance row's sequence
@@ -224,6 +235,24 @@ def replay_shard(
         if gc_was_enabled:
             gc.enable()
     return result
+
+
+def _ledger_rows(
+    conn: psycopg.Connection,
+    name: str,
+    query: str,
+    params: Mapping[str, object],
+    stream: bool,
+) -> Iterator[tuple[Any, ...]]:
+    """A read's rows in the order PostgreSQL sends them: streamed in chunks (``stream``, where
+    libpq has chunked mode), else fetched from a server-side cursor ``name``."""
+    if stream and CHUNKED:
+        with conn.cursor() as cur:
+            yield from cur.stream(query, params, size=STREAM_CHUNK)
+    else:
+        with conn.cursor(name=name) as cur:
+            cur.itersize = FETCH
+            yield from cur.execute(query, params)
 
 
 def _unseen(budget: BudgetReplay) -> bool:

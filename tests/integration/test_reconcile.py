@@ -189,14 +189,18 @@ def _rewrite_rows(url: str, where: str) -> None:
         conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["streamed", "fetched"])
 @pytest.mark.parametrize("max_pending", [10_000, 2])
 def test_rows_out_of_physical_order_are_replayed_in_sequence_order(
-    filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int
+    filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int, chunked: bool
 ) -> None:
-    # max_pending=2 forces the ordered per-budget re-read instead of buffering.
+    # max_pending=2 forces the ordered per-budget re-read instead of buffering; the scan is
+    # streamed (libpq 17 or later) or fetched from a server-side cursor (older libpq).
     import budget_ledger.projections.replay as replay
+    import budget_ledger.projections.shard as shard
 
     monkeypatch.setattr(replay, "MAX_PENDING", max_pending)
+    monkeypatch.setattr(shard, "CHUNKED", chunked)
     url = filled.database_url
     _rewrite_rows(
         url, "tenant_id = 'tenant-1' AND budget_id = 'budget-1' AND sequence IN (2, 3, 9)"
@@ -206,18 +210,23 @@ def test_rows_out_of_physical_order_are_replayed_in_sequence_order(
     assert seqs != sorted(seqs)
     assert _physical_sequences(url, "tenant-2", "budget-5")[-1] == 1
     for workers in (1, 2):
-        report = reconcile(url, ReconcileOptions(workers=workers, progress=False))
+        ticks: list[int] = []
+        report = reconcile(url, ReconcileOptions(workers=workers, progress=False), ticks.append)
         assert report.events == 3000 and report.budgets == 40
         assert report.drifts == [] and report.broken == [] and report.clean
+        assert sum(ticks) == 3000  # every scanned row reported once as progress
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["streamed", "fetched"])
 @pytest.mark.parametrize("max_pending", [10_000, 2])
 def test_gap_and_duplicate_are_found_whatever_the_physical_order(
-    filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int
+    filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int, chunked: bool
 ) -> None:
     import budget_ledger.projections.replay as replay
+    import budget_ledger.projections.shard as shard
 
     monkeypatch.setattr(replay, "MAX_PENDING", max_pending)
+    monkeypatch.setattr(shard, "CHUNKED", chunked)
     url = filled.database_url
     with psycopg.connect(url) as conn:
         conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
