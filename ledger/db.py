@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+# libpq 17 brought chunked rows: a long read then streams (PostgreSQL sends the next rows while
+# the caller works on the last ones), without a server-side cursor's bookkeeping; older libpq
+# FETCHes from a cursor (docs/performance.md, "The replay's scan streamed").
+CHUNKED = psycopg.pq.version() >= 170000
+STREAM_CHUNK = 1_000
+FETCH = 20_000
 
 
 class DatabaseUnavailable(psycopg.OperationalError):
@@ -75,6 +83,24 @@ def copy_rows(
                 copy.set_types(list(types))
             for row in rows:
                 copy.write_row(row)
+
+
+def stream_rows(
+    conn: psycopg.Connection,
+    query: str,
+    params: Mapping[str, object],
+    cursor_name: str,
+    stream: bool = True,
+) -> Iterator[tuple[Any, ...]]:
+    """A long read's rows in the order PostgreSQL sends them: streamed in chunks (``stream``,
+    where libpq has chunked mode), else fetched from the server-side cursor ``cursor_name``."""
+    if stream and CHUNKED:
+        with conn.cursor() as cur:
+            yield from cur.stream(query, params, size=STREAM_CHUNK)
+    else:
+        with conn.cursor(name=cursor_name) as cur:
+            cur.itersize = FETCH
+            yield from cur.execute(query, params)
 
 
 def _json_text(value: object) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import psycopg
 import structlog
 
-from budget_ledger.ledger.db import copy_rows
+from budget_ledger.ledger.db import copy_rows, stream_rows
 from budget_ledger.ledger.history import ReplayFailed, replay
 from budget_ledger.projections.rows import balance_row, reservation_row
 from budget_ledger.projections.store import queries
@@ -45,17 +45,14 @@ def rebuild(
         # projections, not of the ledger) are collected first; the ledger itself is streamed.
         balances: list[tuple[object, ...]] = []
         reservations: list[tuple[object, ...]] = []
-        with conn.cursor(name="rebuild_stream") as src:
-            src.itersize = 20_000
-            src.execute(q["rebuild_stream"], params)
-            for state in replay(src):
-                if isinstance(state, ReplayFailed):
-                    raise RebuildFailed(
-                        f"budget {state.tenant_id}:{state.budget_id}: event {state.sequence} does"
-                        f" not replay ({state.reason}); run reconcile for details"
-                    )
-                balances.append(balance_row(state, updated_at))
-                reservations.extend(reservation_row(state, r) for r in state.reservations.values())
+        for state in replay(stream_rows(conn, q["rebuild_stream"], params, "rebuild_stream")):
+            if isinstance(state, ReplayFailed):
+                raise RebuildFailed(
+                    f"budget {state.tenant_id}:{state.budget_id}: event {state.sequence} does"
+                    f" not replay ({state.reason}); run reconcile for details"
+                )
+            balances.append(balance_row(state, updated_at))
+            reservations.extend(reservation_row(state, r) for r in state.reservations.values())
         conn.execute(q["delete_balances"], params)
         conn.execute(q["delete_reservations"], params)
         copy_rows(conn, q["copy_balances"], balances)

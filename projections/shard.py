@@ -28,7 +28,7 @@ the unbounded ordered re-read (`BudgetReplay.unseen_rows`).
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +38,7 @@ import psycopg
 import structlog
 
 from budget_ledger.ledger.budget import BudgetState
+from budget_ledger.ledger.db import stream_rows
 from budget_ledger.projections.checkpoint_state import StateUnreadable, decode_state, encode_state
 from budget_ledger.projections.checkpoints import Verified
 from budget_ledger.projections.drift import Drift, balance_from_row, compare
@@ -46,12 +47,6 @@ from budget_ledger.projections.replay import BrokenLink, BudgetReplay, LegacySea
 from budget_ledger.projections.store import queries
 
 FETCH = 20_000  # rows between progress reports, and a re-read's fetch size
-# The ledger scan streams its rows in chunks (libpq's chunked mode) rather than FETCHing from a
-# server-side cursor: PostgreSQL sends the next rows while this process replays the last ones,
-# without a cursor's bookkeeping (~1.4 us of its CPU an event less: docs/performance.md, "The
-# replay's scan streamed").
-STREAM_CHUNK = 1_000
-CHUNKED = psycopg.pq.version() >= 170000  # libpq 17 brought chunked rows; older: FETCH
 _LOADS = orjson.loads
 log = structlog.get_logger("reconcile")
 
@@ -177,11 +172,12 @@ def replay_shard(
                         " set_config('enable_nestloop', 'off', true)"
                     ).fetchone()
                 n = 0
-                # Only the whole scan streams: the incremental reads' joins keep the plans made
-                # for a cursor (planned otherwise, one delivered a budget's rows in reverse).
+                # Only the whole scan streams (~1.4 us of PostgreSQL's CPU an event less): the
+                # incremental reads' joins keep the plans made for a cursor (planned otherwise,
+                # one delivered a budget's rows in reverse).
                 whole_scan = scan is q["reconcile_ledger_scan"]
                 name = f"reconcile_{shard}_{i}"
-                for row in _ledger_rows(conn, name, scan, scan_args, whole_scan):
+                for row in stream_rows(conn, scan, scan_args, name, whole_scan):
                     budget = get((row[0], row[1]))
                     if budget is None:
                         budget = budgets[(row[0], row[1])] = new(row[0], row[1])
@@ -236,24 +232,6 @@ def replay_shard(
         if gc_was_enabled:
             gc.enable()
     return result
-
-
-def _ledger_rows(
-    conn: psycopg.Connection,
-    name: str,
-    query: str,
-    params: Mapping[str, object],
-    stream: bool,
-) -> Iterator[tuple[Any, ...]]:
-    """A read's rows in the order PostgreSQL sends them: streamed in chunks (``stream``, where
-    libpq has chunked mode), else fetched from a server-side cursor ``name``."""
-    if stream and CHUNKED:
-        with conn.cursor() as cur:
-            yield from cur.stream(query, params, size=STREAM_CHUNK)
-    else:
-        with conn.cursor(name=name) as cur:
-            cur.itersize = FETCH
-            yield from cur.execute(query, params)
 
 
 def _unseen(budget: BudgetReplay) -> bool:

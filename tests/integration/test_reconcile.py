@@ -196,11 +196,11 @@ def test_rows_out_of_physical_order_are_replayed_in_sequence_order(
 ) -> None:
     # max_pending=2 forces the ordered per-budget re-read instead of buffering; the scan is
     # streamed (libpq 17 or later) or fetched from a server-side cursor (older libpq).
+    import budget_ledger.ledger.db as db
     import budget_ledger.projections.replay as replay
-    import budget_ledger.projections.shard as shard
 
     monkeypatch.setattr(replay, "MAX_PENDING", max_pending)
-    monkeypatch.setattr(shard, "CHUNKED", chunked)
+    monkeypatch.setattr(db, "CHUNKED", chunked)
     url = filled.database_url
     _rewrite_rows(
         url, "tenant_id = 'tenant-1' AND budget_id = 'budget-1' AND sequence IN (2, 3, 9)"
@@ -222,11 +222,11 @@ def test_rows_out_of_physical_order_are_replayed_in_sequence_order(
 def test_gap_and_duplicate_are_found_whatever_the_physical_order(
     filled: Settings, monkeypatch: pytest.MonkeyPatch, max_pending: int, chunked: bool
 ) -> None:
+    import budget_ledger.ledger.db as db
     import budget_ledger.projections.replay as replay
-    import budget_ledger.projections.shard as shard
 
     monkeypatch.setattr(replay, "MAX_PENDING", max_pending)
-    monkeypatch.setattr(shard, "CHUNKED", chunked)
+    monkeypatch.setattr(db, "CHUNKED", chunked)
     url = filled.database_url
     with psycopg.connect(url) as conn:
         conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
