@@ -7,6 +7,7 @@ filler) so rows have exactly the consumer's layout; tampering is done as the own
 from __future__ import annotations
 
 import argparse
+import re
 
 import orjson
 import psycopg
@@ -17,7 +18,9 @@ from bench.replay_bench import build_rows, command_stream, fill
 from budget_ledger.entrypoints.cli import build_parser
 from budget_ledger.ledger.budget import BudgetState, evolve, initial_state
 from budget_ledger.ledger.settings import Settings
+from budget_ledger.projections.rebuild import ORDERED_BY_INDEX
 from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
+from budget_ledger.projections.store import queries
 from budget_ledger.schemas.codec import event_from_wire, event_to_wire
 from tests.unfoldable import GHOST_REF, UNFOLDABLE_TYPE, unfoldable
 
@@ -187,6 +190,23 @@ def _rewrite_rows(url: str, where: str) -> None:
         conn.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
         conn.execute(f"UPDATE ledger SET event = event WHERE {where}")
         conn.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+
+
+@pytest.mark.parametrize("sort_off", [True, False])
+def test_rebuilds_streamed_read_walks_the_index_where_a_sort_looks_cheaper(
+    filled: Settings, sort_off: bool
+) -> None:
+    # Index reads made to look dear, as on a large ledger whose budgets interleave: planned as
+    # a plain statement (it streams), the read would sort every row before sending the first.
+    with psycopg.connect(filled.database_url) as conn, conn.transaction():
+        conn.execute("SET LOCAL random_page_cost = 1000000")
+        if sort_off:
+            conn.execute(ORDERED_BY_INDEX)  # what rebuild sets
+        plan = conn.execute(
+            "EXPLAIN " + queries()["rebuild_stream"], {"tenant": None, "budget": None}
+        ).fetchall()
+    sorts = [line for (line,) in plan if re.search(r"\bSort\s+\(cost", line)]
+    assert (sorts == []) is sort_off, plan
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["streamed", "fetched"])
