@@ -156,6 +156,12 @@ SELECT topic, partition, last_offset FROM relay_cursors
 -- Rebuild: readers keep reading the old rows; writers (the consumer's upsert) wait until commit.
 LOCK TABLE budget_balances, reservations IN EXCLUSIVE MODE
 
+-- name: rebuild_in_index_order
+-- Rebuild streams its read (planned for all its rows, not for a cursor's first ones): on a large
+-- ledger the planner would sort every row before sending the first (a 26M-row ledger measured);
+-- the sequence key's index gives the order. For the rebuild's transaction only.
+SET LOCAL enable_sort = off
+
 -- name: rebuild_stream
 -- Rebuild: the whole ledger (or one tenant/budget) in replay order, only what `evolve` needs.
 SELECT tenant_id, budget_id, event::text

@@ -17,7 +17,6 @@ from budget_ledger.projections.rows import balance_row, reservation_row
 from budget_ledger.projections.store import queries
 
 log = structlog.get_logger("rebuild")
-ORDERED_BY_INDEX = "SET LOCAL enable_sort = off"
 
 
 class RebuildFailed(Exception):
@@ -42,10 +41,7 @@ def rebuild(
         # The lock comes first so the replay's snapshot already includes every committed batch.
         conn.execute(q["lock_projections"])
         updated_at = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        # The read streams (no cursor), so the planner costs all of it, not its first rows: on a
-        # large ledger it then sorts every row before sending one (a 26M-row ledger measured)
-        # where a cursor walks the sequence key's index. The index gives the order: no sort.
-        conn.execute(ORDERED_BY_INDEX)
+        conn.execute(q["rebuild_in_index_order"])
         # Two COPYs cannot interleave on one connection, so the rows (the size of the
         # projections, not of the ledger) are collected first; the ledger itself is streamed.
         balances: list[tuple[object, ...]] = []

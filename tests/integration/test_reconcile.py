@@ -18,7 +18,6 @@ from bench.replay_bench import build_rows, command_stream, fill
 from budget_ledger.entrypoints.cli import build_parser
 from budget_ledger.ledger.budget import BudgetState, evolve, initial_state
 from budget_ledger.ledger.settings import Settings
-from budget_ledger.projections.rebuild import ORDERED_BY_INDEX
 from budget_ledger.projections.reconcile import ReconcileOptions, reconcile
 from budget_ledger.projections.store import queries
 from budget_ledger.schemas.codec import event_from_wire, event_to_wire
@@ -201,7 +200,7 @@ def test_rebuilds_streamed_read_walks_the_index_where_a_sort_looks_cheaper(
     with psycopg.connect(filled.database_url) as conn, conn.transaction():
         conn.execute("SET LOCAL random_page_cost = 1000000")
         if sort_off:
-            conn.execute(ORDERED_BY_INDEX)  # what rebuild sets
+            conn.execute(queries()["rebuild_in_index_order"])  # what rebuild sets
         plan = conn.execute(
             "EXPLAIN " + queries()["rebuild_stream"], {"tenant": None, "budget": None}
         ).fetchall()
