@@ -93,8 +93,12 @@ def stream_rows(
     stream: bool = True,
 ) -> Iterator[tuple[Any, ...]]:
     """A long read's rows in the order PostgreSQL sends them: streamed in chunks (``stream``,
-    where libpq has chunked mode), else fetched from the server-side cursor ``cursor_name``."""
+    where libpq has chunked mode), else fetched from the server-side cursor ``cursor_name``.
+    Inside the caller's transaction; streamed, it lifts `statement_timeout` for the rest of it."""
     if stream and CHUNKED:
+        # Streamed, the whole read is one statement (a cursor's is one per FETCH): a timeout
+        # set for the role would cut a long scan short, not a runaway query.
+        conn.execute("SET LOCAL statement_timeout = 0")
         with conn.cursor() as cur:
             yield from cur.stream(query, params, size=STREAM_CHUNK)
     else:
