@@ -46,7 +46,7 @@ from budget_ledger.projections.reconcile_options import ReconcileOptions
 from budget_ledger.projections.replay import BrokenLink, BudgetReplay, LegacySeal
 from budget_ledger.projections.store import queries
 
-FETCH = 20_000  # rows between progress reports, and a re-read's fetch size
+PROGRESS_EVERY = 20_000  # rows
 _LOADS = orjson.loads
 log = structlog.get_logger("reconcile")
 
@@ -183,7 +183,7 @@ def replay_shard(
                         budget = budgets[(row[0], row[1])] = new(row[0], row[1])
                     budget.feed(row)
                     n += 1
-                    if n == FETCH:
+                    if n == PROGRESS_EVERY:
                         if on_progress is not None:
                             on_progress(n)
                         n = 0
@@ -207,13 +207,14 @@ def replay_shard(
             for key, budget in budgets.items():
                 if budget.reread or budget.lost_base() or _unseen(budget):
                     budget.restart()
-                    with conn.cursor(name=f"reconcile_{shard}_reread") as cur:
-                        cur.itersize = FETCH
-                        cur.execute(
-                            q["reconcile_budget_events"], {"tenant": key[0], "budget": key[1]}
-                        )
-                        for row in cur:
-                            budget.apply(row)
+                    for row in stream_rows(
+                        conn,
+                        q["reconcile_budget_events"],
+                        {"tenant": key[0], "budget": key[1]},
+                        f"reconcile_{shard}_reread",
+                        stream=False,  # its plan stays a cursor's, as the incremental reads'
+                    ):
+                        budget.apply(row)
                 else:
                     budget.end_of_scan()
             for key in checkpoints:
